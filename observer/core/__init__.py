@@ -1,0 +1,1 @@
+"""The kernel: configuration, topics, record schemas, Kafka bus, embedded broker."""

@@ -1,0 +1,240 @@
+"""The Kafka bus: producers, consumer groups and the loop every consuming stage runs in.
+
+A stage is a :class:`Processor`: it turns a batch of input messages into output messages.
+:class:`StageRunner` owns the consumer group and gives the guarantee every stage shares:
+outputs are acknowledged by Kafka (``acks=all``) *before* the input offsets are committed,
+so a crash anywhere re-delivers the batch (at least once) and never drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import Counter, Histogram
+
+from observer.core.config import KafkaConfig
+from observer.core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+STAGE_MESSAGES = Counter(
+    "observer_stage_messages_total", "Messages consumed by a stage.", ["stage"]
+)
+STAGE_OUTPUTS = Counter(
+    "observer_stage_outputs_total", "Messages produced by a stage.", ["stage"]
+)
+STAGE_ERRORS = Counter(
+    "observer_stage_errors_total", "Batches a stage failed to process.", ["stage"]
+)
+STAGE_BATCH_SECONDS = Histogram(
+    "observer_stage_batch_duration_seconds", "Time to process and acknowledge one batch.", ["stage"]
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Output:
+    """One message a stage wants produced."""
+
+    topic: str
+    key: str | bytes | None
+    value: bytes
+
+
+class Processor(Protocol):
+    """What a consuming stage implements. Both methods return the messages to produce."""
+
+    name: str
+
+    def process(self, messages: list[Message]) -> list[Output]: ...
+
+    def tick(self) -> list[Output]:
+        """Called after every poll, even an empty one: timers, retries, flushes."""
+        ...
+
+
+def _common(cfg: KafkaConfig) -> dict[str, Any]:
+    return {"bootstrap_servers": cfg.servers.split(","), **cfg.client_options}
+
+
+def make_producer(cfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
+    """A producer whose acknowledgements mean every in-sync replica has the data."""
+    opts: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 5,
+        "max_request_size": 16 * 1024 * 1024,
+        **_common(cfg),
+        **overrides,
+    }
+    return KafkaProducer(**opts)
+
+
+def make_consumer(cfg: KafkaConfig, group_id: str | None, topics: Iterable[str] = (), **overrides: Any) -> KafkaConsumer:
+    """A consumer that never auto-commits: the caller commits after processing."""
+    opts: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "max_poll_records": 500,
+        **_common(cfg),
+        **overrides,
+    }
+    consumer = KafkaConsumer(**opts)
+    topics = list(topics)
+    if topics:
+        consumer.subscribe(topics)
+    return consumer
+
+
+def ensure_topics(cfg: KafkaConfig, topics: Topics) -> list[str]:
+    """Create the missing topics; returns the names created."""
+    admin = KafkaAdminClient(**_common(cfg))
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(
+                name,
+                cfg.partitions,
+                cfg.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for name, spec in topics.all().items()
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another replica created them first
+        return [t.name for t in wanted]
+    finally:
+        admin.close()
+
+
+def kafka_answers(cfg: KafkaConfig, timeout_s: float = 2.0) -> bool:
+    """True when a broker answers a metadata request within ``timeout_s``."""
+    try:
+        timeout_ms = max(int(timeout_s * 1000), 1000)
+        consumer = KafkaConsumer(
+            request_timeout_ms=timeout_ms,
+            session_timeout_ms=timeout_ms - 1,
+            heartbeat_interval_ms=max(timeout_ms // 3, 1),
+            **_common(cfg),
+        )
+    except KafkaError:
+        return False
+    try:
+        consumer.topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        consumer.close()
+
+
+def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float) -> None:
+    """Send and wait for every acknowledgement; raises the first failure."""
+    futures = [
+        producer.send(
+            o.topic,
+            key=o.key.encode() if isinstance(o.key, str) else o.key,
+            value=o.value,
+        )
+        for o in outputs
+    ]
+    producer.flush(timeout=timeout_s)
+    for f in futures:
+        f.get(timeout=timeout_s)
+
+
+class StageRunner:
+    """Runs one :class:`Processor` in a consumer group until ``stop`` is set.
+
+    Poll -> process -> produce and wait for acks -> commit. A failed batch is not committed;
+    the runner stops with the error so the process (or the one-process runtime) can report it
+    and a restart picks the batch up again.
+    """
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        processor: Processor,
+        group_id: str,
+        topics: list[str],
+        *,
+        poll_timeout_ms: int = 200,
+        ack_timeout_s: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.group_id = group_id
+        self.topics = topics
+        self.poll_timeout_ms = poll_timeout_ms
+        self.ack_timeout_s = ack_timeout_s
+        self.error: BaseException | None = None
+        self.assigned = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        name = self.processor.name
+        consumer = make_consumer(self.cfg, self.group_id, self.topics)
+        producer = make_producer(self.cfg)
+        try:
+            while not stop.is_set():
+                polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                if consumer.assignment():
+                    self.assigned.set()
+                messages = [
+                    Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                    for records in polled.values()
+                    for r in records
+                ]
+                started = time.perf_counter()
+                try:
+                    outputs = self.processor.process(messages) if messages else []
+                    outputs += self.processor.tick()
+                    if outputs:
+                        produce_all(producer, outputs, self.ack_timeout_s)
+                except Exception:
+                    STAGE_ERRORS.labels(name).inc()
+                    raise
+                if messages:
+                    offsets = {
+                        TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(
+                            records[-1].offset + 1, "", -1
+                        )
+                        for tp, records in polled.items()
+                        if records
+                    }
+                    consumer.commit(offsets)
+                    STAGE_MESSAGES.labels(name).inc(len(messages))
+                    STAGE_BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+                if outputs:
+                    STAGE_OUTPUTS.labels(name).inc(len(outputs))
+        except BaseException as e:
+            self.error = e
+            log.exception("stage %s stopped on an error", name)
+            raise
+        finally:
+            producer.close(timeout=5)
+            consumer.close(autocommit=False)

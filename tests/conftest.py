@@ -1,0 +1,50 @@
+"""Shared fixtures: one real embedded broker (Tansu) for the whole session."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import Iterator
+
+import pytest
+
+from observer.core.broker import EmbeddedBroker
+from observer.core.bus import ensure_topics
+from observer.core.config import KafkaConfig
+from observer.core.topics import Topics
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(f"127.0.0.1:{free_port()}") as b:
+        yield b
+
+
+@pytest.fixture
+def kafka_config(broker: EmbeddedBroker) -> KafkaConfig:
+    """A Kafka config on the shared broker with topics unique to this test.
+
+    Group timeouts are short: joins against Tansu take ~23 s with the defaults, ~3 s here.
+    """
+    tag = uuid.uuid4().hex[:8]
+    cfg = KafkaConfig(
+        bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix=f"t{tag}.",
+        otlp_topic_prefix=f"t{tag}.",
+        partitions=2,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    ensure_topics(cfg, Topics.from_config(cfg))
+    return cfg
+
+
+@pytest.fixture
+def topics(kafka_config: KafkaConfig) -> Topics:
+    return Topics.from_config(kafka_config)
