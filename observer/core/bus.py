@@ -133,9 +133,11 @@ def ensure_topics(cfg: KafkaConfig, topics: Topics) -> list[str]:
 
 
 def kafka_answers(cfg: KafkaConfig, timeout_s: float = 2.0) -> bool:
-    """True when a broker answers a metadata request within ``timeout_s``."""
+    """True when a broker answers a metadata request. May block well past ``timeout_s``
+    against an unreachable address (kafka-python retries bootstrap): use :class:`KafkaProbe`
+    where the caller must not wait."""
+    timeout_ms = max(int(timeout_s * 1000), 1000)
     try:
-        timeout_ms = max(int(timeout_s * 1000), 1000)
         consumer = KafkaConsumer(
             request_timeout_ms=timeout_ms,
             session_timeout_ms=timeout_ms - 1,
@@ -151,6 +153,40 @@ def kafka_answers(cfg: KafkaConfig, timeout_s: float = 2.0) -> bool:
         return False
     finally:
         consumer.close()
+
+
+class KafkaProbe:
+    """Readiness check for health endpoints: answers within ``timeout_s`` whatever Kafka does.
+
+    At most one probe runs at a time; its answer is reused for ``cache_s`` seconds.
+    """
+
+    def __init__(self, cfg: KafkaConfig, timeout_s: float = 2.0, cache_s: float = 2.0) -> None:
+        self.cfg = cfg
+        self.timeout_s = timeout_s
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._result = False
+        self._checked_at = float("-inf")
+        self._running: threading.Thread | None = None
+
+    def _probe(self) -> None:
+        ok = kafka_answers(self.cfg, self.timeout_s)
+        with self._lock:
+            self._result, self._checked_at = ok, time.monotonic()
+
+    def ready(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at < self.cache_s:
+                return self._result
+            if self._running is None or not self._running.is_alive():
+                self._running = threading.Thread(target=self._probe, daemon=True, name="kafka-probe")
+                self._running.start()
+            running = self._running
+        running.join(self.timeout_s)
+        with self._lock:
+            fresh = time.monotonic() - self._checked_at < self.cache_s
+            return self._result if fresh else False
 
 
 def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float) -> None:

@@ -1,0 +1,283 @@
+"""``observer demo``: span in, drift scored, retraining triggered, on real parts.
+
+1. start every stage (embedded broker unless Kafka is configured) and a local webhook
+   receiver that verifies signatures;
+2. a synthetic support agent sends a baseline phase through the real OpenTelemetry SDK and
+   OTLP/HTTP exporter; the demo waits until the drift engine has counted all of it;
+3. the agent drifts (longer answers, a new finish reason, more tool errors);
+4. the demo waits for the signed webhook, then prints a summary and, last, one JSON line.
+
+It exits 0 only when every span sent was ingested, no window before the change drifted, a
+window after it did, and a webhook arrived with a valid signature.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import REGISTRY
+
+from observer.core.config import ObserverConfig, PolicyConfig, WebhookConfig
+from observer.core.http import ServerThread
+from observer.core.records import DriftResult, TriggerEvent
+from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
+from observer.demo.webhook_receiver import WebhookReceiver
+from observer.runtime import ALL_STAGES, Runtime
+from triggers.signing import generate_secret
+
+SPANS_PER_CONVERSATION = 4
+LLM_CALLS_PER_CONVERSATION = 2
+TOOL_CALLS_PER_CONVERSATION = 1
+
+
+def metric_total(name: str, **labels: str) -> float:
+    """Sum of a metric's samples in this process whose labels include ``labels``."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+class CountingExporter(SpanExporter):
+    """Counts spans the wrapped exporter delivered successfully."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _wait(what: str, done: Callable[[], bool], timeout_s: float, progress: Callable[[], str]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    last = 0.0
+    while not done():
+        if time.monotonic() > deadline:
+            _say(f"gave up waiting for {what} after {timeout_s:.0f}s ({progress()})")
+            return False
+        if time.monotonic() - last > 2:
+            _say(f"waiting for {what}: {progress()}")
+            last = time.monotonic()
+        time.sleep(0.1)
+    return True
+
+
+def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Path) -> ObserverConfig:
+    policy = PolicyConfig(
+        name="retrain-on-drift",
+        signal="drift_share",
+        threshold=cfg.drift.drift_share,
+        consecutive_windows=2,
+        min_samples=100,
+        cooldown_s=3600,
+        webhooks=[WebhookConfig(url=hook_url, secret=secret, backoff_initial_s=0.5, backoff_max_s=5)],
+    )
+    trigger = cfg.trigger.model_copy(
+        update={"policies": [policy], "ledger_path": ledger_dir / "ledger.sqlite"}
+    )
+    kafka = cfg.kafka
+    if not kafka.embedded:
+        # On a shared cluster, keep each demo run's topics and groups to itself.
+        run = uuid.uuid4().hex[:8]
+        kafka = kafka.model_copy(
+            update={"topic_prefix": f"observer-demo-{run}.", "otlp_topic_prefix": f"observer-demo-{run}."}
+        )
+    return cfg.model_copy(update={"trigger": trigger, "kafka": kafka})
+
+
+def run_demo(
+    cfg: ObserverConfig, conversations: int = 1000, seed: int = 7, timeout_s: float = 180.0
+) -> int:
+    secret = generate_secret()
+    receiver = WebhookReceiver(secret)
+    hook_server = ServerThread(receiver.app(), "127.0.0.1", 0, name="demo-webhook").start()
+    ledger_dir = Path(tempfile.mkdtemp(prefix="observer-demo-"))
+    cfg = _demo_config(cfg, f"{hook_server.url}/hooks/retrain", secret, ledger_dir)
+    window = cfg.drift.window_size
+
+    _say("starting observer (broker, receiver, normaliser, drift engine, triggers)")
+    runtime = Runtime(cfg, ALL_STAGES)
+    try:
+        runtime.start()
+        for name, url in runtime.endpoints().items():
+            _say(f"  {name:10} {url}")
+        _say(f"  {'webhook':10} {hook_server.url}/hooks/retrain (verifies Standard Webhooks signatures)")
+        if not runtime.wait_assigned(60):
+            return _finish({}, False, "stages did not join their consumer groups within 60 s")
+        return _run_phases(runtime, receiver, cfg, conversations, seed, window, timeout_s)
+    finally:
+        runtime.stop()
+        hook_server.stop()
+
+
+def _run_phases(
+    runtime: Runtime,
+    receiver: WebhookReceiver,
+    cfg: ObserverConfig,
+    conversations: int,
+    seed: int,
+    window: int,
+    timeout_s: float,
+) -> int:
+    # Counters are process-wide: measure from here.
+    base_spans = metric_total("observer_normalizer_spans_total")
+    base_llm = metric_total("observer_drift_records_total", record_type="llm")
+    base_tools = metric_total("observer_drift_records_total", record_type="tools")
+
+    otlp_url = runtime.endpoints()["otlp_http"]
+    exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_url))
+    provider = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_export_batch_size=512, schedule_delay_millis=200)
+    )
+    agent = SupportAgent(provider.get_tracer("observer.demo"), seed=seed)
+    spans_sent = 0
+
+    def ingested() -> tuple[float, float, float]:
+        return (
+            metric_total("observer_normalizer_spans_total") - base_spans,
+            metric_total("observer_drift_records_total", record_type="llm") - base_llm,
+            metric_total("observer_drift_records_total", record_type="tools") - base_tools,
+        )
+
+    def phase(label: str, behaviour: Behaviour, done_before: int) -> bool:
+        nonlocal spans_sent
+        _say(f"{label}: {conversations} conversations ({behaviour})")
+        step = max(conversations // 5, 1)
+        for i in range(conversations):
+            spans_sent += agent.converse(behaviour)
+            if (i + 1) % step == 0:
+                _say(f"  {label}: {i + 1}/{conversations} conversations sent")
+        provider.force_flush()
+        total = done_before + conversations
+        return _wait(
+            f"{label} to be ingested",
+            lambda: ingested() == (spans_sent, total * LLM_CALLS_PER_CONVERSATION,
+                                   total * TOOL_CALLS_PER_CONVERSATION),
+            timeout_s,
+            lambda: "spans %d/%d, drift engine llm %d, tools %d" % (*ingested()[:1], spans_sent, *ingested()[1:]),
+        )
+
+    ok = phase("baseline", BASELINE, 0)
+    # Windows are per segment and count records: the change lands in this window.
+    change_window = {
+        "llm": conversations * LLM_CALLS_PER_CONVERSATION // window,
+        "tools": conversations * TOOL_CALLS_PER_CONVERSATION // window,
+    }
+    _say(f"behaviour changes now: from llm window {change_window['llm']}, tools window {change_window['tools']}")
+    ok = phase("drifted", DRIFTED, conversations) and ok
+    delivered = _wait(
+        "a signed webhook",
+        lambda: bool(receiver.valid()) and bool(_deliveries(runtime)),
+        timeout_s,
+        lambda: f"{len(receiver.deliveries)} webhook requests received",
+    )
+    provider.shutdown()
+
+    results = [r for r in reversed(runtime.drift_view.history()) if isinstance(r, DriftResult)]
+    spans_ingested = int(ingested()[0])
+    first_by_type: dict[str, int | None] = {}
+    early: list[str] = []
+    for rtype, change in change_window.items():
+        drifted = sorted(r.window_index for r in results if r.record_type == rtype and r.dataset_drift)
+        first_by_type[rtype] = drifted[0] if drifted else None
+        early += [f"{rtype} window {w}" for w in drifted if w < change]
+
+    _say("")
+    _say("drift results (window: drift share, drifted features)")
+    for r in results:
+        names = ", ".join(f"{f.name} {f.method}={f.statistic:.3f}" for f in r.features if f.drifted)
+        mark = "DRIFT" if r.dataset_drift else "ok   "
+        _say(f"  {r.record_type:5} {r.segment_key:28} window {r.window_index}: {mark} "
+             f"share {r.drift_share:.2f} {names}")
+    triggers = [
+        {
+            "action": e.action,
+            "status": e.status,
+            "signature_valid": any(d.webhook_id and d.signature_valid for d in receiver.deliveries),
+            "policy": e.policy,
+            "segment": e.segment_key,
+            "record_type": e.record_type,
+            "episode_id": e.episode_id,
+            "attempts": e.attempts,
+            "reason": e.reason,
+        }
+        for e in _deliveries(runtime)
+    ]
+    for t in triggers:
+        _say(f"trigger: {t['policy']} on {t['segment']} ({t['record_type']}): "
+             f"{t['action']} {t['status']} after {t['attempts']} attempt(s): {t['reason']}")
+
+    summary = {
+        "spans_sent": spans_sent,
+        "spans_ingested": spans_ingested,
+        "drift_detected": first_by_type["llm"] is not None,
+        "first_drift_window": first_by_type["llm"],
+        "change_window": change_window["llm"],
+        "first_drift_window_by_type": first_by_type,
+        "change_window_by_type": change_window,
+        "triggers": triggers,
+    }
+    reasons = []
+    if spans_ingested != spans_sent:
+        reasons.append(f"{spans_sent - spans_ingested} spans sent were not ingested")
+    if not ok:
+        reasons.append("the pipeline did not ingest every record in time")
+    if early:
+        reasons.append(f"drift reported before the change: {', '.join(early)}")
+    if first_by_type["llm"] is None:
+        reasons.append("no drift detected after the change")
+    if not (delivered and any(t["status"] == "delivered" for t in triggers)):
+        reasons.append("no webhook delivered with a valid signature")
+    if any(not d.signature_valid for d in receiver.deliveries):
+        reasons.append("a webhook arrived with an invalid signature")
+    return _finish(summary, not reasons, "; ".join(reasons))
+
+
+def _deliveries(runtime: Runtime) -> list[TriggerEvent]:
+    """The latest delivery event of each episode."""
+    latest: dict[str, TriggerEvent] = {}
+    for e in reversed(runtime.trigger_view.history()):
+        if isinstance(e, TriggerEvent) and e.event == "delivery":
+            latest[f"{e.episode_id}/{e.target}"] = e
+    return [e for e in latest.values() if e.status == "delivered"] or list(latest.values())
+
+
+def _finish(summary: dict[str, Any], ok: bool, reason: str) -> int:
+    _say("")
+    if ok:
+        _say("the loop closed: drift detected after the change, none before, webhook delivered and verified")
+    else:
+        _say(f"FAILED: {reason}")
+    summary = {**summary, "ok": ok, **({} if ok else {"reason": reason})}
+    print(json.dumps(summary), flush=True)
+    return 0 if ok else 1

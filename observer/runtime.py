@@ -1,0 +1,177 @@
+"""Assemble stages from configuration and run them: all in one process, or one each.
+
+``observer up`` runs every stage here; ``observer collect|normalize|drift|trigger`` runs one,
+and a deployment scales each out by adding replicas (consumer groups split the partitions).
+Each process also serves the admin API (metrics, health) for the stages it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from collectors.normalizer import Normalizer
+from collectors.otlp_http import create_app as create_otlp_http_app
+from drift.engine import DriftEngine
+from observer.admin import create_admin_app
+from observer.core.broker import EmbeddedBroker
+from observer.core.bus import KafkaProbe, Processor, StageRunner, ensure_topics
+from observer.core.config import ObserverConfig
+from observer.core.http import ServerThread
+from observer.core.records import DriftResult, Record, TriggerEvent
+from observer.core.topics import Topics
+from observer.views import TopicView
+from triggers.stage import TriggerStage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumingStage:
+    """How to build one consuming stage from the configuration."""
+
+    build: Callable[[ObserverConfig, Topics], Processor]
+    group_id: Callable[[ObserverConfig], str]
+    inputs: Callable[[Topics], list[str]]
+
+
+CONSUMING_STAGES: dict[str, ConsumingStage] = {
+    "normalize": ConsumingStage(
+        build=lambda cfg, t: Normalizer(t),
+        group_id=lambda cfg: cfg.normalizer.group_id,
+        inputs=lambda t: [t.spans],
+    ),
+    "drift": ConsumingStage(
+        build=lambda cfg, t: DriftEngine(cfg.drift, t),
+        group_id=lambda cfg: cfg.drift.group_id,
+        inputs=lambda t: [t.llm, t.tools],
+    ),
+    "trigger": ConsumingStage(
+        build=lambda cfg, t: TriggerStage(cfg.trigger, t),
+        group_id=lambda cfg: cfg.trigger.group_id,
+        inputs=lambda t: [t.drift],
+    ),
+}
+# "collect" is the OTLP receiver: an HTTP server, not a consumer.
+ALL_STAGES = ["collect", *CONSUMING_STAGES]
+
+
+def _drift_slot(r: Record) -> str:
+    return f"{r.segment_key}/{r.record_type}" if isinstance(r, DriftResult) else ""
+
+
+def _trigger_slot(r: Record) -> str:
+    return r.episode_id if isinstance(r, TriggerEvent) else ""
+
+
+class Runtime:
+    """Start the broker (when embedded), topics, admin API and the chosen stages.
+
+    >>> Runtime(ObserverConfig(), ["nonsense"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown stage 'nonsense'; choose from collect, normalize, drift, trigger
+    """
+
+    def __init__(self, cfg: ObserverConfig, stages: list[str]) -> None:
+        for s in stages:
+            if s not in ALL_STAGES:
+                raise ValueError(f"unknown stage {s!r}; choose from {', '.join(ALL_STAGES)}")
+        self.cfg = cfg
+        self.stages = stages
+        self.topics = Topics.from_config(cfg.kafka)
+        self.broker: EmbeddedBroker | None = None
+        self.servers: dict[str, ServerThread] = {}
+        self.runners: dict[str, StageRunner] = {}
+        self.processors: dict[str, Processor] = {}
+        self.drift_view: TopicView | None = None
+        self.trigger_view: TopicView | None = None
+        self._threads: list[threading.Thread] = []
+        self.stop_event = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "Runtime":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        kafka = self.cfg.kafka
+        if kafka.embedded:
+            self.broker = EmbeddedBroker(kafka.embedded_listen).start()
+        if kafka.create_topics:
+            created = ensure_topics(kafka, self.topics)
+            if created:
+                log.info("created topics: %s", ", ".join(created))
+
+        self.drift_view = drift_view = TopicView(kafka, self.topics.drift, _drift_slot).start()
+        self.trigger_view = trigger_view = TopicView(kafka, self.topics.triggers, _trigger_slot).start()
+        probe = KafkaProbe(kafka)
+        admin = create_admin_app(
+            self.cfg.admin,
+            kafka_ready=probe.ready,
+            stage_errors=self.errors,
+            drift_view=drift_view,
+            trigger_view=trigger_view,
+        )
+        self.servers["admin"] = ServerThread(
+            admin, self.cfg.admin.host, self.cfg.admin.port, name="admin"
+        ).start()
+
+        if "collect" in self.stages:
+            app = create_otlp_http_app(self.cfg.receiver, kafka, self.topics)
+            self.servers["otlp_http"] = ServerThread(
+                app, self.cfg.receiver.host, self.cfg.receiver.http_port, name="otlp-http"
+            ).start()
+
+        for name in self.stages:
+            spec = CONSUMING_STAGES.get(name)
+            if spec is None:
+                continue
+            processor = spec.build(self.cfg, self.topics)
+            runner = StageRunner(kafka, processor, spec.group_id(self.cfg), spec.inputs(self.topics))
+            thread = threading.Thread(target=self._run_stage, args=(runner,), name=name, daemon=True)
+            self.processors[name] = processor
+            self.runners[name] = runner
+            self._threads.append(thread)
+            thread.start()
+
+    def _run_stage(self, runner: StageRunner) -> None:
+        try:
+            runner.run(self.stop_event)
+        except BaseException:
+            # The runner logged it; a dead stage makes /healthz fail and `observer up` exit.
+            self.stop_event.set()
+
+    def wait_assigned(self, timeout_s: float = 60.0) -> bool:
+        """Block until every consuming stage has joined its group and holds partitions."""
+        return all(r.assigned.wait(timeout_s) for r in self.runners.values())
+
+    def errors(self) -> dict[str, str]:
+        return {n: repr(r.error) for n, r in self.runners.items() if r.error is not None}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(15)
+        for server in self.servers.values():
+            server.stop()
+        for view in (self.drift_view, self.trigger_view):
+            if view is not None:
+                view.stop()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    # -- what to tell the user -------------------------------------------------------------
+    def endpoints(self) -> dict[str, str]:
+        eps = {"admin": self.servers["admin"].url}
+        if "otlp_http" in self.servers:
+            eps["otlp_http"] = self.servers["otlp_http"].url + "/v1/traces"
+        eps["kafka"] = self.cfg.kafka.servers + (" (embedded, memory-only)" if self.cfg.kafka.embedded else "")
+        return eps
