@@ -20,6 +20,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(name="free_port")
+def free_port_fixture():
+    """A function returning a free loopback port."""
+    return free_port
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(f"127.0.0.1:{free_port()}") as b:
