@@ -1,0 +1,235 @@
+"""The normaliser stage: raw OTLP spans in, :class:`LLMCall` and :class:`ToolCall` records out.
+
+It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as the receiver or
+a Collector's kafka exporter writes it), decides what each span records with
+:mod:`collectors.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
+``observer.tools``, keyed by segment. Records carry counts, lengths and names, never message
+content: only the attributes the mapping names are read.
+
+>>> from opentelemetry.proto.trace.v1.trace_pb2 import Span
+>>> from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+>>> request = ExportTraceServiceRequest()
+>>> span = request.resource_spans.add().scope_spans.add().spans.add(
+...     trace_id=bytes([1] * 16), span_id=bytes([2] * 8), name="chat gpt-4o",
+...     start_time_unix_nano=0, end_time_unix_nano=250_000_000)
+>>> span.attributes.extend([
+...     KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value="chat")),
+...     KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o")),
+...     KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=12))])
+>>> [(r.model, r.input_tokens, r.latency_ms) for r in normalize_request(request)]
+[('gpt-4o', 12, 250.0)]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import Counter
+
+from collectors.genai_mapping import (
+    ATTRIBUTE_NAMES,
+    LLM_FIELDS,
+    TOOL_FIELDS,
+    Classification,
+    classify,
+    lookup,
+)
+from observer.core.bus import Message, Output
+from observer.core.records import LLMCall, ToolCall, encode, segment_key
+from observer.core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+SPANS = Counter(
+    "observer_normalizer_spans_total", "Spans consumed by the normaliser, by kind.", ["kind"]
+)
+ERRORS = Counter(
+    "observer_normalizer_errors_total", "Messages the normaliser could not decode and skipped."
+)
+
+DEFAULT_SEGMENT_KEYS = ("service", "model")
+
+
+def attribute_values(attributes: Sequence[KeyValue], wanted: frozenset[str]) -> dict[str, Any]:
+    """Python values of the ``wanted`` attributes; the rest (prompts...) are not even converted.
+
+    >>> attribute_values([KeyValue(key="a", value=AnyValue(int_value=1)),
+    ...                   KeyValue(key="b", value=AnyValue(string_value="x"))], frozenset("a"))
+    {'a': 1}
+    """
+    return {kv.key: _value(kv.value) for kv in attributes if kv.key in wanted}
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind) if kind else None
+
+
+@dataclass
+class _SpanView:
+    """One span with what the mapping read from it."""
+
+    span: Span
+    service: str
+    kind: Classification
+    attributes: dict[str, Any]
+    model: str
+    agent: str
+
+
+def normalize_request(request: ExportTraceServiceRequest) -> list[LLMCall | ToolCall]:
+    """The records of one export request, in span order; other spans are only counted.
+
+    A tool span's model is its own ``gen_ai.request.model`` (or another model attribute), else
+    the nearest ancestor's in this request, else that of an LLM span of the same trace in this
+    request, else "". The agent is the span's own or the nearest ancestor's.
+    """
+    views = list(_views(request))
+    by_id = {(v.span.trace_id, v.span.span_id): v for v in views}
+    trace_models: dict[bytes, str] = {}
+    for v in views:
+        if v.kind.kind == "llm" and v.model:
+            trace_models.setdefault(v.span.trace_id, v.model)
+
+    records: list[LLMCall | ToolCall] = []
+    for v in views:
+        SPANS.labels(v.kind.kind).inc()
+        if v.kind.kind == "llm":
+            records.append(_llm_call(v, agent=v.agent or _inherited(v, by_id, "agent")))
+        elif v.kind.kind == "tool":
+            model = (
+                v.model or _inherited(v, by_id, "model") or trace_models.get(v.span.trace_id, "")
+            )
+            records.append(_tool_call(v, model, agent=v.agent or _inherited(v, by_id, "agent")))
+    return records
+
+
+# Fields a span may take from its ancestors when it does not carry them itself.
+_INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
+
+
+def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
+    for resource_spans in request.resource_spans:
+        resource = attribute_values(resource_spans.resource.attributes, frozenset({"service.name"}))
+        service = str(resource.get("service.name") or "unknown")
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
+                named = lookup(attributes, _INHERITABLE)
+                yield _SpanView(
+                    span=span,
+                    service=service,
+                    kind=classify(span.name, attributes),
+                    attributes=attributes,
+                    model=named.get("model", ""),
+                    agent=named.get("agent", ""),
+                )
+
+
+def _inherited(view: _SpanView, by_id: dict[tuple[bytes, bytes], _SpanView], field: str) -> str:
+    """The nearest ancestor's non-empty ``model`` or ``agent``, within this request."""
+    seen: set[bytes] = set()
+    parent = view.span.parent_span_id
+    while parent and parent not in seen:  # ``seen`` guards against malformed parent cycles
+        seen.add(parent)
+        ancestor = by_id.get((view.span.trace_id, parent))
+        if ancestor is None:
+            return ""
+        value: str = getattr(ancestor, field)
+        if value:
+            return value
+        parent = ancestor.span.parent_span_id
+    return ""
+
+
+def _common(view: _SpanView) -> dict[str, Any]:
+    span = view.span
+    return {
+        "service": view.service,
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": span.parent_span_id.hex(),
+        "start_time_unix_nano": span.start_time_unix_nano,
+        # A clock-skewed or unfinished span has no meaningful duration.
+        "latency_ms": max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6,
+    }
+
+
+def _llm_call(view: _SpanView, agent: str) -> LLMCall:
+    fields = lookup(view.attributes, LLM_FIELDS)
+    reasons: list[str] = fields.get("finish_reasons", [])
+    return LLMCall(
+        **_common(view),
+        **{**fields, "model": view.model, "agent": agent},
+        operation=view.kind.operation,
+        finish_reason=reasons[0] if reasons else "",
+        error=view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields,
+    )
+
+
+def _tool_call(view: _SpanView, model: str, agent: str) -> ToolCall:
+    fields = lookup(view.attributes, TOOL_FIELDS)
+    failed = view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields
+    return ToolCall(
+        **_common(view),
+        **{
+            **fields,
+            # Untagged tools (an OpenInference TOOL span without tool.name) go by span name.
+            "tool_name": fields.get("tool_name") or view.span.name,
+            "model": model,
+            "agent": agent,
+        },
+        status="error" if failed else "ok",
+    )
+
+
+class Normalizer:
+    """The normaliser as a :class:`observer.core.bus.Processor` (run it with ``StageRunner``).
+
+    An undecodable message is logged, counted in ``observer_normalizer_errors_total`` and
+    skipped: replaying it would fail the same way, so it must not stop the stage.
+    """
+
+    name = "normalizer"
+
+    def __init__(
+        self, topics: Topics, *, segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS
+    ) -> None:
+        self.topics = topics
+        self.segment_keys = list(segment_keys)
+
+    def process(self, messages: list[Message]) -> list[Output]:
+        outputs: list[Output] = []
+        for message in messages:
+            try:
+                request = ExportTraceServiceRequest.FromString(message.value)
+            except (DecodeError, TypeError) as e:  # TypeError: a tombstone (value None)
+                ERRORS.inc()
+                log.warning(
+                    "normalizer: skipping undecodable message %s[%d]@%d: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    e,
+                )
+                continue
+            outputs += [self._output(record) for record in normalize_request(request)]
+        return outputs
+
+    def tick(self) -> list[Output]:
+        return []
+
+    def _output(self, record: LLMCall | ToolCall) -> Output:
+        topic = self.topics.llm if isinstance(record, LLMCall) else self.topics.tools
+        return Output(topic, segment_key(record.segment_of(self.segment_keys)), encode(record))
