@@ -9,7 +9,7 @@ Every default works on one machine with the embedded broker.
 >>> cfg.kafka.bootstrap_servers  # empty: observer starts its embedded broker
 ''
 >>> cfg.drift.window_size
-500
+1000
 """
 
 from __future__ import annotations
@@ -96,9 +96,11 @@ class DriftConfig(_Section):
     segment_keys: list[str] = Field(
         default_factory=lambda: ["service", "model"], description="Record fields forming a segment."
     )
-    window_size: int = Field(500, ge=10, description="Records per count window (per segment).")
+    # 1000 and PSI: with one reference window, same-distribution data flagged dataset drift in
+    # 0% of windows here, against 23% for Wasserstein at 500 (README, "What is scored").
+    window_size: int = Field(1000, ge=10, description="Records per count window (per segment).")
     numeric_method: Literal["wasserstein", "psi"] = Field(
-        "wasserstein", description="Statistic that decides drift for numeric features."
+        "psi", description="Statistic that decides drift for numeric features."
     )
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1},

@@ -1,0 +1,10 @@
+"""Drift scoring: exact statistics, count windows and the streaming drift engine.
+
+- :mod:`drift.stats`: PSI, Jensen-Shannon distance and normalised Wasserstein, computed with
+  Evidently 0.7's rules so that the numbers agree with Evidently and SciPy on the same data.
+- :mod:`drift.window`: a count window that closes after ``window_size`` records.
+- :mod:`drift.scoring`: one closed window scored against a reference, feature by feature.
+- :mod:`drift.engine`: :class:`~drift.engine.DriftEngine`, the consuming stage that reads
+  ``observer.llm`` and ``observer.tools`` and writes ``observer.drift``.
+- :mod:`drift.metrics`: the Prometheus metrics the engine exports.
+"""

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the drift engine (default registry).
+
+Label cardinality: ``segment`` takes one value per segment (the segment key, e.g.
+``shop|gpt-4o`` for ``segment_keys = [service, model]``), so keep segment keys to low-cardinality
+fields (service, model, prompt version; never a user or trace id). Per segment and record type
+there is one ``observer_drift_share`` and one ``observer_drift_dataset_drift`` series, and one
+``observer_drift_statistic`` series per feature and statistic: with the default features that
+is 3 numeric x 2 statistics + 1 categorical = 7 for ``llm`` and 2 for ``tools``, so
+11 series per segment. The counters are labelled by record type only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+DRIFT_STATISTIC = Gauge(
+    "observer_drift_statistic",
+    "Latest value of a drift statistic of one feature, for the last scored window.",
+    ["segment", "record_type", "feature", "method"],
+)
+DRIFT_SHARE = Gauge(
+    "observer_drift_share",
+    "Share of the scored features that drifted in the last scored window.",
+    ["segment", "record_type"],
+)
+DATASET_DRIFT = Gauge(
+    "observer_drift_dataset_drift",
+    "1 when the last scored window's drift share reached drift_share, else 0.",
+    ["segment", "record_type"],
+)
+RECORDS = Counter(
+    "observer_drift_records_total",
+    "Messages the drift engine consumed, including those it then skipped as errors.",
+    ["record_type"],
+)
+WINDOWS = Counter(
+    "observer_drift_windows_total",
+    "Count windows closed, the reference window (index 0) included.",
+    ["record_type"],
+)
+ERRORS = Counter(
+    "observer_drift_errors_total",
+    "Messages skipped: undecodable, a record of the wrong type for its topic, or an unknown topic.",
+    ["record_type", "reason"],
+)

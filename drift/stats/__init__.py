@@ -1,0 +1,63 @@
+"""Drift statistics with Evidently 0.7.23's exact rules.
+
+Every statistic takes two raw columns (reference, current) and a feature kind, cleans them
+(:mod:`drift.stats.columns`), and returns a float, or ``None`` when a side has no usable value.
+Larger means more different; drift is ``statistic >= threshold``.
+
+==================  ===========================  =======================================
+name                function                     applies to
+==================  ===========================  =======================================
+``wasserstein``     :func:`wasserstein_norm`     numeric
+``psi``             :func:`psi`                  numeric (binned) and categorical
+``jensenshannon``   :func:`jensenshannon`        numeric (binned) and categorical
+==================  ===========================  =======================================
+
+>>> STATISTICS["psi"](["a", "a", "b"], ["a", "b", "b"], "categorical") > 0
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from drift.stats.binning import MAX_CATEGORY_VALUES, binned_shares, fill_zero_shares
+from drift.stats.columns import Kind, clean
+from drift.stats.jensenshannon import jensenshannon, jensenshannon_of_shares
+from drift.stats.psi import psi, psi_of_shares
+from drift.stats.wasserstein import wasserstein_norm
+
+
+class Statistic(Protocol):
+    """A two-sample drift statistic: larger means more different; ``None`` means no data."""
+
+    def __call__(
+        self, reference: Iterable[Any], current: Iterable[Any], kind: Kind
+    ) -> float | None: ...
+
+
+STATISTICS: dict[str, Statistic] = {
+    "wasserstein": wasserstein_norm,
+    "psi": psi,
+    "jensenshannon": jensenshannon,
+}
+"""Statistics by the names used in configuration (``DriftConfig.thresholds``) and in results."""
+
+DEFAULT_THRESHOLDS: dict[str, float] = {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1}
+"""Evidently 0.7's default thresholds (``default_threshold`` of each stattest)."""
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "MAX_CATEGORY_VALUES",
+    "STATISTICS",
+    "Kind",
+    "Statistic",
+    "binned_shares",
+    "clean",
+    "fill_zero_shares",
+    "jensenshannon",
+    "jensenshannon_of_shares",
+    "psi",
+    "psi_of_shares",
+    "wasserstein_norm",
+]
