@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import secrets as _secrets
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -38,7 +38,7 @@ class SignatureError(ValueError):
 
 def _key(secret: str) -> bytes:
     """The HMAC key of a secret: the base64 after ``whsec_`` (the prefix is optional)."""
-    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    encoded = secret.removeprefix(SECRET_PREFIX)
     try:
         # Some issuers drop the padding; restoring it is harmless when it is already there.
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
@@ -48,6 +48,18 @@ def _key(secret: str) -> bytes:
     if not key:
         raise ValueError("webhook secret is empty")
     return key
+
+
+def check_secret(secret: str) -> None:
+    """Raise ``ValueError`` unless ``secret`` is usable (``whsec_`` and non-empty base64).
+
+    >>> check_secret(generate_secret())
+    >>> check_secret("whsec_***")
+    Traceback (most recent call last):
+    ...
+    ValueError: webhook secret is not whsec_<base64>
+    """
+    _key(secret)
 
 
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:

@@ -1,0 +1,165 @@
+"""The policy state machine: runs, resets, samples, cooldown, deterministic episode ids."""
+
+from __future__ import annotations
+
+from observer.core.config import PolicyConfig
+from observer.core.records import DriftResult
+from triggers.policy import Decision, PolicyTracker, episode_id
+
+
+def window(
+    i: int,
+    share: float,
+    *,
+    n: int = 500,
+    segment: str = "shop|gpt-4o",
+    record_type: str = "llm",
+) -> DriftResult:
+    service, model = segment.split("|")
+    return DriftResult(
+        segment={"service": service, "model": model},
+        segment_key=segment,
+        record_type=record_type,
+        window_index=i,
+        n_reference=500,
+        n_current=n,
+        features=[],
+        drift_share=share,
+        dataset_drift=share >= 0.5,
+        closed_at_unix_nano=i * 10**9,
+    )
+
+
+def feed(tracker: PolicyTracker, results: list[DriftResult], start: float = 0.0) -> list[Decision]:
+    out = []
+    for k, r in enumerate(results):
+        d = tracker.update(r, now=start + k)
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def policy(**kw: object) -> PolicyConfig:
+    base: dict[str, object] = {
+        "name": "p",
+        "threshold": 0.5,
+        "consecutive_windows": 2,
+        "min_samples": 100,
+    }
+    return PolicyConfig(**{**base, **kw})
+
+
+def test_fires_after_consecutive_windows() -> None:
+    t = PolicyTracker(policy(consecutive_windows=3))
+    decisions = feed(t, [window(1, 0.1), window(2, 0.6), window(3, 0.75), window(4, 0.9)])
+    assert len(decisions) == 1
+    d = decisions[0]
+    assert (d.kind, d.policy, d.segment_key, d.record_type) == ("fired", "p", "shop|gpt-4o", "llm")
+    assert (d.first_window_index, d.window_index, d.decided_at) == (2, 4, 3.0)
+    assert d.reason == "drift_share 0.6 >= 0.5 for 3 consecutive windows (windows 2-4, n=500)"
+    assert d.episode_id == episode_id("p", "shop|gpt-4o", "llm", 2)
+    assert len(d.episode_id) == 32 and int(d.episode_id, 16) >= 0
+
+
+def test_single_window_policy_reason() -> None:
+    t = PolicyTracker(policy(consecutive_windows=1))
+    (d,) = feed(t, [window(7, 0.5, n=120)])
+    assert d.reason == "drift_share 0.5 >= 0.5 for 1 window (window 7, n=120)"
+
+
+def test_non_qualifying_window_resets_the_run() -> None:
+    t = PolicyTracker(policy())
+    decisions = feed(
+        t, [window(1, 0.8), window(2, 0.2), window(3, 0.8), window(4, 0.2), window(5, 0.9)]
+    )
+    assert decisions == []
+    (d,) = feed(t, [window(6, 0.7)], start=10)
+    assert d.first_window_index == 5 and d.window_index == 6
+
+
+def test_min_samples() -> None:
+    t = PolicyTracker(policy(min_samples=400))
+    assert feed(t, [window(1, 0.9, n=399), window(2, 0.9, n=1000)]) == []
+    (d,) = feed(t, [window(3, 0.9, n=400)])
+    assert d.reason.endswith("(windows 2-3, n=400)")
+
+
+def test_record_types_outside_the_policy_are_ignored() -> None:
+    t = PolicyTracker(policy(record_types=["llm"]))
+    # A tools window between two llm windows neither counts nor breaks the llm run.
+    decisions = feed(t, [window(1, 0.9), window(1, 0.9, record_type="tools"), window(2, 0.9)])
+    assert [d.record_type for d in decisions] == ["llm"]
+    assert ("shop|gpt-4o", "tools") not in t.tracked()
+
+
+def test_keys_are_independent() -> None:
+    t = PolicyTracker(policy())
+    a, b = "shop|gpt-4o", "bank|llama"
+    decisions = feed(
+        t,
+        [
+            window(1, 0.9, segment=a),
+            window(1, 0.9, segment=b),
+            window(2, 0.1, segment=b),
+            window(2, 0.9, segment=a),
+        ],
+    )
+    assert [d.segment_key for d in decisions] == [a]
+
+
+def test_gap_and_duplicate_windows() -> None:
+    t = PolicyTracker(policy())
+    # Window 3 is missing: 2 and 4 are not "in a row".
+    assert feed(t, [window(2, 0.9), window(4, 0.9)]) == []
+    # The same window twice (an upstream redelivery) counts once.
+    t2 = PolicyTracker(policy(consecutive_windows=3))
+    assert feed(t2, [window(1, 0.9), window(2, 0.9), window(2, 0.9)]) == []
+    (d,) = feed(t2, [window(3, 0.9)])
+    assert d.first_window_index == 1
+
+
+def test_dataset_drift_signal() -> None:
+    t = PolicyTracker(policy(signal="dataset_drift", threshold=1.0))
+    (d,) = feed(t, [window(1, 0.6), window(2, 0.5)])
+    assert d.reason.startswith("dataset_drift 1 >= 1 for 2 consecutive windows")
+    assert feed(t, [window(3, 0.4), window(4, 0.9)]) == []
+
+
+def test_cooldown_suppresses_then_fires_again() -> None:
+    t = PolicyTracker(policy(cooldown_s=100))
+    (first,) = feed(t, [window(1, 0.9), window(2, 0.9)], start=0)
+    assert first.kind == "fired"
+    (second,) = feed(t, [window(3, 0.9), window(4, 0.9)], start=50)
+    assert second.kind == "suppressed"
+    assert "suppressed: fired 50s ago, cooldown 100s" in second.reason
+    assert second.episode_id != first.episode_id
+    # Cooldown counts from the last firing, not from the suppressed run.
+    (third,) = feed(t, [window(5, 0.9), window(6, 0.9)], start=100)
+    assert third.kind == "fired" and third.decided_at == 101
+
+
+def test_cooldown_zero_never_suppresses() -> None:
+    t = PolicyTracker(policy(cooldown_s=0))
+    decisions = feed(t, [window(i, 0.9) for i in range(1, 7)])
+    assert [d.kind for d in decisions] == ["fired"] * 3
+
+
+def test_restore_fired_applies_cooldown() -> None:
+    t = PolicyTracker(policy(cooldown_s=3600))
+    t.restore_fired("shop|gpt-4o", "llm", at=1000.0)
+    (d,) = feed(t, [window(1, 0.9), window(2, 0.9)], start=2000)
+    assert d.kind == "suppressed"
+
+
+def test_episode_ids_are_deterministic() -> None:
+    results = [
+        window(i, s) for i, s in enumerate([0.1, 0.9, 0.9, 0.2, 0.8, 0.8, 0.8, 0.8], start=1)
+    ]
+    one = feed(PolicyTracker(policy(cooldown_s=0)), results)
+    two = feed(PolicyTracker(policy(cooldown_s=0)), results, start=1e6)  # another clock
+    assert [d.episode_id for d in one] == [d.episode_id for d in two]
+    assert len({d.episode_id for d in one}) == len(one) == 3
+    # The id names the policy, the segment, the record type and the run's first window.
+    assert episode_id("p", "s", "llm", 1) != episode_id("q", "s", "llm", 1)
+    assert episode_id("p", "s", "llm", 1) != episode_id("p", "s", "tools", 1)
+    assert episode_id("p", "s", "llm", 1) != episode_id("p", "s", "llm", 2)

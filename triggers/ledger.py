@@ -1,0 +1,436 @@
+"""The durable ledger: every decision, and an outbox of the actions it owes.
+
+One SQLite file (WAL mode) holds three tables:
+
+* ``decisions``: one row per episode. ``episode_id`` is unique, so a run replayed after a
+  restart cannot be decided twice: :meth:`Ledger.record_decision` answers ``False``.
+* ``deliveries``: the outbox. The rows a decision owes are written in the same transaction as
+  the decision and *before* anything is sent; the stage then works through the due rows, so
+  a crash or restart resumes them. Statuses: ``pending`` (not tried yet), ``failed`` (tried,
+  another attempt scheduled), and the final ``delivered``, ``dead_letter`` (gave up after
+  ``max_attempts``), ``disabled`` (the receiver answered 410, or its target was disabled).
+* ``disabled_targets``: targets that answered 410; new deliveries to them are recorded as
+  ``disabled`` and not attempted, until :meth:`Ledger.enable_target`.
+
+One connection behind a lock serves every thread (the stage writes, the admin API reads);
+each call is short.
+
+>>> import tempfile, pathlib
+>>> from triggers.policy import Decision
+>>> d = Decision(policy="p", segment_key="shop", record_type="llm", episode_id="e1",
+...     kind="fired", reason="r", window_index=2, first_window_index=1, decided_at=10.0)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     with Ledger(pathlib.Path(tmp) / "l.sqlite") as ledger:
+...         first = ledger.record_decision(d, [NewDelivery("http://h/x", b"{}")])
+...         again = ledger.record_decision(d, [NewDelivery("http://h/x", b"{}")])
+...         due = ledger.due_deliveries(now=10.0)
+>>> first, again, [x.status for x in due]
+(True, False, ['pending'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from triggers.policy import Decision
+from triggers.redact import public_target
+
+SCHEMA_VERSION = 1
+
+PENDING, FAILED, DELIVERED, DEAD_LETTER, DISABLED = (
+    "pending",
+    "failed",
+    "delivered",
+    "dead_letter",
+    "disabled",
+)
+OPEN_STATUSES = (PENDING, FAILED)
+FINAL_STATUSES = (DELIVERED, DEAD_LETTER, DISABLED)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS decisions (
+    episode_id         TEXT PRIMARY KEY,
+    policy             TEXT NOT NULL,
+    segment_key        TEXT NOT NULL,
+    record_type        TEXT NOT NULL,
+    kind               TEXT NOT NULL CHECK (kind IN ('fired', 'suppressed')),
+    reason             TEXT NOT NULL,
+    window_index       INTEGER NOT NULL,
+    first_window_index INTEGER NOT NULL,
+    decided_at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (decided_at);
+CREATE INDEX IF NOT EXISTS decisions_by_key ON decisions (policy, segment_key, record_type, kind);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id      TEXT PRIMARY KEY,
+    episode_id       TEXT NOT NULL REFERENCES decisions (episode_id),
+    action           TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN
+                         ('{PENDING}', '{FAILED}', '{DELIVERED}', '{DEAD_LETTER}', '{DISABLED}')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL,
+    last_error       TEXT,
+    last_status_code INTEGER,
+    updated_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_episode ON deliveries (episode_id);
+
+CREATE TABLE IF NOT EXISTS disabled_targets (
+    target      TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason      TEXT NOT NULL
+);
+"""
+
+
+def delivery_id(episode_id: str, target: str) -> str:
+    """Stable id of one episode's delivery to one target: the ``webhook-id`` on every retry.
+
+    >>> delivery_id("e1", "http://h/x") == delivery_id("e1", "http://h/x")
+    True
+    >>> delivery_id("e1", "http://h/x")[:4]
+    'msg_'
+    """
+    return "msg_" + hashlib.sha256(f"{episode_id}|{target}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """An action a decision owes, before its first attempt."""
+
+    target: str
+    payload: bytes
+    action: str = "webhook"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox row, with the decision fields a delivery event needs."""
+
+    delivery_id: str
+    episode_id: str
+    policy: str
+    segment_key: str
+    record_type: str
+    window_index: int
+    action: str
+    target: str
+    payload: bytes
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    last_status_code: int | None
+    updated_at: float
+
+
+_DELIVERY_COLUMNS = """
+    d.delivery_id, d.episode_id, c.policy, c.segment_key, c.record_type, c.window_index,
+    d.action, d.target, d.payload, d.status, d.attempts, d.next_attempt_at, d.last_error,
+    d.last_status_code, d.updated_at
+"""
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    values = dict(row)
+    values["payload"] = values["payload"].encode()
+    return Delivery(**values)
+
+
+def _public_delivery(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["target"] = public_target(out["target"])  # the query string may hold a token
+    return out
+
+
+class Ledger:
+    """The SQLite ledger at ``path`` (its parent directory is created); a context manager."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: we open transactions ourselves, so a decision and its outbox
+        # rows commit together or not at all.
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        self._conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed outbox row survives power loss, not only a process crash; the
+            # write rate (one row per decision or attempt) makes the fsync cost irrelevant.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"ledger {self.path} has schema {version}, newer than this code's "
+                    f"{SCHEMA_VERSION}"
+                )
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._conn, self._lock)
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def record_decision(self, decision: Decision, deliveries: Sequence[NewDelivery] = ()) -> bool:
+        """Record a decision and the deliveries it owes, atomically.
+
+        ``False``, and nothing written, when the episode is already in the ledger. Deliveries
+        to a disabled target are recorded as ``disabled`` and never attempted.
+        """
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO decisions (episode_id, policy, segment_key, record_type,"
+                " kind, reason, window_index, first_window_index, decided_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    decision.episode_id,
+                    decision.policy,
+                    decision.segment_key,
+                    decision.record_type,
+                    decision.kind,
+                    decision.reason,
+                    decision.window_index,
+                    decision.first_window_index,
+                    decision.decided_at,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            for d in deliveries:
+                disabled = conn.execute(
+                    "SELECT reason FROM disabled_targets WHERE target = ?", (d.target,)
+                ).fetchone()
+                conn.execute(
+                    "INSERT OR IGNORE INTO deliveries (delivery_id, episode_id, action, target,"
+                    " payload, status, attempts, next_attempt_at, last_error, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    (
+                        delivery_id(decision.episode_id, d.target),
+                        decision.episode_id,
+                        d.action,
+                        d.target,
+                        d.payload.decode(),
+                        DISABLED if disabled else PENDING,
+                        None if disabled else decision.decided_at,
+                        f"target disabled: {disabled['reason']}" if disabled else None,
+                        decision.decided_at,
+                    ),
+                )
+            return True
+
+    def get_decision(self, episode_id: str) -> dict[str, Any] | None:
+        """One decision as a plain dict with its ``deliveries``; ``None`` when unknown."""
+        rows = self._query("SELECT * FROM decisions WHERE episode_id = ?", (episode_id,))
+        if not rows:
+            return None
+        return self._with_deliveries(rows)[0]
+
+    def list_decisions(
+        self,
+        limit: int = 100,
+        *,
+        policy: str | None = None,
+        segment_key: str | None = None,
+        kind: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest decisions first, each a plain dict with a ``deliveries`` list.
+
+        Delivery targets are shown without query string or userinfo, and without payloads.
+        """
+        where, args = [], []
+        for column, value in (("policy", policy), ("segment_key", segment_key), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM decisions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY decided_at DESC, rowid DESC LIMIT ?"
+        rows = self._query(sql, [*args, max(0, int(limit))])
+        return self._with_deliveries(rows)
+
+    def _with_deliveries(self, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+        decisions = [dict(r) for r in rows]
+        if not decisions:
+            return []
+        ids = [d["episode_id"] for d in decisions]
+        marks = ",".join("?" * len(ids))
+        deliveries = self._query(
+            "SELECT delivery_id, episode_id, action, target, status, attempts, next_attempt_at,"
+            " last_error, last_status_code, updated_at FROM deliveries"
+            f" WHERE episode_id IN ({marks}) ORDER BY rowid",
+            ids,
+        )
+        by_episode: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for row in deliveries:
+            by_episode[row["episode_id"]].append(_public_delivery(row))
+        for d in decisions:
+            d["deliveries"] = by_episode[d["episode_id"]]
+        return decisions
+
+    def last_fired(self, policy: str) -> dict[tuple[str, str], float]:
+        """When ``policy`` last fired, per ``(segment_key, record_type)``: cooldowns on restart."""
+        rows = self._query(
+            "SELECT segment_key, record_type, MAX(decided_at) AS at FROM decisions"
+            " WHERE policy = ? AND kind = 'fired' GROUP BY segment_key, record_type",
+            (policy,),
+        )
+        return {(r["segment_key"], r["record_type"]): r["at"] for r in rows}
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    def due_deliveries(
+        self, now: float, limit: int = 100, action: str | None = None
+    ) -> list[Delivery]:
+        """Open deliveries whose next attempt is due, longest waiting first."""
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"
+            " JOIN decisions c ON c.episode_id = d.episode_id"
+            " WHERE d.status IN (?, ?) AND d.next_attempt_at <= ?"
+        )
+        args: list[Any] = [*OPEN_STATUSES, now]
+        if action is not None:
+            sql += " AND d.action = ?"
+            args.append(action)
+        sql += " ORDER BY d.next_attempt_at, d.rowid LIMIT ?"
+        rows = self._query(sql, [*args, max(0, int(limit))])
+        return [_delivery(r) for r in rows]
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        rows = self._query(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"
+            " JOIN decisions c ON c.episode_id = d.episode_id WHERE d.delivery_id = ?",
+            (delivery_id,),
+        )
+        return _delivery(rows[0]) if rows else None
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: float | None,
+        now: float,
+        error: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        """Store the outcome of one attempt (final statuses clear ``next_attempt_at``)."""
+        if status not in (*OPEN_STATUSES, *FINAL_STATUSES):
+            raise ValueError(f"unknown delivery status {status!r}")
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
+                " last_error = ?, last_status_code = ?, updated_at = ? WHERE delivery_id = ?",
+                (
+                    status,
+                    attempts,
+                    None if status in FINAL_STATUSES else next_attempt_at,
+                    error,
+                    status_code,
+                    now,
+                    delivery_id,
+                ),
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries per status (gauges, health checks)."""
+        rows = self._query("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    # -- targets ------------------------------------------------------------------------
+
+    def disable_target(self, target: str, now: float, reason: str) -> list[Delivery]:
+        """Stop delivering to ``target``; returns its open deliveries, now ``disabled``."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO disabled_targets (target, disabled_at, reason)"
+                " VALUES (?, ?, ?)",
+                (target, now, reason),
+            )
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"
+                " JOIN decisions c ON c.episode_id = d.episode_id"
+                " WHERE d.target = ? AND d.status IN (?, ?)",
+                (target, *OPEN_STATUSES),
+            ).fetchall()
+            conn.execute(
+                "UPDATE deliveries SET status = ?, next_attempt_at = NULL, last_error = ?,"
+                " updated_at = ? WHERE target = ? AND status IN (?, ?)",
+                (DISABLED, f"target disabled: {reason}", now, target, *OPEN_STATUSES),
+            )
+        return [_delivery(r) for r in rows]
+
+    def enable_target(self, target: str) -> bool:
+        """Deliver to ``target`` again (for new decisions); ``True`` when it was disabled."""
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM disabled_targets WHERE target = ?", (target,))
+            return cur.rowcount > 0
+
+    def is_disabled(self, target: str) -> bool:
+        return bool(self._query("SELECT 1 FROM disabled_targets WHERE target = ?", (target,)))
+
+    def disabled_targets(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM disabled_targets ORDER BY disabled_at")
+        return [{**dict(r), "target": public_target(r["target"])} for r in rows]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT`` under the ledger's lock; rolls back on error."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.conn = conn
+        self.lock = lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            # IMMEDIATE takes the write lock up front, so a second process on the same file
+            # waits (busy timeout) instead of failing half way through.
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.conn
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.conn.execute("ROLLBACK" if t is not None else "COMMIT")
+        finally:
+            self.lock.release()

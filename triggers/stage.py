@@ -1,0 +1,295 @@
+"""The trigger stage: drift results in, recorded decisions and webhook deliveries out.
+
+``process`` feeds every :class:`~observer.core.records.DriftResult` from ``observer.drift`` to
+every policy's tracker. A decision is written to the ledger, with one pending delivery per
+webhook of the policy when it fired, *before* anything is sent; then a ``fired`` or
+``suppressed`` :class:`~observer.core.records.TriggerEvent` goes to ``observer.triggers``,
+keyed ``policy/segment_key``.
+
+``tick`` (after every poll) works through the ledger's due deliveries: one attempt each, the
+outcome recorded, a ``delivery`` event emitted. It attempts at most
+``max_deliveries_per_tick`` and starts none after ``tick_budget_s``, so a slow receiver delays
+consumption by a bounded amount; the rest wait for the next tick. Because the outbox is in
+SQLite, a restarted stage resumes undelivered webhooks.
+
+Tracker state (runs in progress) is in memory; cooldowns are restored from the ledger at
+start. A restarted stage fed the same drift results again rebuilds the same runs with the
+same episode ids, and the ledger's unique episode id keeps them from being decided twice:
+no new deliveries are created. The event of an episode already in the ledger is emitted
+again as recorded (the bus is at-least-once, and the first announcement may not have been
+acknowledged before a crash); consumers deduplicate on ``episode_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from prometheus_client import Counter
+
+from observer.core.bus import Message, Output
+from observer.core.config import PolicyConfig, TriggerConfig, WebhookConfig
+from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
+from observer.core.topics import Topics
+from triggers.ledger import DEAD_LETTER, DISABLED, Delivery, Ledger, NewDelivery
+from triggers.policy import Decision, PolicyTracker
+from triggers.redact import public_target
+from triggers.signing import check_secret
+from triggers.webhook import WebhookSender, build_payload
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = Counter(
+    "observer_triggers_total", "Trigger decisions recorded, by policy and kind.", ["policy", "kind"]
+)
+WEBHOOK_DELIVERIES = Counter(
+    "observer_webhook_deliveries_total",
+    "Webhook delivery outcomes: delivered, failed (retry scheduled), dead_letter, disabled.",
+    ["outcome"],
+)
+TRIGGER_ERRORS = Counter(
+    "observer_trigger_errors_total", "Messages on the drift topic that were not drift results."
+)
+
+WEBHOOK = "webhook"
+EventKind = Literal["fired", "suppressed", "delivery"]
+
+
+class TriggerStage:
+    """The :class:`~observer.core.bus.Processor` of the trigger stage.
+
+    ``clock`` (Unix seconds) dates decisions and schedules retries; ``sender`` replaces the
+    default :class:`~triggers.webhook.WebhookSender`. :attr:`ledger` is open for readers
+    (the admin API lists it).
+    """
+
+    name = "trigger"
+
+    def __init__(
+        self,
+        cfg: TriggerConfig,
+        topics: Topics,
+        clock: Callable[[], float] = time.time,
+        *,
+        sender: WebhookSender | None = None,
+        max_deliveries_per_tick: int = 4,
+        tick_budget_s: float = 5.0,
+    ) -> None:
+        names = [p.name for p in cfg.policies]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            # Episode ids derive from the policy name: two policies with one name would merge.
+            raise ValueError(f"policy names must be unique; repeated: {duplicates}")
+        self.cfg = cfg
+        self.topics = topics
+        self.clock = clock
+        self.max_deliveries_per_tick = max_deliveries_per_tick
+        self.tick_budget_s = tick_budget_s
+        self.ledger = Ledger(cfg.ledger_path)
+        self.sender = sender or WebhookSender()
+        self.trackers: list[PolicyTracker] = []
+        for policy in cfg.policies:
+            tracker = PolicyTracker(policy)
+            for (segment_key, record_type), at in self.ledger.last_fired(policy.name).items():
+                tracker.restore_fired(segment_key, record_type, at)
+            self.trackers.append(tracker)
+        self._webhooks: dict[tuple[str, str], WebhookConfig] = {
+            (p.name, w.url): w for p in cfg.policies for w in p.webhooks
+        }
+        for (policy_name, url), webhook in self._webhooks.items():
+            try:
+                # Now rather than at the first delivery, where it would fail on every tick.
+                check_secret(webhook.secret.get_secret_value())
+            except ValueError as e:
+                raise ValueError(
+                    f"policy {policy_name}: webhook {public_target(url)}: {e}"
+                ) from None
+
+    def close(self) -> None:
+        self.sender.close()
+        self.ledger.close()
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def process(self, messages: list[Message]) -> list[Output]:
+        outputs: list[Output] = []
+        for message in messages:
+            try:
+                record = decode(message.value)
+            except RecordError as e:
+                TRIGGER_ERRORS.inc()
+                log.warning(
+                    "skipping %s@%d/%d: %s", message.topic, message.partition, message.offset, e
+                )
+                continue
+            if not isinstance(record, DriftResult):
+                TRIGGER_ERRORS.inc()
+                log.warning(
+                    "skipping %s@%d/%d: a %s record, not a drift result",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    record.schema_id,
+                )
+                continue
+            now = self.clock()
+            for tracker in self.trackers:
+                decision = tracker.update(record, now)
+                if decision is not None:
+                    outputs += self._decide(tracker.policy, decision, record)
+        return outputs
+
+    def _decide(
+        self, policy: PolicyConfig, decision: Decision, result: DriftResult
+    ) -> list[Output]:
+        deliveries: list[NewDelivery] = []
+        if decision.kind == "fired":
+            payload = build_payload(decision, result)
+            deliveries = [NewDelivery(w.url, payload, WEBHOOK) for w in policy.webhooks]
+        if not self.ledger.record_decision(decision, deliveries):
+            stored = self.ledger.get_decision(decision.episode_id)
+            log.info("episode %s is already in the ledger: not decided again", decision.episode_id)
+            return [self._decision_output(stored)] if stored else []
+        TRIGGERS.labels(decision.policy, decision.kind).inc()
+        log.info(
+            "policy %s %s for %s/%s: %s",
+            decision.policy,
+            decision.kind,
+            decision.segment_key,
+            decision.record_type,
+            decision.reason,
+        )
+        stored = self.ledger.get_decision(decision.episode_id)
+        assert stored is not None
+        outputs = [self._decision_output(stored)]
+        for d in stored["deliveries"]:
+            if d["status"] == DISABLED:  # its target answered 410 before: recorded, not sent
+                WEBHOOK_DELIVERIES.labels(DISABLED).inc()
+                outputs.append(
+                    self._event(
+                        stored,
+                        "delivery",
+                        d["last_error"] or "target disabled",
+                        action=d["action"],
+                        target=d["target"],
+                        status=DISABLED,
+                        attempts=d["attempts"],
+                        at=decision.decided_at,
+                    )
+                )
+        return outputs
+
+    def _decision_output(self, stored: dict[str, Any]) -> Output:
+        return self._event(stored, stored["kind"], stored["reason"], at=stored["decided_at"])
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    def tick(self) -> list[Output]:
+        outputs: list[Output] = []
+        started = time.monotonic()
+        due = self.ledger.due_deliveries(
+            self.clock(), limit=self.max_deliveries_per_tick, action=WEBHOOK
+        )
+        for i, delivery in enumerate(due):
+            if i and time.monotonic() - started > self.tick_budget_s:
+                break  # the rest are still due next tick; consumption goes on meanwhile
+            outputs += self._deliver(delivery)
+        return outputs
+
+    def _deliver(self, delivery: Delivery) -> list[Output]:
+        now = self.clock()
+        webhook = self._webhooks.get((delivery.policy, delivery.target))
+        if webhook is None:
+            # The configuration lost this target since the decision: without its secret the
+            # delivery can never be signed.
+            detail = "no webhook with this target in the policy's configuration any more"
+            self.ledger.record_attempt(
+                delivery.delivery_id,
+                status=DEAD_LETTER,
+                attempts=delivery.attempts,
+                next_attempt_at=None,
+                now=now,
+                error=detail,
+            )
+            WEBHOOK_DELIVERIES.labels(DEAD_LETTER).inc()
+            return [self._delivery_output(delivery, DEAD_LETTER, delivery.attempts, detail, now)]
+
+        result = self.sender.attempt(
+            webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
+        )
+        done = self.clock()
+        self.ledger.record_attempt(
+            delivery.delivery_id,
+            status=result.status,
+            attempts=result.attempts,
+            next_attempt_at=result.next_attempt_at,
+            now=done,
+            error=result.error,
+            status_code=result.status_code,
+        )
+        WEBHOOK_DELIVERIES.labels(result.status).inc()
+        outputs = [
+            self._delivery_output(delivery, result.status, result.attempts, result.detail, done)
+        ]
+        if result.status == DISABLED:
+            # Standard Webhooks: 410 disables the endpoint, not only this message.
+            reason = f"HTTP 410 to delivery {delivery.delivery_id}"
+            for other in self.ledger.disable_target(delivery.target, done, reason):
+                WEBHOOK_DELIVERIES.labels(DISABLED).inc()
+                outputs.append(
+                    self._delivery_output(
+                        other, DISABLED, other.attempts, f"target disabled: {reason}", done
+                    )
+                )
+        return outputs
+
+    def _delivery_output(
+        self, delivery: Delivery, status: str, attempts: int, detail: str, at: float
+    ) -> Output:
+        decision = {
+            "policy": delivery.policy,
+            "segment_key": delivery.segment_key,
+            "record_type": delivery.record_type,
+            "episode_id": delivery.episode_id,
+            "window_index": delivery.window_index,
+        }
+        return self._event(
+            decision,
+            "delivery",
+            detail,
+            action=delivery.action,
+            target=public_target(delivery.target),
+            status=status,
+            attempts=attempts,
+            at=at,
+        )
+
+    def _event(
+        self,
+        decision: dict[str, Any],
+        event: EventKind,
+        reason: str,
+        *,
+        at: float,
+        action: str = "",
+        target: str = "",
+        status: str = "",
+        attempts: int = 0,
+    ) -> Output:
+        record = TriggerEvent(
+            policy=decision["policy"],
+            segment_key=decision["segment_key"],
+            record_type=decision["record_type"],
+            episode_id=decision["episode_id"],
+            event=event,
+            reason=reason,
+            action=action,
+            target=target,
+            status=status,
+            attempts=attempts,
+            window_index=decision["window_index"],
+            at_unix_nano=int(at * 1e9),
+        )
+        return Output(self.topics.triggers, f"{record.policy}/{record.segment_key}", encode(record))
