@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in STAGE_HELP.items():
         sub.add_parser(name, help=text, description=text)
     demo = sub.add_parser("demo", help="run the loop end to end on a synthetic agent")
-    demo.add_argument("--conversations", type=int, default=1000,
+    demo.add_argument("--conversations", type=int, default=1500,
                       help="conversations per phase (baseline, then drifted)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the loop")
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # kafka-python and httpx narrate every connection and request at INFO.
+        for noisy in ("kafka", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     from observer.runtime import ALL_STAGES
 
     if args.command == "config":

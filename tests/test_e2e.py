@@ -68,7 +68,7 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
             kafka=kafka_config,
             receiver=ReceiverConfig(http_port=free_port()),
             admin=AdminConfig(port=free_port()),
-            drift=DriftConfig(window_size=500, group_id="e2e-drift"),
+            drift=DriftConfig(window_size=1000, group_id="e2e-drift"),
             trigger=TriggerConfig(
                 ledger_path=tmp_path / "ledger.sqlite",
                 policies=[
@@ -90,11 +90,13 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
 
             provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
             provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=runtime.endpoints()["otlp_http"]))
+                BatchSpanProcessor(
+                    OTLPSpanExporter(endpoint=runtime.endpoints()["otlp_http"]), max_queue_size=10_000
+                )
             )
             agent = SupportAgent(provider.get_tracer("test"), seed=3, model="m1")
-            # 1000 conversations = 2000 LLM calls = windows 0 (reference) to 3, all baseline.
-            for _ in range(1000):
+            # 1500 conversations = 3000 LLM calls = windows 0 (reference) to 2, all baseline.
+            for _ in range(1500):
                 agent.converse(BASELINE)
             provider.force_flush()
 
@@ -102,26 +104,27 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
                 r = httpx.get(f"{admin}/api/v1/drift", timeout=10)
                 return [x for x in r.json()["results"] if x["record_type"] == "llm"]
 
-            wait_for(lambda: any(x["window_index"] == 3 for x in drift_results()), 90, "window 3")
+            wait_for(lambda: any(x["window_index"] == 2 for x in drift_results()), 90, "window 2")
             assert not received, "no webhook may fire on baseline data"
-            for _ in range(1000):
+            for _ in range(1500):
                 agent.converse(DRIFTED)
             provider.force_flush()
             provider.shutdown()
             wait_for(lambda: received, 90, "the webhook")
+            wait_for(lambda: any(x["window_index"] == 5 for x in drift_results()), 90, "window 5")
         finally:
             runtime.stop()
 
     history = [r for r in runtime.drift_view.history() if r.record_type == "llm"]
     by_window = {r.window_index: r for r in history}
-    assert sorted(by_window) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(by_window) == [1, 2, 3, 4, 5]
     assert all(r.segment == {"service": "shop", "model": "m1"} for r in history)
-    assert not any(by_window[w].dataset_drift for w in (1, 2, 3))
-    assert all(by_window[w].dataset_drift for w in (4, 5, 6, 7))
-    drifted = {f.name for f in by_window[5].features if f.drifted}
+    assert not any(by_window[w].dataset_drift for w in (1, 2))
+    assert all(by_window[w].dataset_drift for w in (3, 4, 5))
+    drifted = {f.name for f in by_window[4].features if f.drifted}
     assert {"output_tokens", "finish_reason"} <= drifted
 
-    # Exactly one episode fired (consecutive windows 4 and 5), delivered once.
+    # Exactly one episode fired (consecutive windows 3 and 4), delivered once.
     assert len({r["id"] for r in received}) == 1
     payload = received[0]["payload"]
     assert payload["type"]

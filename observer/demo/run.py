@@ -115,7 +115,7 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
 
 
 def run_demo(
-    cfg: ObserverConfig, conversations: int = 1000, seed: int = 7, timeout_s: float = 180.0
+    cfg: ObserverConfig, conversations: int = 1500, seed: int = 7, timeout_s: float = 180.0
 ) -> int:
     secret = generate_secret()
     receiver = WebhookReceiver(secret)
@@ -157,7 +157,14 @@ def _run_phases(
     exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_url))
     provider = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
     provider.add_span_processor(
-        BatchSpanProcessor(exporter, max_export_batch_size=512, schedule_delay_millis=200)
+        # The agent emits faster than real services: a queue that holds a whole phase, so the
+        # SDK never drops a span (the demo checks spans_ingested == spans_sent).
+        BatchSpanProcessor(
+            exporter,
+            max_queue_size=conversations * SPANS_PER_CONVERSATION,
+            max_export_batch_size=512,
+            schedule_delay_millis=200,
+        )
     )
     agent = SupportAgent(provider.get_tracer("observer.demo"), seed=seed)
     spans_sent = 0
@@ -219,17 +226,27 @@ def _run_phases(
         mark = "DRIFT" if r.dataset_drift else "ok   "
         _say(f"  {r.record_type:5} {r.segment_key:28} window {r.window_index}: {mark} "
              f"share {r.drift_share:.2f} {names}")
+    fired = {
+        e.episode_id: e
+        for e in runtime.trigger_view.history()
+        if isinstance(e, TriggerEvent) and e.event == "fired"
+    }
+    verified = {
+        (d.payload or {}).get("data", {}).get("episode_id")
+        for d in receiver.deliveries
+        if d.signature_valid
+    }
     triggers = [
         {
             "action": e.action,
             "status": e.status,
-            "signature_valid": any(d.webhook_id and d.signature_valid for d in receiver.deliveries),
+            "signature_valid": e.episode_id in verified,
             "policy": e.policy,
             "segment": e.segment_key,
             "record_type": e.record_type,
             "episode_id": e.episode_id,
             "attempts": e.attempts,
-            "reason": e.reason,
+            "reason": fired[e.episode_id].reason if e.episode_id in fired else e.reason,
         }
         for e in _deliveries(runtime)
     ]
@@ -256,7 +273,7 @@ def _run_phases(
         reasons.append(f"drift reported before the change: {', '.join(early)}")
     if first_by_type["llm"] is None:
         reasons.append("no drift detected after the change")
-    if not (delivered and any(t["status"] == "delivered" for t in triggers)):
+    if not (delivered and any(t["status"] == "delivered" and t["signature_valid"] for t in triggers)):
         reasons.append("no webhook delivered with a valid signature")
     if any(not d.signature_valid for d in receiver.deliveries):
         reasons.append("a webhook arrived with an invalid signature")
