@@ -48,7 +48,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drift.metrics import DATASET_DRIFT, DRIFT_SHARE, DRIFT_STATISTIC, ERRORS, RECORDS, WINDOWS
 from drift.scoring import CATEGORICAL_STATISTIC, NUMERIC_STATISTICS, drift_share, score_columns
@@ -58,6 +58,7 @@ from observer.core.config import DriftConfig, FeatureSpec
 from observer.core.records import (
     DriftResult,
     LLMCall,
+    OffsetRange,
     Record,
     RecordError,
     ToolCall,
@@ -80,6 +81,20 @@ class _Stream:
     segment: dict[str, str]
     window: CountWindow
     reference: ClosedWindow | None = None
+    reference_ranges: list[OffsetRange] = field(default_factory=list)
+    # (topic, partition) -> [first, last] offsets of the open window's records, so the
+    # windows can be read back from Kafka (e.g. exported for retraining).
+    open_ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def track(self, message: Message) -> None:
+        span = self.open_ranges.setdefault((message.topic, message.partition), [message.offset] * 2)
+        span[1] = message.offset
+
+    def take_ranges(self) -> list[OffsetRange]:
+        ranges = [OffsetRange(topic=t, partition=p, first_offset=a, last_offset=b)
+                  for (t, p), (a, b) in sorted(self.open_ranges.items())]
+        self.open_ranges = {}
+        return ranges
 
 
 class DriftEngine:
@@ -169,15 +184,18 @@ class DriftEngine:
         if stream is None:
             stream = _Stream(segment, CountWindow(self.cfg.window_size, [f.name for f in features]))
             self._streams[(key, record_type)] = stream
+        stream.track(message)
         closed = stream.window.update({f.name: getattr(record, f.name) for f in features})
         if closed is None:
             return None
         WINDOWS.labels(record_type).inc()
+        ranges = stream.take_ranges()
         if stream.reference is None:
             stream.reference = closed
+            stream.reference_ranges = ranges
             log.info("drift reference set for %s %s (%d records)", record_type, key, closed.n)
             return None
-        return self._score(key, record_type, stream, stream.reference, closed)
+        return self._score(key, record_type, stream, stream.reference, closed, ranges)
 
     def _score(
         self,
@@ -186,6 +204,7 @@ class DriftEngine:
         stream: _Stream,
         reference: ClosedWindow,
         current: ClosedWindow,
+        current_ranges: list[OffsetRange],
     ) -> DriftResult:
         features = score_columns(
             reference.columns,
@@ -206,6 +225,8 @@ class DriftEngine:
             drift_share=share,
             dataset_drift=share >= self.cfg.drift_share,
             closed_at_unix_nano=self.clock(),
+            reference_ranges=stream.reference_ranges,
+            current_ranges=current_ranges,
         )
         for f in features:
             names = NUMERIC_STATISTICS if f.kind == "numeric" else (CATEGORICAL_STATISTIC,)

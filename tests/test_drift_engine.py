@@ -327,3 +327,16 @@ def test_engine_on_the_broker(
     assert not by_window[("llm", 1)].dataset_drift
     assert by_window[("llm", 2)].dataset_drift
     assert all(r.segment_key == "live|m1" for r in got)
+
+
+def test_results_say_where_their_windows_are_on_kafka() -> None:
+    engine = DriftEngine(DriftConfig(window_size=10), TOPICS)
+    messages = [
+        Message(TOPICS.llm, 3, 100 + i, b"k", encode(LLMCall(service="s", model="m", trace_id="t",
+                                                              span_id=str(i), output_tokens=i)), 0)
+        for i in range(20)
+    ]
+    [out] = engine.process(messages)
+    result = decode(out.value)
+    assert [(r.partition, r.first_offset, r.last_offset) for r in result.reference_ranges] == [(3, 100, 109)]
+    assert [(r.partition, r.first_offset, r.last_offset) for r in result.current_ranges] == [(3, 110, 119)]

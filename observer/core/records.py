@@ -101,6 +101,20 @@ class FeatureDrift(BaseModel):
     )
 
 
+class OffsetRange(BaseModel):
+    """Where a window's records are on Kafka: offsets first..last (inclusive) of one partition.
+
+    Other segments' records may sit between them: filter on the segment key when reading back.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+
+
 class DriftResult(Record):
     """One closed window of one segment, scored against the segment's reference."""
 
@@ -116,6 +130,12 @@ class DriftResult(Record):
     drift_share: float
     dataset_drift: bool
     closed_at_unix_nano: int
+    reference_ranges: list[OffsetRange] = Field(
+        default_factory=list, description="Kafka offsets of the reference window's records."
+    )
+    current_ranges: list[OffsetRange] = Field(
+        default_factory=list, description="Kafka offsets of this window's records."
+    )
 
 
 class TriggerEvent(Record):
