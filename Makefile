@@ -6,9 +6,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up install clean
+.PHONY: demo test up install clean dashboards
 
 $(STAMP): pyproject.toml
+	@# The tests start a real Prometheus (Debian's package); CI runs as root.
+	@test -x /usr/bin/prometheus || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
+	@# The deployment tests render deploy/kubernetes with `kubectl kustomize` (Debian's kubectl).
+	@command -v kubectl >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client; }
+	@# The PySpark preprocessing test needs a Java runtime (pyspark 4 runs on Java 17).
+	@command -v java >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y default-jre-headless; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
@@ -21,6 +27,10 @@ demo: $(STAMP)
 
 up: $(STAMP)
 	$(VENV)/bin/observer up
+
+# Regenerate dashboards/json/ from dashboards/*.py (grafana-foundation-sdk).
+dashboards: $(STAMP)
+	$(PY) -m dashboards.build
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

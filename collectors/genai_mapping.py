@@ -20,6 +20,7 @@ Classification(kind='llm', operation='chat')
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +82,16 @@ def seconds_as_ms(value: Any) -> float | None:
         return float(value) * 1000.0
     except (TypeError, ValueError):
         return None
+
+
+def template_id(value: Any) -> str | None:
+    """A stable id for a prompt template's text: ``tmpl:`` and 12 hex of its sha256.
+
+    >>> template_id("Answer {question} briefly."), template_id("")
+    ('tmpl:e05b51a32b39', None)
+    """
+    text = as_str(value)
+    return "tmpl:" + hashlib.sha256(text.encode()).hexdigest()[:12] if text else None
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,12 @@ LLM_FIELDS: dict[str, Source] = {
         )
     ),
     "prompt_version": Source(("llm.prompt_template.version", "traceloop.prompt.version")),
+    "prompt_id": Source(("traceloop.prompt.key",)),
+    # No convention names a template id for OpenInference: the template's own text identifies
+    # it. Only its hash leaves the normaliser (it becomes prompt_id when no key is set).
+    "prompt_template": Source(
+        ("llm.prompt_template.template", "traceloop.prompt.template"), template_id
+    ),
 }
 
 # Keys are ToolCall field names. A tool span rarely names a model; the normaliser then looks

@@ -41,6 +41,7 @@ from collectors.genai_mapping import (
     classify,
     lookup,
 )
+from collectors.tenancy import TENANT_ATTRIBUTE
 from observer.core.bus import Message, Output
 from observer.core.records import LLMCall, ToolCall, encode, segment_key
 from observer.core.topics import Topics
@@ -82,6 +83,7 @@ class _SpanView:
 
     span: Span
     service: str
+    tenant: str
     kind: Classification
     attributes: dict[str, Any]
     model: str
@@ -115,14 +117,18 @@ def normalize_request(request: ExportTraceServiceRequest) -> list[LLMCall | Tool
     return records
 
 
+# The receiver stamps the tenant on the resource (collectors.tenancy).
+_RESOURCE_ATTRIBUTES = frozenset({"service.name", TENANT_ATTRIBUTE})
+
 # Fields a span may take from its ancestors when it does not carry them itself.
 _INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
 
 
 def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
     for resource_spans in request.resource_spans:
-        resource = attribute_values(resource_spans.resource.attributes, frozenset({"service.name"}))
+        resource = attribute_values(resource_spans.resource.attributes, _RESOURCE_ATTRIBUTES)
         service = str(resource.get("service.name") or "unknown")
+        tenant = str(resource.get(TENANT_ATTRIBUTE) or "")
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
@@ -130,6 +136,7 @@ def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
                 yield _SpanView(
                     span=span,
                     service=service,
+                    tenant=tenant,
                     kind=classify(span.name, attributes),
                     attributes=attributes,
                     model=named.get("model", ""),
@@ -157,6 +164,7 @@ def _common(view: _SpanView) -> dict[str, Any]:
     span = view.span
     return {
         "service": view.service,
+        "tenant": view.tenant,
         "trace_id": span.trace_id.hex(),
         "span_id": span.span_id.hex(),
         "parent_span_id": span.parent_span_id.hex(),
@@ -168,6 +176,8 @@ def _common(view: _SpanView) -> dict[str, Any]:
 
 def _llm_call(view: _SpanView, agent: str) -> LLMCall:
     fields = lookup(view.attributes, LLM_FIELDS)
+    template = fields.pop("prompt_template", "")
+    fields.setdefault("prompt_id", template)
     reasons: list[str] = fields.get("finish_reasons", [])
     return LLMCall(
         **_common(view),

@@ -23,7 +23,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -32,12 +32,39 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 M = TypeVar("M", bound=Message)
 
-# Where ids live in a trace export request; each level is named in both spellings the
-# protobuf JSON parser accepts.
-_RESOURCE_SPANS = ("resourceSpans", "resource_spans")
-_SCOPE_SPANS = ("scopeSpans", "scope_spans")
+# Where hex ids live in the export requests of the three signals: a path of levels (each
+# named in both spellings the protobuf JSON parser accepts), then the id keys at its end.
+_Level = tuple[str, ...]
 _SPAN_IDS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
 _LINK_IDS = ("traceId", "trace_id", "spanId", "span_id")
+_RESOURCE_SPANS: _Level = ("resourceSpans", "resource_spans")
+_SCOPE_SPANS: _Level = ("scopeSpans", "scope_spans")
+_RESOURCE_METRICS: _Level = ("resourceMetrics", "resource_metrics")
+_SCOPE_METRICS: _Level = ("scopeMetrics", "scope_metrics")
+_METRIC_DATA: tuple[_Level, ...] = (
+    ("gauge",),
+    ("sum",),
+    ("histogram",),
+    ("exponentialHistogram", "exponential_histogram"),
+    ("summary",),
+)
+ID_LOCATIONS: list[tuple[tuple[_Level, ...], tuple[str, ...]]] = [
+    ((_RESOURCE_SPANS, _SCOPE_SPANS, ("spans",)), _SPAN_IDS),
+    ((_RESOURCE_SPANS, _SCOPE_SPANS, ("spans",), ("links",)), _LINK_IDS),
+    (
+        (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"),
+         ("logRecords", "log_records")),
+        _LINK_IDS,
+    ),
+    *(
+        (
+            (_RESOURCE_METRICS, _SCOPE_METRICS, ("metrics",), data,
+             ("dataPoints", "data_points"), ("exemplars",)),
+            _LINK_IDS,
+        )
+        for data in _METRIC_DATA
+    ),
+]
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
@@ -108,28 +135,32 @@ def _base64_to_hex(value: Any, where: str) -> str:
 
 
 def _convert_ids(data: dict[str, Any], convert: Callable[[Any, str], str]) -> None:
-    """Rewrite the span and link ids of a trace request in place; other messages pass through.
+    """Rewrite the trace and span ids of an export request in place (see :data:`ID_LOCATIONS`).
 
     Malformed structure (a list where an object belongs...) is left for the protobuf parser to
     report.
     """
-    for r, resource_spans in enumerate(_items(data, _RESOURCE_SPANS)):
-        for s, scope_spans in enumerate(_items(resource_spans, _SCOPE_SPANS)):
-            for n, span in enumerate(_items(scope_spans, ("spans",))):
-                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{n}]"
-                _convert_keys(span, _SPAN_IDS, convert, where)
-                for k, link in enumerate(_items(span, ("links",))):
-                    _convert_keys(link, _LINK_IDS, convert, f"{where}.links[{k}]")
+    for levels, keys in ID_LOCATIONS:
+        for obj, where in _walk(data, levels, ""):
+            _convert_keys(obj, keys, convert, where)
 
 
-def _items(parent: Any, names: tuple[str, ...]) -> list[Any]:
-    if not isinstance(parent, dict):
-        return []
-    for name in names:
-        children = parent.get(name)
-        if isinstance(children, list):
-            return children
-    return []
+def _walk(obj: Any, levels: tuple[_Level, ...], where: str) -> Iterator[tuple[Any, str]]:
+    """The objects at the end of ``levels`` under ``obj``, with their JSON path."""
+    if not levels:
+        yield obj, where
+        return
+    if not isinstance(obj, dict):
+        return
+    for name in levels[0]:
+        child = obj.get(name)
+        if isinstance(child, list):
+            for i, item in enumerate(child):
+                yield from _walk(item, levels[1:], f"{where}{'.' if where else ''}{name}[{i}]")
+            return
+        if isinstance(child, dict):
+            yield from _walk(child, levels[1:], f"{where}{'.' if where else ''}{name}")
+            return
 
 
 def _convert_keys(

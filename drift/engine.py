@@ -1,5 +1,5 @@
 """The streaming drift engine: a consuming stage from ``observer.llm``/``observer.tools`` to
-``observer.drift``.
+``observer.drift``, with its state checkpointed to ``observer.drift-state``.
 
 For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model) and
 record type (``llm`` from ``topics.llm``, ``tools`` from ``topics.tools``) the engine fills count
@@ -7,19 +7,29 @@ windows of ``window_size`` records. The first closed window is the segment's ref
 (window 0; nothing is emitted for it). Every later window (1, 2, ...) is scored against that
 reference, feature by feature, with Evidently 0.7's statistics (:mod:`drift.scoring`), and
 one :class:`~observer.core.records.DriftResult` keyed by the segment key is emitted to
-``topics.drift``.
+``topics.drift``. A result is a pure function of the stream's records: ``closed_at_unix_nano``
+is the Kafka timestamp of the record that closed the window, so a replay reproduces it.
 
 Values: a missing value (``None``) is skipped for numeric features; for categorical features
 the empty string ``""`` (e.g. no finish reason reported) is a category of its own, so a
 provider that stops reporting finish reasons shows up as drift.
 
-State (the open windows and the references) lives in memory: a restart starts every segment
-over with a new reference. Checkpointing to ``observer.drift-state`` comes in a later issue.
-Memory grows with the number of segments: two windows of values per segment and record type.
+State and restarts (:mod:`drift.checkpoint`): with a checkpoint store, every processed batch
+also emits, per stream it touched, one checkpoint record with the values it added and the
+last input offset the stream absorbed per partition. The StageRunner produces them, with the
+results, before it commits the input offsets. When a partition shows up for the first time,
+or its offsets jump (a restart, a rebalance), the engine first restores the streams of that
+partition from the store, then skips every message a stream has already absorbed. Window
+numbering therefore never restarts, and a killed engine resumes exactly where its last
+acknowledged batch ended: the same windows, the same results. A result whose acknowledgement
+was in doubt at the kill is emitted again, identical (deduplicate on segment key, record type
+and window index).
 
 Metrics (:mod:`drift.metrics`): ``observer_drift_statistic``, ``observer_drift_share``,
 ``observer_drift_dataset_drift`` per segment; ``observer_drift_records_total``,
-``observer_drift_windows_total``, ``observer_drift_errors_total`` per record type.
+``observer_drift_windows_total``, ``observer_drift_errors_total``,
+``observer_drift_replayed_total`` per record type; ``observer_drift_restores_total``,
+``observer_drift_checkpoint_bytes_total``.
 
 >>> from observer.core.bus import Message
 >>> from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
@@ -49,12 +59,34 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from drift.metrics import DATASET_DRIFT, DRIFT_SHARE, DRIFT_STATISTIC, ERRORS, RECORDS, WINDOWS
-from drift.scoring import CATEGORICAL_STATISTIC, NUMERIC_STATISTICS, drift_share, score_columns
+from drift.checkpoint import (
+    TP,
+    CheckpointStore,
+    KafkaCheckpointStore,
+    RestoredStream,
+    chunk_key,
+    encode_state,
+    positions_to_json,
+    reference_key,
+    restore_streams,
+)
+from drift.metrics import (
+    CHECKPOINT_BYTES,
+    DATASET_DRIFT,
+    DRIFT_SHARE,
+    DRIFT_STATISTIC,
+    ERRORS,
+    RECORDS,
+    REPLAYED,
+    RESTORES,
+    WINDOWS,
+)
+from drift.scoring import REPORTED, drift_share, resolve_method, score_columns
 from drift.window import ClosedWindow, CountWindow
 from observer.core.bus import Message, Output
-from observer.core.config import DriftConfig, FeatureSpec
+from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import (
     DriftResult,
     LLMCall,
@@ -76,15 +108,24 @@ RECORD_CLASSES: dict[str, type[Record]] = {"llm": LLMCall, "tools": ToolCall}
 
 @dataclass
 class _Stream:
-    """One segment's windows of one record type."""
+    """One segment's windows of one record type, and what its next checkpoint must say."""
 
     segment: dict[str, str]
+    key: str
+    record_type: str
     window: CountWindow
     reference: ClosedWindow | None = None
     reference_ranges: list[OffsetRange] = field(default_factory=list)
     # (topic, partition) -> [first, last] offsets of the open window's records, so the
     # windows can be read back from Kafka (e.g. exported for retraining).
-    open_ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    open_ranges: dict[TP, list[int]] = field(default_factory=dict)
+    # (topic, partition) -> the last offset absorbed: replays up to it are skipped.
+    positions: dict[TP, int] = field(default_factory=dict)
+    chunks: int = 0  # checkpoint chunks written for the open window
+    saved: int = 0  # values of the open window already in those chunks
+    touched: bool = False
+    new_reference: bool = False
+    results: list[DriftResult] = field(default_factory=list)
 
     def track(self, message: Message) -> None:
         span = self.open_ranges.setdefault((message.topic, message.partition), [message.offset] * 2)
@@ -97,6 +138,17 @@ class _Stream:
         return ranges
 
 
+@dataclass
+class _Pending:
+    """A checkpoint clean-up to produce once the batch that made it obsolete is confirmed."""
+
+    iteration: int
+    output: Output
+    # The rewrite of a window's chunk 0 only applies while that window is still open.
+    stream: tuple[str, str] | None = None
+    window: int | None = None
+
+
 class DriftEngine:
     """Scores count windows of each segment against the segment's first window.
 
@@ -106,22 +158,32 @@ class DriftEngine:
     Parameters
     ----------
     cfg
-        Segment keys, window size, features per record type, numeric method, thresholds and
-        the dataset drift share.
+        Segment keys, window size, features per record type, methods, thresholds and the
+        dataset drift share.
     topics
-        Resolved topic names: ``llm`` and ``tools`` are read, ``drift`` is written.
+        Resolved topic names: ``llm`` and ``tools`` are read, ``drift`` and ``drift_state``
+        written.
     clock
-        Wall clock in Unix nanoseconds, for ``DriftResult.closed_at_unix_nano``.
+        Wall clock in Unix nanoseconds, for ``closed_at_unix_nano`` when the closing record
+        has no Kafka timestamp.
+    store
+        Where checkpoints are read back from; ``None`` runs without checkpoints (offline).
     """
 
     name = "drift"
 
     def __init__(
-        self, cfg: DriftConfig, topics: Topics, *, clock: Callable[[], int] = time.time_ns
+        self,
+        cfg: DriftConfig,
+        topics: Topics,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
         self.clock = clock
+        self.store = store
         self._record_types: dict[str, str] = {topics.llm: "llm", topics.tools: "tools"}
         self._features: dict[str, list[FeatureSpec]] = {}
         for record_type, cls in RECORD_CLASSES.items():
@@ -132,34 +194,78 @@ class DriftEngine:
                     f"drift features {unknown} are not fields of {record_type} records "
                     f"({cls.schema_id})"
                 )
+            for spec in specs:
+                resolve_method(spec, cfg.numeric_method, cfg.categorical_method)
             self._features[record_type] = specs
         ignored = sorted(set(cfg.features) - set(RECORD_CLASSES))
         if ignored:
             log.warning("drift features configured for record types not consumed: %s", ignored)
         self._streams: dict[tuple[str, str], _Stream] = {}
+        self._next_offset: dict[TP, int] = {}
+        self._pending: list[_Pending] = []
+        self._iteration = 0
+
+    @classmethod
+    def for_kafka(cls, cfg: DriftConfig, kafka: KafkaConfig, topics: Topics) -> DriftEngine:
+        """The engine as a stage runs it: checkpoints on ``topics.drift_state`` when enabled."""
+        store = KafkaCheckpointStore(kafka, topics.drift_state) if cfg.checkpoints else None
+        return cls(cfg, topics, store=store)
 
     @property
     def inputs(self) -> list[str]:
         """The topics to consume."""
         return list(self._record_types)
 
+    @property
+    def streams(self) -> int:
+        """Streams (segment x record type) held in memory."""
+        return len(self._streams)
+
+    # -- Processor ---------------------------------------------------------------------------
+
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
+        if self.store is not None:
+            first: dict[TP, int] = {}
+            for m in messages:
+                first.setdefault((m.topic, m.partition), m.offset)
+            moved = {tp for tp, o in first.items() if self._next_offset.get(tp) != o}
+            if moved:
+                outputs += self._restore(moved)
         for message in messages:
-            result = self._consume(message)
-            if result is not None:
+            self._next_offset[(message.topic, message.partition)] = message.offset + 1
+            for result in self._consume(message):
                 outputs.append(Output(self.topics.drift, result.segment_key, encode(result)))
+        if self.store is not None:
+            outputs += self._checkpoint()
         return outputs
 
     def tick(self) -> list[Output]:
-        return []
+        # tick() ends a StageRunner iteration; being called again means everything produced
+        # before was acknowledged and committed, so earlier clean-ups are now safe.
+        outputs = []
+        keep = []
+        for p in self._pending:
+            if p.iteration >= self._iteration:
+                keep.append(p)
+                continue
+            if p.stream is not None:
+                stream = self._streams.get(p.stream)
+                if stream is None or stream.window.index != p.window:
+                    continue  # that window closed since: its chunks are being deleted
+            outputs.append(p.output)
+        self._pending = keep
+        self._iteration += 1
+        return outputs
 
-    def _consume(self, message: Message) -> DriftResult | None:
+    # -- records -----------------------------------------------------------------------------
+
+    def _consume(self, message: Message) -> list[DriftResult]:
         record_type = self._record_types.get(message.topic)
         RECORDS.labels(record_type or "unknown").inc()
         if record_type is None:
             ERRORS.labels("unknown", "unknown_topic").inc()
-            return None
+            return []
         try:
             record = decode(message.value)
         except RecordError as e:
@@ -171,46 +277,59 @@ class DriftEngine:
                 message.offset,
                 e,
             )
-            return None
+            return []
         if not isinstance(record, RECORD_CLASSES[record_type]):
             ERRORS.labels(record_type, "wrong_schema").inc()
-            return None
+            return []
         features = self._features[record_type]
         if not features:
-            return None
+            return []
         segment = record.segment_of(self.cfg.segment_keys)
         key = segment_key(segment)
         stream = self._streams.get((key, record_type))
         if stream is None:
-            stream = _Stream(segment, CountWindow(self.cfg.window_size, [f.name for f in features]))
+            window = CountWindow(self.cfg.window_size, [f.name for f in features])
+            stream = _Stream(segment, key, record_type, window)
             self._streams[(key, record_type)] = stream
+        tp = (message.topic, message.partition)
+        if self.store is not None and message.offset <= stream.positions.get(tp, -1):
+            REPLAYED.labels(record_type).inc()
+            return []  # already counted before a restart
+        stream.positions[tp] = message.offset
+        stream.touched = True
         stream.track(message)
         closed = stream.window.update({f.name: getattr(record, f.name) for f in features})
         if closed is None:
-            return None
+            return []
         WINDOWS.labels(record_type).inc()
         ranges = stream.take_ranges()
+        self._forget_chunks(stream, closed.index)
         if stream.reference is None:
             stream.reference = closed
             stream.reference_ranges = ranges
+            stream.new_reference = True
             log.info("drift reference set for %s %s (%d records)", record_type, key, closed.n)
-            return None
-        return self._score(key, record_type, stream, stream.reference, closed, ranges)
+            return []
+        closed_at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
+        result = self._score(stream, stream.reference, closed, ranges, closed_at)
+        stream.results.append(result)
+        return [result]
 
     def _score(
         self,
-        key: str,
-        record_type: str,
         stream: _Stream,
         reference: ClosedWindow,
         current: ClosedWindow,
         current_ranges: list[OffsetRange],
+        closed_at: int,
     ) -> DriftResult:
+        key, record_type = stream.key, stream.record_type
         features = score_columns(
             reference.columns,
             current.columns,
             self._features[record_type],
             numeric_method=self.cfg.numeric_method,
+            categorical_method=self.cfg.categorical_method,
             thresholds=self.cfg.thresholds,
         )
         share = drift_share(features)
@@ -224,16 +343,143 @@ class DriftEngine:
             features=features,
             drift_share=share,
             dataset_drift=share >= self.cfg.drift_share,
-            closed_at_unix_nano=self.clock(),
+            closed_at_unix_nano=closed_at,
             reference_ranges=stream.reference_ranges,
             current_ranges=current_ranges,
         )
         for f in features:
-            names = NUMERIC_STATISTICS if f.kind == "numeric" else (CATEGORICAL_STATISTIC,)
-            for method in names:
+            for method in dict.fromkeys([*REPORTED[f.kind], f.method]):
                 # NaN, not a stale value, when a side had no usable value this window.
                 value = f.statistics.get(method, math.nan)
                 DRIFT_STATISTIC.labels(key, record_type, f.name, method).set(value)
         DRIFT_SHARE.labels(key, record_type).set(share)
         DATASET_DRIFT.labels(key, record_type).set(1 if result.dataset_drift else 0)
         return result
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _forget_chunks(self, stream: _Stream, window: int) -> None:
+        """Window ``window`` closed: its chunks go once the next checkpoint is confirmed."""
+        for seq in range(stream.chunks):
+            key = chunk_key(stream.record_type, stream.key, window, seq)
+            self._pending.append(_Pending(self._iteration, Output(self.topics.drift_state, key, None)))
+        stream.chunks = 0
+        stream.saved = 0
+
+    def _checkpoint(self) -> list[Output]:
+        outputs: list[Output] = []
+        for stream in self._streams.values():
+            if not stream.touched:
+                continue
+            window = stream.window
+            value: dict[str, Any] = {
+                "kind": "chunk",
+                "segment": stream.segment,
+                "segment_key": stream.key,
+                "record_type": stream.record_type,
+                "window": window.index,
+                "seq": stream.chunks,
+                "rows": {name: window.column(name)[stream.saved:] for name in window.features},
+                "open_ranges": [[t, p, a, b] for (t, p), (a, b) in sorted(stream.open_ranges.items())],
+                "positions": positions_to_json(stream.positions),
+            }
+            extras: dict[str, Any] = {}
+            if stream.results and stream.chunks == 0:
+                extras["results"] = [r.model_dump_json(by_alias=True) for r in stream.results]
+            if stream.new_reference:
+                extras["reference"] = self._reference_value(stream)
+                outputs.append(self._state(
+                    reference_key(stream.record_type, stream.key),
+                    {"kind": "reference", "segment": stream.segment, "segment_key": stream.key,
+                     "record_type": stream.record_type, **extras["reference"]},
+                ))
+            key = chunk_key(stream.record_type, stream.key, window.index, stream.chunks)
+            outputs.append(self._state(key, {**value, **extras}))
+            if extras:
+                # Once confirmed, chunk 0 loses what only mattered if this batch failed.
+                self._pending.append(_Pending(
+                    self._iteration, self._state(key, value), (stream.key, stream.record_type),
+                    window.index,
+                ))
+            stream.chunks += 1
+            stream.saved = len(window)
+            stream.touched = False
+            stream.new_reference = False
+            stream.results = []
+        return outputs
+
+    def _state(self, key: str, value: dict[str, Any]) -> Output:
+        raw = encode_state(value)
+        CHECKPOINT_BYTES.inc(len(raw))
+        return Output(self.topics.drift_state, key, raw)
+
+    @staticmethod
+    def _reference_value(stream: _Stream) -> dict[str, Any]:
+        ref = stream.reference
+        assert ref is not None
+        return {
+            "n": ref.n,
+            "columns": ref.columns,
+            "ranges": [r.model_dump() for r in stream.reference_ranges],
+        }
+
+    def _restore(self, partitions: set[TP]) -> list[Output]:
+        """Rebuild the streams of ``partitions`` from the store; returns results to re-emit."""
+        assert self.store is not None
+        RESTORES.inc()
+        restored = restore_streams(self.store.load())
+        outputs: list[Output] = []
+        count = 0
+        for (key, record_type), state in restored.items():
+            if not partitions.intersection(state.positions):
+                continue
+            features = self._features.get(record_type)
+            if not features:
+                continue
+            self._streams[(key, record_type)] = self._rebuild(state, features)
+            count += 1
+            outputs += [Output(self.topics.drift, key, raw) for raw in state.unconfirmed_results]
+            outputs += [Output(self.topics.drift_state, k, None) for k in state.stale_keys]
+            first = state.first_chunk
+            if first is not None and "reference" in first and state.reference is not None:
+                # The reference record of that batch may not have been acknowledged: write it
+                # again before chunk 0 loses its inline copy.
+                outputs.append(self._state(
+                    reference_key(record_type, key),
+                    {"kind": "reference", "segment": state.segment, "segment_key": key,
+                     "record_type": record_type, **state.reference},
+                ))
+            if first is not None and ("results" in first or "reference" in first):
+                plain = {k: v for k, v in first.items() if k not in ("results", "reference", "schema")}
+                self._pending.append(_Pending(
+                    self._iteration,
+                    self._state(chunk_key(record_type, key, state.window, 0), plain),
+                    (key, record_type),
+                    state.window,
+                ))
+        log.info("restored %d drift streams for %d partitions from checkpoints",
+                 count, len(partitions))
+        return outputs
+
+    def _rebuild(self, state: RestoredStream, features: list[FeatureSpec]) -> _Stream:
+        window = CountWindow(self.cfg.window_size, [f.name for f in features])
+        stream = _Stream(state.segment, state.segment_key, state.record_type, window)
+        stream.positions = dict(state.positions)
+        try:
+            window.restore(state.window, state.columns)
+        except ValueError as e:
+            # The window size or features changed since the checkpoint: start a new reference,
+            # but never reuse a window index (episode ids derive from it).
+            log.warning("drift state of %s %s no longer fits the configuration (%s); "
+                        "starting a new reference at window %d",
+                        state.record_type, state.segment_key, e, state.window)
+            window.index = state.window
+            stream.touched = True  # checkpoint the fresh start with the next batch
+            return stream
+        stream.open_ranges = {tp: list(r) for tp, r in state.open_ranges.items()}
+        stream.chunks = state.chunks
+        stream.saved = len(window)
+        if state.reference is not None:
+            stream.reference = ClosedWindow(0, int(state.reference["n"]), state.reference["columns"])
+            stream.reference_ranges = [OffsetRange(**r) for r in state.reference["ranges"]]
+        return stream

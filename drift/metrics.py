@@ -43,3 +43,16 @@ ERRORS = Counter(
     "Messages skipped: undecodable, a record of the wrong type for its topic, or an unknown topic.",
     ["record_type", "reason"],
 )
+REPLAYED = Counter(
+    "observer_drift_replayed_total",
+    "Messages skipped because a restored checkpoint had already counted them.",
+    ["record_type"],
+)
+RESTORES = Counter(
+    "observer_drift_restores_total",
+    "Times the engine restored state from observer.drift-state (start, rebalance).",
+)
+CHECKPOINT_BYTES = Counter(
+    "observer_drift_checkpoint_bytes_total",
+    "Bytes of checkpoint records written to observer.drift-state.",
+)

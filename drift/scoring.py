@@ -1,13 +1,22 @@
 """Score one window against a reference, feature by feature: Evidently 0.7's column drift.
 
-- numeric feature: both the normalised Wasserstein distance and PSI are computed and reported;
-  the one named by ``numeric_method`` decides;
-- categorical feature: the Jensen-Shannon distance decides.
+Which method decides a feature's verdict, first match wins:
 
-A feature drifted when its statistic >= its threshold. A feature with no usable value on a
-side (all ``None``) gets statistic ``None``, is not drifted and does not count as scored.
-The window's drift share is drifted / scored features (Evidently's ``share_of_drifted_columns``)
-and the dataset drifted when that share >= ``drift_share``.
+1. the feature's own ``method`` (``FeatureSpec.method``), when set;
+2. ``numeric_method`` or ``categorical_method`` by the feature's kind;
+3. ``auto`` in either place resolves per window with Evidently's rule
+   (:func:`drift.stats.choose_method`: KS, chi-square or Z-test for references of up to 1000
+   rows, Wasserstein or Jensen-Shannon above).
+
+Its threshold: the feature's ``threshold``, else ``thresholds[method]``, else Evidently's
+default for that method. Besides the deciding statistic, numeric features always report
+``wasserstein`` and ``psi`` and categorical ones ``jensenshannon`` in ``statistics``, so
+dashboards keep the same series whichever method decides.
+
+A feature with no usable value on a side (all ``None``) gets statistic ``None``, is not
+drifted and does not count as scored. The window's drift share is drifted / scored features
+(Evidently's ``share_of_drifted_columns``) and the dataset drifted when that share >=
+``drift_share``.
 
 >>> from observer.core.config import FeatureSpec
 >>> ref = {"output_tokens": list(range(100)), "finish_reason": ["stop"] * 100}
@@ -20,6 +29,9 @@ and the dataset drifted when that share >= ``drift_share``.
 ['psi', 'wasserstein']
 >>> drift_share(features)
 0.5
+>>> [f.method for f in score_columns(ref, cur, [FeatureSpec(name="output_tokens",
+...                                                         kind="numeric", method="auto")])]
+['ks']
 """
 
 from __future__ import annotations
@@ -27,13 +39,38 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drift.stats import DEFAULT_THRESHOLDS, STATISTICS
+import numpy as np
+
+from drift.stats import AUTO, METHODS, check_method, choose_method, clean
 from observer.core.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
 NUMERIC_STATISTICS = ("wasserstein", "psi")
-"""Computed for every numeric feature; ``numeric_method`` picks the one that decides."""
+"""Always computed and reported for numeric features, whichever method decides."""
 CATEGORICAL_STATISTIC = "jensenshannon"
+"""Always computed and reported for categorical features."""
+REPORTED: dict[str, tuple[str, ...]] = {
+    "numeric": NUMERIC_STATISTICS,
+    "categorical": (CATEGORICAL_STATISTIC,),
+}
+
+
+def resolve_method(
+    spec: FeatureSpec, numeric_method: str = "wasserstein", categorical_method: str = "jensenshannon"
+) -> str:
+    """The configured method of a feature (possibly ``auto``), checked against its kind.
+
+    >>> resolve_method(FeatureSpec(name="x", kind="categorical"), "psi", "chisquare")
+    'chisquare'
+    >>> resolve_method(FeatureSpec(name="x", kind="numeric", method="ks"))
+    'ks'
+    """
+    name = spec.method or (numeric_method if spec.kind == "numeric" else categorical_method)
+    try:
+        check_method(name, spec.kind)
+    except ValueError as e:
+        raise ValueError(f"feature {spec.name!r}: {e}") from None
+    return name
 
 
 def score_feature(
@@ -42,6 +79,7 @@ def score_feature(
     current: Sequence[Any],
     *,
     numeric_method: str = "wasserstein",
+    categorical_method: str = "jensenshannon",
     thresholds: Mapping[str, float] | None = None,
 ) -> FeatureDrift:
     """One feature's drift verdict.
@@ -49,32 +87,43 @@ def score_feature(
     Parameters
     ----------
     spec
-        The feature's name and kind.
+        The feature's name, kind and optional ``method``/``threshold`` overrides.
     reference, current
         Raw values; ``None`` (a missing value) is skipped. For a categorical feature the empty
         string ``""`` is a category of its own, not a missing value.
-    numeric_method
-        ``"wasserstein"`` or ``"psi"``: the statistic that decides for numeric features.
+    numeric_method, categorical_method
+        The method deciding for each kind when the feature names none (``auto`` allowed).
     thresholds
-        Statistic name -> threshold; names not given take Evidently's defaults (0.1).
+        Method name -> threshold; names not given take Evidently's defaults.
     """
-    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    names = NUMERIC_STATISTICS if spec.kind == "numeric" else (CATEGORICAL_STATISTIC,)
-    method = numeric_method if spec.kind == "numeric" else CATEGORICAL_STATISTIC
-    if method not in names:
-        raise ValueError(
-            f"unknown numeric method {numeric_method!r}; choose from {NUMERIC_STATISTICS}"
+    method = resolve_method(spec, numeric_method, categorical_method)
+    ref = clean(reference, spec.kind)
+    cur = clean(current, spec.kind)
+    if spec.kind == "numeric":
+        # Every numeric statistic ignores order; sorted once here, each one gets faster.
+        ref, cur = np.sort(ref), np.sort(cur)
+    if method == AUTO:
+        # With a side empty there is no verdict; name the kind's distance so results stay
+        # readable (Evidently raises instead).
+        method = (
+            choose_method(ref, cur, spec.kind)
+            if len(ref) and len(cur)
+            else REPORTED[spec.kind][0]
         )
-    computed = {name: STATISTICS[name](reference, current, spec.kind) for name in names}
+    names = dict.fromkeys([*REPORTED[spec.kind], method])
+    computed = {name: METHODS[name].statistic(ref, cur, spec.kind) for name in names}
     statistic = computed[method]
-    threshold = limits[method]
+    if spec.threshold is not None:
+        threshold = spec.threshold
+    else:
+        threshold = (thresholds or {}).get(method, METHODS[method].default_threshold)
     return FeatureDrift(
         name=spec.name,
         kind=spec.kind,
         method=method,
         statistic=statistic,
         threshold=threshold,
-        drifted=statistic is not None and statistic >= threshold,
+        drifted=METHODS[method].drifted(statistic, threshold),
         statistics={k: v for k, v in computed.items() if v is not None},
     )
 
@@ -85,6 +134,7 @@ def score_columns(
     features: Sequence[FeatureSpec],
     *,
     numeric_method: str = "wasserstein",
+    categorical_method: str = "jensenshannon",
     thresholds: Mapping[str, float] | None = None,
 ) -> list[FeatureDrift]:
     """Every feature's verdict, in the order of ``features`` (see :func:`score_feature`)."""
@@ -94,6 +144,7 @@ def score_columns(
             reference.get(spec.name, []),
             current.get(spec.name, []),
             numeric_method=numeric_method,
+            categorical_method=categorical_method,
             thresholds=thresholds,
         )
         for spec in features

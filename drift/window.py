@@ -59,6 +59,28 @@ class CountWindow:
     def __len__(self) -> int:
         return self._n
 
+    def restore(self, index: int, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Resume an open window from a checkpoint: its index and the values collected so far.
+
+        >>> w = CountWindow(size=3, features=["x"])
+        >>> w.restore(7, {"x": [1, 2]})
+        >>> w.update({"x": 3}).index
+        7
+        """
+        lengths = {len(columns.get(name, ())) for name in self.features}
+        if len(lengths) > 1:
+            raise ValueError(f"checkpointed columns differ in length: {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        if n >= self.size:
+            raise ValueError(f"checkpointed window holds {n} records, size is {self.size}")
+        self.index = index
+        self._columns = {name: list(columns.get(name, ())) for name in self.features}
+        self._n = n
+
+    def column(self, name: str) -> list[Any]:
+        """The open window's values of one feature so far (a live view: do not modify)."""
+        return self._columns[name]
+
     def update(self, row: Mapping[str, Any]) -> ClosedWindow | None:
         """Add one record's values; returns the window when this record filled it.
 

@@ -21,8 +21,12 @@ def create_admin_app(
     stage_errors: Callable[[], dict[str, str]],
     drift_view: TopicView,
     trigger_view: TopicView,
+    decisions: Callable[[int], list[dict[str, Any]] | None] | None = None,
 ) -> FastAPI:
-    """``stage_errors`` maps a failed component to its error; empty means healthy."""
+    """``stage_errors`` maps a failed component to its error; empty means healthy.
+
+    ``decisions(limit)`` lists the trigger ledger (``None`` while no trigger stage runs here).
+    """
     app = FastAPI(title="observer admin", docs_url=None, redoc_url=None)
     token = cfg.auth_token.get_secret_value().encode() if cfg.auth_token else None
 
@@ -60,8 +64,16 @@ def create_admin_app(
 
     @app.get("/api/v1/triggers", dependencies=[Depends(authorised)])
     def triggers(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        """Trigger decisions and delivery outcomes, most recent first."""
+        """Trigger decisions and delivery outcomes, most recent first.
+
+        ``events`` come from ``observer.triggers``; ``decisions`` from the ledger (each with
+        its deliveries and their attempts) when this process runs the trigger stage.
+        """
         events = [e for e in trigger_view.history() if isinstance(e, TriggerEvent)][:limit]
-        return {"events": [e.model_dump(by_alias=True) for e in events]}
+        body: dict[str, Any] = {"events": [e.model_dump(by_alias=True) for e in events]}
+        listed = decisions(limit) if decisions is not None else None
+        if listed is not None:
+            body["decisions"] = listed
+        return body
 
     return app

@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from collectors.domain_metrics import DomainMetrics
 from collectors.normalizer import Normalizer
+from collectors.intake import Intake
+from collectors.otlp_grpc import GrpcReceiver
 from collectors.otlp_http import create_app as create_otlp_http_app
+from collectors.trace_grouping import TraceGrouper
 from drift.engine import DriftEngine
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
@@ -43,15 +47,26 @@ CONSUMING_STAGES: dict[str, ConsumingStage] = {
         group_id=lambda cfg: cfg.normalizer.group_id,
         inputs=lambda t: [t.spans],
     ),
+    # Trace grouping: otlp_spans (keyed by trace id) -> observer.paths.
+    "paths": ConsumingStage(
+        build=lambda cfg, t: TraceGrouper(t, cfg.paths),
+        group_id=lambda cfg: cfg.paths.group_id,
+        inputs=lambda t: [t.spans],
+    ),
     "drift": ConsumingStage(
-        build=lambda cfg, t: DriftEngine(cfg.drift, t),
+        build=lambda cfg, t: DriftEngine.for_kafka(cfg.drift, cfg.kafka, t),
         group_id=lambda cfg: cfg.drift.group_id,
         inputs=lambda t: [t.llm, t.tools],
     ),
     "trigger": ConsumingStage(
-        build=lambda cfg, t: TriggerStage(cfg.trigger, t),
+        build=lambda cfg, t: TriggerStage(cfg.trigger, t, kafka=cfg.kafka),
         group_id=lambda cfg: cfg.trigger.group_id,
         inputs=lambda t: [t.drift],
+    ),
+    "metrics": ConsumingStage(
+        build=lambda cfg, t: DomainMetrics(cfg.metrics, t),
+        group_id=lambda cfg: cfg.metrics.group_id,
+        inputs=lambda t: [t.llm, t.tools, t.paths],
     ),
 }
 # "collect" is the OTLP receiver: an HTTP server, not a consumer.
@@ -72,7 +87,7 @@ class Runtime:
     >>> Runtime(ObserverConfig(), ["nonsense"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown stage 'nonsense'; choose from collect, normalize, drift, trigger
+    ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, drift, trigger, metrics
     """
 
     def __init__(self, cfg: ObserverConfig, stages: list[str]) -> None:
@@ -87,6 +102,8 @@ class Runtime:
         self.runners: dict[str, StageRunner] = {}
         self.processors: dict[str, Processor] = {}
         self.drift_view: TopicView | None = None
+        self.intake: Intake | None = None
+        self.grpc: GrpcReceiver | None = None
         self.trigger_view: TopicView | None = None
         self._threads: list[threading.Thread] = []
         self.stop_event = threading.Event()
@@ -118,15 +135,21 @@ class Runtime:
             stage_errors=self.errors,
             drift_view=drift_view,
             trigger_view=trigger_view,
+            decisions=self._ledger_decisions,
         )
         self.servers["admin"] = ServerThread(
             admin, self.cfg.admin.host, self.cfg.admin.port, name="admin"
         ).start()
 
         if "collect" in self.stages:
-            app = create_otlp_http_app(self.cfg.receiver, kafka, self.topics)
+            # One intake: HTTP and gRPC share the Kafka producer and the in-flight budget.
+            self.intake = Intake(self.cfg.receiver, kafka, self.topics).open()
+            app = create_otlp_http_app(self.cfg.receiver, kafka, self.topics, intake=self.intake)
             self.servers["otlp_http"] = ServerThread(
                 app, self.cfg.receiver.host, self.cfg.receiver.http_port, name="otlp-http"
+            ).start()
+            self.grpc = GrpcReceiver(
+                self.intake, self.cfg.receiver.host, self.cfg.receiver.grpc_port
             ).start()
 
         for name in self.stages:
@@ -140,6 +163,11 @@ class Runtime:
             self.runners[name] = runner
             self._threads.append(thread)
             thread.start()
+
+    def _ledger_decisions(self, limit: int) -> list[dict[str, Any]] | None:
+        """The trigger ledger's newest decisions, when the trigger stage runs here."""
+        stage = self.processors.get("trigger")
+        return stage.ledger.list_decisions(limit) if isinstance(stage, TriggerStage) else None
 
     def _run_stage(self, runner: StageRunner) -> None:
         try:
@@ -159,8 +187,14 @@ class Runtime:
         self.stop_event.set()
         for t in self._threads:
             t.join(15)
+        if self.grpc is not None:
+            self.grpc.stop()
+            self.grpc = None
         for server in self.servers.values():
             server.stop()
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
         for view in (self.drift_view, self.trigger_view):
             if view is not None:
                 view.stop()
@@ -173,5 +207,7 @@ class Runtime:
         eps = {"admin": self.servers["admin"].url}
         if "otlp_http" in self.servers:
             eps["otlp_http"] = self.servers["otlp_http"].url + "/v1/traces"
+        if self.grpc is not None:
+            eps["otlp_grpc"] = self.grpc.target
         eps["kafka"] = self.cfg.kafka.servers + (" (embedded, memory-only)" if self.cfg.kafka.embedded else "")
         return eps

@@ -54,3 +54,40 @@ def kafka_config(broker: EmbeddedBroker) -> KafkaConfig:
 @pytest.fixture
 def topics(kafka_config: KafkaConfig) -> Topics:
     return Topics.from_config(kafka_config)
+
+
+@pytest.fixture(scope="session")
+def start_prometheus():
+    """A function starting a real Prometheus (Debian's binary) on a free loopback port:
+    ``start_prometheus({"job": ["127.0.0.1:8000"]}, scrape_interval="1s", jobs=[...])`` returns
+    a started :class:`tests.prometheus_harness.PrometheusServer`; all stop at session end."""
+    from tests.prometheus_harness import PrometheusServer
+
+    started: list[PrometheusServer] = []
+
+    def start(targets=None, **options):
+        server = PrometheusServer(targets, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def exposition_server():
+    """A function serving ``render()`` (exposition text) on a free port for Prometheus to
+    scrape; returns a started :class:`tests.prometheus_harness.ExpositionServer`."""
+    from tests.prometheus_harness import ExpositionServer
+
+    started: list[ExpositionServer] = []
+
+    def start(render):
+        server = ExpositionServer(render).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

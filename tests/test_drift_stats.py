@@ -18,15 +18,20 @@ from scipy.spatial import distance
 
 from drift.stats import (
     MAX_CATEGORY_VALUES,
+    METHODS,
     STATISTICS,
     binned_shares,
+    chisquare,
+    choose_method,
     clean,
     fill_zero_shares,
     jensenshannon,
     jensenshannon_of_shares,
+    ks,
     psi,
     psi_of_shares,
     wasserstein_norm,
+    ztest,
 )
 
 REL = 1e-6
@@ -273,3 +278,95 @@ def test_evidently_reference_vector(evidently: Any) -> None:
         )
         == 0.0711294
     )
+
+
+# --- KS, chi-square, Z-test and the automatic choice against Evidently ------------------------
+
+EVIDENTLY_NAMES = {"ks": "ks", "chisquare": "chisquare", "z": "ztest",
+                   "wasserstein": "wasserstein", "jensenshannon": "jensenshannon"}
+
+
+def _evidently_inputs(case: tuple[str, Any, Any, str]) -> tuple[pd.Series, pd.Series]:
+    _, ref, cur, kind = case
+    ev_ref, ev_cur = evidently_column(ref), evidently_column(cur)
+    if kind == "numeric":
+        ev_ref, ev_cur = ev_ref.astype(float), ev_cur.astype(float)
+    return ev_ref, ev_cur
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_tests_match_evidently(evidently: Any, case: tuple[str, Any, Any, str]) -> None:
+    st, column_type = evidently
+    _, ref, cur, kind = case
+    ctype = column_type.Numerical if kind == "numeric" else column_type.Categorical
+    ev_ref, ev_cur = _evidently_inputs(case)
+    checks = [("chisquare", st.chi_stat_test), ("ztest", st.z_stat_test)]
+    if kind == "numeric":
+        checks.append(("ks", st.ks_stat_test))
+    for name, ev_test in checks:
+        ours = STATISTICS[name](ref, cur, kind)
+        with np.errstate(divide="ignore", invalid="ignore"), _quiet():
+            expected = ev_test(ev_ref, ev_cur, ctype, None)
+        score = float(expected.drift_score)
+        if math.isnan(score):  # chi-square over one category: we report 1.0, same verdict
+            assert name == "chisquare" and ours == 1.0
+        else:
+            assert close(ours, score) or ours == score == 0.0, (name, ours, score)
+        assert METHODS[name].drifted(ours, METHODS[name].default_threshold) == bool(
+            expected.drifted
+        ), name
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_automatic_choice_matches_evidently(evidently: Any, case: tuple[str, Any, Any, str]) -> None:
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+
+    st, column_type = evidently
+    _, ref, cur, kind = case
+    ctype = column_type.Numerical if kind == "numeric" else column_type.Categorical
+    ev_ref, ev_cur = _evidently_inputs(case)
+    expected = get_stattest(ev_ref, ev_cur, ctype, None).name
+    assert choose_method(clean(ref, kind), clean(cur, kind), kind) == EVIDENTLY_NAMES[expected]
+
+
+def test_automatic_choice_switches_above_1000_reference_rows(evidently: Any) -> None:
+    rng = np.random.default_rng(0)
+    for n_ref, expected in ((1000, "ks"), (1001, "wasserstein")):
+        ref = rng.normal(0, 1, n_ref)
+        assert choose_method(ref, rng.normal(0, 1, 50), "numeric") == expected
+    binary = np.array(["a", "b"] * 300, dtype=object)
+    assert choose_method(binary, binary, "categorical") == "ztest"
+    assert choose_method(np.r_[binary, binary], binary, "categorical") == "jensenshannon"
+
+
+class _quiet:
+    """SciPy warns when chi-square divides by an expected count of 0 (Evidently too)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def test_p_value_rules_at_the_threshold() -> None:
+    # Evidently: KS drifts at p <= threshold, chi-square and Z at p < threshold.
+    assert METHODS["ks"].drifted(0.05, 0.05)
+    assert not METHODS["chisquare"].drifted(0.05, 0.05)
+    assert not METHODS["ztest"].drifted(0.05, 0.05)
+    assert METHODS["psi"].drifted(0.1, 0.1) and not METHODS["psi"].drifted(None, 0.1)
+
+
+def test_ztest_and_chisquare_by_hand() -> None:
+    # 5 % vs 35 % errors in 100 + 100 tool calls.
+    p = ztest(["ok"] * 95 + ["error"] * 5, ["ok"] * 65 + ["error"] * 35)
+    p1, p2, pooled = 95 / 100, 65 / 100, 160 / 200  # "error" < "ok": "ok" is coded 1
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (2 / 100))
+    assert close(p, 2 * (1 - stats.norm.cdf(abs(z))))
+    expected = stats.chisquare([65, 35], [95, 5])[1]
+    assert close(chisquare(["ok"] * 95 + ["error"] * 5, ["ok"] * 65 + ["error"] * 35), expected)
+    assert ks([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0

@@ -66,7 +66,7 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
     with ServerThread(hooks) as hook_server:
         cfg = ObserverConfig(
             kafka=kafka_config,
-            receiver=ReceiverConfig(http_port=free_port()),
+            receiver=ReceiverConfig(http_port=free_port(), grpc_port=free_port()),
             admin=AdminConfig(port=free_port()),
             drift=DriftConfig(window_size=1000, group_id="e2e-drift"),
             trigger=TriggerConfig(
@@ -150,6 +150,7 @@ def test_observer_up_stops_cleanly_and_leaves_no_broker(sig: signal.Signals, tmp
         "OBSERVER_KAFKA__EMBEDDED_LISTEN": f"127.0.0.1:{free_port()}",
         "OBSERVER_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "OBSERVER_RECEIVER__HTTP_PORT": str(free_port()),
+        "OBSERVER_RECEIVER__GRPC_PORT": str(free_port()),
         "OBSERVER_ADMIN__PORT": str(free_port()),
         "OBSERVER_TRIGGER__LEDGER_PATH": str(tmp_path / "ledger.sqlite"),
     }

@@ -163,3 +163,59 @@ def test_episode_ids_are_deterministic() -> None:
     assert episode_id("p", "s", "llm", 1) != episode_id("q", "s", "llm", 1)
     assert episode_id("p", "s", "llm", 1) != episode_id("p", "s", "tools", 1)
     assert episode_id("p", "s", "llm", 1) != episode_id("p", "s", "llm", 2)
+
+
+def test_n_of_last_m_windows() -> None:
+    t = PolicyTracker(policy(consecutive_windows=3, window_of=5))
+    # Qualifying 1, 3, 5: three of the last five, never two in a row.
+    decisions = feed(t, [window(1, 0.9), window(2, 0.1), window(3, 0.9), window(4, 0.1)])
+    assert decisions == []
+    (d,) = feed(t, [window(5, 0.9)])
+    assert (d.first_window_index, d.window_index) == (1, 5)
+    assert d.reason == "drift_share 0.9 >= 0.5 in 3 of the last 5 windows (windows 1-5, n=500)"
+    # A gap counts as windows that did not qualify: 6 and 9 alone are two of the last five.
+    t2 = PolicyTracker(policy(consecutive_windows=3, window_of=5))
+    assert feed(t2, [window(6, 0.9), window(9, 0.9)]) == []
+    (d2,) = feed(t2, [window(10, 0.9)])
+    assert d2.first_window_index == 6
+
+
+def test_episode_stays_open_until_cleared() -> None:
+    t = PolicyTracker(policy(clear_windows=2, clear_threshold=0.3, cooldown_s=0))
+    (d,) = feed(t, [window(1, 0.9), window(2, 0.9)])
+    assert t.is_open("shop|gpt-4o", "llm")
+    # Forty more drifted windows, and windows between the thresholds: no new decision.
+    assert feed(t, [window(i, 0.9 if i % 3 else 0.4) for i in range(3, 43)]) == []
+    # One clear window, then a relapse: the count starts again.
+    assert feed(t, [window(43, 0.1), window(44, 0.9), window(45, 0.2), window(46, 0.2)]) == []
+    assert not t.is_open("shop|gpt-4o", "llm")
+    (again,) = feed(t, [window(47, 0.9), window(48, 0.9)])
+    assert again.first_window_index == 47 and again.episode_id != d.episode_id
+
+
+def test_segment_globs_and_feature_signal() -> None:
+    from observer.core.records import FeatureDrift
+
+    t = PolicyTracker(policy(segments={"model": "gpt-*"}, consecutive_windows=1))
+    assert feed(t, [window(1, 0.9, segment="bank|llama")]) == []
+    assert len(feed(t, [window(1, 0.9)])) == 1
+
+    def with_feature(i: int, stat: float | None) -> DriftResult:
+        f = FeatureDrift(name="output_tokens", kind="numeric", method="psi", statistic=stat,
+                         threshold=0.1, drifted=bool(stat and stat >= 0.1))
+        return window(i, 0.0).model_copy(update={"features": [f]})
+
+    f = PolicyTracker(policy(signal="feature_statistic", feature="output_tokens", threshold=0.2))
+    assert feed(f, [with_feature(1, 0.25), with_feature(2, None)]) == []  # no value: no count
+    (d,) = feed(f, [with_feature(3, 0.3), with_feature(4, 0.4)])
+    assert d.reason.startswith("output_tokens statistic 0.3 >= 0.2 for 2 consecutive windows")
+
+
+def test_incoherent_policies_are_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs `feature`"):
+        policy(signal="feature_statistic")
+    with pytest.raises(ValidationError, match="window_of"):
+        policy(consecutive_windows=3, window_of=2)

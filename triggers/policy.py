@@ -2,13 +2,18 @@
 
 A :class:`PolicyTracker` follows River's protocol: feed it every drift result with
 :meth:`PolicyTracker.update`; it answers ``None`` or a :class:`Decision`. Per
-``(segment_key, record_type)`` it counts qualifying windows in a row (signal at or above the
-threshold, enough samples, a watched record type); a window that does not qualify, or a gap in
-the window indices, starts the count again. When the count reaches
-``consecutive_windows`` the run ends in a decision: ``fired`` normally, ``suppressed`` when the
-policy already fired for that key less than ``cooldown_s`` ago. Either way the count starts
-again, so a long drift yields one decision per ``consecutive_windows`` windows (fired at most
-once per cooldown).
+``(segment_key, record_type)`` of a watched segment (``segments`` globs) it looks at the last
+``window_of`` (M) windows and counts those that qualify (signal at or above the threshold,
+enough samples, a watched record type); windows missing from the indices count as not
+qualifying. When N = ``consecutive_windows`` of the last M qualify, the run ends in a decision:
+``fired`` normally, ``suppressed`` when the policy already fired for that key less than
+``cooldown_s`` ago. M defaults to N, which is "N in a row".
+
+After a decision the count starts again. With ``clear_windows`` = 0 a long drift therefore
+yields one decision per N windows (fired at most once per cooldown). With ``clear_windows`` =
+K > 0 the decision opens an *episode* that lasts until K windows in a row fall below
+``clear_threshold`` (default: the threshold); no decision is taken while it is open, so one
+long drift is one episode however long it lasts, and the policy re-arms only after the clear.
 
 State lives in memory. After a restart the tracker relearns from the results it is fed again;
 :func:`episode_id` is a pure function of the run, so a replayed run gets the id it had before
@@ -29,13 +34,30 @@ True
 ('fired', 'drift_share 0.75 >= 0.5 for 2 consecutive windows (windows 1-2, n=500)')
 >>> tracker.update(window(3, 0.9), now=2.0), tracker.update(window(4, 0.9), now=3.0).kind
 (None, 'suppressed')
+
+Two of the last three, and an episode that must clear before the policy re-arms:
+
+>>> hyst = PolicyTracker(PolicyConfig(name="h", threshold=0.5, consecutive_windows=2,
+...     window_of=3, clear_windows=2, cooldown_s=0))
+>>> [hyst.update(window(i, s), now=i) for i, s in enumerate([0.7, 0.1], start=1)]
+[None, None]
+>>> hyst.update(window(3, 0.8), now=3).reason
+'drift_share 0.7 >= 0.5 in 2 of the last 3 windows (windows 1-3, n=500)'
+>>> [hyst.update(window(i, s), now=i) for i, s in enumerate([0.9, 0.9, 0.2, 0.9], start=4)]
+[None, None, None, None]
+>>> [hyst.update(window(i, s), now=i) for i, s in enumerate([0.2, 0.1, 0.9], start=8)]
+[None, None, None]
+>>> hyst.update(window(11, 0.9), now=11).first_window_index
+10
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 from observer.core.config import PolicyConfig
@@ -72,54 +94,84 @@ def episode_id(policy: str, segment_key: str, record_type: str, first_window_ind
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def signal_of(result: DriftResult, signal: str) -> float:
-    """The window's value that a policy compares with its threshold.
+def signal_of(result: DriftResult, signal: str, feature: str | None = None) -> float:
+    """The window's value that a policy compares with its threshold (NaN when absent).
 
-    >>> from observer.core.records import DriftResult
+    >>> from observer.core.records import DriftResult, FeatureDrift
+    >>> f = FeatureDrift(name="output_tokens", kind="numeric", method="psi", statistic=0.3,
+    ...     threshold=0.1, drifted=True)
     >>> r = DriftResult(segment={}, segment_key="", record_type="llm", window_index=1,
-    ...     n_reference=1, n_current=1, features=[], drift_share=0.25, dataset_drift=True,
+    ...     n_reference=1, n_current=1, features=[f], drift_share=0.25, dataset_drift=True,
     ...     closed_at_unix_nano=0)
     >>> signal_of(r, "drift_share"), signal_of(r, "dataset_drift")
     (0.25, 1.0)
+    >>> signal_of(r, "feature_statistic", "output_tokens"), signal_of(r, "feature_statistic", "x")
+    (0.3, nan)
     """
     if signal == "drift_share":
         return float(result.drift_share)
     if signal == "dataset_drift":
         return 1.0 if result.dataset_drift else 0.0
+    if signal == "feature_statistic":
+        for f in result.features:
+            if f.name == feature:
+                return math.nan if f.statistic is None else float(f.statistic)
+        return math.nan  # a window without the feature neither qualifies nor clears
     raise ValueError(f"unknown policy signal {signal!r}")
+
+
+def segment_matches(segment: dict[str, str], patterns: dict[str, str]) -> bool:
+    """Whether every ``field: glob`` of ``patterns`` matches the segment (empty: all do).
+
+    >>> segment_matches({"service": "shop", "model": "gpt-4o"}, {"model": "gpt-*"})
+    True
+    >>> segment_matches({"service": "shop"}, {"model": "gpt-*"})
+    False
+    """
+    return all(fnmatch.fnmatchcase(segment.get(k, ""), glob) for k, glob in patterns.items())
+
+
+@dataclass(frozen=True)
+class _Window:
+    index: int
+    qualifies: bool
+    value: float
+    n: int
 
 
 @dataclass
 class _KeyState:
     last_window: int | None = None
-    first_window: int | None = None
-    length: int = 0
-    # The weakest window of the run: the reason then holds for every window in it.
-    min_signal: float = math.inf
-    min_n: int = 0
+    # The last M windows, oldest first; missing indices are filled in as not qualifying.
+    recent: deque[_Window] = field(default_factory=deque)
+    episode_open: bool = False
+    clear_count: int = 0
     last_fired_at: float | None = None
-
-    def reset_run(self) -> None:
-        self.first_window = None
-        self.length = 0
-        self.min_signal = math.inf
-        self.min_n = 0
 
 
 class PolicyTracker:
-    """Per-key run counting and cooldown for one :class:`PolicyConfig`."""
+    """Per-key hysteresis, episodes and cooldown for one :class:`PolicyConfig`."""
 
     def __init__(self, policy: PolicyConfig) -> None:
         self.policy = policy
+        self.window_of = policy.window_of or policy.consecutive_windows
+        self.clear_threshold = (
+            policy.threshold if policy.clear_threshold is None else policy.clear_threshold
+        )
         self._state: dict[tuple[str, str], _KeyState] = {}
+
+    def watches(self, result: DriftResult) -> bool:
+        """Whether the window belongs to this policy at all (record type and segment)."""
+        p = self.policy
+        return result.record_type in p.record_types and segment_matches(result.segment, p.segments)
 
     def qualifies(self, result: DriftResult) -> bool:
         """Whether this window counts towards a run."""
         p = self.policy
         return (
-            result.record_type in p.record_types
+            self.watches(result)
             and result.n_current >= p.min_samples
-            and signal_of(result, p.signal) >= p.threshold
+            and signal_of(result, p.signal, p.feature) >= p.threshold
         )
 
     def restore_fired(self, segment_key: str, record_type: str, at: float) -> None:
@@ -128,40 +180,62 @@ class PolicyTracker:
         if state.last_fired_at is None or at > state.last_fired_at:
             state.last_fired_at = at
 
+    def is_open(self, segment_key: str, record_type: str) -> bool:
+        """Whether an episode of this key is open (decided, not cleared yet)."""
+        state = self._state.get((segment_key, record_type))
+        return bool(state and state.episode_open)
+
     def update(self, result: DriftResult, now: float) -> Decision | None:
         """Feed one window; a :class:`Decision` when it completes a run."""
         p = self.policy
-        if result.record_type not in p.record_types:
+        if not self.watches(result):
             return None  # another stream: it neither counts nor breaks a run
         key = (result.segment_key, result.record_type)
         state = self._state.setdefault(key, _KeyState())
         index = result.window_index
         if state.last_window is not None and index == state.last_window:
             return None  # the same window delivered again (at-least-once upstream)
-        contiguous = state.last_window is not None and index == state.last_window + 1
+        previous = state.last_window
+        contiguous = previous is not None and index == previous + 1
         state.last_window = index
-        if not self.qualifies(result):
-            state.reset_run()
-            return None
-        if not contiguous or state.first_window is None:
-            # A gap means windows we never saw: they cannot count as "in a row".
-            state.reset_run()
-            state.first_window = index
-        state.length += 1
-        value = signal_of(result, p.signal)
-        state.min_signal = min(state.min_signal, value)
-        state.min_n = result.n_current if state.length == 1 else min(state.min_n, result.n_current)
-        if state.length < p.consecutive_windows:
+        value = signal_of(result, p.signal, p.feature)
+
+        if state.episode_open:
+            clears = result.n_current >= p.min_samples and value < self.clear_threshold
+            if not clears:
+                state.clear_count = 0
+            else:
+                state.clear_count = state.clear_count + 1 if contiguous else 1
+            if state.clear_count >= p.clear_windows:
+                state.episode_open = False
+                state.clear_count = 0
+                state.recent.clear()
             return None
 
-        first = state.first_window
-        assert first is not None
+        if previous is None or index < previous:
+            state.recent.clear()  # first sight, or the engine started counting again
+        elif not contiguous:
+            # Windows we never saw cannot count: they enter the history as not qualifying.
+            for missing in range(max(index - self.window_of, previous + 1), index):
+                state.recent.append(_Window(missing, False, math.nan, 0))
+        state.recent.append(_Window(index, self.qualifies(result), value, result.n_current))
+        while len(state.recent) > self.window_of:
+            state.recent.popleft()
+        counted = [w for w in state.recent if w.qualifies]
+        if len(counted) < p.consecutive_windows:
+            return None
+
+        first = counted[0].index
         windows = f"window {index}" if first == index else f"windows {first}-{index}"
-        plural = "window" if p.consecutive_windows == 1 else "consecutive windows"
-        reason = (
-            f"{p.signal} {state.min_signal:.4g} >= {p.threshold:g} for {state.length} {plural} "
-            f"({windows}, n={state.min_n})"
-        )
+        weakest = min(w.value for w in counted)  # the reason then holds for every one of them
+        min_n = min(w.n for w in counted)
+        if self.window_of == p.consecutive_windows:
+            plural = "window" if p.consecutive_windows == 1 else "consecutive windows"
+            how = f"for {len(counted)} {plural}"
+        else:
+            how = f"in {len(counted)} of the last {self.window_of} windows"
+        what = p.signal if p.signal != "feature_statistic" else f"{p.feature} statistic"
+        reason = f"{what} {weakest:.4g} >= {p.threshold:g} {how} ({windows}, n={min_n})"
         kind: DecisionKind = "fired"
         if state.last_fired_at is not None and now - state.last_fired_at < p.cooldown_s:
             kind = "suppressed"
@@ -171,7 +245,10 @@ class PolicyTracker:
             )
         else:
             state.last_fired_at = now
-        state.reset_run()
+        state.recent.clear()
+        if p.clear_windows > 0:
+            state.episode_open = True
+            state.clear_count = 0
         return Decision(
             policy=p.name,
             segment_key=result.segment_key,

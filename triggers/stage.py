@@ -6,8 +6,14 @@ webhook of the policy when it fired, *before* anything is sent; then a ``fired``
 ``suppressed`` :class:`~observer.core.records.TriggerEvent` goes to ``observer.triggers``,
 keyed ``policy/segment_key``.
 
-``tick`` (after every poll) works through the ledger's due deliveries: one attempt each, the
-outcome recorded, a ``delivery`` event emitted. It attempts at most
+A fired decision of a policy with ``actions`` also owes one run per action (``argo``: Argo
+Workflows through Hera, ``kfp``: Kubeflow Pipelines), written to the same outbox with a payload
+that fixes the episode-derived run name and the Parquet export of the drifted window
+(:func:`triggers.argo.build_run`).
+
+``tick`` (after every poll) works through the ledger's due deliveries: one attempt each
+(:data:`TriggerStage.ACTIONS` picks the handler by the row's action), the outcome recorded, a
+``delivery`` event emitted. It attempts at most
 ``max_deliveries_per_tick`` and starts none after ``tick_budget_s``, so a slow receiver delays
 consumption by a bounded amount; the rest wait for the next tick. Because the outbox is in
 SQLite, a restarted stage resumes undelivered webhooks.
@@ -22,22 +28,27 @@ acknowledged before a crash); consumers deduplicate on ``episode_id``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import Counter
 
 from observer.core.bus import Message, Output
-from observer.core.config import PolicyConfig, TriggerConfig, WebhookConfig
+from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from triggers.ledger import DEAD_LETTER, DISABLED, Delivery, Ledger, NewDelivery
 from triggers.policy import Decision, PolicyTracker
 from triggers.redact import public_target
 from triggers.signing import check_secret
-from triggers.webhook import WebhookSender, build_payload
+from triggers.webhook import AttemptResult, WebhookSender, build_payload
+
+if TYPE_CHECKING:
+    from triggers.argo import ArgoAction
+    from triggers.kfp import KfpAction
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +60,16 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery outcomes: delivered, failed (retry scheduled), dead_letter, disabled.",
     ["outcome"],
 )
+RUN_SUBMISSIONS = Counter(
+    "observer_run_submissions_total",
+    "Run action outcomes (argo, kfp): delivered (submitted), failed (retry), dead_letter.",
+    ["action", "outcome"],
+)
 TRIGGER_ERRORS = Counter(
     "observer_trigger_errors_total", "Messages on the drift topic that were not drift results."
 )
 
-WEBHOOK = "webhook"
+WEBHOOK, ARGO, KFP = "webhook", "argo", "kfp"
 EventKind = Literal["fired", "suppressed", "delivery"]
 
 
@@ -61,8 +77,9 @@ class TriggerStage:
     """The :class:`~observer.core.bus.Processor` of the trigger stage.
 
     ``clock`` (Unix seconds) dates decisions and schedules retries; ``sender`` replaces the
-    default :class:`~triggers.webhook.WebhookSender`. :attr:`ledger` is open for readers
-    (the admin API lists it).
+    default :class:`~triggers.webhook.WebhookSender`. ``kafka`` lets run actions read the
+    drifted window back for the Parquet export (without it runs get no data parameters).
+    :attr:`ledger` is open for readers (the admin API lists it).
     """
 
     name = "trigger"
@@ -76,6 +93,7 @@ class TriggerStage:
         sender: WebhookSender | None = None,
         max_deliveries_per_tick: int = 4,
         tick_budget_s: float = 5.0,
+        kafka: KafkaConfig | None = None,
     ) -> None:
         names = [p.name for p in cfg.policies]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -106,9 +124,37 @@ class TriggerStage:
                 raise ValueError(
                     f"policy {policy_name}: webhook {public_target(url)}: {e}"
                 ) from None
+        self.kafka = kafka
+        wanted = {a for p in cfg.policies for a in p.actions}
+        self.argo: ArgoAction | None = None
+        self.kfp: KfpAction | None = None
+        exporter = self._export if kafka is not None and cfg.export.uri else None
+        if ARGO in wanted:
+            from triggers.argo import ArgoAction
+
+            self.argo = ArgoAction(cfg.argo, cfg.pipeline, exporter=exporter)
+        if KFP in wanted:
+            from triggers.kfp import KfpAction
+
+            self.kfp = KfpAction(cfg.kfp, exporter=exporter)
+
+    def _export(self, run: dict[str, Any]) -> dict[str, int]:
+        from triggers.export import export_episode
+
+        assert self.kafka is not None
+        export = self.cfg.export
+        return export_episode(
+            self.kafka,
+            run["export"],
+            max_records=export.max_records,
+            storage_options=export.storage_options,
+        )
 
     def close(self) -> None:
         self.sender.close()
+        for action in (self.argo, self.kfp):
+            if action is not None:
+                action.close()
         self.ledger.close()
 
     # -- decisions ----------------------------------------------------------------------
@@ -148,6 +194,7 @@ class TriggerStage:
         if decision.kind == "fired":
             payload = build_payload(decision, result)
             deliveries = [NewDelivery(w.url, payload, WEBHOOK) for w in policy.webhooks]
+            deliveries += self._run_deliveries(policy, decision, result)
         if not self.ledger.record_decision(decision, deliveries):
             stored = self.ledger.get_decision(decision.episode_id)
             log.info("episode %s is already in the ledger: not decided again", decision.episode_id)
@@ -181,6 +228,28 @@ class TriggerStage:
                 )
         return outputs
 
+    def _run_deliveries(
+        self, policy: PolicyConfig, decision: Decision, result: DriftResult
+    ) -> list[NewDelivery]:
+        if not policy.actions:
+            return []
+        from triggers.argo import build_run
+
+        run = build_run(
+            decision=decision,
+            result=result,
+            policy=policy,
+            name_prefix=self.cfg.argo.name_prefix,
+            export_uri=self.cfg.export.uri if self.kafka is not None else None,
+        )
+        payload = json.dumps(run, separators=(",", ":"), sort_keys=True).encode()
+        out = []
+        for name in policy.actions:
+            action = {ARGO: self.argo, KFP: self.kfp}[name]
+            assert action is not None
+            out.append(NewDelivery(action.target, payload, name))
+        return out
+
     def _decision_output(self, stored: dict[str, Any]) -> Output:
         return self._event(stored, stored["kind"], stored["reason"], at=stored["decided_at"])
 
@@ -189,22 +258,35 @@ class TriggerStage:
     def tick(self) -> list[Output]:
         outputs: list[Output] = []
         started = time.monotonic()
-        due = self.ledger.due_deliveries(
-            self.clock(), limit=self.max_deliveries_per_tick, action=WEBHOOK
-        )
+        due = self.ledger.due_deliveries(self.clock(), limit=self.max_deliveries_per_tick)
         for i, delivery in enumerate(due):
             if i and time.monotonic() - started > self.tick_budget_s:
                 break  # the rest are still due next tick; consumption goes on meanwhile
             outputs += self._deliver(delivery)
         return outputs
 
+    def _attempter(self, delivery: Delivery) -> Callable[[float], AttemptResult] | str:
+        """How to make one attempt of this row, or why it can never be made."""
+        if delivery.action == WEBHOOK:
+            webhook = self._webhooks.get((delivery.policy, delivery.target))
+            if webhook is None:
+                # The configuration lost this target since the decision: without its secret
+                # the delivery can never be signed.
+                return "no webhook with this target in the policy's configuration any more"
+            return lambda now: self.sender.attempt(
+                webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
+            )
+        action = {ARGO: self.argo, KFP: self.kfp}.get(delivery.action)
+        if action is None or action.target != delivery.target:
+            return f"no {delivery.action} target {public_target(delivery.target)} configured any more"
+        run = json.loads(delivery.payload)
+        return lambda now: action.attempt(run, delivery.attempts, now)
+
     def _deliver(self, delivery: Delivery) -> list[Output]:
         now = self.clock()
-        webhook = self._webhooks.get((delivery.policy, delivery.target))
-        if webhook is None:
-            # The configuration lost this target since the decision: without its secret the
-            # delivery can never be signed.
-            detail = "no webhook with this target in the policy's configuration any more"
+        attempt = self._attempter(delivery)
+        if isinstance(attempt, str):
+            detail = attempt
             self.ledger.record_attempt(
                 delivery.delivery_id,
                 status=DEAD_LETTER,
@@ -213,12 +295,10 @@ class TriggerStage:
                 now=now,
                 error=detail,
             )
-            WEBHOOK_DELIVERIES.labels(DEAD_LETTER).inc()
+            self._count(delivery.action, DEAD_LETTER)
             return [self._delivery_output(delivery, DEAD_LETTER, delivery.attempts, detail, now)]
 
-        result = self.sender.attempt(
-            webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
-        )
+        result = attempt(now)
         done = self.clock()
         self.ledger.record_attempt(
             delivery.delivery_id,
@@ -229,7 +309,7 @@ class TriggerStage:
             error=result.error,
             status_code=result.status_code,
         )
-        WEBHOOK_DELIVERIES.labels(result.status).inc()
+        self._count(delivery.action, result.status)
         outputs = [
             self._delivery_output(delivery, result.status, result.attempts, result.detail, done)
         ]
@@ -244,6 +324,13 @@ class TriggerStage:
                     )
                 )
         return outputs
+
+    @staticmethod
+    def _count(action: str, outcome: str) -> None:
+        if action == WEBHOOK:
+            WEBHOOK_DELIVERIES.labels(outcome).inc()
+        else:
+            RUN_SUBMISSIONS.labels(action, outcome).inc()
 
     def _delivery_output(
         self, delivery: Delivery, status: str, attempts: int, detail: str, at: float

@@ -10,7 +10,14 @@ name                function                     applies to
 ``wasserstein``     :func:`wasserstein_norm`     numeric
 ``psi``             :func:`psi`                  numeric (binned) and categorical
 ``jensenshannon``   :func:`jensenshannon`        numeric (binned) and categorical
+``ks``              :func:`ks`                   numeric (a p-value)
+``chisquare``       :func:`chisquare`            categorical and few-valued numeric (p)
+``ztest``           :func:`ztest`                binary features (a p-value)
 ==================  ===========================  =======================================
+
+Distances drift when ``statistic >= threshold``; p-values when they are small (the rule of
+each is in :data:`drift.stats.methods.METHODS`, with :func:`choose_method`, Evidently's
+automatic choice).
 
 >>> STATISTICS["psi"](["a", "a", "b"], ["a", "b", "b"], "categorical") > 0
 True
@@ -22,10 +29,14 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from drift.stats.binning import MAX_CATEGORY_VALUES, binned_shares, fill_zero_shares
+from drift.stats.chisquare import chisquare
 from drift.stats.columns import Kind, clean
 from drift.stats.jensenshannon import jensenshannon, jensenshannon_of_shares
+from drift.stats.ks import ks
+from drift.stats.methods import AUTO, METHODS, Method, check_method, choose_method
 from drift.stats.psi import psi, psi_of_shares
 from drift.stats.wasserstein import wasserstein_norm
+from drift.stats.ztest import ztest
 
 
 class Statistic(Protocol):
@@ -36,28 +47,32 @@ class Statistic(Protocol):
     ) -> float | None: ...
 
 
-STATISTICS: dict[str, Statistic] = {
-    "wasserstein": wasserstein_norm,
-    "psi": psi,
-    "jensenshannon": jensenshannon,
-}
+STATISTICS: dict[str, Statistic] = {name: m.statistic for name, m in METHODS.items()}
 """Statistics by the names used in configuration (``DriftConfig.thresholds``) and in results."""
 
-DEFAULT_THRESHOLDS: dict[str, float] = {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1}
+DEFAULT_THRESHOLDS: dict[str, float] = {name: m.default_threshold for name, m in METHODS.items()}
 """Evidently 0.7's default thresholds (``default_threshold`` of each stattest)."""
 
 __all__ = [
+    "AUTO",
     "DEFAULT_THRESHOLDS",
     "MAX_CATEGORY_VALUES",
+    "METHODS",
     "STATISTICS",
     "Kind",
+    "Method",
     "Statistic",
     "binned_shares",
+    "check_method",
+    "chisquare",
+    "choose_method",
     "clean",
     "fill_zero_shares",
     "jensenshannon",
     "jensenshannon_of_shares",
+    "ks",
     "psi",
     "psi_of_shares",
     "wasserstein_norm",
+    "ztest",
 ]

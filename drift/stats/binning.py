@@ -14,9 +14,8 @@ PSI then replaces zero shares (:func:`fill_zero_shares`); Jensen-Shannon uses th
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
+import pandas as pd
 
 from drift.stats.columns import Kind
 
@@ -44,19 +43,44 @@ def binned_shares(
     >>> r.round(3).tolist(), c.tolist()
     ([0.667, 0.333, 0.0], [0.0, 0.5, 0.5])
     """
-    if kind == "numeric" and len(np.unique(reference)) > MAX_CATEGORY_VALUES:
+    if kind == "numeric" and distinct(reference) > MAX_CATEGORY_VALUES:
         edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
         return (
             np.histogram(reference, edges)[0] / len(reference),
             np.histogram(current, edges)[0] / len(current),
         )
-    ref_counts = Counter(reference.tolist())
-    cur_counts = Counter(current.tolist())
-    keys = list(dict.fromkeys([*ref_counts, *cur_counts]))
+    ref_counts, cur_counts = value_counts(reference, current)
+    return ref_counts / len(reference), cur_counts / len(current)
+
+
+def value_counts(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of every value of either side, over the same keys (first seen first).
+
+    Hash-counted by pandas: a Python ``Counter`` over a million values is ten times slower.
+    Values that compare equal (``1`` and ``1.0``) are one key, as in Evidently.
+
+    >>> value_counts(np.array(["a", "b", "a"], dtype=object), np.array(["c"], dtype=object))
+    (array([2, 1, 0]), array([0, 0, 1]))
+    """
+    ref = pd.Series(reference, copy=False).value_counts(sort=False, dropna=False)
+    cur = pd.Series(current, copy=False).value_counts(sort=False, dropna=False)
+    keys = ref.index.append(cur.index[~cur.index.isin(ref.index)])
     return (
-        np.array([ref_counts.get(k, 0) / len(reference) for k in keys], dtype=np.float64),
-        np.array([cur_counts.get(k, 0) / len(current) for k in keys], dtype=np.float64),
+        ref.reindex(keys, fill_value=0).to_numpy(dtype=np.int64),
+        cur.reindex(keys, fill_value=0).to_numpy(dtype=np.int64),
     )
+
+
+def distinct(values: np.ndarray) -> int:
+    """Distinct values of a numeric array (``len(np.unique(values))``, without the copy).
+
+    >>> distinct(np.array([3.0, 1.0, 3.0]))
+    2
+    """
+    if len(values) == 0:
+        return 0
+    ordered = values if np.all(values[:-1] <= values[1:]) else np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def fill_zero_shares(shares: np.ndarray) -> np.ndarray:

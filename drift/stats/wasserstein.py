@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import stats  # noqa: F401  (the doctest compares with SciPy)
 
 from drift.stats.columns import Kind, clean
 
@@ -56,4 +56,26 @@ def wasserstein_norm(
     cur = clean(current, kind)
     if len(ref) == 0 or len(cur) == 0:
         return None
-    return float(stats.wasserstein_distance(ref, cur)) / max(float(np.std(ref)), MIN_NORM)
+    return wasserstein_of_sorted(np.sort(ref), np.sort(cur)) / max(float(np.std(ref)), MIN_NORM)
+
+
+def wasserstein_of_sorted(u: np.ndarray, v: np.ndarray) -> float:
+    """W1 of two sorted, non-empty samples, through their quantile functions.
+
+    ``W1 = integral over t in [0, 1) of |Q_u(t) - Q_v(t)|``, and the empirical quantile
+    functions are steps at ``i/n`` and ``j/m``. The steps are merged on the integer grid
+    ``i*m`` and ``j*n`` (so no rounding decides the order), which needs two sorted arrays and
+    no further sort: the same value as ``scipy.stats.wasserstein_distance`` (its CDF form),
+    several times faster, and with equal sizes simply ``mean(|u - v|)``.
+
+    >>> round(wasserstein_of_sorted(np.array([0.0, 1.0, 3.0]), np.array([5.0, 6.0])), 6)
+    4.166667
+    >>> round(float(stats.wasserstein_distance([0.0, 1.0, 3.0], [5.0, 6.0])), 6)
+    4.166667
+    """
+    n, m = len(u), len(v)
+    if n == m:
+        return float(np.mean(np.abs(u - v)))
+    steps = np.union1d(np.arange(n, dtype=np.int64) * m, np.arange(m, dtype=np.int64) * n)
+    widths = np.diff(np.append(steps, n * m)) / (n * m)
+    return float(np.sum(widths * np.abs(u[steps // m] - v[steps // n])))

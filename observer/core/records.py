@@ -64,6 +64,9 @@ class LLMCall(Record):
     agent: str = ""
     conversation_id: str = ""
     prompt_version: str = ""
+    prompt_id: str = Field(
+        "", description="Prompt template key, or tmpl:<hash> of the template text."
+    )
 
 
 class ToolCall(Record):
@@ -85,6 +88,78 @@ class ToolCall(Record):
     latency_ms: float = 0.0
     status: Literal["ok", "error"] = "ok"
     error_type: str = ""
+
+
+class ToolStep(BaseModel):
+    """One tool call of a path, in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    status: Literal["ok", "error"] = "ok"
+    error_type: str = ""
+
+
+class PathRecord(Record):
+    """One finished trace: its agent loop, tool sequence and prompt path (``observer.paths``)."""
+
+    schema_id: ClassVar[str] = "observer.paths/v1"
+    schema_: Literal["observer.paths/v1"] = Field("observer.paths/v1", alias="schema")
+    tenant: str = ""
+    service: str
+    model: str = Field("", description="Model of the trace's first LLM call.")
+    agent: str = Field("", description="The outermost agent named in the trace.")
+    trace_id: str
+    root_span_id: str = ""
+    root_name: str = ""
+    start_time_unix_nano: int = 0
+    duration_ms: float = 0.0
+    span_count: int = 0
+    llm_calls: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    loop_iterations: int = Field(0, description="Chat/completion calls: one per loop turn.")
+    loop_bound_exceeded: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    llm_latency_ms: float = 0.0
+    tool_latency_ms: float = 0.0
+    error: bool = False
+    models: list[str] = Field(default_factory=list)
+    tool_sequence: list[ToolStep] = Field(default_factory=list)
+    prompt_path: list[str] = Field(
+        default_factory=list, description="Ordered steps: llm[:prompt@version], tool:<name>."
+    )
+    path_signature: str = Field("", description="sha256 (16 hex) of prompt_path.")
+    closed_by: Literal["root", "timeout", "evicted"] = "root"
+
+
+class Prediction(Record):
+    """One classic-model prediction from KServe's inference logger (``observer.predictions``)."""
+
+    schema_id: ClassVar[str] = "observer.predictions/v1"
+    schema_: Literal["observer.predictions/v1"] = Field(
+        "observer.predictions/v1", alias="schema"
+    )
+    tenant: str = ""
+    service: str = Field(description="InferenceService name.")
+    model: str
+    model_version: str = ""
+    namespace: str = ""
+    component: str = ""
+    endpoint: str = ""
+    request_id: str
+    protocol: Literal["v1", "v2"]
+    instances: int = 0
+    inputs: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Input features as columns (one value per instance)."
+    )
+    outputs: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Outputs as columns (one value per instance)."
+    )
+    paired: bool = Field(True, description="False when only the request or the response came.")
+    time_unix_nano: int = 0
+    latency_ms: float | None = None
 
 
 class FeatureDrift(BaseModel):
@@ -157,8 +232,101 @@ class TriggerEvent(Record):
     at_unix_nano: int
 
 
+class GPUSample(Record):
+    """One reading of one GPU, MIG instance or time-sliced share (``observer.gpu``).
+
+    Fields NVML or DCGM could not read are None, never 0: a missing reading is not an idle GPU.
+    """
+
+    schema_id: ClassVar[str] = "observer.gpu/v1"
+    schema_: Literal["observer.gpu/v1"] = Field("observer.gpu/v1", alias="schema")
+    source: Literal["nvml", "dcgm", "replay"]
+    node: str
+    gpu_uuid: str
+    gpu_index: int | None = None
+    gpu_model: str = Field("", description="Device name, e.g. 'NVIDIA H100 80GB HBM3'.")
+    mig_instance: str = Field("", description="MIG GPU instance id (DCGM GPU_I_ID) or MIG UUID.")
+    mig_profile: str = Field("", description="MIG profile, e.g. '1g.10gb'.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of the physical GPU it stands for.")
+    pod: str = ""
+    namespace: str = ""
+    container: str = ""
+    pod_uid: str = ""
+    time_unix_nano: int
+    utilization_pct: float | None = None
+    memory_util_pct: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    power_w: float | None = None
+    energy_j: float | None = Field(None, description="The device's cumulative energy counter.")
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = None
+    profiling: dict[str, float] = Field(
+        default_factory=dict, description="DCGM_FI_PROF_* fields when exported (0-1)."
+    )
+    phase: str = Field("", description="Label of a replayed trace's phase.")
+    capacity_type: str = ""
+    price_per_hour: float | None = Field(None, description="Dollars per hour for this share.")
+    cost_per_s: float | None = None
+    idle: bool = False
+
+
+class ServingSample(Record):
+    """One serving engine's figures for one model in one pod, over a rate window."""
+
+    schema_id: ClassVar[str] = "observer.serving/v1"
+    schema_: Literal["observer.serving/v1"] = Field("observer.serving/v1", alias="schema")
+    engine: Literal["vllm", "sglang"]
+    model: str
+    pod: str = ""
+    namespace: str = ""
+    instance: str = ""
+    time_unix_nano: int
+    window_s: float
+    prompt_tokens_per_s: float | None = None
+    generation_tokens_per_s: float | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = Field(None, description="KV-cache usage, 0-1.")
+    ttft_mean_s: float | None = None
+    itl_mean_s: float | None = None
+    e2e_mean_s: float | None = None
+
+
+class GPUEconomics(Record):
+    """Tokens, dollars and joules over one window, for a GPU, a pod or a model.
+
+    Formulas: README, "GPU economics". An idle GPU has ``tokens_per_dollar == 0`` and its
+    cost in ``idle_cost_per_s``: waste, not an absent series.
+    """
+
+    schema_id: ClassVar[str] = "observer.gpu-economics/v1"
+    schema_: Literal["observer.gpu-economics/v1"] = Field(
+        "observer.gpu-economics/v1", alias="schema"
+    )
+    scope: Literal["gpu", "pod", "model", "phase"]
+    name: str
+    time_unix_nano: int
+    window_s: float
+    gpus: list[str] = Field(default_factory=list)
+    gpu_fraction: float = 0.0
+    tokens: float = 0.0
+    tokens_per_s: float = 0.0
+    power_w: float | None = None
+    energy_j: float | None = None
+    cost_per_s: float | None = None
+    cost_dollars: float | None = None
+    tokens_per_dollar: float | None = None
+    tokens_per_dollar_per_second: float | None = None
+    tokens_per_joule: float | None = None
+    cost_per_million_tokens: float | None = None
+    idle: bool = False
+    idle_cost_per_s: float | None = None
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.schema_id: cls for cls in (LLMCall, ToolCall, DriftResult, TriggerEvent)
+    cls.schema_id: cls
+    for cls in (LLMCall, ToolCall, PathRecord, Prediction, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
 }
 
 

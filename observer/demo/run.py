@@ -100,6 +100,8 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
         min_samples=100,
         cooldown_s=3600,
         webhooks=[WebhookConfig(url=hook_url, secret=secret, backoff_initial_s=0.5, backoff_max_s=5)],
+        # With an Argo server configured, the episode also submits the retraining workflow.
+        actions=["argo"] if cfg.trigger.argo.server else [],
     )
     trigger = cfg.trigger.model_copy(
         update={"policies": [policy], "ledger_path": ledger_dir / "ledger.sqlite"}
@@ -263,6 +265,7 @@ def _run_phases(
         "first_drift_window_by_type": first_by_type,
         "change_window_by_type": change_window,
         "triggers": triggers,
+        "pipeline": _show_pipeline(cfg),
     }
     reasons = []
     if spans_ingested != spans_sent:
@@ -278,6 +281,26 @@ def _run_phases(
     if any(not d.signature_valid for d in receiver.deliveries):
         reasons.append("a webhook arrived with an invalid signature")
     return _finish(summary, not reasons, "; ".join(reasons))
+
+
+def _show_pipeline(cfg: ObserverConfig) -> dict[str, Any]:
+    """Render the retraining workflow next to the demo's ledger and say what it runs."""
+    from triggers.pipeline.render import render, write
+
+    docs = render(cfg.trigger)
+    out = cfg.trigger.ledger_path.parent / "pipeline"
+    files = write(out, docs)
+    steps = [g[0]["name"] for g in docs["workflowtemplate.yaml"]["spec"]["templates"][0]["steps"]]
+    _say("")
+    if cfg.trigger.argo.server:
+        _say(f"retraining runs are submitted to {cfg.trigger.argo.server} "
+             f"(WorkflowTemplate {cfg.trigger.argo.workflow_template})")
+    else:
+        _say("no Argo server configured (trigger.argo.server): the retraining workflow a fired "
+             "episode would submit is rendered instead")
+    _say(f"  {len(files)} files in {out} (apply with kubectl apply -R -f {out})")
+    _say(f"  steps: {' -> '.join(steps)}")
+    return {"dir": str(out), "files": len(files), "steps": steps}
 
 
 def _deliveries(runtime: Runtime) -> list[TriggerEvent]:

@@ -1,0 +1,1 @@
+"""Benchmarks and measurements of the drift engine; run them with ``python -m benchmarks.run``."""

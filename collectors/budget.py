@@ -1,0 +1,99 @@
+"""A bounded in-flight budget shared by every receiver: requests and decoded bytes.
+
+A receiver takes a slot before reading a body and adds the body's decoded size once known;
+past either bound it refuses at once (HTTP 429 / gRPC UNAVAILABLE with a retry delay) instead
+of queueing, so a slow Kafka turns into client-side backoff rather than unbounded memory here.
+
+>>> budget = InflightBudget(max_requests=1, max_bytes=100)
+>>> first = budget.admit()
+>>> first.add_bytes(60)
+>>> budget.admit()  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+Saturated: 1 export request(s) already in flight (limit 1)
+>>> first.release()
+>>> second = budget.admit()
+>>> second.add_bytes(101)  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+Saturated: 101 decoded bytes would be in flight (limit 100)
+>>> second.release(); budget.requests, budget.bytes
+(0, 0)
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from prometheus_client import Gauge
+
+INFLIGHT_REQUESTS = Gauge(
+    "observer_receiver_inflight_requests", "Export requests being decoded or awaiting Kafka."
+)
+INFLIGHT_BYTES = Gauge("observer_receiver_inflight_bytes", "Decoded bytes of requests in flight.")
+
+
+class Saturated(Exception):
+    """The budget is spent; the caller answers with a retryable refusal."""
+
+
+class InflightBudget:
+    """Counts requests and bytes in flight; thread-safe (HTTP threads and gRPC workers share it)."""
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> Slot:
+        """Take a request slot, or raise :class:`Saturated`."""
+        with self._lock:
+            if self.requests >= self.max_requests:
+                raise Saturated(
+                    f"{self.requests} export request(s) already in flight "
+                    f"(limit {self.max_requests})"
+                )
+            self.requests += 1
+        INFLIGHT_REQUESTS.inc()
+        return Slot(self)
+
+
+class Slot:
+    """One admitted request; release it exactly once (a context manager does)."""
+
+    def __init__(self, budget: InflightBudget) -> None:
+        self._budget = budget
+        self._bytes = 0
+        self._released = False
+
+    def add_bytes(self, n: int) -> None:
+        """Account ``n`` more decoded bytes to this request, or raise :class:`Saturated`."""
+        b = self._budget
+        with b._lock:
+            if b.bytes + n > b.max_bytes:
+                raise Saturated(
+                    f"{b.bytes + n} decoded bytes would be in flight (limit {b.max_bytes})"
+                )
+            b.bytes += n
+            self._bytes += n
+        INFLIGHT_BYTES.inc(n)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        b = self._budget
+        with b._lock:
+            b.requests -= 1
+            b.bytes -= self._bytes
+        INFLIGHT_REQUESTS.dec()
+        INFLIGHT_BYTES.dec(self._bytes)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

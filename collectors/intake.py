@@ -1,0 +1,215 @@
+"""What every OTLP receiver does once a request is decoded, whatever its transport.
+
+:class:`Intake` owns the Kafka producer, the shared :class:`~collectors.budget.InflightBudget`
+and the token -> tenant :class:`~collectors.tenancy.Authenticator`. The HTTP and gRPC
+receivers call, in order: :meth:`Intake.authenticate`, :meth:`Intake.admit`, then
+:meth:`Intake.export`, which stamps the tenant, splits the request for Kafka, waits for
+Kafka's acknowledgement (``acks=all``) and builds the OTLP answer. Each failure is a
+:class:`Refusal` carrying both its HTTP status and its gRPC code, so the two transports answer
+the same situation the same way:
+
+=====================  ====  ===================================  ==========
+situation              HTTP  gRPC                                 retryable
+=====================  ====  ===================================  ==========
+unparsable body        400   INVALID_ARGUMENT                     no
+bad or missing token   401   UNAUTHENTICATED                      no
+too large              413   RESOURCE_EXHAUSTED (no RetryInfo)    no
+in-flight budget full  429   UNAVAILABLE + RetryInfo              yes
+Kafka did not ack      503   UNAVAILABLE + RetryInfo              yes
+=====================  ====  ===================================  ==========
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from google.protobuf.message import Message
+from google.rpc import code_pb2
+from kafka import KafkaProducer
+from kafka.errors import MessageSizeTooLargeError
+from prometheus_client import Counter
+
+from collectors.budget import InflightBudget, Saturated, Slot
+from collectors.signals import Signal
+from collectors.tenancy import Authenticator, stamp
+from observer.core.bus import Output, make_producer, produce_all
+from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+SPANS = Counter(
+    "observer_receiver_spans_total",
+    "Spans received: accepted (acknowledged by Kafka) or rejected (invalid ids).",
+    ["outcome"],
+)
+ITEMS = Counter(
+    "observer_receiver_items_total",
+    "Spans, metric data points and log records received, by signal and outcome.",
+    ["signal", "outcome"],
+)
+
+
+class Refusal(Exception):
+    """An export answered with an error status; carries what either transport's answer needs."""
+
+    def __init__(
+        self,
+        http_status: int,
+        grpc_code: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        bad_request: bool = False,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.bad_request = bad_request
+        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:
+            self.headers.setdefault("Retry-After", str(retry_after_s))
+
+
+def unauthenticated() -> Refusal:
+    return Refusal(
+        401,
+        code_pb2.UNAUTHENTICATED,
+        "missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def too_large(message: str) -> Refusal:
+    return Refusal(413, code_pb2.RESOURCE_EXHAUSTED, message)
+
+
+def bad_request(message: str) -> Refusal:
+    return Refusal(400, code_pb2.INVALID_ARGUMENT, message, bad_request=True)
+
+
+class Intake:
+    """Authentication, admission and the durable write to Kafka, shared by the receivers.
+
+    :meth:`open` creates the producer (it blocks on Kafka metadata); :meth:`close` closes it.
+    """
+
+    def __init__(self, receiver: ReceiverConfig, kafka: KafkaConfig, topics: Topics) -> None:
+        self.receiver = receiver
+        self.kafka = kafka
+        self.topics = topics
+        self.budget = InflightBudget(receiver.max_inflight_requests, receiver.max_inflight_bytes)
+        self.auth = Authenticator(receiver.auth_token, receiver.tenants)
+        self.producer: KafkaProducer | None = None
+
+    def open(self) -> Intake:
+        # Every Kafka wait is bounded by ack_timeout_s: max_block_ms covers metadata (a lost
+        # broker), and records answered with 503 expire soon after instead of being delivered
+        # minutes later next to the client's retry (and blocking close meanwhile).
+        wait_ms = int(self.receiver.ack_timeout_s * 1000)
+        self.producer = make_producer(
+            self.kafka,
+            max_block_ms=wait_ms,
+            request_timeout_ms=wait_ms,
+            delivery_timeout_ms=wait_ms + 1000,  # kafka-python wants >= request + linger
+        )
+        return self
+
+    def close(self) -> None:
+        if self.producer is None:
+            return
+        try:
+            self.producer.close(5)
+        except Exception as e:  # noqa: BLE001 (unacknowledged records: clients got 503)
+            log.warning("OTLP receiver: Kafka producer did not close cleanly: %s", e)
+        self.producer = None
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The tenant of this ``Authorization`` header value, or a 401 :class:`Refusal`."""
+        tenant = self.auth.tenant_of(authorization)
+        if tenant is None:
+            raise unauthenticated()
+        return tenant
+
+    def admit(self) -> Slot:
+        """A slot of the in-flight budget, or a retryable 429 :class:`Refusal`."""
+        try:
+            return self.budget.admit()
+        except Saturated as e:
+            raise self.saturated(str(e)) from None
+
+    def account(self, slot: Slot, size: int) -> None:
+        """Charge ``size`` decoded bytes to ``slot``, or raise a retryable 429 :class:`Refusal`.
+
+        A request bigger than the whole byte budget could never pass: 413, not retryable.
+        """
+        if size > self.budget.max_bytes:
+            raise too_large(
+                f"request of {size} decoded bytes exceeds the in-flight budget "
+                f"({self.budget.max_bytes} bytes)"
+            )
+        try:
+            slot.add_bytes(size)
+        except Saturated as e:
+            raise self.saturated(str(e)) from None
+
+    def saturated(self, why: str) -> Refusal:
+        return Refusal(
+            429,
+            code_pb2.UNAVAILABLE,
+            f"receiver saturated, retry later: {why}",
+            retry_after_s=self.receiver.retry_after_s,
+        )
+
+    def export(self, signal: Signal, request: Any, tenant: str) -> Message:
+        """Stamp, split, write to Kafka and wait for the acks; the OTLP response message.
+
+        Blocking: call it from a worker thread.
+        """
+        if self.producer is None:
+            raise RuntimeError("Intake.export before Intake.open")
+        stamp((r.resource for r in getattr(request, signal.resources)), tenant)
+        split = signal.split(request)
+        topic = signal.topic(self.topics)
+        outputs = [Output(topic, key, raw) for key, raw in split.encoded.items()]
+        if outputs:
+            try:
+                produce_all(self.producer, outputs, self.receiver.ack_timeout_s)
+            except MessageSizeTooLargeError as e:
+                # Retrying cannot help a message bigger than Kafka accepts: non-retryable.
+                raise too_large(
+                    f"the {signal.name} of one Kafka message exceed its size limit "
+                    f"(the spans of one trace, or the data of one resource): message size {e}"
+                ) from None
+            except Exception as e:  # noqa: BLE001 (KafkaError, timeouts...: all "not durable")
+                log.warning(
+                    "OTLP receiver: Kafka did not acknowledge %d %s messages: %s",
+                    len(outputs),
+                    signal.name,
+                    e,
+                )
+                raise Refusal(
+                    503,
+                    code_pb2.UNAVAILABLE,
+                    f"Kafka did not acknowledge the {signal.name}: {e}",
+                    retry_after_s=self.receiver.retry_after_s,
+                ) from None
+        ITEMS.labels(signal.name, "accepted").inc(split.accepted)
+        if signal.name == "traces":
+            SPANS.labels("accepted").inc(split.accepted)
+        answer = signal.response()
+        if split.rejected:
+            ITEMS.labels(signal.name, "rejected").inc(split.rejected)
+            if signal.name == "traces":
+                SPANS.labels("rejected").inc(split.rejected)
+            partial = answer.partial_success  # type: ignore[attr-defined]
+            setattr(partial, signal.rejected_field, split.rejected)
+            partial.error_message = (
+                f"{split.rejected} {signal.rejected_field.removeprefix('rejected_')} rejected: "
+                f"{signal.why_rejected}"
+            )
+        return answer

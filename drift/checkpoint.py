@@ -1,0 +1,249 @@
+"""Engine state checkpoints on the compacted topic ``observer.drift-state``.
+
+What is stored, per stream (one segment and record type), all JSON with
+``"schema": "observer.drift-state/v1"``:
+
+- a **reference** record, key ``{record_type}/{segment_key}/ref``: the reference window's values
+  and Kafka offset ranges. Written once, when the reference closes.
+- **chunk** records, key ``{record_type}/{segment_key}/{window}/{seq}``: the values appended to
+  the open window ``window`` during one processed batch (``seq`` counts the batches), plus the
+  stream's *positions* (the last input offset it absorbed, per topic partition) and the open
+  window's offset ranges. The first chunk of a window (``seq`` 0) also carries the drift results
+  emitted in that batch and, when the reference closed in it, the reference inline.
+
+One chunk per touched stream per batch, and only the new values: checkpoint bytes grow with
+the input, not with window size x batches. Every chunk is produced, and acknowledged, together
+with the batch's drift results *before* the input offsets are committed (the StageRunner
+guarantee), so a stream's checkpoint always covers at least what the committed offsets say.
+
+Restoring (:func:`restore_streams`): the latest window of a stream is the highest ``window``
+among its chunks; its chunks 0..k in order give the open window's values, chunk k the
+positions. A batch's chunk is only sent after the previous batch was fully acknowledged, so
+the chunks of a window are always a gap-free prefix, and a chunk that carries a window
+advance also carries what it needs (the reference inline, the results). Records that are
+confirmed (a later batch went through) are cleaned up: old windows' chunks get tombstones,
+and chunk 0 of a window is rewritten without its results and inline reference.
+
+:class:`KafkaCheckpointStore` reads the whole topic back (latest value per key);
+:class:`MemoryCheckpointStore` keeps the same records in a dict, for offline runs and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kafka import TopicPartition
+
+from observer.core.bus import Output, make_consumer
+from observer.core.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "observer.drift-state/v1"
+"""Value schema of every checkpoint record."""
+
+TP = tuple[str, int]
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints are read back from; they are written as :class:`Output` records."""
+
+    def load(self) -> dict[str, bytes | None]:
+        """The latest value of every key (``None``: deleted), everything acknowledged so far."""
+        ...
+
+
+class MemoryCheckpointStore:
+    """Checkpoints kept in a dict: feed it the engine's outputs with :meth:`apply`.
+
+    >>> store = MemoryCheckpointStore("observer.drift-state")
+    >>> store.apply([Output("observer.drift-state", "k", b"v"), Output("other", "x", b"y")])
+    >>> store.load()
+    {'k': b'v'}
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._values: dict[str, bytes | None] = {}
+
+    def apply(self, outputs: Iterable[Output]) -> None:
+        for o in outputs:
+            if o.topic == self.topic:
+                key = o.key.decode() if isinstance(o.key, bytes) else str(o.key)
+                self._values[key] = o.value
+
+    def load(self) -> dict[str, bytes | None]:
+        return {k: v for k, v in self._values.items() if v is not None}
+
+
+class KafkaCheckpointStore:
+    """Reads the compacted checkpoint topic from its beginning to its current end.
+
+    Parameters
+    ----------
+    cfg
+        Kafka connection settings.
+    topic
+        The checkpoint topic (``Topics.drift_state``).
+    timeout_s
+        Longest time one :meth:`load` may take before it raises.
+    """
+
+    def __init__(self, cfg: KafkaConfig, topic: str, timeout_s: float = 60.0) -> None:
+        self.cfg = cfg
+        self.topic = topic
+        self.timeout_s = timeout_s
+
+    def load(self) -> dict[str, bytes | None]:
+        consumer = make_consumer(self.cfg, None)
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            partitions = consumer.partitions_for_topic(self.topic)
+            while not partitions:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"checkpoint topic {self.topic} has no partitions")
+                time.sleep(0.2)
+                partitions = consumer.partitions_for_topic(self.topic)
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            values: dict[str, bytes | None] = {}
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading checkpoints from {self.topic} took too long")
+                for records in consumer.poll(timeout_ms=200).values():
+                    for r in records:
+                        if r.key is not None:
+                            values[r.key.decode()] = r.value
+            return {k: v for k, v in values.items() if v is not None}
+        finally:
+            consumer.close(autocommit=False)
+
+
+# --- keys and values --------------------------------------------------------------------------
+
+
+def reference_key(record_type: str, segment_key: str) -> str:
+    return f"{record_type}/{segment_key}/ref"
+
+
+def chunk_key(record_type: str, segment_key: str, window: int, seq: int) -> str:
+    """Key of one chunk.
+
+    >>> chunk_key("llm", "shop|m1", 3, 0)
+    'llm/shop|m1/3/0'
+    """
+    return f"{record_type}/{segment_key}/{window}/{seq}"
+
+
+def encode_state(value: Mapping[str, Any]) -> bytes:
+    # JSON keeps ints as ints and floats exactly (shortest round-trip repr).
+    return json.dumps({"schema": SCHEMA, **value}, separators=(",", ":")).encode()
+
+
+def positions_to_json(positions: Mapping[TP, int]) -> list[list[Any]]:
+    return [[t, p, o] for (t, p), o in sorted(positions.items())]
+
+
+def positions_from_json(rows: Iterable[list[Any]]) -> dict[TP, int]:
+    return {(str(t), int(p)): int(o) for t, p, o in rows}
+
+
+@dataclass
+class RestoredStream:
+    """What a stream's checkpoints say, ready to rebuild it."""
+
+    segment: dict[str, str]
+    segment_key: str
+    record_type: str
+    window: int
+    """The open window's index."""
+    chunks: int
+    """Chunks written for the open window (the next one gets this ``seq``)."""
+    columns: dict[str, list[Any]]
+    """The open window's values so far."""
+    open_ranges: dict[TP, list[int]]
+    positions: dict[TP, int]
+    reference: dict[str, Any] | None
+    """``{"n", "columns", "ranges"}`` or ``None`` while window 0 (the reference) is open."""
+    unconfirmed_results: list[bytes] = field(default_factory=list)
+    """Results of the batch that wrote chunk 0 of the open window, if not yet confirmed."""
+    stale_keys: list[str] = field(default_factory=list)
+    """Chunks of older windows whose tombstones were not written yet."""
+    first_chunk: dict[str, Any] | None = None
+    """The open window's chunk 0 as stored (rewritten without extras once confirmed)."""
+
+
+def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str], RestoredStream]:
+    """Rebuild every stream from the latest checkpoint records, keyed ``(segment_key, type)``."""
+    refs: dict[tuple[str, str], dict[str, Any]] = {}
+    chunks: dict[tuple[str, str], dict[int, dict[int, tuple[str, dict[str, Any]]]]] = {}
+    for key, raw in values.items():
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("skipping an undecodable checkpoint %r", key)
+            continue
+        if not isinstance(value, dict) or value.get("schema") != SCHEMA:
+            log.warning("skipping checkpoint %r with an unknown schema", key)
+            continue
+        stream = (value["segment_key"], value["record_type"])
+        if value["kind"] == "reference":
+            refs[stream] = value
+        elif value["kind"] == "chunk":
+            by_window = chunks.setdefault(stream, {})
+            by_window.setdefault(int(value["window"]), {})[int(value["seq"])] = (key, value)
+    restored: dict[tuple[str, str], RestoredStream] = {}
+    for stream, by_window in chunks.items():
+        window = max(by_window)
+        seqs = by_window[window]
+        prefix = []
+        while len(prefix) in seqs:
+            prefix.append(seqs[len(prefix)][1])
+        if not prefix:
+            log.warning("checkpoint of %s/%s misses chunk 0 of window %d", *stream, window)
+            continue
+        last = prefix[-1]
+        first = prefix[0]
+        # A reference record without a window past 0 is from a batch that was not fully
+        # acknowledged: window 0 is still open and will close again on the replay.
+        reference = refs.get(stream) if window > 0 else None
+        if reference is None and window > 0:
+            reference = next((c["reference"] for c in prefix if c.get("reference")), None)
+        if window > 0 and reference is None:
+            log.warning("checkpoint of %s/%s has window %d but no reference", *stream, window)
+            continue
+        columns: dict[str, list[Any]] = {}
+        for c in prefix:
+            for name, values_ in c["rows"].items():
+                columns.setdefault(name, []).extend(values_)
+        restored[stream] = RestoredStream(
+            segment=dict(last["segment"]),
+            segment_key=stream[0],
+            record_type=stream[1],
+            window=window,
+            chunks=len(prefix),
+            columns=columns,
+            open_ranges={(t, int(p)): [int(a), int(b)] for t, p, a, b in last["open_ranges"]},
+            positions=positions_from_json(last["positions"]),
+            reference=(
+                {k: reference[k] for k in ("n", "columns", "ranges")} if reference else None
+            ),
+            # A second chunk proves the batch of the first went through: its results are out.
+            unconfirmed_results=(
+                [r.encode() for r in first.get("results", [])] if len(prefix) == 1 else []
+            ),
+            stale_keys=sorted(
+                key for w, s in by_window.items() if w != window for key, _ in s.values()
+            ) + [key for seq, (key, _) in seqs.items() if seq >= len(prefix)],
+            first_chunk=first,
+        )
+    return restored

@@ -1,0 +1,74 @@
+"""Helpers shared by the collectors tests: real servers on free ports, Kafka drains, SDK data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.consumer.fetcher import ConsumerRecord
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import REGISTRY
+
+from collectors.intake import Intake
+from collectors.otlp_grpc import GrpcReceiver
+from collectors.otlp_http import create_app
+from observer.core.bus import make_consumer
+from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.core.http import ServerThread
+from observer.core.topics import Topics
+
+
+@dataclass
+class Receivers:
+    """Both receivers on one shared intake, as ``observer up`` runs them."""
+
+    intake: Intake
+    http: str
+    """Base URL of the HTTP receiver (no path)."""
+    grpc: str
+    """host:port of the gRPC receiver."""
+
+
+@contextmanager
+def receivers(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterator[Receivers]:
+    receiver = ReceiverConfig(http_port=0, grpc_port=0, **settings)
+    intake = Intake(receiver, kafka, topics).open()
+    try:
+        app = create_app(receiver, kafka, topics, intake=intake)
+        with ServerThread(app) as http, GrpcReceiver(intake, "127.0.0.1", 0) as grpc_server:
+            yield Receivers(intake, http.url, grpc_server.target)
+    finally:
+        intake.close()
+
+
+def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list[ConsumerRecord]:
+    """At least ``n`` records of ``topic`` from the start (fewer if they do not come in time)."""
+    consumer = make_consumer(kafka, None, [topic])
+    got: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        for records in consumer.poll(200).values():
+            got += records
+    consumer.close()
+    return got
+
+
+def spans_of(raw: bytes) -> list[Span]:
+    request = ExportTraceServiceRequest.FromString(raw)
+    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def wait_for(condition: Any, timeout_s: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,275 @@
+"""The Prometheus-side GPU collector against a real Prometheus scraping DCGM exporter, vLLM,
+SGLang and kube-state-metrics exposition fixtures (tests/fixtures/gpu/*.prom).
+
+Counters in the fixtures grow at known rates while Prometheus scrapes them, so every
+economics figure has a value we can work out by hand from the fixture and the price table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from collectors.gpu.pipeline import GPUPipeline, ListSink
+from collectors.gpu.prometheus import PrometheusCollector
+from observer.core.config import GPUConfig
+from observer.core.records import GPUEconomics, GPUSample, ServingSample, decode, encode
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+QWEN = "Qwen/Qwen2.5-7B-Instruct"
+N1 = "GPU-0a1b2c3d-0000-4000-8000-00000000000"  # + index on gpu-node-1
+N2 = "GPU-5e6f7a8b-0000-4000-8000-000000000000"
+PRICES = {"H100": {"on-demand": 4.0, "spot": 1.6}}
+
+Rate = tuple[str, str, float]  # metric name, substring of its labels, increase per second
+
+
+def histogram(name: str, count_per_s: float, mean_s: float) -> list[Rate]:
+    return [
+        (f"{name}_count", "", count_per_s),
+        (f"{name}_bucket", 'le="+Inf"', count_per_s),
+        (f"{name}_sum", "", count_per_s * mean_s),
+    ]
+
+
+def ramping(path: Path, rates: list[Rate]) -> Callable[[], str]:
+    """The fixture's text, its counters grown linearly since the server started."""
+    lines = path.read_text().splitlines()
+    t0 = time.monotonic()
+
+    def render() -> str:
+        dt = time.monotonic() - t0
+        out = []
+        for line in lines:
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                name = series.split("{", 1)[0]
+                for metric, labels, per_s in rates:
+                    if name == metric and labels in series:
+                        line = f"{series} {float(value) + per_s * dt!r}"
+                        break
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    return render
+
+
+def energy(uuid: str, watts: float) -> Rate:
+    return ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", f'UUID="{uuid}"', watts * 1000.0)
+
+
+@pytest.fixture(scope="module")
+def scraped(start_prometheus, request):
+    """Prometheus scraping every fixture (plus our own /metrics), and the collector's records."""
+    from tests.prometheus_harness import ExpositionServer
+
+    servers: list[ExpositionServer] = []
+
+    def serve(name: str, rates: list[Rate]) -> str:
+        s = ExpositionServer(ramping(FIXTURES / name, rates)).start()
+        servers.append(s)
+        return s.address
+
+    # Energy counters advance at 450 W while the power gauges read 451.2 / 448.8 W: the
+    # collector must use the counter's rate (the window's average), not the last gauge.
+    dcgm1 = serve(
+        "dcgm_node1.prom",
+        [energy(N1 + "0", 450), energy(N1 + "1", 450), energy(N1 + "2", 70), energy(N1 + "3", 280)],
+    )
+    dcgm2 = serve("dcgm_node2.prom", [energy(N2, 300)])
+    llama0 = serve(
+        "vllm_llama0.prom",
+        [
+            ("vllm:prompt_tokens_total", "", 2000),
+            ("vllm:generation_tokens_total", "", 1000),
+            *histogram("vllm:time_to_first_token_seconds", 10, 0.05),
+            *histogram("vllm:inter_token_latency_seconds", 1000, 0.018),
+            *histogram("vllm:e2e_request_latency_seconds", 10, 4.0),
+        ],
+    )
+    llama1 = serve(
+        "vllm_llama1.prom",
+        [
+            ("vllm:prompt_tokens_total", "", 1000),
+            ("vllm:generation_tokens_total", "", 500),
+            *histogram("vllm:time_to_first_token_seconds", 5, 0.08),
+            *histogram("vllm:time_per_output_token_seconds", 500, 0.02),
+        ],
+    )
+    qwen0 = serve(
+        "sglang_qwen0.prom",
+        [
+            ("sglang:prompt_tokens_total", "", 400),
+            ("sglang:generation_tokens_total", "", 600),
+            *histogram("sglang:time_to_first_token_seconds", 2, 0.07),
+        ],
+    )
+    ksm = serve("kube_state_metrics.prom", [])
+
+    registry = CollectorRegistry()
+    pipeline = GPUPipeline(GPUConfig(prices=PRICES), ListSink())
+    registry.register(pipeline.metrics)
+    ours = ExpositionServer(lambda: generate_latest(registry).decode()).start()
+    servers.append(ours)
+
+    def pod_target(address: str, pod: str) -> dict:
+        return {"targets": [address], "labels": {"namespace": "llm", "pod": pod}}
+
+    prom = start_prometheus(
+        {"dcgm": [dcgm1, dcgm2], "kube-state-metrics": [ksm], "observer": [ours.address]},
+        scrape_interval="1s",
+        jobs=[
+            {
+                "job_name": "serving",
+                "static_configs": [
+                    pod_target(llama0, "llama-0"),
+                    pod_target(llama1, "llama-1"),
+                    pod_target(qwen0, "qwen-0"),
+                ],
+            }
+        ],
+    )
+    # A 5 s rate window fully covered by samples: rate() is then the counters' slope.
+    prom.wait_for_scrapes(7)
+    cfg = GPUConfig(prometheus_url=prom.url, rate_window="5s", prices=PRICES)
+    collector = PrometheusCollector(cfg, pipeline.price)
+    records = collector.collect()
+    pipeline.process(records, replace=True)
+    yield prom, records, pipeline, registry
+    for s in servers:
+        s.stop()
+
+
+def _econ(records, scope: str, name: str) -> GPUEconomics:
+    [e] = [
+        r for r in records if isinstance(r, GPUEconomics) and r.scope == scope and r.name == name
+    ]
+    return e
+
+
+def test_dcgm_samples_carry_identity_pod_and_units(scraped) -> None:
+    _, records, _, _ = scraped
+    gpus = {(g.node, g.gpu_uuid, g.mig_instance): g for g in records if isinstance(g, GPUSample)}
+    assert len(gpus) == 6  # 3 whole H100s + 2 MIG instances on node 1, 1 H100 on node 2
+    g0 = gpus[("gpu-node-1", N1 + "0", "")]
+    assert (g0.pod, g0.namespace, g0.container, g0.gpu_index) == ("llama-0", "llm", "vllm", 0)
+    assert g0.gpu_model == "NVIDIA H100 80GB HBM3" and g0.source == "dcgm"
+    assert g0.utilization_pct == 87 and g0.temperature_c == 61 and g0.sm_clock_mhz == 1980
+    assert g0.memory_used_bytes == 76512 * 2**20
+    assert g0.memory_total_bytes == (76512 + 4213 + 470) * 2**20
+    assert g0.power_w == pytest.approx(450, rel=0.02)  # the energy counter's rate
+    assert g0.profiling["DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"] == pytest.approx(0.312345)
+    assert g0.capacity_type == "on-demand" and g0.cost_per_s == pytest.approx(4.0 / 3600)
+    # The newer exporter's lowercase "hostname", and the spot label from kube-state-metrics.
+    n2 = gpus[("gpu-node-2", N2, "")]
+    assert n2.capacity_type == "spot" and n2.cost_per_s == pytest.approx(1.6 / 3600)
+    mig = gpus[("gpu-node-1", N1 + "3", "1")]
+    assert (mig.mig_profile, mig.pod) == ("3g.40gb", "qwen-0")
+    assert mig.fraction == pytest.approx(3 / 7) and mig.cost_per_s == pytest.approx(
+        4.0 * 3 / 7 / 3600
+    )
+    assert mig.utilization_pct == pytest.approx(64.31)  # from DCGM_FI_PROF_GR_ENGINE_ACTIVE
+    assert mig.power_w == pytest.approx(280 * 3 / 7, rel=0.02)
+    # Every record survives its own schema.
+    for r in records:
+        assert decode(encode(r)) == r
+
+
+def test_serving_samples_from_vllm_and_sglang(scraped) -> None:
+    _, records, _, _ = scraped
+    serving = {(s.engine, s.pod): s for s in records if isinstance(s, ServingSample)}
+    assert set(serving) == {("vllm", "llama-0"), ("vllm", "llama-1"), ("sglang", "qwen-0")}
+    l0, l1, q0 = serving["vllm", "llama-0"], serving["vllm", "llama-1"], serving["sglang", "qwen-0"]
+    assert l0.model == LLAMA and l0.namespace == "llm" and l0.window_s == 5
+    assert l0.prompt_tokens_per_s == pytest.approx(2000, rel=0.03)
+    assert l0.generation_tokens_per_s == pytest.approx(1000, rel=0.03)
+    assert (l0.requests_running, l0.requests_waiting, l0.kv_cache_usage) == (24, 3, 0.4375)
+    assert l0.ttft_mean_s == pytest.approx(0.05, rel=0.03)
+    assert l0.itl_mean_s == pytest.approx(0.018, rel=0.03)
+    assert l0.e2e_mean_s == pytest.approx(4.0, rel=0.03)
+    # The deprecated names fill in where the current ones are absent.
+    assert l1.kv_cache_usage == 0.4375 and l1.itl_mean_s == pytest.approx(0.02, rel=0.03)
+    assert l1.e2e_mean_s is None  # the counter does not move: no requests, no mean
+    assert q0.model == QWEN and q0.requests_running == 9 and q0.kv_cache_usage == 0.21
+    assert q0.generation_tokens_per_s == pytest.approx(600, rel=0.03)
+
+
+def test_economics_per_model_pod_and_gpu(scraped) -> None:
+    _, records, _, _ = scraped
+    llama = _econ(records, "model", LLAMA)
+    # 3 H100s: two on-demand at $4/h, one spot at $1.6/h; 4500 tokens/s; 450+450+300 W.
+    cost_per_s = (4.0 + 4.0 + 1.6) / 3600
+    assert llama.tokens_per_s == pytest.approx(4500, rel=0.03)
+    assert llama.cost_per_s == pytest.approx(cost_per_s)
+    assert llama.gpu_fraction == pytest.approx(3.0) and len(llama.gpus) == 3
+    assert llama.tokens_per_dollar == pytest.approx(4500 / cost_per_s, rel=0.03)
+    assert llama.tokens_per_dollar_per_second == pytest.approx(4500 / 9.6, rel=0.03)
+    assert llama.tokens_per_joule == pytest.approx(4500 / 1200, rel=0.04)
+    assert llama.cost_per_million_tokens == pytest.approx(cost_per_s / 4500 * 1e6, rel=0.03)
+    assert not llama.idle and llama.idle_cost_per_s == 0
+
+    qwen = _econ(records, "model", QWEN)  # one 3g.40gb slice: 3/7 of an H100's price and power
+    assert qwen.tokens_per_s == pytest.approx(1000, rel=0.03)
+    assert qwen.cost_per_s == pytest.approx(4.0 * 3 / 7 / 3600)
+    assert qwen.tokens_per_joule == pytest.approx(1000 / 120, rel=0.04)
+
+    pod = _econ(records, "pod", "llm/llama-0")  # tensor parallel 2: both GPUs, both costs
+    assert pod.tokens_per_s == pytest.approx(3000, rel=0.03) and pod.cost_per_s == pytest.approx(
+        8 / 3600
+    )
+    gpu0 = _econ(records, "gpu", f"gpu-node-1/{N1}0")
+    assert gpu0.tokens_per_s == pytest.approx(1500, rel=0.03)  # half the pod's tokens
+
+
+def test_idle_gpus_are_waste_not_zero(scraped) -> None:
+    _, records, _, _ = scraped
+    idle = _econ(records, "gpu", f"gpu-node-1/{N1}2")  # allocated to nobody
+    assert idle.idle and idle.tokens_per_dollar == 0
+    assert (
+        idle.idle_cost_per_s == pytest.approx(4.0 / 3600) and idle.cost_per_million_tokens is None
+    )
+    slice_ = _econ(records, "gpu", f"gpu-node-1/{N1}3/9")  # the unused 1g.10gb MIG instance
+    assert slice_.idle and slice_.idle_cost_per_s == pytest.approx(4.0 / 7 / 3600)
+    busy = _econ(records, "gpu", f"gpu-node-1/{N1}0")
+    assert not busy.idle and busy.idle_cost_per_s == 0
+
+
+def test_prometheus_scrapes_our_economics_metrics(scraped) -> None:
+    prom, records, pipeline, _ = scraped
+    prom.wait_for_scrapes(9)  # at least one scrape after the records were observed
+    by_name = {
+        r["metric"]["name"]: float(r["value"][1])
+        for r in prom.query('observer_gpu_economics_tokens_per_joule{scope="model"}')
+    }
+    expected = _econ(records, "model", LLAMA).tokens_per_joule
+    assert by_name[LLAMA] == pytest.approx(expected)
+    idle = prom.query('observer_gpu_economics_idle_cost_dollars_per_second{scope="gpu"} > 0')
+    assert {r["metric"]["name"] for r in idle} == {f"gpu-node-1/{N1}2", f"gpu-node-1/{N1}3/9"}
+    util = prom.query('observer_gpu_utilization_percent{node="gpu-node-2"}')
+    assert [float(r["value"][1]) for r in util] == [72.0]
+
+
+def test_collect_gpu_command_reads_prometheus(scraped) -> None:
+    """One cycle of `observer collect-gpu --source prometheus --stdout`, in process."""
+    import io
+
+    from collectors.gpu.run import run_collect_gpu
+    from observer.core.config import AdminConfig, ObserverConfig
+
+    prom = scraped[0]
+    cfg = ObserverConfig(
+        admin=AdminConfig(port=0),
+        gpu=GPUConfig(prometheus_url=prom.url, rate_window="5s", prices=PRICES),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    rc = run_collect_gpu(cfg, source="prometheus", stdout=True, duration_s=0, out=out, err=err)
+    assert rc == 0, err.getvalue()
+    records = [decode(line) for line in out.getvalue().splitlines()]
+    schemas = {r.schema_id for r in records}
+    assert schemas == {"observer.gpu/v1", "observer.serving/v1", "observer.gpu-economics/v1"}
+    assert "metrics on http://127.0.0.1:" in err.getvalue()

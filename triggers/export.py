@@ -1,0 +1,210 @@
+"""Export a drifted window and its reference from Kafka to Parquet, for the retraining run.
+
+A :class:`~observer.core.records.DriftResult` names where its records are
+(``reference_ranges``, ``current_ranges``: topic, partition, first and last offset). Other
+segments' records sit between them, so :func:`read_window` keeps only the records of the
+result's segment. :func:`write_parquet` writes them with an Arrow schema derived from the
+record model (one column per field, nullable where the field is optional), to a local path or
+any URI pyarrow or fsspec opens (``s3://bucket/prefix/...``, ``gs://``, ``memory://``).
+
+Paths are a pure function of the episode (:func:`export_uris`), and the records at given
+offsets never change, so an export repeated after a crash writes the same files again.
+
+>>> export_uris("s3://bucket/exports/", "retrain", "e1")
+{'current': 's3://bucket/exports/retrain/e1/current.parquet', 'reference': 's3://bucket/exports/retrain/e1/reference.parquet'}
+>>> from observer.core.records import LLMCall
+>>> arrow_schema(LLMCall).field("input_tokens").type
+DataType(int64)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from observer.core.config import KafkaConfig
+from observer.core.records import OffsetRange, Record, RecordError, decode
+
+log = logging.getLogger(__name__)
+
+# Python annotation -> Arrow type; one table instead of a ladder of ifs.
+_ARROW_TYPES: dict[Any, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+}
+
+
+class ExportError(RuntimeError):
+    """The window could not be exported; the message says why."""
+
+
+def export_uris(base: str, policy: str, episode_id: str) -> dict[str, str]:
+    """Where an episode's current and reference windows go."""
+    root = f"{base.rstrip('/')}/{policy}/{episode_id}"
+    return {"current": f"{root}/current.parquet", "reference": f"{root}/reference.parquet"}
+
+
+def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
+    """The Arrow type of a field's annotation, and whether it is nullable."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner, _ = _arrow_type(args[0])
+        return inner, True
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        inner, _ = _arrow_type(item)
+        return pa.list_(inner), False
+    if origin is typing.Literal:
+        return _arrow_type(type(typing.get_args(annotation)[0]))
+    if origin is dict:
+        return pa.map_(pa.string(), pa.string()), False
+    if annotation in _ARROW_TYPES:
+        return _ARROW_TYPES[annotation], False
+    raise TypeError(f"no Arrow type for {annotation!r}")
+
+
+def arrow_schema(model: type[Record]) -> pa.Schema:
+    """One column per record field, by its JSON name (``schema`` for ``schema_``)."""
+    fields = []
+    for name, info in model.model_fields.items():
+        arrow_type, nullable = _arrow_type(info.annotation)
+        fields.append(pa.field(info.alias or name, arrow_type, nullable=nullable))
+    return pa.schema(fields)
+
+
+def read_window(
+    kafka: KafkaConfig,
+    ranges: Sequence[OffsetRange],
+    segment: dict[str, str],
+    *,
+    max_records: int = 200_000,
+    timeout_s: float = 30.0,
+) -> list[Record]:
+    """The records of ``segment`` at the given offsets, in offset order per partition."""
+    from kafka import TopicPartition
+
+    from observer.core.bus import make_consumer
+
+    wanted = {TopicPartition(r.topic, r.partition): r for r in ranges}
+    if not wanted:
+        return []
+    consumer = make_consumer(kafka, None, enable_auto_commit=False)
+    out: list[Record] = []
+    try:
+        consumer.assign(list(wanted))
+        for tp, r in wanted.items():
+            consumer.seek(tp, r.first_offset)
+        pending = set(wanted)
+        deadline = time.monotonic() + timeout_s
+        while pending and len(out) < max_records:
+            if time.monotonic() > deadline:
+                missing = ", ".join(f"{tp.topic}/{tp.partition}" for tp in pending)
+                raise ExportError(f"timed out reading offsets back from Kafka ({missing})")
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                r = wanted[tp]
+                for message in batch:
+                    if message.offset > r.last_offset:
+                        break
+                    try:
+                        record = decode(message.value)
+                    except RecordError:
+                        continue  # not ours to judge here: the drift engine skipped it too
+                    if record.segment_of(list(segment)) == segment:
+                        out.append(record)
+                if batch and batch[-1].offset >= r.last_offset:
+                    pending.discard(tp)
+                    consumer.pause(tp)
+            for tp in list(pending):
+                # Retention may have removed the range: then nothing more will come.
+                if consumer.position(tp) > wanted[tp].last_offset:
+                    pending.discard(tp)
+    finally:
+        consumer.close(autocommit=False)
+    return out[:max_records]
+
+
+def _filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        path = Path(uri).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pafs.LocalFileSystem(), str(path)
+    if not storage_options:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # a scheme pyarrow does not know: fsspec may
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def write_parquet(
+    records: Iterable[Record],
+    model: type[Record],
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write ``records`` (all of type ``model``) to ``uri``; returns the row count."""
+    schema = arrow_schema(model)
+    rows = [r.model_dump(by_alias=True, mode="json") for r in records]
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, dict):
+                row[name] = list(value.items())
+    if metadata:
+        schema = schema.with_metadata({k: v.encode() for k, v in metadata.items()})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fs, path = _filesystem(uri, storage_options or {})
+    pq.write_table(table, path, filesystem=fs)
+    return table.num_rows
+
+
+def export_episode(
+    kafka: KafkaConfig,
+    spec: dict[str, Any],
+    *,
+    max_records: int = 200_000,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Export both windows of an episode as described by the run payload's ``export`` part.
+
+    ``spec`` holds ``segment``, ``record_type``, ``current``/``reference`` (URIs) and
+    ``current_ranges``/``reference_ranges``. Returns the rows written per window; raises
+    :class:`ExportError` when the drifted window has no records (nothing to retrain on).
+    """
+    from observer.core.records import RECORD_TYPES
+
+    counts: dict[str, int] = {}
+    for part in ("current", "reference"):
+        ranges = [OffsetRange.model_validate(r) for r in spec.get(f"{part}_ranges", [])]
+        records = read_window(kafka, ranges, spec["segment"], max_records=max_records)
+        if part == "current" and not records:
+            raise ExportError(
+                "no records of the drifted window were found on Kafka "
+                f"({len(ranges)} offset ranges; retention may have removed them)"
+            )
+        types_seen = {type(r) for r in records}
+        if len(types_seen) > 1:
+            raise ExportError(f"the {part} window mixes record types: {sorted(map(str, types_seen))}")
+        model = next(iter(types_seen)) if records else RECORD_TYPES[spec["record_schema"]]
+        meta = {"observer.episode": json.dumps({k: spec[k] for k in ("episode_id", "segment")})}
+        counts[part] = write_parquet(records, model, spec[part], storage_options, meta)
+        log.info("exported %d %s records of episode %s to %s", counts[part], part,
+                 spec["episode_id"], spec[part])
+    return counts
