@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prometheus_client import Counter
 
@@ -40,8 +40,8 @@ from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.ledger import DEAD_LETTER, DISABLED, Delivery, Ledger, NewDelivery
-from triggers.policy import Decision, PolicyTracker
+from triggers.ledger import DEAD_LETTER, DELIVERED, DISABLED, FAILED, Delivery, Ledger, NewDelivery
+from triggers.policy import Decision, DecisionKind, PolicyTracker
 from triggers.redact import public_target
 from triggers.signing import check_secret
 from triggers.webhook import AttemptResult, WebhookSender, build_payload
@@ -113,6 +113,11 @@ class TriggerStage:
             for (segment_key, record_type), at in self.ledger.last_fired(policy.name).items():
                 tracker.restore_fired(segment_key, record_type, at)
             self.trackers.append(tracker)
+            # Series exist from the start at 0, so increase() sees the first decision.
+            for kind in get_args(DecisionKind):
+                TRIGGERS.labels(policy.name, kind)
+        for outcome in (DELIVERED, FAILED, DEAD_LETTER, DISABLED):
+            WEBHOOK_DELIVERIES.labels(outcome)
         self._webhooks: dict[tuple[str, str], WebhookConfig] = {
             (p.name, w.url): w for p in cfg.policies for w in p.webhooks
         }
