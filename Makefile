@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	@command -v kubectl >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client; }
 	@# The PySpark preprocessing test needs a Java runtime (pyspark 4 runs on Java 17).
 	@command -v java >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y default-jre-headless; }
+	@# The drift report test opens a report in headless Chromium (Debian's chromium).
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"

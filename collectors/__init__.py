@@ -9,4 +9,11 @@
   OpenLLMetry, vLLM) as data.
 - :mod:`collectors.normalizer`: the consuming stage ``otlp_spans`` -> ``observer.llm`` /
   ``observer.tools``.
+- :mod:`collectors.message_content`: message counts, lengths and hashes; opt-in capture with
+  redaction and a size cap.
+- :mod:`collectors.genai_metrics`: the consuming stage ``otlp_metrics`` (``gen_ai.*``) ->
+  ``observer.genai-metrics`` as interval deltas.
+- :mod:`collectors.kserve_intake`, :mod:`collectors.cloud_events`,
+  :mod:`collectors.inference_protocol`, :mod:`collectors.kserve_pairing`: KServe's inference
+  logger CloudEvents -> ``observer.kserve-events`` -> paired ``observer.predictions``.
 """

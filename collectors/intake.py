@@ -175,29 +175,11 @@ class Intake:
         stamp((r.resource for r in getattr(request, signal.resources)), tenant)
         split = signal.split(request)
         topic = signal.topic(self.topics)
-        outputs = [Output(topic, key, raw) for key, raw in split.encoded.items()]
-        if outputs:
-            try:
-                produce_all(self.producer, outputs, self.receiver.ack_timeout_s)
-            except MessageSizeTooLargeError as e:
-                # Retrying cannot help a message bigger than Kafka accepts: non-retryable.
-                raise too_large(
-                    f"the {signal.name} of one Kafka message exceed its size limit "
-                    f"(the spans of one trace, or the data of one resource): message size {e}"
-                ) from None
-            except Exception as e:  # noqa: BLE001 (KafkaError, timeouts...: all "not durable")
-                log.warning(
-                    "OTLP receiver: Kafka did not acknowledge %d %s messages: %s",
-                    len(outputs),
-                    signal.name,
-                    e,
-                )
-                raise Refusal(
-                    503,
-                    code_pb2.UNAVAILABLE,
-                    f"Kafka did not acknowledge the {signal.name}: {e}",
-                    retry_after_s=self.receiver.retry_after_s,
-                ) from None
+        self.write(
+            [Output(topic, key, raw) for key, raw in split.encoded.items()],
+            signal.name,
+            "the spans of one trace, or the data of one resource",
+        )
         ITEMS.labels(signal.name, "accepted").inc(split.accepted)
         if signal.name == "traces":
             SPANS.labels("accepted").inc(split.accepted)
@@ -213,3 +195,29 @@ class Intake:
                 f"{signal.why_rejected}"
             )
         return answer
+
+    def write(self, outputs: list[Output], what: str, unit: str = "one message") -> None:
+        """Produce ``outputs`` and wait for Kafka's acks (``acks=all``), or raise a
+        :class:`Refusal`: 413 when a message is over Kafka's size limit (retrying cannot
+        help), else a retryable 503. Blocking: call it from a worker thread.
+        """
+        if self.producer is None:
+            raise RuntimeError("Intake.write before Intake.open")
+        if not outputs:
+            return
+        try:
+            produce_all(self.producer, outputs, self.receiver.ack_timeout_s)
+        except MessageSizeTooLargeError as e:
+            raise too_large(
+                f"the {what} of one Kafka message exceed its size limit ({unit}): "
+                f"message size {e}"
+            ) from None
+        except Exception as e:  # noqa: BLE001 (KafkaError, timeouts...: all "not durable")
+            log.warning("receiver: Kafka did not acknowledge %d %s messages: %s",
+                        len(outputs), what, e)
+            raise Refusal(
+                503,
+                code_pb2.UNAVAILABLE,
+                f"Kafka did not acknowledge the {what}: {e}",
+                retry_after_s=self.receiver.retry_after_s,
+            ) from None

@@ -3,8 +3,9 @@
 It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as the receiver or
 a Collector's kafka exporter writes it), decides what each span records with
 :mod:`collectors.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
-``observer.tools``, keyed by segment. Records carry counts, lengths and names, never message
-content: only the attributes the mapping names are read.
+``observer.tools``, keyed by segment. Records carry counts, lengths and hashes of message
+content (:mod:`collectors.message_content`), never the text itself unless
+``normalizer.content.capture`` is on.
 
 >>> from opentelemetry.proto.trace.v1.trace_pb2 import Span
 >>> from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -41,8 +42,10 @@ from collectors.genai_mapping import (
     classify,
     lookup,
 )
+from collectors.message_content import CONTENT_PREFIXES, ContentCapture, measure
 from collectors.tenancy import TENANT_ATTRIBUTE
 from observer.core.bus import Message, Output
+from observer.core.config import ContentConfig
 from observer.core.records import LLMCall, ToolCall, encode, segment_key
 from observer.core.topics import Topics
 
@@ -90,12 +93,16 @@ class _SpanView:
     agent: str
 
 
-def normalize_request(request: ExportTraceServiceRequest) -> list[LLMCall | ToolCall]:
+def normalize_request(
+    request: ExportTraceServiceRequest, capture: ContentCapture | None = None
+) -> list[LLMCall | ToolCall]:
     """The records of one export request, in span order; other spans are only counted.
 
     A tool span's model is its own ``gen_ai.request.model`` (or another model attribute), else
     the nearest ancestor's in this request, else that of an LLM span of the same trace in this
-    request, else "". The agent is the span's own or the nearest ancestor's.
+    request, else "". The agent is the span's own or the nearest ancestor's. LLM calls carry
+    their messages' counts, lengths and hashes, and the (redacted) text when ``capture`` is
+    enabled.
     """
     views = list(_views(request))
     by_id = {(v.span.trace_id, v.span.span_id): v for v in views}
@@ -108,7 +115,9 @@ def normalize_request(request: ExportTraceServiceRequest) -> list[LLMCall | Tool
     for v in views:
         SPANS.labels(v.kind.kind).inc()
         if v.kind.kind == "llm":
-            records.append(_llm_call(v, agent=v.agent or _inherited(v, by_id, "agent")))
+            records.append(
+                _llm_call(v, agent=v.agent or _inherited(v, by_id, "agent"), capture=capture)
+            )
         elif v.kind.kind == "tool":
             model = (
                 v.model or _inherited(v, by_id, "model") or trace_models.get(v.span.trace_id, "")
@@ -174,8 +183,19 @@ def _common(view: _SpanView) -> dict[str, Any]:
     }
 
 
-def _llm_call(view: _SpanView, agent: str) -> LLMCall:
+def _content_attributes(span: Span) -> dict[str, Any]:
+    """The span's attributes that may hold message content (the names alone are checked)."""
+    wanted = frozenset(kv.key for kv in span.attributes if kv.key.startswith(CONTENT_PREFIXES))
+    return attribute_values(span.attributes, wanted) if wanted else {}
+
+
+def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None) -> LLMCall:
     fields = lookup(view.attributes, LLM_FIELDS)
+    content = _content_attributes(view.span)
+    if content:
+        fields.update(measure(content).fields())
+        if capture is not None:
+            fields.update(capture.stored(content))
     template = fields.pop("prompt_template", "")
     fields.setdefault("prompt_id", template)
     reasons: list[str] = fields.get("finish_reasons", [])
@@ -214,10 +234,16 @@ class Normalizer:
     name = "normalizer"
 
     def __init__(
-        self, topics: Topics, *, segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS
+        self,
+        topics: Topics,
+        *,
+        segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS,
+        content: ContentConfig | None = None,
     ) -> None:
         self.topics = topics
         self.segment_keys = list(segment_keys)
+        # Off by default; a bad redaction hook fails here, at start, naming the hook.
+        self.capture = ContentCapture(content) if content is not None and content.capture else None
 
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
@@ -234,7 +260,9 @@ class Normalizer:
                     e,
                 )
                 continue
-            outputs += [self._output(record) for record in normalize_request(request)]
+            outputs += [
+                self._output(record) for record in normalize_request(request, self.capture)
+            ]
         return outputs
 
     def tick(self) -> list[Output]:

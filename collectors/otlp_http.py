@@ -40,6 +40,7 @@ from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from collectors import otlp_json
+from collectors.budget import Slot
 from collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
 from collectors.intake import Intake, Refusal, bad_request, too_large
 from collectors.signals import SIGNALS, Signal
@@ -61,7 +62,8 @@ REQUESTS = Counter(
 )
 
 # Extra routes served on the same port (the KServe logger intake): path -> handler factory.
-Route = Callable[[Request, str], Awaitable[Response]]
+# A handler gets the request, its tenant and its in-flight slot (to charge the body's bytes).
+Route = Callable[[Request, str, Slot], Awaitable[Response]]
 
 
 def create_app(
@@ -79,7 +81,7 @@ def create_app(
     it with ``observer.core.http.ServerThread(app, receiver.host, receiver.http_port)`` or any
     ASGI server that runs lifespans. ``extra_routes`` adds POST routes that share the
     receiver's authentication and budget; each factory gets the intake and returns a handler
-    taking the request and its tenant.
+    taking the request, its tenant and its in-flight slot (``collectors.kserve_intake``).
     """
     owned = intake is None
     shared = intake if intake is not None else Intake(receiver, kafka, topics)
@@ -142,10 +144,12 @@ def _extra_route(handler: Route, intake: Intake) -> Callable[[Request], Awaitabl
     async def route(request: Request) -> Response:
         try:
             tenant = intake.authenticate(request.headers.get("authorization"))
-            with intake.admit():
-                return await handler(request, tenant)
+            with intake.admit() as slot:
+                response = await handler(request, tenant, slot)
         except Refusal as refusal:
-            return status_response(refusal, JSON)
+            response = status_response(refusal, JSON)
+        REQUESTS.labels(str(response.status_code)).inc()
+        return response
 
     return route
 

@@ -8,7 +8,8 @@ What is stored, per stream (one segment and record type), all JSON with
 - **chunk** records, key ``{record_type}/{segment_key}/{window}/{seq}``: the values appended to
   the open window ``window`` during one processed batch (``seq`` counts the batches), plus the
   stream's *positions* (the last input offset it absorbed, per topic partition) and the open
-  window's offset ranges. The first chunk of a window (``seq`` 0) also carries the drift results
+  window's offset ranges, and the values fed to its degradation detectors during the batch
+  (:mod:`drift.degradation`; chunk 0 also has their state as the window opened). The first chunk of a window (``seq`` 0) also carries the drift results
   emitted in that batch and, when the reference closed in it, the reference inline.
 
 One chunk per touched stream per batch, and only the new values: checkpoint bytes grow with
@@ -171,13 +172,26 @@ class RestoredStream:
     open_ranges: dict[TP, list[int]]
     positions: dict[TP, int]
     reference: dict[str, Any] | None
-    """``{"n", "columns", "ranges"}`` or ``None`` while window 0 (the reference) is open."""
+    """``{"n", "columns", "ranges"}`` (and ``sketches``, ``external``, ``start``/``end`` when
+    written) or ``None`` while window 0 (the reference) is open."""
     unconfirmed_results: list[bytes] = field(default_factory=list)
     """Results of the batch that wrote chunk 0 of the open window, if not yet confirmed."""
     stale_keys: list[str] = field(default_factory=list)
     """Chunks of older windows whose tombstones were not written yet."""
     first_chunk: dict[str, Any] | None = None
     """The open window's chunk 0 as stored (rewritten without extras once confirmed)."""
+    degradation_snapshot: dict[str, Any] | None = None
+    """Degradation detectors' state when the open window started (from its chunk 0)."""
+    degradation_values: dict[str, list[float]] = field(default_factory=dict)
+    """Values fed to each degradation detector after that snapshot, in order."""
+
+
+def _degradation_values(chunks: list[dict[str, Any]]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for c in chunks:
+        for name, fed in (c.get("degradation") or {}).get("values", {}).items():
+            values.setdefault(name, []).extend(fed)
+    return values
 
 
 def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str], RestoredStream]:
@@ -235,7 +249,10 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
             open_ranges={(t, int(p)): [int(a), int(b)] for t, p, a, b in last["open_ranges"]},
             positions=positions_from_json(last["positions"]),
             reference=(
-                {k: reference[k] for k in ("n", "columns", "ranges")} if reference else None
+                # n, columns, ranges; sketches, external, start/end when the engine wrote them
+                {k: v for k, v in reference.items()
+                 if k not in ("schema", "kind", "segment", "segment_key", "record_type")}
+                if reference else None
             ),
             # A second chunk proves the batch of the first went through: its results are out.
             unconfirmed_results=(
@@ -245,5 +262,7 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
                 key for w, s in by_window.items() if w != window for key, _ in s.values()
             ) + [key for seq, (key, _) in seqs.items() if seq >= len(prefix)],
             first_chunk=first,
+            degradation_snapshot=(first.get("degradation") or {}).get("snapshot"),
+            degradation_values=_degradation_values(prefix),
         )
     return restored

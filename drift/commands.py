@@ -40,6 +40,9 @@ def add_parsers(drift: argparse.ArgumentParser) -> None:
     score.add_argument("--drift-share", type=float, default=None, metavar="S",
                        help="dataset drift when this share of features drifted "
                        "(default: drift.drift_share)")
+    score.add_argument("--report-dir", metavar="DIR",
+                       help="write an Evidently HTML report of every drifted window into DIR "
+                       "(its path is the result's \"report\")")
     score.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
 
 
@@ -58,6 +61,7 @@ def run_command(cfg: ObserverConfig, args: argparse.Namespace) -> int:
         method=args.method,
         threshold=args.threshold,
         drift_share=args.drift_share if args.drift_share is not None else cfg.drift.drift_share,
+        report_dir=args.report_dir,
     )
     progress = sys.stderr if sys.stderr.isatty() else None
     return run(args.reference, args.current, options, args.format, sys.stdout, progress)

@@ -43,9 +43,9 @@ Metrics (:mod:`drift.metrics`): ``observer_drift_statistic``, ``observer_drift_s
 ...     rec = LLMCall(service="shop", model="m1", trace_id=f"t{i}", span_id="s",
 ...                   output_tokens=tokens)
 ...     return Message(topics.llm, 0, i, b"shop|m1", encode(rec), 0)
->>> engine.process([call(i, 100 + i % 5) for i in range(20)])  # reference, then a window like it
-... # doctest: +ELLIPSIS
-[Output(topic='observer.drift', key='shop|m1', value=b'...')]
+>>> out = engine.process([call(i, 100 + i % 5) for i in range(20)])  # reference, then one like it
+>>> [(o.topic, o.key) for o in out]
+[('observer.drift', 'shop|m1')]
 >>> out = engine.process([call(i, 300 + i % 5) for i in range(20, 30)])  # answers got longer
 >>> result = decode(out[0].value)
 >>> result.window_index, result.features[0].method, result.dataset_drift
@@ -72,9 +72,14 @@ from drift.checkpoint import (
     reference_key,
     restore_streams,
 )
+from drift.degradation import DegradationTracker, check_specs
 from drift.metrics import (
     CHECKPOINT_BYTES,
     DATASET_DRIFT,
+    DEGRADATION_DETECTED,
+    DEGRADATION_DETECTIONS,
+    DEGRADATION_LEVEL,
+    DEGRADATION_MEAN,
     DRIFT_SHARE,
     DRIFT_STATISTIC,
     ERRORS,
@@ -83,11 +88,15 @@ from drift.metrics import (
     RESTORES,
     WINDOWS,
 )
-from drift.scoring import REPORTED, drift_share, resolve_method, score_columns
-from drift.window import ClosedWindow, CountWindow
+from drift.reference import ParquetReference, as_list, event_time, new_window
+from drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
+from drift.sketch import StateBudget, sketch_from_json, sketch_to_json, sketched_scores
+from drift.stats import Prepared
+from drift.window import ClosedWindow, CountWindow, TimeWindow
 from observer.core.bus import Message, Output
 from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import (
+    DegradationSignal,
     DriftResult,
     LLMCall,
     OffsetRange,
@@ -113,9 +122,15 @@ class _Stream:
     segment: dict[str, str]
     key: str
     record_type: str
-    window: CountWindow
+    window: CountWindow | TimeWindow | Any
     reference: ClosedWindow | None = None
+    sketch: bool = False  # sketch mode (drift.sketch) rather than raw values
     reference_ranges: list[OffsetRange] = field(default_factory=list)
+    # The reference cleaned and sorted once for every window scored against it
+    # (drift.scoring.prepare_columns), and the window it was prepared from.
+    prepared: tuple[ClosedWindow, dict[str, Prepared]] | None = None
+    # Change detectors on record fields (drift.degradation), checkpointed with every chunk.
+    degradation: DegradationTracker = field(default_factory=lambda: DegradationTracker([]))
     # (topic, partition) -> [first, last] offsets of the open window's records, so the
     # windows can be read back from Kafka (e.g. exported for retraining).
     open_ranges: dict[TP, list[int]] = field(default_factory=dict)
@@ -197,6 +212,7 @@ class DriftEngine:
             for spec in specs:
                 resolve_method(spec, cfg.numeric_method, cfg.categorical_method)
             self._features[record_type] = specs
+            check_specs(record_type, cls, cfg.degradation.get(record_type, []))
         ignored = sorted(set(cfg.features) - set(RECORD_CLASSES))
         if ignored:
             log.warning("drift features configured for record types not consumed: %s", ignored)
@@ -204,6 +220,11 @@ class DriftEngine:
         self._next_offset: dict[TP, int] = {}
         self._pending: list[_Pending] = []
         self._iteration = 0
+        # Exact or sketch per stream, references from a dataset (drift.sketch, drift.reference).
+        self._budget = StateBudget(cfg.mode, cfg.exact_budget_mb * 1e6)
+        self._parquet = (
+            ParquetReference(cfg, self._features) if cfg.reference == "parquet" else None
+        )
 
     @classmethod
     def for_kafka(cls, cfg: DriftConfig, kafka: KafkaConfig, topics: Topics) -> DriftEngine:
@@ -288,9 +309,7 @@ class DriftEngine:
         key = segment_key(segment)
         stream = self._streams.get((key, record_type))
         if stream is None:
-            window = CountWindow(self.cfg.window_size, [f.name for f in features])
-            stream = _Stream(segment, key, record_type, window)
-            self._streams[(key, record_type)] = stream
+            stream = self._new_stream(segment, key, record_type, features)
         tp = (message.topic, message.partition)
         if self.store is not None and message.offset <= stream.positions.get(tp, -1):
             REPLAYED.labels(record_type).inc()
@@ -298,22 +317,60 @@ class DriftEngine:
         stream.positions[tp] = message.offset
         stream.touched = True
         stream.track(message)
-        closed = stream.window.update({f.name: getattr(record, f.name) for f in features})
-        if closed is None:
-            return []
+        stream.degradation.update(record)
+        row = {f.name: getattr(record, f.name) for f in features}
+        results = []
+        for closed in as_list(stream.window.update(row, event_time(record, message.timestamp_ms))):
+            result = self._closed(stream, closed, message)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _new_stream(
+        self, segment: dict[str, str], key: str, record_type: str, features: list[FeatureSpec]
+    ) -> _Stream:
+        """A stream's windows in exact or sketch mode (the budget decides), and its reference
+        when it comes from a dataset."""
+        records = self._held_records()
+        sketch = not self._budget.admit(len(features), records)
+        reference = (
+            self._parquet.reference(record_type, segment, sketch) if self._parquet else None
+        )
+        window = new_window(self.cfg, features, sketch=sketch, journal=self.store is not None,
+                            external_reference=reference is not None)
+        stream = _Stream(segment, key, record_type, window, sketch=sketch)
+        stream.degradation = DegradationTracker(self.cfg.degradation.get(record_type, []))
+        if reference is not None:
+            stream.reference = reference
+            stream.new_reference = True
+        self._streams[(key, record_type)] = stream
+        return stream
+
+    def _held_records(self) -> int:
+        """Records per window (reference or open) a stream may hold, to charge the budget."""
+        if self.cfg.reference == "first_n":
+            return max(self.cfg.window_size, self.cfg.reference_records)
+        return self.cfg.window_size
+
+    def _closed(self, stream: _Stream, closed: ClosedWindow, message: Message) -> DriftResult | None:
+        """A window closed: it becomes the reference, or is scored against it."""
+        key, record_type = stream.key, stream.record_type
         WINDOWS.labels(record_type).inc()
         ranges = stream.take_ranges()
+        # Degradation signals report on the records since the previous window closed.
+        signals = stream.degradation.close_window()
         self._forget_chunks(stream, closed.index)
         if stream.reference is None:
             stream.reference = closed
             stream.reference_ranges = ranges
             stream.new_reference = True
             log.info("drift reference set for %s %s (%d records)", record_type, key, closed.n)
-            return []
+            return None
         closed_at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
-        result = self._score(stream, stream.reference, closed, ranges, closed_at)
-        stream.results.append(result)
-        return [result]
+        result = self._score(stream, stream.reference, closed, ranges, closed_at, signals)
+        if self.store is not None:  # kept only for the next checkpoint
+            stream.results.append(result)
+        return result
 
     def _score(
         self,
@@ -322,10 +379,22 @@ class DriftEngine:
         current: ClosedWindow,
         current_ranges: list[OffsetRange],
         closed_at: int,
+        degradation: list[DegradationSignal] | None = None,
     ) -> DriftResult:
         key, record_type = stream.key, stream.record_type
-        features = score_columns(
-            reference.columns,
+        # Sketch mode (either side sketched) has its own scorer; None means both are exact.
+        sketched = sketched_scores(
+            reference, current, self._features[record_type],
+            numeric_method=self.cfg.numeric_method, categorical_method=self.cfg.categorical_method,
+            thresholds=self.cfg.thresholds, relative_accuracy=self.cfg.sketch_relative_accuracy,
+            top_k=self.cfg.sketch_top_k,
+        )
+        if sketched is None and (stream.prepared is None or stream.prepared[0] is not reference):
+            stream.prepared = (
+                reference, prepare_columns(reference.columns, self._features[record_type])
+            )
+        features = sketched if sketched is not None else score_columns(
+            stream.prepared[1],
             current.columns,
             self._features[record_type],
             numeric_method=self.cfg.numeric_method,
@@ -346,7 +415,17 @@ class DriftEngine:
             closed_at_unix_nano=closed_at,
             reference_ranges=stream.reference_ranges,
             current_ranges=current_ranges,
+            window_start_unix_nano=current.start,
+            window_end_unix_nano=current.end,
+            degradation=degradation or [],
         )
+        for d in result.degradation:
+            DEGRADATION_DETECTED.labels(key, record_type, d.name).set(1 if d.detected else 0)
+            DEGRADATION_LEVEL.labels(key, record_type, d.name).set(d.level)
+            DEGRADATION_MEAN.labels(key, record_type, d.name).set(
+                math.nan if d.mean is None else d.mean
+            )
+            DEGRADATION_DETECTIONS.labels(record_type, d.name).inc(d.detections)
         for f in features:
             for method in dict.fromkeys([*REPORTED[f.kind], f.method]):
                 # NaN, not a stale value, when a side had no usable value this window.
@@ -372,6 +451,7 @@ class DriftEngine:
             if not stream.touched:
                 continue
             window = stream.window
+            rows, window_state = window.checkpoint()
             value: dict[str, Any] = {
                 "kind": "chunk",
                 "segment": stream.segment,
@@ -379,10 +459,14 @@ class DriftEngine:
                 "record_type": stream.record_type,
                 "window": window.index,
                 "seq": stream.chunks,
-                "rows": {name: window.column(name)[stream.saved:] for name in window.features},
+                "rows": rows,
                 "open_ranges": [[t, p, a, b] for (t, p), (a, b) in sorted(stream.open_ranges.items())],
                 "positions": positions_to_json(stream.positions),
             }
+            if stream.degradation:
+                value["degradation"] = stream.degradation.checkpoint(stream.chunks == 0)
+            if window_state is not None:
+                value["state"] = window_state  # open time-window panes, after a window closed
             extras: dict[str, Any] = {}
             if stream.results and stream.chunks == 0:
                 extras["results"] = [r.model_dump_json(by_alias=True) for r in stream.results]
@@ -417,11 +501,19 @@ class DriftEngine:
     def _reference_value(stream: _Stream) -> dict[str, Any]:
         ref = stream.reference
         assert ref is not None
-        return {
+        value: dict[str, Any] = {
             "n": ref.n,
-            "columns": ref.columns,
+            # A dataset's reference is read again from the dataset, sketches stored as such.
+            "columns": ref.columns if ref.sketches is None and ref.external is None else {},
             "ranges": [r.model_dump() for r in stream.reference_ranges],
         }
+        if ref.external is not None:
+            value["external"] = ref.external
+        elif ref.sketches is not None:
+            value["sketches"] = {k: sketch_to_json(v) for k, v in ref.sketches.items()}
+        if ref.start is not None:
+            value["start"], value["end"] = ref.start, ref.end
+        return value
 
     def _restore(self, partitions: set[TP]) -> list[Output]:
         """Rebuild the streams of ``partitions`` from the store; returns results to re-emit."""
@@ -462,24 +554,51 @@ class DriftEngine:
         return outputs
 
     def _rebuild(self, state: RestoredStream, features: list[FeatureSpec]) -> _Stream:
-        window = CountWindow(self.cfg.window_size, [f.name for f in features])
-        stream = _Stream(state.segment, state.segment_key, state.record_type, window)
+        ref = state.reference
+        # Keep the checkpointed mode: a sketched reference stays sketched.
+        if ref is not None and ("sketches" in ref or ref.get("external") is None):
+            sketch = "sketches" in ref
+            self._budget.admit(len(features), 0 if sketch else
+                               self._held_records())
+        else:
+            sketch = not self._budget.admit(
+                len(features), self._held_records())
+        reference: ClosedWindow | None = None
+        if ref is not None and ref.get("external") == "parquet" and self._parquet is not None:
+            reference = self._parquet.reference(state.record_type, state.segment, sketch)
+        elif ref is not None and ref.get("external") is None:
+            sketches = ref.get("sketches")
+            reference = ClosedWindow(
+                0, int(ref["n"]), ref["columns"] if sketches is None else {},
+                None if sketches is None else {k: sketch_from_json(v) for k, v in sketches.items()},
+                ref.get("start"), ref.get("end"),
+            )
+        window = new_window(self.cfg, features, sketch=sketch, journal=True,
+                            external_reference=reference is not None and reference.external is not None)
+        stream = _Stream(state.segment, state.segment_key, state.record_type, window, sketch=sketch)
         stream.positions = dict(state.positions)
+        stream.degradation = DegradationTracker(self.cfg.degradation.get(state.record_type, []))
+        stream.degradation.restore(state.degradation_snapshot, state.degradation_values)
         try:
-            window.restore(state.window, state.columns)
+            if state.window > 0 and reference is None:
+                raise ValueError(f"its reference ({ref and ref.get('external')}) is unavailable")
+            window.restore(state.window, state.columns, (state.first_chunk or {}).get("state"))
         except ValueError as e:
             # The window size or features changed since the checkpoint: start a new reference,
             # but never reuse a window index (episode ids derive from it).
             log.warning("drift state of %s %s no longer fits the configuration (%s); "
                         "starting a new reference at window %d",
                         state.record_type, state.segment_key, e, state.window)
+            window = new_window(self.cfg, features, sketch=sketch, journal=True,
+                                external_reference=True)
             window.index = state.window
+            stream.window = window
             stream.touched = True  # checkpoint the fresh start with the next batch
             return stream
         stream.open_ranges = {tp: list(r) for tp, r in state.open_ranges.items()}
         stream.chunks = state.chunks
         stream.saved = len(window)
-        if state.reference is not None:
-            stream.reference = ClosedWindow(0, int(state.reference["n"]), state.reference["columns"])
-            stream.reference_ranges = [OffsetRange(**r) for r in state.reference["ranges"]]
+        if reference is not None:
+            stream.reference = reference
+            stream.reference_ranges = [OffsetRange(**r) for r in (ref or {}).get("ranges", [])]
         return stream

@@ -6,7 +6,9 @@ fields (service, model, prompt version; never a user or trace id). Per segment a
 there is one ``observer_drift_share`` and one ``observer_drift_dataset_drift`` series, and one
 ``observer_drift_statistic`` series per feature and statistic: with the default features that
 is 3 numeric x 2 statistics + 1 categorical = 7 for ``llm`` and 2 for ``tools``, so
-11 series per segment. The counters are labelled by record type only.
+11 series per segment, plus 3 per degradation signal (``observer_drift_degradation_*``: 2 for
+``llm`` and 1 for ``tools`` by default, so 9 more). The counters are labelled by record type
+(and signal) only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,26 @@ DATASET_DRIFT = Gauge(
     "observer_drift_dataset_drift",
     "1 when the last scored window's drift share reached drift_share, else 0.",
     ["segment", "record_type"],
+)
+DEGRADATION_DETECTED = Gauge(
+    "observer_drift_degradation_detected",
+    "1 when a degradation signal's detector found a change during the last scored window.",
+    ["segment", "record_type", "signal"],
+)
+DEGRADATION_LEVEL = Gauge(
+    "observer_drift_degradation_level",
+    "A degradation signal's current level as its detector estimates it (e.g. the error rate).",
+    ["segment", "record_type", "signal"],
+)
+DEGRADATION_MEAN = Gauge(
+    "observer_drift_degradation_window_mean",
+    "Mean of the values a degradation signal was fed since the previous window closed.",
+    ["segment", "record_type", "signal"],
+)
+DEGRADATION_DETECTIONS = Counter(
+    "observer_drift_degradation_detections_total",
+    "Changes the degradation detectors found, in scored windows.",
+    ["record_type", "signal"],
 )
 RECORDS = Counter(
     "observer_drift_records_total",

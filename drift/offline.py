@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from drift.scoring import drift_share, score_columns
+from drift.scoring import drift_share, prepare_columns, score_columns
 from drift.stats import AUTO, check_method
 from observer.core.config import FeatureSpec
 
@@ -51,6 +51,8 @@ class ScoreOptions:
     method: str = AUTO
     threshold: float | None = None
     drift_share: float = 0.5
+    report_dir: str | None = None
+    """Write an Evidently HTML report of every drifted window here (``--report-dir``)."""
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -203,11 +205,12 @@ def score_frames(
             print(f"observer drift score: segment {json.dumps(segment)} has no reference rows; "
                   "skipped", file=sys.stderr)
             continue
-        ref_columns = {s.name: _column(ref, s) for s in specs}
+        # Cleaned and sorted once: every window of the segment is scored against it.
+        ref_columns = prepare_columns({s.name: _column(ref, s) for s in specs}, specs)
         for index, (window, rows) in enumerate(_windows(cur, options), start=1):
             features = score_columns(ref_columns, {s.name: _column(rows, s) for s in specs}, specs)
             share = drift_share(features)
-            yield {
+            result = {
                 "segment": segment,
                 "window": {"index": index, **window},
                 "features": {
@@ -218,6 +221,22 @@ def score_frames(
                 "drift_share": share,
                 "drift": share >= options.drift_share,
             }
+            if options.report_dir and result["drift"]:
+                result["report"] = _report(options, segment, result["window"], ref, rows, features)
+            yield result
+
+
+def _report(options: ScoreOptions, segment: dict[str, Any], window: dict[str, Any],
+            ref: pd.DataFrame, rows: pd.DataFrame, features: list[Any]) -> str:
+    """Write a drifted window's Evidently report; returns its path."""
+    from drift.reports import ReportError, write_window_report  # Evidently loads only if asked
+
+    try:
+        path = write_window_report(options.report_dir or ".", segment, window, ref, rows,
+                                   features, options.drift_share)
+    except ReportError as e:
+        raise ScoreError(f"report of window {window['index']}: {e}") from None
+    return str(path)
 
 
 def write_table(results: Iterator[dict[str, Any]], out: TextIO) -> None:

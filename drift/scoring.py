@@ -39,9 +39,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from drift.stats import AUTO, METHODS, check_method, choose_method, clean
+from drift.stats import AUTO, METHODS, check_method, choose_method
+from drift.stats.prepared import Prepared, prepare
 from observer.core.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
@@ -75,8 +74,8 @@ def resolve_method(
 
 def score_feature(
     spec: FeatureSpec,
-    reference: Sequence[Any],
-    current: Sequence[Any],
+    reference: Sequence[Any] | Prepared,
+    current: Sequence[Any] | Prepared,
     *,
     numeric_method: str = "wasserstein",
     categorical_method: str = "jensenshannon",
@@ -90,24 +89,24 @@ def score_feature(
         The feature's name, kind and optional ``method``/``threshold`` overrides.
     reference, current
         Raw values; ``None`` (a missing value) is skipped. For a categorical feature the empty
-        string ``""`` is a category of its own, not a missing value.
+        string ``""`` is a category of its own, not a missing value. Either side may also be
+        a :class:`~drift.stats.prepared.Prepared` column (see :func:`prepare_columns`).
     numeric_method, categorical_method
         The method deciding for each kind when the feature names none (``auto`` allowed).
     thresholds
         Method name -> threshold; names not given take Evidently's defaults.
     """
     method = resolve_method(spec, numeric_method, categorical_method)
-    ref = clean(reference, spec.kind)
-    cur = clean(current, spec.kind)
-    if spec.kind == "numeric":
-        # Every numeric statistic ignores order; sorted once here, each one gets faster.
-        ref, cur = np.sort(ref), np.sort(cur)
+    # Cleaned and sorted or counted once here, every statistic below reuses it; a reference
+    # prepared earlier (prepare_columns) passes through as it is.
+    ref = prepare(reference, spec.kind)
+    cur = prepare(current, spec.kind)
     if method == AUTO:
         # With a side empty there is no verdict; name the kind's distance so results stay
         # readable (Evidently raises instead).
         method = (
             choose_method(ref, cur, spec.kind)
-            if len(ref) and len(cur)
+            if ref.n and cur.n
             else REPORTED[spec.kind][0]
         )
     names = dict.fromkeys([*REPORTED[spec.kind], method])
@@ -128,9 +127,25 @@ def score_feature(
     )
 
 
+def prepare_columns(
+    columns: Mapping[str, Sequence[Any]], features: Sequence[FeatureSpec]
+) -> dict[str, Prepared]:
+    """Each feature's column cleaned and sorted or counted, ready to score many windows.
+
+    A reference scored against window after window is prepared once: each window then only
+    prepares its own values (:mod:`drift.stats.prepared`).
+
+    >>> ref = prepare_columns({"output_tokens": [3, 1, None, 2]},
+    ...                       [FeatureSpec(name="output_tokens", kind="numeric")])
+    >>> ref["output_tokens"].values.tolist()
+    [1.0, 2.0, 3.0]
+    """
+    return {spec.name: prepare(columns.get(spec.name, []), spec.kind) for spec in features}
+
+
 def score_columns(
-    reference: Mapping[str, Sequence[Any]],
-    current: Mapping[str, Sequence[Any]],
+    reference: Mapping[str, Sequence[Any] | Prepared],
+    current: Mapping[str, Sequence[Any] | Prepared],
     features: Sequence[FeatureSpec],
     *,
     numeric_method: str = "wasserstein",

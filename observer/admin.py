@@ -6,12 +6,21 @@ import hmac
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drift.reports import DriftReports, ReportError, ReportNotFound, report_id
 from observer.core.config import AdminConfig
 from observer.core.records import DriftResult, TriggerEvent
 from observer.views import TopicView
+
+# A report is one self-contained page: forbid it any network access in the browser too.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; font-src data:; img-src data: blob:",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, max-age=3600",
+}
 
 
 def create_admin_app(
@@ -22,10 +31,12 @@ def create_admin_app(
     drift_view: TopicView,
     trigger_view: TopicView,
     decisions: Callable[[int], list[dict[str, Any]] | None] | None = None,
+    reports: DriftReports | None = None,
 ) -> FastAPI:
     """``stage_errors`` maps a failed component to its error; empty means healthy.
 
     ``decisions(limit)`` lists the trigger ledger (``None`` while no trigger stage runs here).
+    ``reports`` serves ``/reports/{id}`` (None: reports are off).
     """
     app = FastAPI(title="observer admin", docs_url=None, redoc_url=None)
     token = cfg.auth_token.get_secret_value().encode() if cfg.auth_token else None
@@ -60,7 +71,53 @@ def create_admin_app(
             (r for r in drift_view.latest() if isinstance(r, DriftResult)),
             key=lambda r: (r.segment_key, r.record_type),
         )
-        return {"results": [r.model_dump(by_alias=True) for r in results]}
+        return {"results": [_with_report(r) for r in results]}
+
+    def _with_report(r: DriftResult) -> dict[str, Any]:
+        body = r.model_dump(by_alias=True)
+        if reports is not None and r.dataset_drift:
+            body["report"] = f"/reports/{report_id(r)}"
+        return body
+
+    def _drifted() -> dict[str, DriftResult]:
+        """Drifted results this process still holds (the drift view's history), by report id."""
+        held = [*drift_view.history(), *drift_view.latest()]
+        return {report_id(r): r for r in held if isinstance(r, DriftResult) and r.dataset_drift}
+
+    @app.get("/api/v1/reports", dependencies=[Depends(authorised)])
+    def report_list(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        """Drift reports of the drifted windows held here (newest first); rendered on demand."""
+        if reports is None:
+            raise HTTPException(404, "drift reports are disabled (drift.reports.enabled)")
+        drifted = sorted(_drifted().items(), key=lambda kv: kv[1].closed_at_unix_nano,
+                         reverse=True)[:limit]
+        return {"reports": [
+            {"id": rid, "url": f"/reports/{rid}", "segment": r.segment,
+             "record_type": r.record_type, "window_index": r.window_index,
+             "drift_share": r.drift_share, "closed_at_unix_nano": r.closed_at_unix_nano,
+             "rendered": reports.cached(rid) is not None}
+            for rid, r in drifted
+        ]}
+
+    @app.get("/reports/{rid}", dependencies=[Depends(authorised)])
+    def report(rid: str) -> Response:
+        """The Evidently report of a drifted window: rendered on first request, then cached."""
+        if reports is None:
+            raise HTTPException(404, "drift reports are disabled (drift.reports.enabled)")
+        try:
+            path = reports.cached(rid)
+            if path is None:
+                result = _drifted().get(rid)
+                if result is None:
+                    raise ReportNotFound(
+                        f"no drifted window with report id {rid!r} is known here"
+                    )
+                path = reports.get(result)
+        except ReportNotFound as e:
+            raise HTTPException(404, str(e)) from None
+        except ReportError as e:
+            raise HTTPException(503, f"the report cannot be rendered now: {e}") from None
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=REPORT_HEADERS)
 
     @app.get("/api/v1/triggers", dependencies=[Depends(authorised)])
     def triggers(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from observer.core.config import ConfigError, ObserverConfig, load_config
 
 STAGE_HELP = {
     "up": "run every stage in one process (embedded broker unless Kafka is configured)",
-    "collect": "run the OTLP receivers (HTTP :4318, gRPC :4317)",
+    "collect": "run the OTLP receivers (HTTP :4318, gRPC :4317) and the KServe logger intake",
     "normalize": "run the normaliser (otlp_spans -> observer.llm, observer.tools)",
     "paths": "run trace grouping (otlp_spans -> observer.paths)",
+    "genai-metrics": "normalise gen_ai.* metrics (otlp_metrics -> observer.genai-metrics)",
+    "predictions": "pair KServe logger events (observer.kserve-events -> observer.predictions)",
     "drift": "run the drift engine (observer.llm, observer.tools -> observer.drift)",
     "trigger": "run the trigger stage (observer.drift -> webhooks, ledger, observer.triggers)",
     "metrics": "run the domain-metrics stage (observer.llm, .tools, .paths -> /metrics)",

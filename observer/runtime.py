@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from collectors.domain_metrics import DomainMetrics
+from collectors.genai_metrics import GenAIMetricsNormalizer
 from collectors.normalizer import Normalizer
 from collectors.intake import Intake
+from collectors.kserve_intake import KSERVE_PATH, kserve_route
+from collectors.kserve_pairing import PredictionPairer
 from collectors.otlp_grpc import GrpcReceiver
 from collectors.otlp_http import create_app as create_otlp_http_app
 from collectors.trace_grouping import TraceGrouper
 from drift.engine import DriftEngine
+from drift.reports import DriftReports
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import KafkaProbe, Processor, StageRunner, ensure_topics
@@ -43,7 +47,7 @@ class ConsumingStage:
 
 CONSUMING_STAGES: dict[str, ConsumingStage] = {
     "normalize": ConsumingStage(
-        build=lambda cfg, t: Normalizer(t),
+        build=lambda cfg, t: Normalizer(t, content=cfg.normalizer.content),
         group_id=lambda cfg: cfg.normalizer.group_id,
         inputs=lambda t: [t.spans],
     ),
@@ -52,6 +56,18 @@ CONSUMING_STAGES: dict[str, ConsumingStage] = {
         build=lambda cfg, t: TraceGrouper(t, cfg.paths),
         group_id=lambda cfg: cfg.paths.group_id,
         inputs=lambda t: [t.spans],
+    ),
+    # gen_ai.* metric points from otlp_metrics -> observer.genai-metrics (as interval deltas).
+    "genai-metrics": ConsumingStage(
+        build=lambda cfg, t: GenAIMetricsNormalizer(t),
+        group_id=lambda cfg: cfg.normalizer.metrics_group_id,
+        inputs=lambda t: [t.metrics],
+    ),
+    # KServe logger events (keyed by ce-id) -> request/response pairs -> observer.predictions.
+    "predictions": ConsumingStage(
+        build=lambda cfg, t: PredictionPairer(t, cfg.kserve),
+        group_id=lambda cfg: cfg.kserve.group_id,
+        inputs=lambda t: [t.kserve_events],
     ),
     "drift": ConsumingStage(
         build=lambda cfg, t: DriftEngine.for_kafka(cfg.drift, cfg.kafka, t),
@@ -87,7 +103,7 @@ class Runtime:
     >>> Runtime(ObserverConfig(), ["nonsense"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, drift, trigger, metrics
+    ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, genai-metrics, predictions, drift, trigger, metrics
     """
 
     def __init__(self, cfg: ObserverConfig, stages: list[str]) -> None:
@@ -136,6 +152,8 @@ class Runtime:
             drift_view=drift_view,
             trigger_view=trigger_view,
             decisions=self._ledger_decisions,
+            reports=DriftReports.from_config(self.cfg.drift, kafka)
+            if self.cfg.drift.reports.enabled else None,
         )
         self.servers["admin"] = ServerThread(
             admin, self.cfg.admin.host, self.cfg.admin.port, name="admin"
@@ -144,7 +162,13 @@ class Runtime:
         if "collect" in self.stages:
             # One intake: HTTP and gRPC share the Kafka producer and the in-flight budget.
             self.intake = Intake(self.cfg.receiver, kafka, self.topics).open()
-            app = create_otlp_http_app(self.cfg.receiver, kafka, self.topics, intake=self.intake)
+            app = create_otlp_http_app(
+                self.cfg.receiver,
+                kafka,
+                self.topics,
+                intake=self.intake,
+                extra_routes={KSERVE_PATH: kserve_route},
+            )
             self.servers["otlp_http"] = ServerThread(
                 app, self.cfg.receiver.host, self.cfg.receiver.http_port, name="otlp-http"
             ).start()
@@ -207,6 +231,7 @@ class Runtime:
         eps = {"admin": self.servers["admin"].url}
         if "otlp_http" in self.servers:
             eps["otlp_http"] = self.servers["otlp_http"].url + "/v1/traces"
+            eps["kserve_logger"] = self.servers["otlp_http"].url + KSERVE_PATH
         if self.grpc is not None:
             eps["otlp_grpc"] = self.grpc.target
         eps["kafka"] = self.cfg.kafka.servers + (" (embedded, memory-only)" if self.cfg.kafka.embedded else "")

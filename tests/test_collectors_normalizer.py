@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from typing import Any
@@ -131,6 +133,11 @@ def test_current_genai_names() -> None:
         time_to_first_token_ms=200.0,
         agent="planner",
         conversation_id="conv-1",
+        # Content is measured, never stored by default: one message of len(SECRET) characters.
+        input_messages=1,
+        input_chars=len(SECRET),
+        input_hash=hashlib.sha256(json.dumps([["user", SECRET]], separators=(",", ":")).encode())
+        .hexdigest()[:16],
     )
 
 

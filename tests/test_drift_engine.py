@@ -21,7 +21,7 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
+from observer.core.config import DegradationSpec, DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
 
@@ -340,3 +340,117 @@ def test_results_say_where_their_windows_are_on_kafka() -> None:
     result = decode(out.value)
     assert [(r.partition, r.first_offset, r.last_offset) for r in result.reference_ranges] == [(3, 100, 109)]
     assert [(r.partition, r.first_offset, r.last_offset) for r in result.current_ranges] == [(3, 110, 119)]
+
+
+# --- degradation signals: change detectors per segment ----------------------------------------
+
+
+def test_tool_error_rate_jump_is_a_degradation_signal() -> None:
+    rng = np.random.default_rng(21)
+    cfg = DriftConfig(window_size=200)  # default signals: tools error_rate (ADWIN, up)
+    engine = DriftEngine(cfg, TOPICS)
+    calls = tool_calls(rng, 1000, service="degrade", error_p=0.05) + tool_calls(
+        rng, 600, service="degrade", error_p=0.3
+    )
+    got = results(engine.process(messages(calls, TOPICS.tools)))
+    assert [r.window_index for r in got] == list(range(1, 8))
+    signals = [next(d for d in r.degradation if d.name == "error_rate") for r in got]
+    assert all(s.field == "status" and s.detector == "adwin" and s.n == 200 for s in signals)
+    # Windows 1-4 hold the 5 % calls, 5-7 the 30 % ones: found after the jump, never before.
+    assert [s.detected for s in signals[:4]] == [False] * 4
+    assert any(s.detected for s in signals[4:])
+    assert signals[-1].mean is not None and 0.2 < signals[-1].mean < 0.4
+    assert signals[-1].level > 0.15 and signals[-1].total_detections >= 1
+    found = next(r for r, s in zip(got, signals) if s.detected)
+    labels = {"segment": "degrade|m1", "record_type": "tools", "signal": "error_rate"}
+    assert sample("observer_drift_degradation_level", **labels) == signals[-1].level
+    assert sample("observer_drift_degradation_window_mean", **labels) == signals[-1].mean
+    assert sample("observer_drift_degradation_detected", **labels) == float(signals[-1].detected)
+    assert found.window_index >= 5
+
+
+def test_latency_page_hinkley_and_llm_error_rate_configured() -> None:
+    rng = np.random.default_rng(22)
+    cfg = DriftConfig(
+        window_size=100,
+        degradation={"llm": [
+            DegradationSpec(name="slow", field="latency_ms", detector="page_hinkley",
+                            threshold=100_000, delta=500),
+            DegradationSpec(name="errors", field="error"),
+        ]},
+    )
+    engine = DriftEngine(cfg, TOPICS)
+    calls = llm_calls(rng, 400, service="slow") + [
+        c.model_copy(update={"latency_ms": c.latency_ms + 3000}) for c in llm_calls(rng, 200, service="slow")
+    ]
+    got = results(engine.process(messages(calls)))
+    slow = [next(d for d in r.degradation if d.name == "slow") for r in got]
+    errors = [next(d for d in r.degradation if d.name == "errors") for r in got]
+    assert [s.detected for s in slow[:3]] == [False] * 3 and any(s.detected for s in slow[3:])
+    assert slow[0].detector == "page_hinkley" and slow[-1].mean > slow[0].mean + 2000
+    assert all(e.mean == 0.0 and not e.detected for e in errors)  # no call failed
+
+
+def test_degradation_configuration_is_checked() -> None:
+    with pytest.raises(ValueError, match="'finish_reason' is not a number; set equals"):
+        DriftEngine(DriftConfig(degradation={"llm": [DegradationSpec(name="f", field="finish_reason")]}), TOPICS)
+    with pytest.raises(ValueError, match="'nope' is not a field of observer.tools/v1"):
+        DriftEngine(DriftConfig(degradation={"tools": [DegradationSpec(name="f", field="nope")]}), TOPICS)
+    with pytest.raises(ValueError, match="the name is used twice"):
+        DriftEngine(DriftConfig(degradation={"llm": [DegradationSpec(name="e", field="error")] * 2}), TOPICS)
+    with pytest.raises(ValueError, match="threshold do not apply to detector adwin"):
+        DegradationSpec(name="e", field="error", threshold=3)
+    with pytest.raises(ValueError, match="clock do not apply to detector page_hinkley"):
+        DegradationSpec(name="e", field="error", detector="page_hinkley", clock=3)
+
+
+def test_degradation_detectors_survive_kills_exactly() -> None:
+    """Killed at random points and restored from checkpoints, the detectors give exactly the
+    uninterrupted run's signals, detections included."""
+    import random
+
+    from drift.checkpoint import MemoryCheckpointStore
+
+    rng = np.random.default_rng(23)
+    cfg = DriftConfig(window_size=60, degradation={"tools": [
+        DegradationSpec(name="error_rate", field="status", equals="error", clock=4),
+        DegradationSpec(name="latency", field="latency_ms", detector="page_hinkley",
+                        threshold=5.0, delta=0.01, min_instances=10),
+    ]})
+    calls = []
+    for i, p in enumerate([0.05] * 300 + [0.4] * 300):
+        call = tool_calls(rng, 1, service=f"k{i % 2}", error_p=p)[0]
+        calls.append(call.model_copy(update={"latency_ms": float(i >= 300)}))
+    msgs = [Message(TOPICS.tools, 0, i, f"{c.service}|{c.model}".encode(), encode(c), 1 + i)
+            for i, c in enumerate(calls)]
+
+    def run(kill_seed: int | None) -> tuple[dict[tuple, DriftResult], int]:
+        store = MemoryCheckpointStore(TOPICS.drift_state)
+        committed, produced, kills = 0, [], 0
+        rnd = random.Random(kill_seed)
+        engine = DriftEngine(cfg, TOPICS, store=store)
+        while committed < len(msgs):
+            part = msgs[committed:committed + 17]
+            outputs = engine.process(part) + engine.tick()
+            if kill_seed is not None and rnd.random() < 0.3:
+                kept = [o for o in outputs if rnd.random() < 0.5]  # killed mid-produce
+                store.apply(kept)
+                produced += kept
+                engine = DriftEngine(cfg, TOPICS, store=store)
+                kills += 1
+                continue
+            store.apply(outputs)
+            produced += outputs
+            committed += len(part)
+        got = {}
+        for r in results([o for o in produced if o.topic == TOPICS.drift]):
+            k = (r.segment_key, r.window_index)
+            assert got.get(k, r) == r
+            got[k] = r
+        return got, kills
+
+    expected, _ = run(None)
+    assert any(d.detected for r in expected.values() for d in r.degradation)
+    for seed in range(4):
+        got, kills = run(seed)
+        assert kills >= 2 and got == expected

@@ -28,8 +28,10 @@ from drift.stats import (
     jensenshannon,
     jensenshannon_of_shares,
     ks,
+    prepare,
     psi,
     psi_of_shares,
+    sturges_edges,
     wasserstein_norm,
     ztest,
 )
@@ -370,3 +372,70 @@ def test_ztest_and_chisquare_by_hand() -> None:
     expected = stats.chisquare([65, 35], [95, 5])[1]
     assert close(chisquare(["ok"] * 95 + ["error"] * 5, ["ok"] * 65 + ["error"] * 35), expected)
     assert ks([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+
+
+# --- a reference prepared once (the engine's path) --------------------------------------------
+
+
+def _edge_samples() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [
+        rng.normal(0, 1, 1000),
+        rng.lognormal(5, 2, 777),
+        rng.poisson(40, 2001).astype(float),
+        np.arange(-50.0, 51.0),
+        np.array([3.0]),
+        np.array([3.0, 3.0, 3.0]),
+        np.array([-1e-300, 1e-300]),
+        np.array([1e15, 1e15 + 2]),
+        np.array([0.1, 0.2, 0.30000000000000004]),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_edge_samples())))
+def test_sturges_edges_equal_numpy(i: int) -> None:
+    a = _edge_samples()[i]
+    assert np.array_equal(
+        sturges_edges(a.min(), a.max(), a.size), np.histogram_bin_edges(a, bins="sturges")
+    )
+
+
+def test_values_on_the_edges_fall_in_the_same_bins_as_numpy() -> None:
+    # Integers whose Sturges edges land exactly on values: half-open bins, the last closed.
+    ref = np.arange(0.0, 64.0).repeat(3)
+    cur = np.r_[np.arange(0.0, 64.0, 2.0), [63.0] * 5]
+    edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
+    assert np.isin(edges, ref).sum() >= 3  # the case is real: several edges are data values
+    r, c = binned_shares(prepare(ref, "numeric"), prepare(cur, "numeric"), "numeric")
+    assert np.array_equal(r, np.histogram(ref, edges)[0] / len(ref))
+    assert np.array_equal(c, np.histogram(cur, edges)[0] / len(cur))
+
+
+def test_prepared_categorical_counts_like_clean() -> None:
+    raw = np.array(["a", None, math.nan, "", "b", "a", math.inf, -math.inf, 1, 1.0], dtype=object)
+    p = prepare(raw, "categorical")
+    cleaned = clean(raw, "categorical").tolist()
+    assert p.n == len(cleaned) == 6
+    assert dict(zip(p.keys.tolist(), p.counts.tolist())) == {"a": 2, "": 1, "b": 1, 1: 2}
+    assert prepare(list(raw), "categorical").counts.tolist() == p.counts.tolist()
+
+
+def test_a_prepared_column_is_checked_against_the_kind() -> None:
+    with pytest.raises(ValueError, match="prepared as numeric"):
+        psi(prepare([1.0], "numeric"), ["a"], "categorical")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_a_prepared_reference_scores_exactly_like_raw_columns(case: tuple[str, Any, Any, str]) -> None:
+    _, ref, cur, kind = case
+    prepared = prepare(ref, kind)
+    # The same prepared reference serves several windows, each giving the raw path's value.
+    for window in (cur, list(cur)[: max(1, len(cur) // 3)]):
+        for method in METHODS.values():
+            if kind not in method.kinds:
+                continue
+            assert method.statistic(prepared, window, kind) == method.statistic(ref, window, kind)
+        if prepared.n and len(clean(window, kind)):
+            assert choose_method(prepared, window, kind) == choose_method(
+                clean(ref, kind), clean(window, kind), kind
+            )

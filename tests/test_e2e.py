@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from observer.core.config import (
     AdminConfig,
     DriftConfig,
+    DriftReportsConfig,
     KafkaConfig,
     ObserverConfig,
     PolicyConfig,
@@ -68,7 +69,8 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
             kafka=kafka_config,
             receiver=ReceiverConfig(http_port=free_port(), grpc_port=free_port()),
             admin=AdminConfig(port=free_port()),
-            drift=DriftConfig(window_size=1000, group_id="e2e-drift"),
+            drift=DriftConfig(window_size=1000, group_id="e2e-drift",
+                              reports=DriftReportsConfig(dir=tmp_path / "reports")),
             trigger=TriggerConfig(
                 ledger_path=tmp_path / "ledger.sqlite",
                 policies=[
@@ -112,6 +114,11 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
             provider.shutdown()
             wait_for(lambda: received, 90, "the webhook")
             wait_for(lambda: any(x["window_index"] == 5 for x in drift_results()), 90, "window 5")
+            # The drifted window's Evidently report, read back from Kafka and rendered.
+            [latest] = drift_results()
+            assert latest["dataset_drift"] and latest["report"].startswith("/reports/llm-w5-")
+            page = httpx.get(f"{admin}{latest['report']}", timeout=120)
+            assert page.status_code == 200 and "observer-report-header" in page.text
         finally:
             runtime.stop()
 

@@ -219,3 +219,82 @@ def test_incoherent_policies_are_refused() -> None:
         policy(signal="feature_statistic")
     with pytest.raises(ValidationError, match="window_of"):
         policy(consecutive_windows=3, window_of=2)
+
+
+# --- the degradation signal: a change detector of the segment ---------------------------------
+
+
+def degraded(i: int, detected: bool | None, *, level: float = 0.3, n: int = 500) -> DriftResult:
+    """A window whose ``error_rate`` detector did (or did not) find a change; None: no signal."""
+    from observer.core.records import DegradationSignal
+
+    signals = [] if detected is None else [DegradationSignal(
+        name="error_rate", field="status", detector="adwin", n=n, mean=level, level=level,
+        detected=detected, detections=int(detected), total_detections=int(detected),
+    )]
+    return window(i, 0.0, n=n, record_type="tools").model_copy(update={"degradation": signals})
+
+
+def test_degradation_signal_fires_on_a_detection() -> None:
+    t = PolicyTracker(policy(signal="degradation", degradation="error_rate",
+                             consecutive_windows=1, record_types=["tools"]))
+    assert feed(t, [degraded(1, False), degraded(2, None), degraded(3, False)]) == []
+    (d,) = feed(t, [degraded(4, True, level=0.31)], start=10)
+    assert d.kind == "fired" and (d.first_window_index, d.window_index) == (4, 4)
+    assert d.reason == "degradation error_rate detected for 1 window (window 4, n=500); level now 0.31"
+    assert d.episode_id == episode_id("p", "shop|gpt-4o", "tools", 4)
+    # A drift share far above the threshold is not this policy's signal.
+    assert feed(t, [window(5, 0.9, record_type="tools")], start=4000) == []
+
+
+def test_degradation_signal_hysteresis_and_min_samples() -> None:
+    t = PolicyTracker(policy(signal="degradation", degradation="error_rate", consecutive_windows=2,
+                             window_of=3, clear_windows=2, cooldown_s=0, record_types=["tools"]))
+    assert feed(t, [degraded(1, True, n=50), degraded(2, True, n=50)]) == []  # too few samples
+    (d,) = feed(t, [degraded(3, True), degraded(4, False), degraded(5, True)])
+    assert d.reason.startswith("degradation error_rate detected in 2 of the last 3 windows")
+    # The episode stays open through further detections until 2 windows in a row are clean.
+    assert feed(t, [degraded(6, True), degraded(7, False), degraded(8, True)]) == []
+    assert t.is_open("shop|gpt-4o", "tools")
+    assert feed(t, [degraded(9, False), degraded(10, False)]) == []
+    assert not t.is_open("shop|gpt-4o", "tools")
+    (again,) = feed(t, [degraded(11, True), degraded(12, True)])
+    assert again.first_window_index == 11
+
+
+def test_degradation_policy_needs_a_signal_name() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs `degradation`"):
+        policy(signal="degradation")
+
+
+def test_engine_detections_become_one_decision() -> None:
+    """The drift engine's own results: a tool error rate that jumps starts one episode."""
+    import numpy as np
+
+    from drift.engine import DriftEngine
+    from observer.core.bus import Message
+    from observer.core.config import DriftConfig, KafkaConfig
+    from observer.core.records import ToolCall, decode, encode
+    from observer.core.topics import Topics
+
+    topics = Topics.from_config(KafkaConfig(topic_prefix="policy."))
+    engine = DriftEngine(DriftConfig(window_size=200), topics)
+    rng = np.random.default_rng(5)
+    rates = [0.05] * 1000 + [0.35] * 1000
+    msgs = [
+        Message(topics.tools, 0, i, b"shop|m1", encode(ToolCall(
+            service="shop", model="m1", tool_name="search", trace_id=str(i), span_id="s",
+            status="error" if rng.random() < p else "ok")), 1_700_000_000_000 + i)
+        for i, p in enumerate(rates)
+    ]
+    results = [decode(o.value) for o in engine.process(msgs) if o.topic == topics.drift]
+    assert len(results) == 9
+    t = PolicyTracker(policy(signal="degradation", degradation="error_rate",
+                             consecutive_windows=1, clear_windows=3, record_types=["tools"]))
+    decisions = feed(t, results)  # type: ignore[arg-type]
+    assert len(decisions) == 1 and decisions[0].kind == "fired"
+    assert decisions[0].first_window_index >= 5  # windows 1-4 are all before the jump
+    assert "degradation error_rate detected" in decisions[0].reason

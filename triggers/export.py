@@ -2,10 +2,11 @@
 
 A :class:`~observer.core.records.DriftResult` names where its records are
 (``reference_ranges``, ``current_ranges``: topic, partition, first and last offset). Other
-segments' records sit between them, so :func:`read_window` keeps only the records of the
-result's segment. :func:`write_parquet` writes them with an Arrow schema derived from the
-record model (one column per field, nullable where the field is optional), to a local path or
-any URI pyarrow or fsspec opens (``s3://bucket/prefix/...``, ``gs://``, ``memory://``).
+segments' records sit between them, so :func:`~observer.core.windows.read_window` (shared
+with the drift reports, hence in the kernel) keeps only the records of the result's segment.
+:func:`write_parquet` writes them with an Arrow schema derived from the record model (one
+column per field, nullable where the field is optional), to a local path or any URI pyarrow
+or fsspec opens (``s3://bucket/prefix/...``, ``gs://``, ``memory://``).
 
 Paths are a pure function of the episode (:func:`export_uris`), and the records at given
 offsets never change, so an export repeated after a crash writes the same files again.
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from observer.core.config import KafkaConfig
-from observer.core.records import OffsetRange, Record, RecordError, decode
+from observer.core.records import OffsetRange, Record
+from observer.core.windows import WindowReadError, read_window
 
 log = logging.getLogger(__name__)
 
@@ -83,57 +84,6 @@ def arrow_schema(model: type[Record]) -> pa.Schema:
         arrow_type, nullable = _arrow_type(info.annotation)
         fields.append(pa.field(info.alias or name, arrow_type, nullable=nullable))
     return pa.schema(fields)
-
-
-def read_window(
-    kafka: KafkaConfig,
-    ranges: Sequence[OffsetRange],
-    segment: dict[str, str],
-    *,
-    max_records: int = 200_000,
-    timeout_s: float = 30.0,
-) -> list[Record]:
-    """The records of ``segment`` at the given offsets, in offset order per partition."""
-    from kafka import TopicPartition
-
-    from observer.core.bus import make_consumer
-
-    wanted = {TopicPartition(r.topic, r.partition): r for r in ranges}
-    if not wanted:
-        return []
-    consumer = make_consumer(kafka, None, enable_auto_commit=False)
-    out: list[Record] = []
-    try:
-        consumer.assign(list(wanted))
-        for tp, r in wanted.items():
-            consumer.seek(tp, r.first_offset)
-        pending = set(wanted)
-        deadline = time.monotonic() + timeout_s
-        while pending and len(out) < max_records:
-            if time.monotonic() > deadline:
-                missing = ", ".join(f"{tp.topic}/{tp.partition}" for tp in pending)
-                raise ExportError(f"timed out reading offsets back from Kafka ({missing})")
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                r = wanted[tp]
-                for message in batch:
-                    if message.offset > r.last_offset:
-                        break
-                    try:
-                        record = decode(message.value)
-                    except RecordError:
-                        continue  # not ours to judge here: the drift engine skipped it too
-                    if record.segment_of(list(segment)) == segment:
-                        out.append(record)
-                if batch and batch[-1].offset >= r.last_offset:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-            for tp in list(pending):
-                # Retention may have removed the range: then nothing more will come.
-                if consumer.position(tp) > wanted[tp].last_offset:
-                    pending.discard(tp)
-    finally:
-        consumer.close(autocommit=False)
-    return out[:max_records]
 
 
 def _filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
@@ -193,7 +143,10 @@ def export_episode(
     counts: dict[str, int] = {}
     for part in ("current", "reference"):
         ranges = [OffsetRange.model_validate(r) for r in spec.get(f"{part}_ranges", [])]
-        records = read_window(kafka, ranges, spec["segment"], max_records=max_records)
+        try:
+            records = read_window(kafka, ranges, spec["segment"], max_records=max_records)
+        except WindowReadError as e:
+            raise ExportError(str(e)) from None
         if part == "current" and not records:
             raise ExportError(
                 "no records of the drifted window were found on Kafka "

@@ -94,8 +94,14 @@ def episode_id(policy: str, segment_key: str, record_type: str, first_window_ind
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def signal_of(result: DriftResult, signal: str, feature: str | None = None) -> float:
+def signal_of(
+    result: DriftResult, signal: str, feature: str | None = None, degradation: str | None = None
+) -> float:
     """The window's value that a policy compares with its threshold (NaN when absent).
+
+    ``degradation`` is 1.0 when the window's degradation signal of that name (a change
+    detector of the segment, see ``drift.degradation``) detected a change during the window,
+    0.0 when it did not, NaN when the window does not carry it.
 
     >>> from observer.core.records import DriftResult, FeatureDrift
     >>> f = FeatureDrift(name="output_tokens", kind="numeric", method="psi", statistic=0.3,
@@ -107,6 +113,12 @@ def signal_of(result: DriftResult, signal: str, feature: str | None = None) -> f
     (0.25, 1.0)
     >>> signal_of(r, "feature_statistic", "output_tokens"), signal_of(r, "feature_statistic", "x")
     (0.3, nan)
+    >>> from observer.core.records import DegradationSignal
+    >>> e = DegradationSignal(name="error_rate", field="status", detector="adwin", n=200,
+    ...     mean=0.31, level=0.28, detected=True, detections=1)
+    >>> r = r.model_copy(update={"degradation": [e]})
+    >>> signal_of(r, "degradation", degradation="error_rate"), signal_of(r, "degradation", None, "x")
+    (1.0, nan)
     """
     if signal == "drift_share":
         return float(result.drift_share)
@@ -117,6 +129,11 @@ def signal_of(result: DriftResult, signal: str, feature: str | None = None) -> f
             if f.name == feature:
                 return math.nan if f.statistic is None else float(f.statistic)
         return math.nan  # a window without the feature neither qualifies nor clears
+    if signal == "degradation":
+        for d in result.degradation:
+            if d.name == degradation:
+                return 1.0 if d.detected else 0.0
+        return math.nan
     raise ValueError(f"unknown policy signal {signal!r}")
 
 
@@ -171,7 +188,7 @@ class PolicyTracker:
         return (
             self.watches(result)
             and result.n_current >= p.min_samples
-            and signal_of(result, p.signal, p.feature) >= p.threshold
+            and signal_of(result, p.signal, p.feature, p.degradation) >= p.threshold
         )
 
     def restore_fired(self, segment_key: str, record_type: str, at: float) -> None:
@@ -198,7 +215,7 @@ class PolicyTracker:
         previous = state.last_window
         contiguous = previous is not None and index == previous + 1
         state.last_window = index
-        value = signal_of(result, p.signal, p.feature)
+        value = signal_of(result, p.signal, p.feature, p.degradation)
 
         if state.episode_open:
             clears = result.n_current >= p.min_samples and value < self.clear_threshold
@@ -234,8 +251,15 @@ class PolicyTracker:
             how = f"for {len(counted)} {plural}"
         else:
             how = f"in {len(counted)} of the last {self.window_of} windows"
-        what = p.signal if p.signal != "feature_statistic" else f"{p.feature} statistic"
-        reason = f"{what} {weakest:.4g} >= {p.threshold:g} {how} ({windows}, n={min_n})"
+        if p.signal == "degradation":
+            # A detection is 1 or 0: say what was detected, and the level it reached now.
+            level = next((d.level for d in result.degradation if d.name == p.degradation), None)
+            reason = f"degradation {p.degradation} detected {how} ({windows}, n={min_n})"
+            if level is not None:
+                reason += f"; level now {level:.4g}"
+        else:
+            what = p.signal if p.signal != "feature_statistic" else f"{p.feature} statistic"
+            reason = f"{what} {weakest:.4g} >= {p.threshold:g} {how} ({windows}, n={min_n})"
         kind: DecisionKind = "fired"
         if state.last_fired_at is not None and now - state.last_fired_at < p.cooldown_s:
             kind = "suppressed"

@@ -34,6 +34,7 @@ from drift.stats.columns import Kind, clean
 from drift.stats.jensenshannon import jensenshannon, jensenshannon_of_shares
 from drift.stats.ks import ks
 from drift.stats.methods import AUTO, METHODS, Method, check_method, choose_method
+from drift.stats.prepared import Prepared, prepare, sturges_edges
 from drift.stats.psi import psi, psi_of_shares
 from drift.stats.wasserstein import wasserstein_norm
 from drift.stats.ztest import ztest
@@ -61,6 +62,7 @@ __all__ = [
     "STATISTICS",
     "Kind",
     "Method",
+    "Prepared",
     "Statistic",
     "binned_shares",
     "check_method",
@@ -71,8 +73,10 @@ __all__ = [
     "jensenshannon",
     "jensenshannon_of_shares",
     "ks",
+    "prepare",
     "psi",
     "psi_of_shares",
+    "sturges_edges",
     "wasserstein_norm",
     "ztest",
 ]

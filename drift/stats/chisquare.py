@@ -13,14 +13,14 @@ with few distinct values (every value is its own category).
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare, union_counts
 
 
 def chisquare_of_counts(reference: np.ndarray, current: np.ndarray) -> float:
@@ -44,7 +44,9 @@ def chisquare_of_counts(reference: np.ndarray, current: np.ndarray) -> float:
 
 
 def chisquare(
-    reference: Iterable[Any], current: Iterable[Any], kind: Kind = "categorical"
+    reference: Iterable[Any] | Prepared,
+    current: Iterable[Any] | Prepared,
+    kind: Kind = "categorical",
 ) -> float | None:
     """The chi-square p-value of two columns; ``None`` when a side is empty.
 
@@ -53,14 +55,7 @@ def chisquare(
     >>> chisquare(["a"] * 10, ["a"] * 9 + ["new"])
     0.0
     """
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
-    ref_counts = Counter(ref.tolist())
-    cur_counts = Counter(cur.tolist())
-    keys = list(dict.fromkeys([*ref_counts, *cur_counts]))
-    return chisquare_of_counts(
-        np.array([ref_counts.get(k, 0) for k in keys]),
-        np.array([cur_counts.get(k, 0) for k in keys]),
-    )
+    return chisquare_of_counts(*union_counts(ref, cur))

@@ -16,7 +16,8 @@ import numpy as np
 from scipy.spatial import distance
 
 from drift.stats.binning import binned_shares
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare
 
 
 def jensenshannon_of_shares(reference: np.ndarray, current: np.ndarray) -> float:
@@ -33,7 +34,9 @@ def jensenshannon_of_shares(reference: np.ndarray, current: np.ndarray) -> float
 
 
 def jensenshannon(
-    reference: Iterable[Any], current: Iterable[Any], kind: Kind = "categorical"
+    reference: Iterable[Any] | Prepared,
+    current: Iterable[Any] | Prepared,
+    kind: Kind = "categorical",
 ) -> float | None:
     """Jensen-Shannon distance of two columns, Evidently's ``jensenshannon`` stattest.
 
@@ -56,8 +59,7 @@ def jensenshannon(
     >>> jensenshannon(["stop"], ["stop", None])
     0.0
     """
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
     return jensenshannon_of_shares(*binned_shares(ref, cur, kind))

@@ -13,10 +13,13 @@ from typing import Any
 
 from scipy import stats
 
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare
 
 
-def ks(reference: Iterable[Any], current: Iterable[Any], kind: Kind = "numeric") -> float | None:
+def ks(
+    reference: Iterable[Any] | Prepared, current: Iterable[Any] | Prepared, kind: Kind = "numeric"
+) -> float | None:
     """The two-sided KS p-value of two numeric columns; ``None`` when a side is empty.
 
     >>> import numpy as np
@@ -27,8 +30,7 @@ def ks(reference: Iterable[Any], current: Iterable[Any], kind: Kind = "numeric")
     """
     if kind != "numeric":
         raise ValueError("the KS test applies to numeric features only")
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
-    return float(stats.ks_2samp(ref, cur)[1])
+    return float(stats.ks_2samp(ref.values, cur.values)[1])

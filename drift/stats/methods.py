@@ -38,17 +38,17 @@ categorical, <= 2     ``ztest``               ``jensenshannon``
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests use it)
 
-from drift.stats.binning import distinct
 from drift.stats.chisquare import chisquare
 from drift.stats.columns import Kind
 from drift.stats.jensenshannon import jensenshannon
 from drift.stats.ks import ks
+from drift.stats.prepared import Prepared, n_unique, prepare
 from drift.stats.psi import psi
 from drift.stats.wasserstein import wasserstein_norm
 from drift.stats.ztest import ztest
@@ -121,19 +121,13 @@ def check_method(name: str, kind: Kind) -> None:
         )
 
 
-def n_unique(reference: np.ndarray, current: np.ndarray) -> int:
-    """Distinct values of both cleaned sides together (``pd.concat([r, c]).nunique()``)."""
-    if reference.dtype != object and current.dtype != object:
-        return distinct(np.concatenate([reference, current]))
-    values: set[Any] = set(reference.tolist())
-    values.update(current.tolist())
-    return len(values)
-
-
-def choose_method(reference: np.ndarray, current: np.ndarray, kind: Kind) -> str:
-    """Evidently 0.7.23's default method for two *cleaned* columns (see the module table)."""
-    values = n_unique(reference, current)
-    if len(reference) <= AUTO_REFERENCE_ROWS:
+def choose_method(
+    reference: Iterable[Any] | Prepared, current: Iterable[Any] | Prepared, kind: Kind
+) -> str:
+    """Evidently 0.7.23's default method for two columns (see the module table)."""
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    values = n_unique(ref, cur, above=5)
+    if ref.n <= AUTO_REFERENCE_ROWS:
         if kind == "numeric" and values > 5:
             return "ks"
         return "chisquare" if values > 2 else "ztest"

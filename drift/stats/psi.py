@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from drift.stats.binning import binned_shares, fill_zero_shares
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare
 
 
 def psi_of_shares(reference: np.ndarray, current: np.ndarray) -> float:
@@ -27,7 +28,9 @@ def psi_of_shares(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum((r - c) * np.log(r / c)))
 
 
-def psi(reference: Iterable[Any], current: Iterable[Any], kind: Kind = "numeric") -> float | None:
+def psi(
+    reference: Iterable[Any] | Prepared, current: Iterable[Any] | Prepared, kind: Kind = "numeric"
+) -> float | None:
     """PSI of two columns, Evidently's ``psi`` stattest.
 
     Parameters
@@ -51,8 +54,7 @@ def psi(reference: Iterable[Any], current: Iterable[Any], kind: Kind = "numeric"
     >>> psi([], [1.0]) is None
     True
     """
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
     return psi_of_shares(*binned_shares(ref, cur, kind))

@@ -21,14 +21,17 @@ from typing import Any
 import numpy as np
 from scipy import stats  # noqa: F401  (the doctest compares with SciPy)
 
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare
 
 MIN_NORM = 0.001
 """Floor of the reference standard deviation, so a constant reference does not divide by 0."""
 
 
 def wasserstein_norm(
-    reference: Iterable[Any], current: Iterable[Any], kind: Kind = "numeric"
+    reference: Iterable[Any] | Prepared,
+    current: Iterable[Any] | Prepared,
+    kind: Kind = "numeric",
 ) -> float | None:
     """Wasserstein distance of two numeric columns, in reference standard deviations.
 
@@ -52,11 +55,10 @@ def wasserstein_norm(
     """
     if kind != "numeric":
         raise ValueError("the Wasserstein distance applies to numeric features only")
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
-    return wasserstein_of_sorted(np.sort(ref), np.sort(cur)) / max(float(np.std(ref)), MIN_NORM)
+    return wasserstein_of_sorted(ref.values, cur.values) / max(ref.std, MIN_NORM)
 
 
 def wasserstein_of_sorted(u: np.ndarray, v: np.ndarray) -> float:

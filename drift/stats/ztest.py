@@ -17,10 +17,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 from scipy.stats import norm
 
-from drift.stats.columns import Kind, clean
+from drift.stats.columns import Kind
+from drift.stats.prepared import Prepared, prepare
 
 
 def ztest_of_proportions(ones_ref: int, n_ref: int, ones_cur: int, n_cur: int) -> float:
@@ -43,7 +43,9 @@ def ztest_of_proportions(ones_ref: int, n_ref: int, ones_cur: int, n_cur: int) -
 
 
 def ztest(
-    reference: Iterable[Any], current: Iterable[Any], kind: Kind = "categorical"
+    reference: Iterable[Any] | Prepared,
+    current: Iterable[Any] | Prepared,
+    kind: Kind = "categorical",
 ) -> float | None:
     """The Z-test p-value of two columns; ``None`` when a side is empty.
 
@@ -52,11 +54,12 @@ def ztest(
     >>> ztest(["ok"] * 3, ["ok"] * 5)
     1.0
     """
-    ref = clean(reference, kind)
-    cur = clean(current, kind)
-    if len(ref) == 0 or len(cur) == 0:
+    ref, cur = prepare(reference, kind), prepare(current, kind)
+    if ref.n == 0 or cur.n == 0:
         return None
-    first = min(set(ref.tolist()) | set(cur.tolist()))
-    ones_ref = int(np.count_nonzero(ref != first))
-    ones_cur = int(np.count_nonzero(cur != first))
-    return ztest_of_proportions(ones_ref, len(ref), ones_cur, len(cur))
+    ref_values, ref_counts = ref.runs
+    cur_values, cur_counts = cur.runs
+    first = min(set(ref_values.tolist()) | set(cur_values.tolist()))
+    ones_ref = ref.n - int(ref_counts[ref_values == first].sum())
+    ones_cur = cur.n - int(cur_counts[cur_values == first].sum())
+    return ztest_of_proportions(ones_ref, ref.n, ones_cur, cur.n)

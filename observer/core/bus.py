@@ -54,6 +54,8 @@ class Message:
     key: bytes | None
     value: bytes
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Kafka record headers (CloudEvents' Kafka binding puts attributes here)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Output:
     topic: str
     key: str | bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Processor(Protocol):
@@ -202,6 +205,7 @@ def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float
             o.topic,
             key=o.key.encode() if isinstance(o.key, str) else o.key,
             value=o.value,
+            headers=list(o.headers) or None,
         )
         for o in outputs
     ]
@@ -264,7 +268,10 @@ class StageRunner:
                 if consumer.assignment():
                     self.assigned.set()
                 messages = [
-                    Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                    Message(
+                        r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                        tuple(r.headers or ()),
+                    )
                     for records in polled.values()
                     for r in records
                 ]

@@ -82,8 +82,28 @@ class ReceiverConfig(_Section):
     )
 
 
+class ContentConfig(_Section):
+    """LLM message content: by default only counts, lengths and hashes are recorded."""
+
+    capture: bool = Field(
+        False, description="Store prompts and completions (redacted, capped) on observer.llm."
+    )
+    max_chars: int = Field(4096, ge=0, description="Characters stored per side (input, output).")
+    redact_builtin: bool = Field(
+        True, description="Redact e-mail addresses, API keys, bearer tokens, key=value secrets."
+    )
+    redact_hook: str = Field(
+        "", description="'package.module:function' taking and returning a string, run after "
+        "the built-in redaction.",
+    )
+
+
 class NormalizerConfig(_Section):
     group_id: str = Field("observer-normalizer", description="Consumer group.")
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    metrics_group_id: str = Field(
+        "observer-genai-metrics", description="Consumer group of the GenAI metrics stage."
+    )
 
 
 class PathsConfig(_Section):
@@ -131,6 +151,96 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
     }
 
 
+class DegradationSpec(_Section):
+    """One degradation signal: a change detector fed one record field, per segment."""
+
+    name: str = Field(description="Signal name, unique per record type (results, metrics, policies).")
+    field: str = Field(description="Record field fed to the detector, one value per record.")
+    equals: str | None = Field(
+        None, description="Feed 1 when the field equals this (as text) and 0 otherwise: a rate. "
+        "Unset: the field's own value (numbers; booleans as 1/0; missing values skipped).",
+    )
+    detector: Literal["adwin", "page_hinkley"] = Field("adwin", description="Change detector.")
+    direction: Literal["up", "down", "both"] = Field(
+        "up", description="Changes that count: up = the rate or value rose (a degradation)."
+    )
+    delta: float | None = Field(
+        None, gt=0, description="adwin: confidence (default 0.002); page_hinkley: tolerated "
+        "change per value (default 0.005).",
+    )
+    threshold: float | None = Field(
+        None, gt=0, description="page_hinkley only: lambda, in the field's unit (default 50)."
+    )
+    min_instances: int | None = Field(
+        None, ge=1, description="page_hinkley only: values before any detection (default 30)."
+    )
+    clock: int | None = Field(
+        None, ge=1, description="adwin only: look for a change every this many values (default 32)."
+    )
+
+    @model_validator(mode="after")
+    def _params_fit_the_detector(self) -> DegradationSpec:
+        only = {"threshold": "page_hinkley", "min_instances": "page_hinkley", "clock": "adwin"}
+        wrong = [k for k, d in only.items() if getattr(self, k) is not None and d != self.detector]
+        if wrong:
+            raise ValueError(f"degradation signal {self.name!r}: {', '.join(wrong)} do not apply "
+                             f"to detector {self.detector}")
+        if self.detector == "adwin" and self.delta is not None and self.delta >= 1:
+            raise ValueError(f"degradation signal {self.name!r}: adwin delta must be < 1")
+        return self
+
+
+def _default_degradation() -> dict[str, list[DegradationSpec]]:
+    return {
+        "llm": [
+            DegradationSpec(name="error_rate", field="error"),
+            DegradationSpec(name="latency", field="latency_ms"),
+        ],
+        "tools": [DegradationSpec(name="error_rate", field="status", equals="error")],
+    }
+
+
+def parse_instant(text: str) -> int:
+    """Unix nanoseconds of an ISO 8601 time (UTC when no zone is given) or Unix seconds.
+
+    >>> parse_instant("2026-01-10T00:00:00Z"), parse_instant("1.5")
+    (1768003200000000000, 1500000000)
+    """
+    from datetime import datetime, timezone
+
+    text = text.strip()
+    if not text:
+        raise ValueError("a time is required (ISO 8601 or Unix seconds)")
+    try:
+        return round(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use ISO 8601 or Unix seconds)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+class DriftReportsConfig(_Section):
+    """Evidently HTML reports of drifted windows, served by the admin API at /reports/{id}."""
+
+    enabled: bool = Field(True, description="Serve /reports/{id} and link them in /api/v1/drift.")
+    dir: Path = Field(
+        Path(".observer/reports"), description="Where rendered reports are cached (one file each)."
+    )
+    # A report embeds Evidently's JavaScript bundle (~3.7 MB), so the cache is bounded.
+    keep: int = Field(100, ge=1, description="Rendered reports kept on disk; the oldest go first.")
+    max_records: int = Field(
+        200_000, ge=1, description="Records read back from Kafka per window at most."
+    )
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="How long reading a window back from Kafka may take."
+    )
+
+
 class DriftConfig(_Section):
     group_id: str = Field("observer-drift", description="Consumer group.")
     segment_keys: list[str] = Field(
@@ -158,6 +268,74 @@ class DriftConfig(_Section):
     features: dict[str, list[FeatureSpec]] = Field(
         default_factory=_default_features, description="Features per record type."
     )
+    degradation: dict[str, list[DegradationSpec]] = Field(
+        default_factory=_default_degradation,
+        description="Change detectors per record type: degradation signals per segment.",
+    )
+    window_kind: Literal["count", "tumbling", "sliding"] = Field(
+        "count",
+        description="count: window_size records; tumbling/sliding: by event time (the record's "
+        "start time, else its Kafka timestamp).",
+    )
+    window_duration_s: float = Field(3600.0, gt=0, description="Time windows: length.")
+    window_slide_s: float | None = Field(
+        None, gt=0, description="Sliding windows: step; must divide window_duration_s."
+    )
+    allowed_lateness_s: float = Field(
+        0.0,
+        ge=0,
+        description="Time windows close when event time passes their end + this; later "
+        "records for them are dropped.",
+    )
+    mode: Literal["exact", "sketch", "auto"] = Field(
+        "exact",
+        description="exact: raw values; sketch: bounded sketches; auto: exact while within "
+        "exact_budget_mb, sketches for the segments beyond.",
+    )
+    exact_budget_mb: float = Field(
+        256.0, gt=0, description="auto mode: memory for raw values across all segments."
+    )
+    sketch_relative_accuracy: float = Field(
+        0.01, gt=0, lt=0.5, description="Sketch mode: relative width of a numeric bucket."
+    )
+    sketch_top_k: int = Field(
+        64, ge=1, description="Sketch mode: categories counted exactly; the rest are 'other'."
+    )
+    reference: Literal["first_window", "first_n", "time_range", "parquet"] = Field(
+        "first_window",
+        description="Reference per segment: its first window, its first reference_records "
+        "records, the records in [reference_start, reference_end), or a Parquet dataset.",
+    )
+    reference_records: int = Field(1000, ge=1, description="first_n: records in the reference.")
+    reference_start: str = Field(
+        "", description="time_range: start (ISO 8601 or Unix seconds), inclusive."
+    )
+    reference_end: str = Field("", description="time_range: end (ISO 8601 or Unix seconds).")
+    reference_path: str = Field(
+        "", description="parquet: a Parquet file or directory (segment columns optional)."
+    )
+
+    @model_validator(mode="after")
+    def _coherent_drift(self) -> "DriftConfig":
+        if self.window_kind == "sliding":
+            if self.window_slide_s is None:
+                raise ValueError("window_kind sliding needs window_slide_s")
+            steps = self.window_duration_s / self.window_slide_s
+            if abs(steps - round(steps)) > 1e-9 or round(steps) < 1:
+                raise ValueError(
+                    f"window_slide_s ({self.window_slide_s}) must divide window_duration_s "
+                    f"({self.window_duration_s})"
+                )
+        if self.reference == "time_range":
+            start, end = parse_instant(self.reference_start), parse_instant(self.reference_end)
+            if start >= end:
+                raise ValueError("reference_start must be before reference_end")
+        if self.reference == "parquet" and not self.reference_path:
+            raise ValueError("reference parquet needs reference_path")
+        return self
+    reports: DriftReportsConfig = Field(
+        default_factory=DriftReportsConfig, description="HTML reports of drifted windows."
+    )
 
 
 class WebhookConfig(_Section):
@@ -178,12 +356,16 @@ class WebhookConfig(_Section):
 
 class PolicyConfig(_Section):
     name: str = "default"
-    signal: Literal["drift_share", "dataset_drift", "feature_statistic"] = Field(
+    signal: Literal["drift_share", "dataset_drift", "feature_statistic", "degradation"] = Field(
         "drift_share",
         description="Window value compared with the threshold (feature_statistic: the "
-        "statistic of the feature named by `feature`).",
+        "statistic of the feature named by `feature`; degradation: 1 when the detector of the "
+        "degradation signal named by `degradation` found a change during the window, else 0).",
     )
     feature: str | None = Field(None, description="Feature whose statistic is the signal.")
+    degradation: str | None = Field(
+        None, description="Degradation signal (a drift.degradation name) whose detections count."
+    )
     threshold: float = Field(0.5, description="A window qualifies when signal >= threshold.")
     consecutive_windows: int = Field(
         2, ge=1, description="Qualifying windows (N) among the last `window_of` to fire."
@@ -225,6 +407,8 @@ class PolicyConfig(_Section):
     def _coherent(self) -> "PolicyConfig":
         if self.signal == "feature_statistic" and not self.feature:
             raise ValueError("signal feature_statistic needs `feature` (the feature's name)")
+        if self.signal == "degradation" and not self.degradation:
+            raise ValueError("signal degradation needs `degradation` (a drift.degradation name)")
         if self.window_of is not None and self.window_of < self.consecutive_windows:
             raise ValueError(
                 f"window_of ({self.window_of}) must be >= consecutive_windows "
@@ -394,6 +578,24 @@ class MetricsConfig(_Section):
     )
 
 
+class KServeConfig(_Section):
+    """KServe inference logger intake: the pairing stage (``observer predictions``)."""
+
+    group_id: str = Field("observer-predictions", description="Consumer group of the pairing.")
+    pair_timeout_s: float = Field(
+        30.0, gt=0, description="A request or response whose partner has not come after this "
+        "is written alone (paired: false).",
+    )
+    max_pending: int = Field(
+        100_000, ge=1, description="Unpaired events held; the oldest is written alone above."
+    )
+    max_features: int = Field(64, ge=1, description="Input (and output) columns kept per record.")
+    max_instances: int = Field(1000, ge=1, description="Instances kept per record.")
+    max_string_chars: int = Field(
+        64, ge=0, description="Longer string values are replaced by sha256:<16 hex>."
+    )
+
+
 class AdminConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the admin API binds to.")
     port: int = Field(8080, description="Admin API port (/metrics, /healthz, /api/v1/...).")
@@ -415,6 +617,7 @@ class ObserverConfig(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     gpu: GPUConfig = Field(default_factory=GPUConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    kserve: KServeConfig = Field(default_factory=KServeConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -67,6 +67,21 @@ class LLMCall(Record):
     prompt_id: str = Field(
         "", description="Prompt template key, or tmpl:<hash> of the template text."
     )
+    # Message content, measured always (counts, lengths, hashes); the text itself only when
+    # normalizer.content.capture is on, redacted and capped.
+    input_messages: int | None = None
+    input_chars: int | None = None
+    input_hash: str = Field("", description="sha256 (16 hex) of the input messages.")
+    output_messages: int | None = None
+    output_chars: int | None = None
+    output_hash: str = Field("", description="sha256 (16 hex) of the output messages.")
+    input_content: list[dict[str, str]] | None = Field(
+        None, description="[{role, content}] when content capture is enabled."
+    )
+    output_content: list[dict[str, str]] | None = Field(
+        None, description="[{role, content}] when content capture is enabled."
+    )
+    content_truncated: bool = False
 
 
 class ToolCall(Record):
@@ -149,7 +164,9 @@ class Prediction(Record):
     component: str = ""
     endpoint: str = ""
     request_id: str
-    protocol: Literal["v1", "v2"]
+    protocol: Literal["v1", "v2", "unknown"] = Field(
+        description="unknown: neither body was a v1/v2 payload (see payload_error)."
+    )
     instances: int = 0
     inputs: dict[str, list[Any]] = Field(
         default_factory=dict, description="Input features as columns (one value per instance)."
@@ -160,6 +177,47 @@ class Prediction(Record):
     paired: bool = Field(True, description="False when only the request or the response came.")
     time_unix_nano: int = 0
     latency_ms: float | None = None
+    truncated: bool = Field(False, description="Features or instances over the limits dropped.")
+    payload_error: str = Field("", description="Why a body gave no columns (not v1/v2 JSON).")
+
+
+class GenAIMetric(Record):
+    """One data point of a ``gen_ai.*`` OTLP metric, over one interval (``observer.genai-metrics``).
+
+    Cumulative points arrive here as deltas against the series' previous point, so ``count``,
+    ``sum``, ``bucket_counts`` and (for sums) ``value`` add up across records.
+    """
+
+    schema_id: ClassVar[str] = "observer.genai-metrics/v1"
+    schema_: Literal["observer.genai-metrics/v1"] = Field(
+        "observer.genai-metrics/v1", alias="schema"
+    )
+    tenant: str = ""
+    service: str
+    metric: str = Field(description="Metric name as exported.")
+    kind: str = Field(description="Canonical kind: token_usage, operation_duration, ...")
+    instrument: Literal["histogram", "exponential_histogram", "sum", "gauge", "summary"]
+    unit: str = ""
+    temporality: Literal["delta", "cumulative", ""] = Field(
+        "", description="As exported; values below are for the interval either way."
+    )
+    provider: str = ""
+    model: str = ""
+    response_model: str = ""
+    operation: str = ""
+    token_type: str = Field("", description="input / output for token metrics.")
+    server_address: str = ""
+    error_type: str = ""
+    agent: str = ""
+    start_time_unix_nano: int = 0
+    time_unix_nano: int = 0
+    count: int | None = None
+    sum: float | None = None
+    min: float | None = None
+    max: float | None = None
+    bucket_bounds: list[float] = Field(default_factory=list)
+    bucket_counts: list[int] = Field(default_factory=list)
+    value: float | None = Field(None, description="Sums and gauges.")
 
 
 class FeatureDrift(BaseModel):
@@ -174,6 +232,27 @@ class FeatureDrift(BaseModel):
     statistics: dict[str, float] = Field(
         default_factory=dict, description="Every statistic computed (e.g. wasserstein and psi)."
     )
+    error_bound: float | None = Field(
+        None,
+        description="Sketch mode: the exact statistic lies within this of `statistic` (None: "
+        "exact mode).",
+    )
+
+
+class DegradationSignal(BaseModel):
+    """One change detector of a segment (an error rate, a latency...) as of a closed window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Signal name from drift.degradation (e.g. error_rate).")
+    field: str = Field(description="Record field the detector is fed.")
+    detector: str = Field(description="adwin or page_hinkley.")
+    n: int = Field(description="Values fed during this window.")
+    mean: float | None = Field(description="Mean of those values (None when n is 0).")
+    level: float = Field(description="The detector's current estimate of the level.")
+    detected: bool = Field(description="A change in the configured direction during this window.")
+    detections: int = Field(0, description="Changes detected during this window.")
+    total_detections: int = Field(0, description="Changes detected since the segment started.")
 
 
 class OffsetRange(BaseModel):
@@ -210,6 +289,15 @@ class DriftResult(Record):
     )
     current_ranges: list[OffsetRange] = Field(
         default_factory=list, description="Kafka offsets of this window's records."
+    )
+    window_start_unix_nano: int | None = Field(
+        None, description="Time windows: event-time start of the window (inclusive)."
+    )
+    window_end_unix_nano: int | None = Field(
+        None, description="Time windows: event-time end of the window (exclusive)."
+    )
+    degradation: list[DegradationSignal] = Field(
+        default_factory=list, description="Change detectors of this segment (drift.degradation)."
     )
 
 
@@ -326,7 +414,7 @@ class GPUEconomics(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.schema_id: cls
-    for cls in (LLMCall, ToolCall, PathRecord, Prediction, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
+    for cls in (LLMCall, ToolCall, PathRecord, Prediction, GenAIMetric, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
 }
 
 

@@ -27,6 +27,9 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
     "tools": TopicSpec("tools", prefixed=True),
     "paths": TopicSpec("paths", prefixed=True),
     "predictions": TopicSpec("predictions", prefixed=True),
+    # KServe inference logger CloudEvents as received (Kafka binary mode), key = ce-id.
+    "kserve_events": TopicSpec("kserve-events", prefixed=True),
+    "genai_metrics": TopicSpec("genai-metrics", prefixed=True),
     "gpu": TopicSpec("gpu", prefixed=True),
     "drift": TopicSpec("drift", prefixed=True),
     "drift_state": TopicSpec("drift-state", prefixed=True, compacted=True),
@@ -49,6 +52,8 @@ class Topics:
     tools: str
     paths: str
     predictions: str
+    kserve_events: str
+    genai_metrics: str
     gpu: str
     drift: str
     drift_state: str

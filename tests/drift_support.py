@@ -1,0 +1,135 @@
+"""Drive the drift engine as the StageRunner does (process, produce, commit, tick) against an
+in-memory checkpoint store, with or without kills: shared by the sketch, window and reference
+tests, which check that every new window kind, reference and sketch mode checkpoints exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drift.checkpoint import MemoryCheckpointStore
+from drift.engine import DriftEngine
+from observer.core.bus import Message, Output
+from observer.core.config import DriftConfig, KafkaConfig
+from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
+from observer.core.topics import Topics
+
+TOPICS = Topics.from_config(KafkaConfig(topic_prefix="dsup."))
+T0_MS = 1_700_000_000_000
+
+
+def messages(seed: int, n: int = 700, *, ms_per_record: int = 1, drift_at: float = 0.5,
+             disorder_ms: int = 0) -> list[Message]:
+    """LLM and tool calls of 3 segments on 2 partitions, drifting at ``drift_at`` of the
+    stream; Kafka timestamps ``ms_per_record`` apart, record start times jittered back by up
+    to ``disorder_ms`` (out-of-order event time)."""
+    rng = np.random.default_rng(seed)
+    segments = [("shop", "m1"), ("shop", "m2"), ("bank", "m1")]
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for i in range(n):
+        which = int(rng.integers(len(segments)))
+        service, model = segments[which]
+        drifted = i > n * drift_at
+        ts = T0_MS + i * ms_per_record
+        start = (ts - int(rng.integers(0, disorder_ms + 1))) * 1_000_000
+        if rng.random() < 0.7:
+            rec: LLMCall | ToolCall = LLMCall(
+                service=service, model=model, trace_id=uuid.uuid4().hex, span_id="s",
+                output_tokens=int(rng.lognormal(np.log(200 * (2 if drifted else 1)), 0.5)),
+                input_tokens=int(rng.poisson(800)),
+                latency_ms=float(rng.normal(900, 100)),
+                finish_reason=str(rng.choice(["stop", "length"], p=[0.9, 0.1])),
+                start_time_unix_nano=start,
+            )
+            topic = TOPICS.llm
+        else:
+            rec = ToolCall(service=service, model=model, tool_name="search",
+                           trace_id=uuid.uuid4().hex, span_id="s", start_time_unix_nano=start,
+                           status="error" if rng.random() < (0.4 if drifted else 0.05) else "ok")
+            topic = TOPICS.tools
+        partition = which % 2  # a segment lives in one partition
+        tp = (topic, partition)
+        offsets[tp] = offsets.get(tp, -1) + 1
+        out.append(Message(topic, partition, offsets[tp], f"{service}|{model}".encode(),
+                           encode(rec), ts))
+    return out
+
+
+@dataclass
+class Runner:
+    """StageRunner's loop: process, produce (store + results), commit, tick."""
+
+    cfg: DriftConfig
+    store: MemoryCheckpointStore = field(
+        default_factory=lambda: MemoryCheckpointStore(TOPICS.drift_state))
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    produced: list[Output] = field(default_factory=list)
+
+    def engine(self) -> DriftEngine:
+        return DriftEngine(self.cfg, TOPICS, store=self.store)
+
+    def pending(self, batch: list[Message]) -> list[Message]:
+        return [m for m in batch if m.offset >= self.committed.get((m.topic, m.partition), 0)]
+
+    def acknowledge(self, outputs: list[Output]) -> None:
+        self.store.apply(outputs)
+        self.produced += [o for o in outputs if o.topic == TOPICS.drift]
+
+    def commit(self, batch: list[Message]) -> None:
+        for m in batch:
+            self.committed[(m.topic, m.partition)] = m.offset + 1
+
+
+def results_of(outputs: list[Output]) -> list[DriftResult]:
+    return [decode(o.value) for o in outputs if o.topic == TOPICS.drift]  # type: ignore[misc]
+
+
+def keyed(results: list[DriftResult]) -> dict[tuple, DriftResult]:
+    """Results by (segment, record type, window); a re-emitted one must be identical."""
+    out: dict[tuple, DriftResult] = {}
+    for r in results:
+        k = (r.segment_key, r.record_type, r.window_index)
+        assert out.get(k, r) == r, f"a re-emitted result differs: {k}"
+        out[k] = r
+    return out
+
+
+def uninterrupted(cfg: DriftConfig, stream: list[Message], batch: int) -> dict[tuple, DriftResult]:
+    runner = Runner(cfg)
+    engine = runner.engine()
+    for i in range(0, len(stream), batch):
+        part = stream[i:i + batch]
+        runner.acknowledge(engine.process(part) + engine.tick())
+        runner.commit(part)
+    got = results_of(runner.produced)
+    out = keyed(got)
+    assert len(out) == len(got)
+    return out
+
+
+def with_kills(cfg: DriftConfig, stream: list[Message], batch: int, seed: int) -> tuple[dict, int]:
+    """The results when the engine is killed every few batches, with any subset of the
+    killed batch's outputs acknowledged and nothing committed; and the number of kills."""
+    rnd = random.Random(seed)
+    runner = Runner(cfg)
+    kills = 0
+    while runner.pending(stream):
+        engine = runner.engine()
+        crash_after = rnd.randint(0, 3)
+        for iteration in range(crash_after + 1):
+            part = runner.pending(stream)[:batch]
+            if not part:
+                break
+            outputs = engine.process(part) + engine.tick()
+            if iteration == crash_after:
+                runner.acknowledge([o for o in outputs if rnd.random() < 0.5])
+                kills += 1
+                break
+            runner.acknowledge(outputs)
+            runner.commit(part)
+    return keyed(results_of(runner.produced)), kills
