@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up install clean dashboards
+.PHONY: demo test up install clean dashboards bench
 
 $(STAMP): pyproject.toml
 	@# The tests start a real Prometheus (Debian's package); CI runs as root.
@@ -33,6 +33,11 @@ up: $(STAMP)
 # Regenerate dashboards/json/ from dashboards/*.py (grafana-foundation-sdk).
 dashboards: $(STAMP)
 	$(PY) -m dashboards.build
+
+# Every benchmark, each against its peer measured in the same run (README, "Benchmarks").
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.collectors_otlp
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
