@@ -34,7 +34,7 @@ up: $(STAMP)
 dashboards: $(STAMP)
 	$(PY) -m dashboards.build
 
-# Every benchmark, each against its peer measured in the same run (README, "Benchmarks").
+# Every benchmark, each against its peer measured in the same run (README, "Drift benchmarks").
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.collectors_otlp
