@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 from google.rpc import error_details_pb2, status_pb2
-from kafka.consumer.fetcher import ConsumerRecord
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -29,10 +28,10 @@ from prometheus_client import REGISTRY
 from collectors import otlp_json
 from collectors.otlp_http import JSON, PROTOBUF, TRACES_PATH, create_app
 from observer.core.broker import EmbeddedBroker
-from observer.core.bus import make_consumer
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
+from tests.collectors_support import drain, spans_of
 
 TRACE = "5b8efff798038103d269b633813fc60c"
 
@@ -43,22 +42,6 @@ def receiver(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterator[st
     app = create_app(ReceiverConfig(http_port=0, **settings), kafka, topics)
     with ServerThread(app) as server:
         yield server.url + TRACES_PATH
-
-
-def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list[ConsumerRecord]:
-    consumer = make_consumer(kafka, None, [topic])
-    got: list[ConsumerRecord] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n and time.monotonic() < deadline:
-        for records in consumer.poll(200).values():
-            got += records
-    consumer.close()
-    return got
-
-
-def spans_of(raw: bytes) -> list[Span]:
-    request = ExportTraceServiceRequest.FromString(raw)
-    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
 
 def sdk_spans(traces: int) -> list[ReadableSpan]:

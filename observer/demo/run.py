@@ -14,7 +14,6 @@ window after it did, and a webhook arrived with a valid signature.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 import uuid
