@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from drift.checkpoint import MemoryCheckpointStore, restore_streams
-from drift.engine import DriftEngine
-from observer.core.bus import Message, Output
-from observer.core.config import DriftConfig, KafkaConfig
-from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
-from observer.core.topics import Topics
+from drift.checkpoint import restore_streams
+from observer.core.bus import Message
+from observer.core.config import DriftConfig
+from observer.core.records import DriftResult, LLMCall, ToolCall, encode
+from tests.drift_support import TOPICS, Runner, results_of
 
-TOPICS = Topics.from_config(KafkaConfig(topic_prefix="ckpt."))
 
 
 def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
@@ -61,35 +58,8 @@ def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
 CFG = DriftConfig(window_size=25)
 
 
-@dataclass
-class Runner:
-    """StageRunner's loop: process, produce (store + results), commit, tick."""
-
-    store: MemoryCheckpointStore = field(default_factory=lambda: MemoryCheckpointStore(TOPICS.drift_state))
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-    produced: list[Output] = field(default_factory=list)
-
-    def engine(self) -> DriftEngine:
-        return DriftEngine(CFG, TOPICS, store=self.store)
-
-    def pending(self, messages: list[Message]) -> list[Message]:
-        return [m for m in messages if m.offset >= self.committed.get((m.topic, m.partition), 0)]
-
-    def acknowledge(self, outputs: list[Output]) -> None:
-        self.store.apply(outputs)
-        self.produced += [o for o in outputs if o.topic == TOPICS.drift]
-
-    def commit(self, batch: list[Message]) -> None:
-        for m in batch:
-            self.committed[(m.topic, m.partition)] = m.offset + 1
-
-
-def results_of(outputs: list[Output]) -> list[DriftResult]:
-    return [decode(o.value) for o in outputs if o.topic == TOPICS.drift]  # type: ignore[misc]
-
-
 def uninterrupted(messages: list[Message], batch: int) -> dict[tuple, DriftResult]:
-    runner = Runner()
+    runner = Runner(CFG)
     engine = runner.engine()
     for i in range(0, len(messages), batch):
         part = messages[i:i + batch]
@@ -118,7 +88,7 @@ def test_kills_anywhere_give_the_uninterrupted_results(seed: int) -> None:
     expected = uninterrupted(messages, batch)
     assert len(expected) > 15 and any(r.dataset_drift for r in expected.values())
 
-    runner = Runner()
+    runner = Runner(CFG)
     kills = 0
     while runner.pending(messages):
         engine = runner.engine()
@@ -143,7 +113,7 @@ def test_kills_anywhere_give_the_uninterrupted_results(seed: int) -> None:
 
 def test_window_numbering_continues_across_restarts() -> None:
     messages = stream_of_messages(99, n=400)
-    runner = Runner()
+    runner = Runner(CFG)
     engine = runner.engine()
     first, rest = messages[:200], messages[200:]
     runner.acknowledge(engine.process(first) + engine.tick())
@@ -164,7 +134,7 @@ def test_window_numbering_continues_across_restarts() -> None:
 
 def test_a_replayed_batch_is_skipped() -> None:
     messages = stream_of_messages(5, n=200)
-    runner = Runner()
+    runner = Runner(CFG)
     engine = runner.engine()
     runner.acknowledge(engine.process(messages) + engine.tick())
     # No commit: a restarted engine gets the same batch again and emits nothing new.
@@ -183,7 +153,7 @@ def test_partition_moving_between_engines() -> None:
     # notice the jump in offsets and reload what B did instead of using its stale memory.
     messages = stream_of_messages(21, n=600)
     expected = uninterrupted(messages, 50)
-    runner = Runner()
+    runner = Runner(CFG)
     a, b = runner.engine(), runner.engine()
     for i, owner in zip(range(0, 600, 50), "AAABBBBAAAAA"):
         engine = a if owner == "A" else b
@@ -197,7 +167,7 @@ def test_checkpoint_bytes_grow_with_input_not_with_batches() -> None:
     messages = stream_of_messages(3, n=600)
     sizes = {}
     for batch in (10, 100):
-        runner = Runner()
+        runner = Runner(CFG)
         engine = runner.engine()
         total = 0
         for i in range(0, len(messages), batch):
