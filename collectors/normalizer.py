@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -43,6 +42,7 @@ from collectors.genai_mapping import (
     lookup,
 )
 from collectors.message_content import CONTENT_PREFIXES, ContentCapture, measure
+from collectors.otlp_messages import trace_requests
 from collectors.tenancy import TENANT_ATTRIBUTE
 from observer.core.bus import Message, Output
 from observer.core.config import ContentConfig
@@ -247,19 +247,7 @@ class Normalizer:
 
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
-        for message in messages:
-            try:
-                request = ExportTraceServiceRequest.FromString(message.value)
-            except (DecodeError, TypeError) as e:  # TypeError: a tombstone (value None)
-                ERRORS.inc()
-                log.warning(
-                    "normalizer: skipping undecodable message %s[%d]@%d: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    e,
-                )
-                continue
+        for request in trace_requests(messages, self.name, ERRORS):
             outputs += [
                 self._output(record) for record in normalize_request(request, self.capture)
             ]

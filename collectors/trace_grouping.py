@@ -47,13 +47,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter, Gauge
 
 from collectors.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
 from collectors.normalizer import attribute_values
+from collectors.otlp_messages import trace_requests
 from collectors.tenancy import TENANT_ATTRIBUTE
 from observer.core.bus import Message, Output
 from observer.core.config import PathsConfig
@@ -282,19 +282,7 @@ class TraceGrouper:
     # -- Processor -----------------------------------------------------------------------
     def process(self, messages: list[Message]) -> list[Output]:
         paths: list[PathRecord] = []
-        for message in messages:
-            try:
-                request = ExportTraceServiceRequest.FromString(message.value)
-            except (DecodeError, TypeError) as e:  # TypeError: a tombstone (value None)
-                ERRORS.inc()
-                log.warning(
-                    "paths: skipping undecodable message %s[%d]@%d: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    e,
-                )
-                continue
+        for request in trace_requests(messages, "paths", ERRORS):
             paths += self.add_request(request)
         return [self._output(p) for p in paths]
 
