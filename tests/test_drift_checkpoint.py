@@ -18,8 +18,8 @@ import pytest
 from drift.checkpoint import restore_streams
 from observer.core.bus import Message
 from observer.core.config import DriftConfig
-from observer.core.records import DriftResult, LLMCall, ToolCall, encode
-from tests.drift_support import TOPICS, Runner, results_of
+from observer.core.records import LLMCall, ToolCall, encode
+from tests.drift_support import TOPICS, Runner, keyed, results_of, uninterrupted, with_kills
 
 
 
@@ -58,56 +58,18 @@ def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
 CFG = DriftConfig(window_size=25)
 
 
-def uninterrupted(messages: list[Message], batch: int) -> dict[tuple, DriftResult]:
-    runner = Runner(CFG)
-    engine = runner.engine()
-    for i in range(0, len(messages), batch):
-        part = messages[i:i + batch]
-        runner.acknowledge(engine.process(part) + engine.tick())
-        runner.commit(part)
-    got = results_of(runner.produced)
-    keyed = {(r.segment_key, r.record_type, r.window_index): r for r in got}
-    assert len(keyed) == len(got)
-    return keyed
-
-
-def deduplicated(results: list[DriftResult]) -> dict[tuple, DriftResult]:
-    keyed: dict[tuple, DriftResult] = {}
-    for r in results:
-        k = (r.segment_key, r.record_type, r.window_index)
-        assert keyed.get(k, r) == r, f"a re-emitted result differs: {k}"
-        keyed[k] = r
-    return keyed
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_kills_anywhere_give_the_uninterrupted_results(seed: int) -> None:
     messages = stream_of_messages(seed)
     rnd = random.Random(seed)
     batch = rnd.choice([3, 7, 40, 130])
-    expected = uninterrupted(messages, batch)
+    expected = uninterrupted(CFG, messages, batch)
     assert len(expected) > 15 and any(r.dataset_drift for r in expected.values())
 
-    runner = Runner(CFG)
-    kills = 0
-    while runner.pending(messages):
-        engine = runner.engine()
-        crash_after = rnd.randint(0, 3)  # iterations until this engine is killed
-        for iteration in range(crash_after + 1):
-            part = runner.pending(messages)[:batch]
-            if not part:
-                break
-            outputs = engine.process(part) + engine.tick()
-            if iteration == crash_after:
-                # Killed mid-produce: any subset of this batch's outputs was acknowledged,
-                # nothing committed.
-                runner.acknowledge([o for o in outputs if rnd.random() < 0.5])
-                kills += 1
-                break
-            runner.acknowledge(outputs)
-            runner.commit(part)
+    # Killed every few batches, mid-produce: any subset of the killed batch's outputs
+    # acknowledged, nothing committed.
+    got, kills = with_kills(CFG, messages, batch, seed)
     assert kills >= 2
-    got = deduplicated(results_of(runner.produced))
     assert got == expected
 
 
@@ -152,7 +114,7 @@ def test_partition_moving_between_engines() -> None:
     # Engine A owns everything, then B takes over for a while, then A gets it back: A must
     # notice the jump in offsets and reload what B did instead of using its stale memory.
     messages = stream_of_messages(21, n=600)
-    expected = uninterrupted(messages, 50)
+    expected = uninterrupted(CFG, messages, 50)
     runner = Runner(CFG)
     a, b = runner.engine(), runner.engine()
     for i, owner in zip(range(0, 600, 50), "AAABBBBAAAAA"):
@@ -160,7 +122,7 @@ def test_partition_moving_between_engines() -> None:
         part = messages[i:i + 50]
         runner.acknowledge(engine.process(part) + engine.tick())
         runner.commit(part)
-    assert deduplicated(results_of(runner.produced)) == expected
+    assert keyed(results_of(runner.produced)) == expected
 
 
 def test_checkpoint_bytes_grow_with_input_not_with_batches() -> None:
