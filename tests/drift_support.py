@@ -5,15 +5,22 @@ tests, which check that every new window kind, reference and sketch mode checkpo
 
 from __future__ import annotations
 
+import io
+import json
 import random
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from drift.checkpoint import MemoryCheckpointStore
 from drift.engine import DriftEngine
-from observer.core.bus import Message, Output
+from drift.offline import ScoreOptions, run
+from observer.core.bus import Message, Output, make_consumer
 from observer.core.config import DriftConfig, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
@@ -133,3 +140,29 @@ def with_kills(cfg: DriftConfig, stream: list[Message], batch: int, seed: int) -
             runner.acknowledge(outputs)
             runner.commit(part)
     return keyed(results_of(runner.produced)), kills
+
+
+def drain_results(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 60) -> list[DriftResult]:
+    """At least ``n`` drift results from ``topic`` (fewer if they do not come in time)."""
+    consumer = make_consumer(kafka, None, [topic])
+    got: list[DriftResult] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            for records in consumer.poll(200).values():
+                got += [decode(r.value) for r in records]  # type: ignore[misc]
+    finally:
+        consumer.close()
+    return got
+
+
+def score_files(files: dict[str, Path], **options: Any) -> tuple[int, list[dict[str, Any]], str]:
+    """``observer drift score`` on ``files["ref"]`` and ``files["cur"]``: exit code, JSON lines,
+    stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    old, sys.stderr = sys.stderr, err
+    try:
+        code = run(str(files["ref"]), str(files["cur"]), ScoreOptions(**options), "jsonl", out)
+    finally:
+        sys.stderr = old
+    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()

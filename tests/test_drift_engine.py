@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +16,13 @@ from observer.core.bus import (
     Message,
     Output,
     StageRunner,
-    make_consumer,
     make_producer,
     produce_all,
 )
 from observer.core.config import DegradationSpec, DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
+from tests.drift_support import drain_results
 
 TOPICS = Topics.from_config(KafkaConfig(topic_prefix="unit."))
 FINISH = ("stop", "length", "tool_calls")
@@ -281,19 +280,6 @@ def test_processor_surface() -> None:
 # --- on the real broker ---------------------------------------------------------------------
 
 
-def drain(cfg: KafkaConfig, topic: str, n: int, timeout_s: float = 30) -> list[DriftResult]:
-    consumer = make_consumer(cfg, None, [topic])
-    got: list[DriftResult] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < n and time.monotonic() < deadline:
-            for records in consumer.poll(200).values():
-                got += [decode(r.value) for r in records]  # type: ignore[misc]
-    finally:
-        consumer.close()
-    return got
-
-
 @pytest.fixture
 def running_engine(kafka_config: KafkaConfig, topics: Topics) -> Iterator[DriftEngine]:
     engine = DriftEngine(DriftConfig(window_size=500, numeric_method="psi"), topics)
@@ -321,7 +307,7 @@ def test_engine_on_the_broker(
     produce_all(producer, outputs, 10)
     producer.close()
 
-    got = drain(kafka_config, topics.drift, 3)
+    got = drain_results(kafka_config, topics.drift, 3)
     by_window = {(r.record_type, r.window_index): r for r in got}
     assert sorted(by_window) == [("llm", 1), ("llm", 2), ("tools", 1)]
     assert not by_window[("llm", 1)].dataset_drift

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift.offline import ScoreOptions, run
+from tests.drift_support import score_files
 
 OBSERVER = str(Path(sys.executable).with_name("observer"))
 
@@ -43,18 +41,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def score(files: dict[str, Path], **options: Any) -> tuple[int, list[dict[str, Any]], str]:
-    out, err = io.StringIO(), io.StringIO()
-    old, sys.stderr = sys.stderr, err
-    try:
-        code = run(str(files["ref"]), str(files["cur"]), ScoreOptions(**options), "jsonl", out)
-    finally:
-        sys.stderr = old
-    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
-
-
 def test_count_windows_find_the_change(files: dict[str, Path]) -> None:
-    code, results, _ = score(files, window_size=600, time_column="ts", drift_share=0.4)
+    code, results, _ = score_files(files, window_size=600, time_column="ts", drift_share=0.4)
     assert code == 0
     assert [r["window"]["index"] for r in results] == [1, 2, 3, 4]
     assert [r["drift"] for r in results] == [False, False, True, True]
@@ -69,7 +57,7 @@ def test_count_windows_find_the_change(files: dict[str, Path]) -> None:
 
 
 def test_time_windows_and_segments(files: dict[str, Path]) -> None:
-    code, results, _ = score(files, window="12h", time_column="ts", segment_by=["svc"],
+    code, results, _ = score_files(files, window="12h", time_column="ts", segment_by=["svc"],
                              features=["tokens", "reason"])
     assert code == 0
     assert [r["segment"] for r in results] == [{"svc": "a"}] * 4 + [{"svc": "b"}] * 4
@@ -83,7 +71,7 @@ def test_time_windows_and_segments(files: dict[str, Path]) -> None:
 
 
 def test_method_and_threshold_apply_to_every_feature(files: dict[str, Path]) -> None:
-    code, results, _ = score(files, features=["tokens", "turns"], method="psi", threshold=0.2)
+    code, results, _ = score_files(files, features=["tokens", "turns"], method="psi", threshold=0.2)
     assert code == 0 and len(results) == 1
     assert {f["method"] for f in results[0]["features"].values()} == {"psi"}
     assert {f["threshold"] for f in results[0]["features"].values()} == {0.2}
@@ -94,7 +82,7 @@ def test_agrees_with_evidently_column_by_column(files: dict[str, Path]) -> None:
     registry = pytest.importorskip("evidently.legacy.calculations.stattests.registry")
     from evidently.legacy.core import ColumnType
 
-    code, [result], _ = score(files, features=["tokens", "turns", "reason", "ok"])
+    code, [result], _ = score_files(files, features=["tokens", "turns", "reason", "ok"])
     assert code == 0
     ref, cur = pd.read_parquet(files["ref"]), pd.read_csv(files["cur"])
     names = {"z": "ztest"}
@@ -121,7 +109,7 @@ def test_agrees_with_evidently_column_by_column(files: dict[str, Path]) -> None:
 )
 def test_bad_options_get_one_clear_line(files: dict[str, Path], options: dict[str, Any],
                                         message: str | None) -> None:
-    code, _, err = score(files, **options)
+    code, _, err = score_files(files, **options)
     if message is None:
         assert code == 0
         return

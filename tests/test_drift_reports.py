@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
-import io
-import json
 import math
-import sys
 import threading
 import time
 import uuid
@@ -23,7 +20,6 @@ import pandas as pd
 import pytest
 
 from drift.engine import DriftEngine
-from drift.offline import ScoreOptions, run
 from drift.reports import (
     DriftReports,
     ReportColumn,
@@ -35,7 +31,7 @@ from drift.reports import (
 from drift.scoring import score_columns
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
-from observer.core.bus import StageRunner, ensure_topics, make_consumer, make_producer
+from observer.core.bus import StageRunner, ensure_topics, make_producer
 from observer.core.config import (
     AdminConfig,
     DriftConfig,
@@ -44,10 +40,12 @@ from observer.core.config import (
     KafkaConfig,
 )
 from observer.core.http import ServerThread
-from observer.core.records import DriftResult, LLMCall, OffsetRange, decode, encode
+from observer.core.records import DriftResult, LLMCall, OffsetRange, encode
 from observer.core.topics import Topics
 from observer.views import TopicView
 from tests import browser
+from tests.drift_support import drain_results
+from tests.drift_support import score_files as run_score
 
 WINDOW = 300
 FEATURES = [
@@ -148,19 +146,6 @@ def _produce_interleaved(kafka: KafkaConfig, topic: str) -> None:
     producer.close()
 
 
-def _drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 60) -> list[DriftResult]:
-    consumer = make_consumer(kafka, None, [topic])
-    got: list[DriftResult] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < n and time.monotonic() < deadline:
-            for records in consumer.poll(200).values():
-                got += [decode(r.value) for r in records]  # type: ignore[misc]
-    finally:
-        consumer.close()
-    return got
-
-
 @pytest.fixture(scope="module")
 def kafka(broker: EmbeddedBroker) -> KafkaConfig:
     """Topics of this module on the shared broker (one engine run serves every test)."""
@@ -186,7 +171,7 @@ def drifted(kafka: KafkaConfig) -> list[DriftResult]:
     thread.start()
     try:
         _produce_interleaved(kafka, topics.llm)
-        got = _drain(kafka, topics.drift, 3)
+        got = drain_results(kafka, topics.drift, 3)
     finally:
         stop.set()
         thread.join(15)
@@ -365,22 +350,12 @@ def score_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def _score(files: dict[str, Path], **options: Any) -> tuple[int, list[dict[str, Any]], str]:
-    out, err = io.StringIO(), io.StringIO()
-    old, sys.stderr = sys.stderr, err
-    try:
-        code = run(str(files["ref"]), str(files["cur"]), ScoreOptions(**options), "jsonl", out)
-    finally:
-        sys.stderr = old
-    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
-
-
 def test_offline_reports_render_without_network_and_a_cdn_reference_is_caught(
     score_files: dict[str, Path], tmp_path: Path, static_server: tuple[str, Path]
 ) -> None:
     report_dir = tmp_path / "out"
     # PSI, and dataset drift only when both features drifted: calm windows stay calm.
-    code, results, err = _score(score_files, window_size=300, segment_by=["svc"], method="psi",
+    code, results, err = run_score(score_files, window_size=300, segment_by=["svc"], method="psi",
                                 drift_share=1.0, report_dir=str(report_dir))
     assert code == 0, err
     drifted = [r for r in results if r["drift"]]
@@ -413,7 +388,7 @@ def test_offline_report_dir_that_is_a_file_is_one_clear_error(
 ) -> None:
     blocker = tmp_path / "taken"
     blocker.write_text("a file, not a directory")
-    code, _, err = _score(score_files, window_size=300, segment_by=["svc"], method="psi",
+    code, _, err = run_score(score_files, window_size=300, segment_by=["svc"], method="psi",
                           drift_share=1.0, report_dir=str(blocker))
     assert code == 2
     assert err.startswith("observer drift score: report of window 2: cannot create the report "
