@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import get_args
 
-from drift.offline import ScoreOptions, run
-from drift.stats import AUTO, METHODS
-from observer.core.config import ObserverConfig
+from observer.core.config import DriftMethod, ObserverConfig
+
+# The parser is built for every `observer` command: the statistics (scipy) load only when
+# `drift score` runs.
+METHOD_NAMES = list(get_args(DriftMethod))
 
 
 def add_parsers(drift: argparse.ArgumentParser) -> None:
@@ -33,7 +36,7 @@ def add_parsers(drift: argparse.ArgumentParser) -> None:
     score.add_argument("--time-column", metavar="COL", help="timestamps (ISO text or Unix seconds)")
     score.add_argument("--features", metavar="a,b,...", help="columns to score")
     score.add_argument("--segment-by", metavar="COL[,COL]", help="score each segment on its own")
-    score.add_argument("--method", default=AUTO, choices=[AUTO, *METHODS],
+    score.add_argument("--method", default="auto", choices=METHOD_NAMES,
                        help="method for every feature (default: auto, Evidently 0.7's choice)")
     score.add_argument("--threshold", type=float, metavar="X",
                        help="threshold for every feature (default: the method's)")
@@ -52,6 +55,8 @@ def _list(text: str | None) -> list[str]:
 
 def run_command(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     """Run ``observer drift score``; returns the exit status."""
+    from drift.offline import ScoreOptions, run
+
     options = ScoreOptions(
         window_size=args.window_size,
         window=args.window,

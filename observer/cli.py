@@ -132,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         # kafka-python and httpx narrate every connection and request at INFO.
         for noisy in ("kafka", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    from observer.runtime import ALL_STAGES
-
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
@@ -153,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         from observer.demo.run import run_demo
 
         return run_demo(cfg, conversations=args.conversations, seed=args.seed, timeout_s=args.timeout)
+    from observer.runtime import ALL_STAGES  # imports every stage: only where they run
+
     stages = ALL_STAGES if args.command == "up" else [args.command]
     try:
         return _serve(cfg, stages)

@@ -439,3 +439,13 @@ def test_a_prepared_reference_scores_exactly_like_raw_columns(case: tuple[str, A
             assert choose_method(prepared, window, kind) == choose_method(
                 clean(ref, kind), clean(window, kind), kind
             )
+
+
+def test_config_names_every_method_the_statistics_implement() -> None:
+    # The CLI and the config offer DriftMethod's names; drift.stats.METHODS implements them.
+    from typing import get_args
+
+    from drift.stats import AUTO, METHODS
+    from observer.core.config import DriftMethod
+
+    assert set(get_args(DriftMethod)) == {AUTO, *METHODS}
