@@ -5,16 +5,19 @@
 Each run measures, side by side on this machine:
 
 1. ``ceiling``: a bare FastAPI endpoint (uvicorn, its own process) that only parses the
-   request as an ``ExportTraceServiceRequest`` and answers 200;
+   request as an ``ExportTraceServiceRequest`` and answers 200; measured first and last, and
+   the ratios use the mean of the two;
 2. ``observer up``: every stage in one process on the embedded broker; a 200 means the spans
-   are in Kafka (acks=all), and the normaliser, trace grouping and drift consume meanwhile;
+   are in Kafka (acks=all), and the normaliser, trace grouping and drift consume meanwhile,
+   giving way to the receivers while requests are in flight (``receiver.stage_yield_ms``);
+   the seconds they gave way and the messages they still had to read are printed with it;
 3. ``observer collect``: the receivers alone on the embedded broker.
 
 Clients are separate processes (``--clients``, default 4), each posting the same protobuf
 request of 500 GenAI spans (50 agent traces of 10 spans, with message content) in a loop on a
 keep-alive connection for ``--seconds``. The figure is spans acknowledged with 200 per second
 of wall time. The normaliser and trace grouping are then timed in this process on the same
-spans, split per trace as the receiver writes them. Prints one JSON line at the end.
+spans, packed per partition as the receiver writes them. Prints one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -166,8 +169,10 @@ def ceiling_server() -> Iterator[str]:
 
 
 @contextmanager
-def observer_server(command: str) -> Iterator[str]:
+def observer_server(command: str) -> Iterator[tuple[str, str]]:
+    """``observer COMMAND`` on fresh ports; yields the traces URL and the admin /metrics URL."""
     port = _free_port()
+    admin = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             **os.environ,
@@ -176,21 +181,35 @@ def observer_server(command: str) -> Iterator[str]:
             "OBSERVER_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "OBSERVER_RECEIVER__HTTP_PORT": str(port),
             "OBSERVER_RECEIVER__GRPC_PORT": str(_free_port()),
-            "OBSERVER_ADMIN__PORT": str(_free_port()),
+            "OBSERVER_ADMIN__PORT": str(admin),
             "OBSERVER_TRIGGER__LEDGER_PATH": f"{tmp}/ledger.sqlite",
         }
         proc = subprocess.Popen([sys.executable, "-m", "observer.cli", command], env=env)
         try:
             url = f"http://127.0.0.1:{port}/v1/traces"
             _wait_http(url, 120)
-            yield url
+            yield url, f"http://127.0.0.1:{admin}/metrics"
         finally:
             proc.terminate()
             proc.wait(60)
 
 
+def stage_state(metrics_url: str) -> dict[str, float]:
+    """What the consuming stages did meanwhile: seconds they gave way to the receivers, and the
+    messages they had still to read (from observer's own /metrics)."""
+    text = httpx.get(metrics_url, timeout=10).text
+    totals = {"stage_yield_s": 0.0, "stage_lag_messages": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == "observer_stage_yield_seconds_total":
+            totals["stage_yield_s"] += float(line.rsplit(" ", 1)[1])
+        elif name == "observer_stage_lag_messages":
+            totals["stage_lag_messages"] += float(line.rsplit(" ", 1)[1])
+    return {k: round(v, 1) for k, v in totals.items()}
+
+
 def normaliser_rate(request: ExportTraceServiceRequest, rounds: int = 20) -> dict[str, float]:
-    """Spans/s of the normaliser and of trace grouping on per-trace messages, in-process."""
+    """Spans/s of the normaliser and of trace grouping on the receiver's messages, in-process."""
     from collectors.normalizer import Normalizer
     from collectors.trace_grouping import FakeClock, TraceGrouper
     from collectors.trace_split import split_by_trace
@@ -198,10 +217,11 @@ def normaliser_rate(request: ExportTraceServiceRequest, rounds: int = 20) -> dic
     from observer.core.config import KafkaConfig, PathsConfig
     from observer.core.topics import Topics
 
-    topics = Topics.from_config(KafkaConfig())
+    kafka = KafkaConfig()
+    topics = Topics.from_config(kafka)
     messages = [
         Message(topics.spans, 0, i, key.encode(), raw, 0)
-        for i, (key, raw) in enumerate(split_by_trace(request).encoded.items())
+        for i, (key, raw) in enumerate(split_by_trace(request, kafka.partitions).encoded.items())
     ]
     normalizer = Normalizer(topics)
     started = time.perf_counter()
@@ -235,14 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"request: {SPANS_PER_REQUEST} spans, {len(body)} bytes; {args.clients} clients, "
           f"{args.seconds:g} s each", flush=True)
     results: dict[str, object] = {"cpus": os.cpu_count(), "request_bytes": len(body)}
+    # The ceiling runs first and last; ratios use the mean of the two, which evens out a
+    # machine whose load changes during the run.
     with ceiling_server() as url:
-        results["ceiling"] = drive(url, body, args.clients, args.seconds)
-    print(f"ceiling (bare FastAPI parse): {results['ceiling']}", flush=True)
+        first = drive(url, body, args.clients, args.seconds)
+    print(f"ceiling (bare FastAPI parse), before: {first}", flush=True)
     for command in ("up", "collect"):
-        with observer_server(command) as url:
+        with observer_server(command) as (url, metrics_url):
             results[f"observer_{command}"] = drive(url, body, args.clients, args.seconds)
+            if command == "up":
+                results["observer_up"].update(stage_state(metrics_url))  # type: ignore[union-attr]
         print(f"observer {command}: {results[f'observer_{command}']}", flush=True)
-    ceiling = results["ceiling"]["spans_per_s"]  # type: ignore[index]
+    with ceiling_server() as url:
+        last = drive(url, body, args.clients, args.seconds)
+    print(f"ceiling (bare FastAPI parse), after: {last}", flush=True)
+    results["ceiling"] = {"before": first, "after": last}
+    ceiling = (first["spans_per_s"] + last["spans_per_s"]) / 2
+    results["ceiling_spans_per_s"] = round(ceiling, 1)
     for command in ("up", "collect"):
         rate = results[f"observer_{command}"]["spans_per_s"]  # type: ignore[index]
         results[f"ratio_{command}"] = round(rate / ceiling, 3) if ceiling else None

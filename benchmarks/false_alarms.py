@@ -32,6 +32,12 @@ CONFIGS: dict[str, dict[str, str]] = {
     "wasserstein + jensenshannon": {"numeric_method": "wasserstein",
                                     "categorical_method": "jensenshannon"},
     "auto (Evidently's choice)": {"numeric_method": "auto", "categorical_method": "auto"},
+    # A reference of more than 1000 rows makes Evidently's choice the distances
+    # (Wasserstein, Jensen-Shannon) instead of the p-value tests.
+    "auto, first 2000 as reference": {"numeric_method": "auto", "categorical_method": "auto",
+                                      "reference": "first_n", "reference_records": "2000"},
+    "auto, first 3000 as reference": {"numeric_method": "auto", "categorical_method": "auto",
+                                      "reference": "first_n", "reference_records": "3000"},
 }
 
 

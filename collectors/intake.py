@@ -26,14 +26,18 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.rpc import code_pb2
-from kafka import KafkaProducer
-from kafka.errors import MessageSizeTooLargeError
 from prometheus_client import Counter
 
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
 from collectors.tenancy import Authenticator, stamp
-from observer.core.bus import Output, make_producer, produce_all
+from observer.core.bus import Output
+from observer.core.producers import (
+    DurableProducer,
+    MessageTooLarge,
+    NotDurable,
+    open_durable_producer,
+)
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.topics import Topics
 
@@ -104,18 +108,12 @@ class Intake:
         self.topics = topics
         self.budget = InflightBudget(receiver.max_inflight_requests, receiver.max_inflight_bytes)
         self.auth = Authenticator(receiver.auth_token, receiver.tenants)
-        self.producer: KafkaProducer | None = None
+        self.producer: DurableProducer | None = None
 
     def open(self) -> Intake:
-        # Every Kafka wait is bounded by ack_timeout_s: max_block_ms covers metadata (a lost
-        # broker), and records answered with 503 expire soon after instead of being delivered
-        # minutes later next to the client's retry (and blocking close meanwhile).
-        wait_ms = int(self.receiver.ack_timeout_s * 1000)
-        self.producer = make_producer(
-            self.kafka,
-            max_block_ms=wait_ms,
-            request_timeout_ms=wait_ms,
-            delivery_timeout_ms=wait_ms + 1000,  # kafka-python wants >= request + linger
+        # Every Kafka wait is bounded by ack_timeout_s, metadata included.
+        self.producer = open_durable_producer(
+            self.receiver.kafka_client, self.kafka, self.receiver.ack_timeout_s
         )
         return self
 
@@ -127,6 +125,10 @@ class Intake:
         except Exception as e:  # noqa: BLE001 (unacknowledged records: clients got 503)
             log.warning("OTLP receiver: Kafka producer did not close cleanly: %s", e)
         self.producer = None
+
+    def busy(self) -> bool:
+        """Whether export requests are in flight (consuming stages in this process give way)."""
+        return self.budget.requests > 0
 
     def authenticate(self, authorization: str | None) -> str:
         """The tenant of this ``Authorization`` header value, or a 401 :class:`Refusal`."""
@@ -165,16 +167,20 @@ class Intake:
             retry_after_s=self.receiver.retry_after_s,
         )
 
-    def export(self, signal: Signal, request: Any, tenant: str) -> Message:
+    def export(self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None) -> Message:
         """Stamp, split, write to Kafka and wait for the acks; the OTLP response message.
 
-        Blocking: call it from a worker thread.
+        ``raw``: the protobuf bytes ``request`` was parsed from, when there are some (spans
+        are then copied from them rather than re-encoded). Blocking: call it from a worker
+        thread.
         """
         if self.producer is None:
             raise RuntimeError("Intake.export before Intake.open")
         stamp((r.resource for r in getattr(request, signal.resources)), tenant)
-        split = signal.split(request)
         topic = signal.topic(self.topics)
+        split = signal.split(
+            request, self._partitions(topic), self.receiver.max_message_bytes, raw
+        )
         self.write(
             [Output(topic, key, raw) for key, raw in split.encoded.items()],
             signal.name,
@@ -196,6 +202,19 @@ class Intake:
             )
         return answer
 
+    def _partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (cached metadata; a 503 when Kafka is gone)."""
+        assert self.producer is not None
+        try:
+            return self.producer.partitions(topic)
+        except NotDurable as e:
+            raise self.not_durable(f"Kafka metadata for {topic} unavailable: {e}") from None
+
+    def not_durable(self, message: str) -> Refusal:
+        return Refusal(
+            503, code_pb2.UNAVAILABLE, message, retry_after_s=self.receiver.retry_after_s
+        )
+
     def write(self, outputs: list[Output], what: str, unit: str = "one message") -> None:
         """Produce ``outputs`` and wait for Kafka's acks (``acks=all``), or raise a
         :class:`Refusal`: 413 when a message is over Kafka's size limit (retrying cannot
@@ -206,18 +225,13 @@ class Intake:
         if not outputs:
             return
         try:
-            produce_all(self.producer, outputs, self.receiver.ack_timeout_s)
-        except MessageSizeTooLargeError as e:
+            self.producer.write(outputs, self.receiver.ack_timeout_s)
+        except MessageTooLarge as e:
             raise too_large(
                 f"the {what} of one Kafka message exceed its size limit ({unit}): "
                 f"message size {e}"
             ) from None
-        except Exception as e:  # noqa: BLE001 (KafkaError, timeouts...: all "not durable")
+        except NotDurable as e:
             log.warning("receiver: Kafka did not acknowledge %d %s messages: %s",
                         len(outputs), what, e)
-            raise Refusal(
-                503,
-                code_pb2.UNAVAILABLE,
-                f"Kafka did not acknowledge the {what}: {e}",
-                retry_after_s=self.receiver.retry_after_s,
-            ) from None
+            raise self.not_durable(f"Kafka did not acknowledge the {what}: {e}") from None

@@ -103,7 +103,7 @@ def _handler(signal: Signal, intake: Intake) -> Callable[[bytes, grpc.ServicerCo
                     raise bad_request(
                         f"message is not a protobuf {signal.request.__name__}: {e}"
                     ) from None
-                answer = intake.export(signal, request, tenant)
+                answer = intake.export(signal, request, tenant, body)
         except Refusal as refusal:
             status = grpc_status(refusal)
             GRPC_REQUESTS.labels(status.code.name).inc()

@@ -14,8 +14,9 @@ Behaviour follows the OTLP specification (``docs/specification.md``, OTLP/HTTP):
 - Invalid items (spans with a malformed or all-zero id, unnamed metrics, log records with bad
   ids) are dropped and reported through ``partial_success`` in a 200 answer, which clients do
   not retry.
-- Spans are regrouped per trace, one ``ExportTraceServiceRequest`` per trace keyed by the
-  lowercase hex trace id; metrics and logs per resource. They are written raw: prompts and
+- Spans are regrouped per trace, and the traces bound for one partition packed into one
+  ``ExportTraceServiceRequest`` keyed by the lowercase hex id of its first trace
+  (:mod:`collectors.trace_split`); metrics and logs per resource. They are written raw: prompts and
   other content pass untouched. The answer waits for Kafka's acknowledgement, so a 200 means
   the data is durable; when Kafka does not acknowledge in ``ack_timeout_s`` the answer is 503
   with ``Retry-After``, which OTLP clients retry.
@@ -126,9 +127,9 @@ def _export_route(signal: Signal, intake: Intake) -> Callable[[Request], Awaitab
             with intake.admit() as slot:
                 body = await read_body(request, intake.receiver.max_body_bytes)
                 intake.account(slot, len(body))
-                # Parsing and splitting are CPU work on up to max_body_bytes: off the loop.
-                message = await run_in_threadpool(_decode, body, media_type, signal)
-                answer = await run_in_threadpool(intake.export, signal, message, tenant)
+                # Parsing and splitting are CPU work on up to max_body_bytes, and the Kafka
+                # wait blocks: off the loop, in one hop.
+                answer = await run_in_threadpool(_export, intake, signal, body, media_type, tenant)
             response = Response(_encode(answer, media_type), 200, media_type=media_type)
         except Refusal as refusal:
             # 415 answers cannot use an unknown content type; JSON is readable with curl.
@@ -184,6 +185,12 @@ def _decode(body: bytes, media_type: str, signal: Signal = SIGNALS["traces"]) ->
         raise bad_request(
             f"body is not a protobuf {signal.request.__name__}: {e}"
         ) from None
+
+
+def _export(intake: Intake, signal: Signal, body: bytes, media_type: str, tenant: str) -> Message:
+    """Decode ``body`` and hand it to the intake; the OTLP answer. Blocking."""
+    message = _decode(body, media_type, signal)
+    return intake.export(signal, message, tenant, body if media_type == PROTOBUF else None)
 
 
 def _encode(message: Message, media_type: str) -> bytes:

@@ -1,6 +1,7 @@
 """The three OTLP signals as data: messages, paths, topics, and how each is split for Kafka.
 
-Traces are split per trace (key: hex trace id, see :mod:`collectors.trace_split`); metrics and
+Traces are grouped by trace and packed per partition (key: a hex trace id, see
+:mod:`collectors.trace_split`); metrics and
 logs per resource (key: a hash of the resource), which is what the README's topic table
 promises. Items that cannot be valid (a span with a bad id, a metric without a name, a log
 record with a malformed trace or span id) are dropped and counted for ``partial_success``.
@@ -12,7 +13,7 @@ record with a malformed trace or span id) are dropped and counted for ``partial_
 >>> _ = good.histogram.data_points.add(count=2, sum=30.0)
 >>> bad = scope.metrics.add(name="")
 >>> _ = bad.gauge.data_points.add(as_int=1)
->>> split = SIGNALS["metrics"].split(request)
+>>> split = SIGNALS["metrics"].split(request, 3, 1_000_000)
 >>> len(split.requests), split.accepted, split.rejected
 (1, 1, 1)
 """
@@ -59,7 +60,9 @@ class Signal:
     """The ``partial_success`` counter of this signal."""
     why_rejected: str
     topic: Callable[[Topics], str]
-    split: Callable[[Any], TraceSplit]
+    split: Callable[[Any, int, int, bytes | None], TraceSplit]
+    """``split(request, partitions, max_message_bytes, raw)``: the Kafka messages of a request
+    (``raw``: the protobuf bytes it was parsed from, if any)."""
 
 
 def resource_key(resource: Resource) -> str:
@@ -89,7 +92,7 @@ def _valid_id(value: bytes, size: int) -> bool:
     return not value or (len(value) == size and value != bytes(size))
 
 
-def _split_metrics(request: ExportMetricsServiceRequest) -> TraceSplit:
+def _split_metrics(request: ExportMetricsServiceRequest, *_: Any) -> TraceSplit:
     split = TraceSplit(request_type=ExportMetricsServiceRequest)
     requests: dict[str, ExportMetricsServiceRequest] = {}
     for resource_metrics in request.resource_metrics:
@@ -114,7 +117,7 @@ def _split_metrics(request: ExportMetricsServiceRequest) -> TraceSplit:
     return _drop_empty(split, requests, "resource_metrics", "scope_metrics", "metrics")
 
 
-def _split_logs(request: ExportLogsServiceRequest) -> TraceSplit:
+def _split_logs(request: ExportLogsServiceRequest, *_: Any) -> TraceSplit:
     split = TraceSplit(request_type=ExportLogsServiceRequest)
     requests: dict[str, ExportLogsServiceRequest] = {}
     for resource_logs in request.resource_logs:

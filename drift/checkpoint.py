@@ -10,7 +10,11 @@ What is stored, per stream (one segment and record type), all JSON with
   stream's *positions* (the last input offset it absorbed, per topic partition) and the open
   window's offset ranges, and the values fed to its degradation detectors during the batch
   (:mod:`drift.degradation`; chunk 0 also has their state as the window opened). The first chunk of a window (``seq`` 0) also carries the drift results
-  emitted in that batch and, when the reference closed in it, the reference inline.
+  emitted in that batch and, when the reference closed in it, the reference inline. Every
+  chunk has a ``horizon_ms``: the earliest Unix ms at which a result that a replay from this
+  chunk's positions could derive again may have been published (the batch's processing time,
+  or earlier while the engine is still replaying what a killed predecessor had published;
+  :mod:`drift.published`).
 
 One chunk per touched stream per batch, and only the new values: checkpoint bytes grow with
 the input, not with window size x batches. Every chunk is produced, and acknowledged, together
@@ -184,6 +188,9 @@ class RestoredStream:
     """Degradation detectors' state when the open window started (from its chunk 0)."""
     degradation_values: dict[str, list[float]] = field(default_factory=dict)
     """Values fed to each degradation detector after that snapshot, in order."""
+    marks: list[tuple[int | None, dict[TP, int]]] = field(default_factory=list)
+    """Per chunk of the open window: its ``horizon_ms`` (``None`` when not written) and its
+    positions, to tell chunks of committed batches (see :mod:`drift.published`)."""
 
 
 def _degradation_values(chunks: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -264,5 +271,6 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
             first_chunk=first,
             degradation_snapshot=(first.get("degradation") or {}).get("snapshot"),
             degradation_values=_degradation_values(prefix),
+            marks=[(c.get("horizon_ms"), positions_from_json(c["positions"])) for c in prefix],
         )
     return restored

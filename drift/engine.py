@@ -22,13 +22,14 @@ or its offsets jump (a restart, a rebalance), the engine first restores the stre
 partition from the store, then skips every message a stream has already absorbed. Window
 numbering therefore never restarts, and a killed engine resumes exactly where its last
 acknowledged batch ended: the same windows, the same results. A result whose acknowledgement
-was in doubt at the kill is emitted again, identical (deduplicate on segment key, record type
-and window index).
+was in doubt at the kill is checked against what already reached ``observer.drift``
+(:mod:`drift.published`) and only emitted when missing, so each result is published once.
 
 Metrics (:mod:`drift.metrics`): ``observer_drift_statistic``, ``observer_drift_share``,
 ``observer_drift_dataset_drift`` per segment; ``observer_drift_records_total``,
 ``observer_drift_windows_total``, ``observer_drift_errors_total``,
-``observer_drift_replayed_total`` per record type; ``observer_drift_restores_total``,
+``observer_drift_replayed_total``, ``observer_drift_duplicates_suppressed_total`` per record
+type; ``observer_drift_restores_total``,
 ``observer_drift_checkpoint_bytes_total``.
 
 >>> from observer.core.bus import Message
@@ -76,6 +77,7 @@ from drift.degradation import DegradationTracker, check_specs
 from drift.metrics import (
     CHECKPOINT_BYTES,
     DATASET_DRIFT,
+    DUPLICATES,
     DEGRADATION_DETECTED,
     DEGRADATION_DETECTIONS,
     DEGRADATION_LEVEL,
@@ -88,6 +90,7 @@ from drift.metrics import (
     RESTORES,
     WINDOWS,
 )
+from drift.published import KafkaResultLog, ResultId, ResultLog
 from drift.reference import ParquetReference, as_list, event_time, new_window
 from drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from drift.sketch import StateBudget, sketch_from_json, sketch_to_json, sketched_scores
@@ -183,6 +186,10 @@ class DriftEngine:
         has no Kafka timestamp.
     store
         Where checkpoints are read back from; ``None`` runs without checkpoints (offline).
+    results
+        Where already published results are read back from when a partition is restored, so
+        that a replay never publishes a result twice (:mod:`drift.published`); ``None``
+        re-emits every result whose acknowledgement a checkpoint leaves in doubt.
     """
 
     name = "drift"
@@ -194,11 +201,20 @@ class DriftEngine:
         *,
         clock: Callable[[], int] = time.time_ns,
         store: CheckpointStore | None = None,
+        results: ResultLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
         self.clock = clock
         self.store = store
+        self.results = results
+        # Results a restore found already published and the replay has not derived again.
+        # Kept per stream and pruned as its windows close: windows close in index order.
+        self._ahead: dict[tuple[str, str], set[int]] = {}
+        # Input partition -> (horizon_ms, last input offset of those results): while the
+        # replay is behind that offset, checkpoints carry the horizon instead of the batch's
+        # time, so that a later restore still looks back far enough (drift.published).
+        self._horizon: dict[TP, tuple[int, int]] = {}
         self._record_types: dict[str, str] = {topics.llm: "llm", topics.tools: "tools"}
         self._features: dict[str, list[FeatureSpec]] = {}
         for record_type, cls in RECORD_CLASSES.items():
@@ -229,8 +245,10 @@ class DriftEngine:
     @classmethod
     def for_kafka(cls, cfg: DriftConfig, kafka: KafkaConfig, topics: Topics) -> DriftEngine:
         """The engine as a stage runs it: checkpoints on ``topics.drift_state`` when enabled."""
-        store = KafkaCheckpointStore(kafka, topics.drift_state) if cfg.checkpoints else None
-        return cls(cfg, topics, store=store)
+        if not cfg.checkpoints:
+            return cls(cfg, topics)
+        return cls(cfg, topics, store=KafkaCheckpointStore(kafka, topics.drift_state),
+                   results=KafkaResultLog(kafka, topics.drift))
 
     @property
     def inputs(self) -> list[str]:
@@ -246,19 +264,26 @@ class DriftEngine:
 
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
+        # Before anything of this batch is produced: its results carry later timestamps.
+        at_ms = self.clock() // 1_000_000
         if self.store is not None:
             first: dict[TP, int] = {}
             for m in messages:
                 first.setdefault((m.topic, m.partition), m.offset)
             moved = {tp for tp, o in first.items() if self._next_offset.get(tp) != o}
             if moved:
-                outputs += self._restore(moved)
+                outputs += self._restore(moved, first)
         for message in messages:
-            self._next_offset[(message.topic, message.partition)] = message.offset + 1
+            tp = (message.topic, message.partition)
+            self._next_offset[tp] = message.offset + 1
             for result in self._consume(message):
                 outputs.append(Output(self.topics.drift, result.segment_key, encode(result)))
+            if tp in self._horizon and message.offset >= self._horizon[tp][1]:
+                # Past everything the predecessor had published: a commit of this batch
+                # means no later replay can derive those results again.
+                del self._horizon[tp]
         if self.store is not None:
-            outputs += self._checkpoint()
+            outputs += self._checkpoint(at_ms)
         return outputs
 
     def tick(self) -> list[Output]:
@@ -368,6 +393,17 @@ class DriftEngine:
             return None
         closed_at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
         result = self._score(stream, stream.reference, closed, ranges, closed_at, signals)
+        ahead = self._ahead.get((key, record_type))
+        if ahead:
+            found = result.window_index in ahead
+            ahead.difference_update(range(min(ahead), result.window_index + 1))
+            if not ahead:
+                del self._ahead[(key, record_type)]
+            if found:
+                # Published before the restore: the state above advanced, the output is
+                # dropped, and chunk 0 does not carry it (a later restore must never re-emit it).
+                DUPLICATES.labels(record_type).inc()
+                return None
         if self.store is not None:  # kept only for the next checkpoint
             stream.results.append(result)
         return result
@@ -445,13 +481,14 @@ class DriftEngine:
         stream.chunks = 0
         stream.saved = 0
 
-    def _checkpoint(self) -> list[Output]:
+    def _checkpoint(self, at_ms: int) -> list[Output]:
         outputs: list[Output] = []
         for stream in self._streams.values():
             if not stream.touched:
                 continue
             window = stream.window
             rows, window_state = window.checkpoint()
+            horizons = [self._horizon[tp][0] for tp in stream.positions if tp in self._horizon]
             value: dict[str, Any] = {
                 "kind": "chunk",
                 "segment": stream.segment,
@@ -462,6 +499,7 @@ class DriftEngine:
                 "rows": rows,
                 "open_ranges": [[t, p, a, b] for (t, p), (a, b) in sorted(stream.open_ranges.items())],
                 "positions": positions_to_json(stream.positions),
+                "horizon_ms": min([at_ms, *horizons]),
             }
             if stream.degradation:
                 value["degradation"] = stream.degradation.checkpoint(stream.chunks == 0)
@@ -515,22 +553,35 @@ class DriftEngine:
             value["start"], value["end"] = ref.start, ref.end
         return value
 
-    def _restore(self, partitions: set[TP]) -> list[Output]:
-        """Rebuild the streams of ``partitions`` from the store; returns results to re-emit."""
+    def _restore(self, partitions: set[TP], starts: dict[TP, int]) -> list[Output]:
+        """Rebuild the streams of ``partitions`` (whose replay starts at ``starts``) from the
+        store; returns the results to re-emit and the checkpoint repairs."""
         assert self.store is not None
         RESTORES.inc()
-        restored = restore_streams(self.store.load())
+        restored = {
+            k: state for k, state in restore_streams(self.store.load()).items()
+            if partitions.intersection(state.positions)
+        }
+        published = self._published(partitions, starts, restored)
         outputs: list[Output] = []
         count = 0
         for (key, record_type), state in restored.items():
-            if not partitions.intersection(state.positions):
-                continue
             features = self._features.get(record_type)
             if not features:
                 continue
             self._streams[(key, record_type)] = self._rebuild(state, features)
             count += 1
-            outputs += [Output(self.topics.drift, key, raw) for raw in state.unconfirmed_results]
+            if published is None:
+                outputs += [Output(self.topics.drift, key, raw) for raw in state.unconfirmed_results]
+            elif state.unconfirmed_results and not _committed(state.marks[0][1], partitions, starts):
+                # chunk 0 came from the batch in flight at the kill: re-emit what it lost.
+                for raw in state.unconfirmed_results:
+                    result = decode(raw)
+                    rid = (key, record_type, result.window_index)  # type: ignore[attr-defined]
+                    if rid in published:
+                        DUPLICATES.labels(record_type).inc()
+                    else:
+                        outputs.append(Output(self.topics.drift, key, raw))
             outputs += [Output(self.topics.drift_state, k, None) for k in state.stale_keys]
             first = state.first_chunk
             if first is not None and "reference" in first and state.reference is not None:
@@ -552,6 +603,69 @@ class DriftEngine:
         log.info("restored %d drift streams for %d partitions from checkpoints",
                  count, len(partitions))
         return outputs
+
+    def _published(self, partitions: set[TP], first: dict[TP, int],
+                   restored: dict[tuple[str, str], RestoredStream]) -> set[ResultId] | None:
+        """Ids of the results on ``observer.drift`` published since the last batch the
+        checkpoints prove committed; those the replay of ``partitions`` from ``first`` may
+        derive again join :attr:`_ahead`. ``None`` without a result log.
+
+        A committed batch's chunk positions lie before the replay start, and its
+        ``horizon_ms`` is no later than anything published after it.
+        """
+        if self.results is None:
+            return None
+        # Per partition: the chunks of other partitions say nothing about when this one's
+        # results were published (another engine may have owned it meanwhile).
+        bounds: dict[TP, int] = {}
+        for state in restored.values():
+            for horizon, positions in state.marks:
+                if horizon is None or not _committed(positions, partitions, first):
+                    continue
+                for tp in partitions.intersection(positions):
+                    bounds[tp] = max(bounds.get(tp, horizon), horizon)
+        since = (
+            min(bounds.values()) - int(self.cfg.restore_lookback_s * 1000)
+            if len(bounds) == len(partitions) else None  # no committed state: read it all
+        )
+        seen: set[ResultId] = set()
+        ahead = 0
+        for p in self.results.since(since):
+            seen.add(p.id)
+            key, record_type, window = p.id
+            state = restored.get((key, record_type))
+            if state is not None:
+                again = window >= state.window  # earlier windows closed before the checkpoint
+            elif (key, record_type) in self._streams:
+                again = False  # a live stream of partitions not restored now
+            else:
+                # A stream no checkpoint knows: re-derived unless its window provably closed
+                # before the replay start. (A sliding window closed by the same record as the
+                # one before it has no ranges of its own.)
+                again = not p.last_offsets or any(
+                    o >= first[tp] for tp, o in p.last_offsets.items() if tp in partitions
+                )
+            if not again:
+                continue
+            self._ahead.setdefault((key, record_type), set()).add(window)
+            ahead += 1
+            for tp, o in p.last_offsets.items():
+                if tp in partitions and o >= first[tp]:
+                    self._extend_horizon(tp, since or 0, o)
+        for state in restored.values():
+            if state.unconfirmed_results and not _committed(state.marks[0][1], partitions, first):
+                # Chunk 0 carries results of a batch in flight at the kill, and stays so
+                # until the replay passes its positions: until then a later restore must
+                # still look back to when they were published.
+                for tp in partitions.intersection(state.positions):
+                    self._extend_horizon(tp, since or 0, state.positions[tp])
+        log.info("%d results published since %s are ahead of the replay", ahead, since)
+        return seen
+
+    def _extend_horizon(self, tp: TP, since_ms: int, until_offset: int) -> None:
+        h = self._horizon.get(tp)
+        self._horizon[tp] = (since_ms, until_offset) if h is None else (
+            min(h[0], since_ms), max(h[1], until_offset))
 
     def _rebuild(self, state: RestoredStream, features: list[FeatureSpec]) -> _Stream:
         ref = state.reference
@@ -602,3 +716,15 @@ class DriftEngine:
             stream.reference = reference
             stream.reference_ranges = [OffsetRange(**r) for r in (ref or {}).get("ranges", [])]
         return stream
+
+
+def _committed(positions: dict[TP, int], partitions: set[TP], first: dict[TP, int]) -> bool:
+    """Whether a chunk with these positions came from a batch whose offsets were committed:
+    on every partition being replayed it ends before the replay start.
+
+    >>> _committed({("llm", 0): 9}, {("llm", 0)}, {("llm", 0): 10})
+    True
+    >>> _committed({("llm", 0): 10}, {("llm", 0)}, {("llm", 0): 10})
+    False
+    """
+    return all(o < first[tp] for tp, o in positions.items() if tp in partitions)

@@ -78,3 +78,8 @@ CHECKPOINT_BYTES = Counter(
     "observer_drift_checkpoint_bytes_total",
     "Bytes of checkpoint records written to observer.drift-state.",
 )
+DUPLICATES = Counter(
+    "observer_drift_duplicates_suppressed_total",
+    "Results derived again after a restore and not emitted: observer.drift already had them.",
+    ["record_type"],
+)

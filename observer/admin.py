@@ -8,11 +8,13 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from drift.reports import DriftReports, ReportError, ReportNotFound, report_id
 from observer.core.config import AdminConfig
 from observer.core.records import DriftResult, TriggerEvent
 from observer.views import TopicView
+from triggers.ledger import ApprovalConflict, UnknownEpisode
 
 # A report is one self-contained page: forbid it any network access in the browser too.
 REPORT_HEADERS = {
@@ -32,6 +34,7 @@ def create_admin_app(
     trigger_view: TopicView,
     decisions: Callable[[int], list[dict[str, Any]] | None] | None = None,
     reports: DriftReports | None = None,
+    resolve: Callable[[str, str, str, str], tuple[dict[str, Any], bool] | None] | None = None,
 ) -> FastAPI:
     """``stage_errors`` maps a failed component to its error; empty means healthy.
 
@@ -133,4 +136,41 @@ def create_admin_app(
             body["decisions"] = listed
         return body
 
+    @app.post("/api/v1/triggers/{episode_id}/{verb}", dependencies=[Depends(authorised)])
+    def approval(
+        episode_id: str, verb: str, request: Request, body: ApprovalRequest | None = None
+    ) -> dict[str, Any]:
+        """Approve (release its held actions) or reject (cancel them) a held decision.
+
+        ``by`` names who decides (default: the client address); it is recorded as given.
+        The same verdict again answers 200 with ``changed: false``.
+        """
+        verdict = VERDICTS.get(verb)
+        if verdict is None:
+            raise HTTPException(404, f"unknown action {verb!r}; use approve or reject")
+        body = body or ApprovalRequest()
+        client = request.client.host if request.client else "unknown"
+        by = body.by or f"admin-api@{client}"
+        try:
+            answer = resolve(episode_id, verdict, by, body.note) if resolve else None
+        except (UnknownEpisode, ApprovalConflict) as e:
+            raise HTTPException(APPROVAL_ERRORS[type(e)], str(e)) from None
+        if answer is None:
+            raise HTTPException(404, "no trigger stage runs in this process (its ledger is "
+                                     "elsewhere): ask that process, or `observer triggers approve`")
+        stored, changed = answer
+        return {"decision": stored, "changed": changed}
+
     return app
+
+
+# The path's verb -> the verdict the ledger records.
+VERDICTS = {"approve": "approved", "reject": "rejected"}
+APPROVAL_ERRORS: dict[type[Exception], int] = {UnknownEpisode: 404, ApprovalConflict: 409}
+
+
+class ApprovalRequest(BaseModel):
+    """Optional body of an approve or reject request."""
+
+    by: str = Field("", max_length=200, description="Who decides (recorded as given).")
+    note: str = Field("", max_length=2000, description="Why; kept in the ledger and the event.")

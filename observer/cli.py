@@ -7,6 +7,7 @@
     observer [--config observer.yaml] config      print the effective configuration (secrets masked)
     observer [--config observer.yaml] pipeline render --out DIR   the retraining WorkflowTemplate
     observer [--config observer.yaml] triggers list               decisions and deliveries
+    observer [--config observer.yaml] triggers approve|reject EPISODE   release or cancel held actions
     observer [--config observer.yaml] collect-gpu GPU metrics and economics (NVML, Prometheus, --replay)
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -152,6 +153,7 @@ class Runtime:
             drift_view=drift_view,
             trigger_view=trigger_view,
             decisions=self._ledger_decisions,
+            resolve=self._resolve_approval,
             reports=DriftReports.from_config(self.cfg.drift, kafka)
             if self.cfg.drift.reports.enabled else None,
         )
@@ -181,7 +183,13 @@ class Runtime:
             if spec is None:
                 continue
             processor = spec.build(self.cfg, self.topics)
-            runner = StageRunner(kafka, processor, spec.group_id(self.cfg), spec.inputs(self.topics))
+            # Sharing the GIL with the receivers: give way to them while they are busy.
+            yield_ms = self.cfg.receiver.stage_yield_ms
+            runner = StageRunner(
+                kafka, processor, spec.group_id(self.cfg), spec.inputs(self.topics),
+                yield_to=self.intake.busy if self.intake is not None and yield_ms else None,
+                max_yield_s=yield_ms / 1000,
+            )
             thread = threading.Thread(target=self._run_stage, args=(runner,), name=name, daemon=True)
             self.processors[name] = processor
             self.runners[name] = runner
@@ -192,6 +200,17 @@ class Runtime:
         """The trigger ledger's newest decisions, when the trigger stage runs here."""
         stage = self.processors.get("trigger")
         return stage.ledger.list_decisions(limit) if isinstance(stage, TriggerStage) else None
+
+    def _resolve_approval(
+        self, episode_id: str, verdict: str, by: str, note: str
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Approve or reject a held decision in the ledger, when the trigger stage runs here."""
+        stage = self.processors.get("trigger")
+        if not isinstance(stage, TriggerStage):
+            return None
+        return stage.ledger.resolve_approval(
+            episode_id, verdict, by=by, now=time.time(), note=note  # type: ignore[arg-type]
+        )
 
     def _run_stage(self, runner: StageRunner) -> None:
         try:

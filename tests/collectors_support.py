@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import REGISTRY
@@ -55,6 +56,37 @@ def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list
             got += records
     consumer.close()
     return got
+
+
+def drain_spans(kafka: KafkaConfig, topic: str, spans: int, timeout_s: float = 15) -> list[ConsumerRecord]:
+    """Records of ``topic`` from the start until they hold ``spans`` spans (or the timeout)."""
+    consumer = make_consumer(kafka, None, [topic])
+    got: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while sum(len(spans_of(m.value)) for m in got) < spans and time.monotonic() < deadline:
+        for records in consumer.poll(200).values():
+            got += records
+    consumer.close()
+    return got
+
+
+def traces_by_placement(messages: list[ConsumerRecord], partitions: int) -> dict[str, list[Span]]:
+    """Trace id -> its spans, after checking the ``otlp_spans`` contract on ``messages``.
+
+    Each message's key is the hex id of a trace it holds; every trace in a message is one that
+    Kafka's default placement (computed with kafka-python's murmur2, not observer's) puts on
+    the message's partition; a trace is whole in one message.
+    """
+    traces: dict[str, list[Span]] = {}
+    for m in messages:
+        spans = spans_of(m.value)
+        ids = {s.trace_id.hex() for s in spans}
+        assert m.key.decode() in ids, (m.key, ids)
+        for trace in ids:
+            assert trace not in traces, f"trace {trace} split over two messages"
+            assert (kafka_python_murmur2(trace.encode()) & 0x7FFFFFFF) % partitions == m.partition
+            traces[trace] = [s for s in spans if s.trace_id.hex() == trace]
+    return traces
 
 
 def spans_of(raw: bytes) -> list[Span]:

@@ -103,7 +103,13 @@ def test_protobuf_decoding_raises_only_decode_error(body: bytes) -> None:
             request = signal.request.FromString(body)
         except DecodeError:
             continue
-        signal.split(request)  # whatever parsed can be split
+        # Whatever parsed can be split, and the walk of the client's bytes finds what the
+        # parser found.
+        from_bytes = signal.split(request, 3, 1_000_000, body)
+        from_message = signal.split(request, 3, 1_000_000, None)
+        assert (from_bytes.accepted, from_bytes.rejected) == (
+            from_message.accepted, from_message.rejected)
+        assert from_bytes.requests.keys() == from_message.requests.keys()
 
 
 @given(

@@ -49,7 +49,15 @@ from observer.core.bus import Message
 from observer.core.config import KafkaConfig
 from observer.core.records import decode
 from observer.core.topics import Topics
-from tests.collectors_support import drain, receivers, sample, spans_of, wait_for
+from tests.collectors_support import (
+    drain,
+    drain_spans,
+    receivers,
+    sample,
+    spans_of,
+    traces_by_placement,
+    wait_for,
+)
 
 
 def sdk_spans(traces: int, service: str = "shop") -> list[ReadableSpan]:
@@ -124,10 +132,9 @@ def test_sdk_grpc_exporters_traces_metrics_logs(kafka_config: KafkaConfig, topic
         logs = grpc_logs.OTLPLogExporter(endpoint=r.grpc, insecure=True)
         emit_logs(logs, 4)
 
-    span_messages = drain(kafka_config, topics.spans, 3)
-    assert len(span_messages) == 3  # one message per trace, keyed by it
-    for m in span_messages:
-        assert {s.trace_id.hex() for s in spans_of(m.value)} == {m.key.decode()}
+    span_messages = drain_spans(kafka_config, topics.spans, len(spans))
+    traces = traces_by_placement(span_messages, kafka_config.partitions)
+    assert sum(len(t) for t in traces.values()) == len(spans) and len(traces) == 3
     (metric_message,) = drain(kafka_config, topics.metrics, 1)
     names = {
         metric.name
@@ -366,22 +373,19 @@ def test_tenants_are_stamped_and_never_mixed(
         assert anonymous.export(sdk_spans(1)) is SpanExportResult.FAILURE
         anonymous.shutdown()
 
-    messages = drain(kafka_config, topics.spans, 4)
-    assert len(messages) == 4
+    messages = drain_spans(kafka_config, topics.spans, 4)
+    assert len(traces_by_placement(messages, kafka_config.partitions)) == 4
     expected = {f"{s.context.trace_id:032x}": "acme" for s in acme}
     expected |= {f"{s.context.trace_id:032x}": "globex" for s in globex}
     records = Normalizer(topics).process(
         [Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in messages]
     )
     for m in messages:
-        request = ExportTraceServiceRequest.FromString(m.value)
-        stamped = [
-            kv.value.string_value
-            for rs in request.resource_spans
-            for kv in rs.resource.attributes
-            if kv.key == TENANT_ATTRIBUTE
-        ]
-        assert stamped == [expected[m.key.decode()]]  # exactly one, the authenticated one
+        for rs in ExportTraceServiceRequest.FromString(m.value).resource_spans:
+            stamped = [kv.value.string_value for kv in rs.resource.attributes
+                       if kv.key == TENANT_ATTRIBUTE]
+            owners = {expected[s.trace_id.hex()] for ss in rs.scope_spans for s in ss.spans}
+            assert [*owners] == stamped  # exactly one, the authenticated one
     llm = [decode(o.value) for o in records if o.topic == topics.llm]
     assert len(llm) == 4
     assert {(rec.trace_id, rec.tenant) for rec in llm} == set(expected.items())

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -31,7 +32,7 @@ from observer.core.broker import EmbeddedBroker
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
-from tests.collectors_support import drain, spans_of
+from tests.collectors_support import drain, drain_spans, spans_of, traces_by_placement
 
 TRACE = "5b8efff798038103d269b633813fc60c"
 
@@ -96,24 +97,32 @@ def json_span(
     }
 
 
-def test_sdk_export_is_split_per_trace(kafka_config: KafkaConfig, topics: Topics) -> None:
-    spans = sdk_spans(traces=3)
+KAFKA_CLIENTS = pytest.mark.parametrize("kafka_client", ["librdkafka", "kafka-python"])
+
+
+@KAFKA_CLIENTS
+def test_sdk_export_is_grouped_by_trace_and_partition(
+    kafka_config: KafkaConfig, topics: Topics, kafka_client: str
+) -> None:
+    spans = sdk_spans(traces=12)
     accepted = sample("observer_receiver_spans_total", outcome="accepted")
-    with receiver(kafka_config, topics) as url:
+    with receiver(kafka_config, topics, kafka_client=kafka_client) as url:
         exporter = OTLPSpanExporter(endpoint=url, timeout=10)
-        assert exporter.export(spans) is SpanExportResult.SUCCESS  # one batch, three traces
+        assert exporter.export(spans) is SpanExportResult.SUCCESS  # one batch, twelve traces
         exporter.shutdown()
 
-    messages = drain(kafka_config, topics.spans, 3)
-    assert len(messages) == 3
+    messages = drain_spans(kafka_config, topics.spans, len(spans))
+    traces = traces_by_placement(messages, kafka_config.partitions)
+    assert len(traces) == 12
+    assert len(messages) <= kafka_config.partitions  # packed: one message per partition
     got: dict[int, Span] = {}
     for m in messages:
         contents = spans_of(m.value)
-        assert {s.trace_id.hex() for s in contents} == {m.key.decode()}  # one trace, its own key
         request = ExportTraceServiceRequest.FromString(m.value)
-        resource = request.resource_spans[0].resource.attributes
-        assert any(a.key == "service.name" and a.value.string_value == "shop" for a in resource)
-        assert request.resource_spans[0].scope_spans[0].scope.name == "test"
+        for resource_spans in request.resource_spans:  # every trace keeps its wrappers
+            resource = resource_spans.resource.attributes
+            assert any(a.key == "service.name" and a.value.string_value == "shop" for a in resource)
+            assert resource_spans.scope_spans[0].scope.name == "test"
         got |= {int.from_bytes(s.span_id, "big"): s for s in contents}
     assert set(got) == {s.context.span_id for s in spans}
     # Content passes untouched: the receiver forwards raw OTLP.
@@ -124,7 +133,7 @@ def test_sdk_export_is_split_per_trace(kafka_config: KafkaConfig, topics: Topics
         for a in s.attributes
         if a.key == "gen_ai.input.messages"
     )
-    assert sample("observer_receiver_spans_total", outcome="accepted") - accepted == 9
+    assert sample("observer_receiver_spans_total", outcome="accepted") - accepted == len(spans)
 
 
 def test_sdk_export_gzip(kafka_config: KafkaConfig, topics: Topics) -> None:
@@ -297,12 +306,17 @@ def test_kafka_down_is_503_with_retry_after() -> None:
     assert elapsed < 5  # bounded by ack_timeout_s, not kafka-python's 60 s max_block_ms
 
 
-def test_trace_over_kafka_message_limit_is_413(kafka_config: KafkaConfig, topics: Topics) -> None:
+@KAFKA_CLIENTS
+def test_trace_over_kafka_message_limit_is_413(
+    kafka_config: KafkaConfig, topics: Topics, kafka_client: str
+) -> None:
     """A trace bigger than the producer's 16 MiB message limit cannot succeed on retry."""
     huge = json_span(
         attributes=[{"key": "gen_ai.input.messages", "value": {"stringValue": "x" * (17 << 20)}}]
     )
-    with receiver(kafka_config, topics, max_body_bytes=32 << 20) as url:
+    with receiver(
+        kafka_config, topics, max_body_bytes=32 << 20, kafka_client=kafka_client
+    ) as url:
         r = httpx.post(url, content=json_request(huge), headers={"Content-Type": JSON}, timeout=30)
     assert r.status_code == 413
     assert "message size" in r.json()["message"]

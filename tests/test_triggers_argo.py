@@ -222,7 +222,8 @@ def test_max_concurrent_runs_per_model(tmp_path: Path, argo: Any) -> None:
 
 def test_inline_workflow_validates_and_approval_is_passed(tmp_path: Path, argo: Any) -> None:
     url, contract = argo
-    cfg = trigger_config(tmp_path, url, approval=True, argo={"mode": "inline"})
+    # The in-cluster alternative to the ledger's gate: the run itself waits at a suspend step.
+    cfg = trigger_config(tmp_path, url, approval=True, approval_mode="argo", argo={"mode": "inline"})
     stage = TriggerStage(cfg, TOPICS, clock=Clock())
     stage.process(messages(window(1, 0.9), window(2, 0.9)))
     (out,) = events(stage.tick())

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from triggers.ledger import Ledger, NewDelivery, delivery_id
-from triggers.policy import Decision, episode_id
+from triggers.ledger import ApprovalConflict, Ledger, NewDelivery, UnknownEpisode, delivery_id
+from triggers.policy import Decision, TrackerState, episode_id
 
 HOOK = "https://hooks.example.com/drift?token=s3cret"
 
@@ -97,8 +99,13 @@ def test_listing_is_plain_and_redacted(tmp_path: Path) -> None:
             "window_index",
             "first_window_index",
             "decided_at",
+            "approval",
+            "approval_by",
+            "approval_at",
+            "approval_note",
             "deliveries",
         }
+        assert d["approval"] is None  # the policy has no approval gate
         (delivery,) = d["deliveries"]
         assert delivery["target"] == "https://hooks.example.com/drift"
         assert "payload" not in delivery
@@ -199,3 +206,149 @@ def test_readers_and_a_writer_on_threads(tmp_path: Path) -> None:
             r.join(10)
         assert errors == []
         assert len(ledger.list_decisions(limit=1000)) == 200
+
+
+def state(key: str = "shop", **kw: object) -> TrackerState:
+    base: dict[str, object] = {
+        "segment_key": key, "record_type": "llm", "last_window": 7, "last_closed_at": 70,
+        "recent": ((5, 0.9, 500), (6, math.nan, 0), (7, 0.8, 500)), "episode_open": True,
+        "episode_id": "e5", "episode_start": 5, "clear_count": 1, "last_fired_at": 60.0,
+    }
+    return TrackerState(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def same(a: TrackerState, b: TrackerState) -> bool:
+    """Equal, NaN included (NaN != NaN)."""
+    def norm(s: TrackerState) -> TrackerState:
+        return replace(s, recent=tuple((i, -1.0 if math.isnan(v) else v, n) for i, v, n in s.recent))
+    return norm(a) == norm(b)
+
+
+def test_tracker_state_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        ledger.save_states("p", [state(), state("bank", episode_open=False, episode_id=None)], 1.0)
+        ledger.save_states("p", [state(clear_count=2, last_window=8)], 2.0)  # replaces
+        ledger.save_states("q", [], 3.0)  # nothing to write
+    with Ledger(path) as ledger:
+        bank, shop = ledger.load_states("p")
+        assert same(shop, state(clear_count=2, last_window=8))
+        assert math.isnan(shop.recent[1][1])
+        assert same(bank, state("bank", episode_open=False, episode_id=None))
+        assert ledger.load_states("q") == []
+        (open_,) = ledger.open_episodes()
+        assert (open_["segment_key"], open_["episode_id"], open_["clear_count"]) == ("shop", "e5", 2)
+
+
+def test_state_is_written_with_the_decision(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        assert ledger.record_decision(decision(1), policy_states=[state(last_window=2)])
+        # A decision already recorded still stores the state (the batch moved on).
+        assert not ledger.record_decision(decision(1), policy_states=[state(last_window=3)])
+        (saved,) = ledger.load_states("p")
+        assert saved.last_window == 3
+        found = ledger.decision_at("p", "shop", "llm", 2)
+        assert found is not None and found["episode_id"] == decision(1).episode_id
+        assert ledger.decision_at("p", "shop", "llm", 3) is None
+
+
+def test_a_failed_transaction_writes_no_state(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        bad = NewDelivery(HOOK, b"\xff")  # not UTF-8: the outbox row cannot be written
+        with pytest.raises(UnicodeDecodeError):
+            ledger.record_decision(decision(1), [bad], policy_states=[state()])
+        assert ledger.load_states("p") == [] and ledger.list_decisions() == []
+
+
+def test_held_decision_then_approved_or_rejected(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        held, other = decision(1), decision(1, segment="bank")
+        ledger.record_decision(held, [NewDelivery(HOOK, b"{}")], hold=True)
+        ledger.record_decision(other, [NewDelivery(HOOK, b"{}")], hold=True)
+        assert ledger.due_deliveries(now=1e12) == []  # planned, never attempted while held
+        (row,) = ledger.get_decision(held.episode_id)["deliveries"]  # type: ignore[index]
+        assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("held", 0, None)
+        assert [d["episode_id"] for d in ledger.list_decisions(approval="held")] == [
+            other.episode_id, held.episode_id
+        ]
+
+        stored, changed = ledger.resolve_approval(held.episode_id, "approved", by="ana", now=500.0)
+        assert changed and (stored["approval"], stored["approval_by"]) == ("approved", "ana")
+        (due,) = ledger.due_deliveries(now=500.0)
+        assert (due.episode_id, due.status) == (held.episode_id, "pending")
+        assert [d["episode_id"] for d in ledger.unannounced_approvals()] == [held.episode_id]
+        # Approving again is a retried request: no change. Rejecting now is a conflict.
+        assert ledger.resolve_approval(held.episode_id, "approved", by="bo", now=600.0)[1] is False
+        with pytest.raises(ApprovalConflict, match="already approved by ana"):
+            ledger.resolve_approval(held.episode_id, "rejected", by="bo", now=600.0)
+
+        stored, _ = ledger.resolve_approval(other.episode_id, "rejected", by="bo", now=700.0,
+                                            note="false alarm")
+        (cancelled,) = stored["deliveries"]
+        assert (cancelled["status"], cancelled["last_error"]) == ("cancelled", "rejected by bo")
+        assert stored["approval_note"] == "false alarm"
+        assert [d.episode_id for d in ledger.due_deliveries(now=1e12)] == [held.episode_id]
+        ledger.mark_announced([held.episode_id, other.episode_id])
+        assert ledger.unannounced_approvals() == []
+
+        with pytest.raises(UnknownEpisode, match="no decision with episode id 'nope'"):
+            ledger.resolve_approval("nope", "approved", by="x", now=1.0)
+        plain = decision(3)
+        ledger.record_decision(plain)
+        with pytest.raises(ApprovalConflict, match="needs no approval"):
+            ledger.resolve_approval(plain.episode_id, "approved", by="x", now=1.0)
+        with pytest.raises(ValueError, match="verdict must be"):
+            ledger.resolve_approval(plain.episode_id, "maybe", by="x", now=1.0)  # type: ignore[arg-type]
+
+
+# The schema of the first version of the ledger, as files written by it hold it.
+LEDGER_V1 = """
+CREATE TABLE decisions (
+    episode_id TEXT PRIMARY KEY, policy TEXT NOT NULL, segment_key TEXT NOT NULL,
+    record_type TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('fired', 'suppressed')),
+    reason TEXT NOT NULL, window_index INTEGER NOT NULL, first_window_index INTEGER NOT NULL,
+    decided_at REAL NOT NULL);
+CREATE INDEX decisions_by_time ON decisions (decided_at);
+CREATE TABLE deliveries (
+    delivery_id TEXT PRIMARY KEY, episode_id TEXT NOT NULL REFERENCES decisions (episode_id),
+    action TEXT NOT NULL, target TEXT NOT NULL, payload TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN
+        ('pending', 'failed', 'delivered', 'dead_letter', 'disabled')),
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, last_error TEXT,
+    last_status_code INTEGER, updated_at REAL NOT NULL);
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+CREATE TABLE disabled_targets (target TEXT PRIMARY KEY, disabled_at REAL NOT NULL,
+    reason TEXT NOT NULL);
+INSERT INTO decisions VALUES ('old', 'p', 'shop', 'llm', 'fired', 'r', 2, 1, 10.0);
+INSERT INTO deliveries VALUES ('msg_1', 'old', 'webhook', 'http://h/x', '{}', 'failed', 1,
+    20.0, 'HTTP 503', 503, 11.0);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_first_version_ledger_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(LEDGER_V1)
+    with Ledger(path) as ledger:
+        (old,) = ledger.list_decisions()
+        assert old["approval"] is None and old["deliveries"][0]["status"] == "failed"
+        (due,) = ledger.due_deliveries(now=20.0)
+        assert due.delivery_id == "msg_1"
+        # The new statuses and tables work on the migrated file.
+        ledger.record_decision(decision(5), [NewDelivery(HOOK, b"{}")], hold=True,
+                               policy_states=[state()])
+        assert ledger.list_decisions(approval="held")[0]["deliveries"][0]["status"] == "held"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    with Ledger(path) as ledger:  # opening a current file again changes nothing
+        assert len(ledger.list_decisions()) == 2
+
+
+def test_a_newer_ledger_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(RuntimeError, match="schema 99, newer than this code's 2"):
+        Ledger(path)

@@ -314,14 +314,16 @@ def build_run(
     result: Any,
     policy: Any,
     name_prefix: str,
-    export_uri: str | None,
+    export: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The payload of a run action, fixed when the decision is recorded (the outbox row).
 
     Everything a later attempt needs is here, so a restarted stage submits the same run:
-    the episode-derived workflow name, labels' sources, and what to export where.
+    the episode-derived workflow name, labels' sources, and what to export where
+    (``export``: :func:`triggers.export.export_spec`). The run's ``approval`` parameter asks
+    for the Argo suspend step only with ``approval_mode: argo``; with ``ledger`` the decision
+    was approved in observer's ledger before this run was ever submitted.
     """
-    from triggers.export import export_uris
     from triggers.naming import workflow_name
 
     run: dict[str, Any] = {
@@ -335,18 +337,8 @@ def build_run(
         "window_index": decision.window_index,
         "first_window_index": decision.first_window_index,
         "workflow_name": workflow_name(name_prefix, decision.episode_id),
-        "approval": policy.approval,
+        "approval": policy.approval and policy.approval_mode == "argo",
         "max_concurrent_runs": policy.max_concurrent_runs,
-        "export": None,
+        "export": export,
     }
-    if export_uri and result.current_ranges:
-        run["export"] = {
-            **export_uris(export_uri, decision.policy, decision.episode_id),
-            "episode_id": decision.episode_id,
-            "segment": dict(result.segment),
-            "record_type": decision.record_type,
-            "record_schema": f"observer.{decision.record_type}/v1",
-            "current_ranges": [r.model_dump() for r in result.current_ranges],
-            "reference_ranges": [r.model_dump() for r in result.reference_ranges],
-        }
     return run

@@ -1,14 +1,24 @@
-"""The trigger-related subcommands of ``observer``: ``pipeline render`` and ``triggers list``.
+"""The trigger-related subcommands of ``observer``: ``pipeline render`` and ``triggers ...``.
 
     observer pipeline render --out DIR [--validate SCHEMAS_DIR]
-    observer triggers list [--limit N] [--policy P] [--segment S] [--kind fired] [--json]
+    observer triggers list [--limit N] [--policy P] [--segment S] [--kind fired]
+                           [--approval held] [--json]
+    observer triggers approve EPISODE_ID [--by NAME] [--note TEXT]
+    observer triggers reject EPISODE_ID [--by NAME] [--note TEXT]
+
+``approve``/``reject`` write the verdict to the ledger file (the trigger stage may be running:
+SQLite WAL lets both at it); the stage announces it on ``observer.triggers`` and, once
+approved, delivers the held actions at its next tick.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,13 +46,53 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     lst.add_argument("--policy")
     lst.add_argument("--segment")
     lst.add_argument("--kind", choices=["fired", "suppressed"])
+    lst.add_argument("--approval", choices=["held", "approved", "rejected"],
+                     help="only decisions in this approval state")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    for verb, what in (("approve", "release the held actions of a decision"),
+                       ("reject", "cancel the held actions of a decision")):
+        p = tsub.add_parser(verb, help=what)
+        p.add_argument("episode_id", help="the decision's episode id (observer triggers list)")
+        p.add_argument("--by", default="", help="who decides (default: user@host)")
+        p.add_argument("--note", default="", help="why, for the ledger and the event")
 
 
 def run(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     if args.command == "pipeline":
         return _render(cfg, args.out, args.validate, args.crd)
+    if args.triggers_command in VERDICTS:
+        return _resolve(cfg, args)
     return _list(cfg, args)
+
+
+# Subcommand -> the verdict the ledger records.
+VERDICTS = {"approve": "approved", "reject": "rejected"}
+
+
+def _resolve(cfg: ObserverConfig, args: argparse.Namespace) -> int:
+    from triggers.ledger import ApprovalError, Ledger
+
+    path = cfg.trigger.ledger_path
+    if not path.exists():
+        print(f"observer: no ledger at {path} (trigger.ledger_path)", file=sys.stderr)
+        return 1
+    by = args.by or f"{_user()}@{socket.gethostname()}"
+    verdict = VERDICTS[args.triggers_command]
+    with Ledger(path) as ledger:
+        try:
+            stored, changed = ledger.resolve_approval(
+                args.episode_id, verdict, by=by, now=time.time(), note=args.note  # type: ignore[arg-type]
+            )
+        except ApprovalError as e:
+            print(f"observer: {e}", file=sys.stderr)
+            return 1
+    if not changed:
+        print(f"episode {args.episode_id} was already {verdict} by {stored['approval_by']}")
+        return 0
+    n = len(stored["deliveries"])
+    done = "released" if verdict == "approved" else "cancelled"
+    print(f"episode {args.episode_id} {verdict} by {by}: {n} held action(s) {done}")
+    return 0
 
 
 def _render(cfg: ObserverConfig, out: Path, schemas: Path | None, crds: list[Path]) -> int:
@@ -66,6 +116,13 @@ def _render(cfg: ObserverConfig, out: Path, schemas: Path | None, crds: list[Pat
     return 0
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # a container user with no passwd entry and no $USER
+        return "unknown"
+
+
 def _when(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -79,7 +136,11 @@ def _list(cfg: ObserverConfig, args: argparse.Namespace) -> int:
         return 1
     with Ledger(path) as ledger:
         decisions = ledger.list_decisions(
-            args.limit, policy=args.policy, segment_key=args.segment, kind=args.kind
+            args.limit,
+            policy=args.policy,
+            segment_key=args.segment,
+            kind=args.kind,
+            approval=args.approval,
         )
     for d in decisions:
         if args.json:
@@ -88,6 +149,10 @@ def _list(cfg: ObserverConfig, args: argparse.Namespace) -> int:
         print(f"{_when(d['decided_at'])}  {d['kind']:10} {d['policy']} {d['segment_key']} "
               f"({d['record_type']})  episode {d['episode_id']}")
         print(f"    {d['reason']}")
+        if d["approval"] is not None:
+            who = f" by {d['approval_by']} at {_when(d['approval_at'])}" if d["approval_by"] else ""
+            note = f": {d['approval_note']}" if d["approval_note"] else ""
+            print(f"    approval: {d['approval']}{who}{note}")
         for x in d["deliveries"]:
             error = f"  {x['last_error']}" if x["last_error"] else ""
             print(f"    {x['action']:8} {x['status']:11} attempts {x['attempts']}  {x['target']}{error}")

@@ -57,6 +57,37 @@ def export_uris(base: str, policy: str, episode_id: str) -> dict[str, str]:
     return {"current": f"{root}/current.parquet", "reference": f"{root}/reference.parquet"}
 
 
+def export_spec(
+    base: str, policy: str, episode_id: str, result: Any
+) -> dict[str, Any] | None:
+    """What to export for a decision completed by drift result ``result``: the destination
+    URIs and the offset ranges of both windows (None when the result names no records).
+
+    Fixed when the decision is recorded, in every action's outbox payload, so each action
+    and every retry export the same records to the same place.
+
+    >>> from observer.core.records import DriftResult, OffsetRange
+    >>> r = DriftResult(segment={"service": "shop"}, segment_key="shop", record_type="llm",
+    ...     window_index=2, n_reference=1, n_current=1, features=[], drift_share=1.0,
+    ...     dataset_drift=True, closed_at_unix_nano=0,
+    ...     current_ranges=[OffsetRange(topic="t", partition=0, first_offset=5, last_offset=9)])
+    >>> spec = export_spec("s3://b/x", "p", "e1", r)
+    >>> spec["current"], spec["current_ranges"][0]["first_offset"], spec["record_schema"]
+    ('s3://b/x/p/e1/current.parquet', 5, 'observer.llm/v1')
+    """
+    if not result.current_ranges:
+        return None
+    return {
+        **export_uris(base, policy, episode_id),
+        "episode_id": episode_id,
+        "segment": dict(result.segment),
+        "record_type": result.record_type,
+        "record_schema": f"observer.{result.record_type}/v1",
+        "current_ranges": [r.model_dump() for r in result.current_ranges],
+        "reference_ranges": [r.model_dump() for r in result.reference_ranges],
+    }
+
+
 def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
     """The Arrow type of a field's annotation, and whether it is nullable."""
     origin = typing.get_origin(annotation)

@@ -1,19 +1,28 @@
-"""The durable ledger: every decision, and an outbox of the actions it owes.
+"""The durable ledger: every decision, an outbox of the actions it owes, and the policies' state.
 
-One SQLite file (WAL mode) holds three tables:
+One SQLite file (WAL mode) holds four tables:
 
 * ``decisions``: one row per episode. ``episode_id`` is unique, so a run replayed after a
-  restart cannot be decided twice: :meth:`Ledger.record_decision` answers ``False``.
+  restart cannot be decided twice: :meth:`Ledger.record_decision` answers ``False``. A
+  decision of a policy with ``approval`` (mode ``ledger``) is *held*: ``approval`` is
+  ``held`` until :meth:`Ledger.resolve_approval` records ``approved`` or ``rejected``, who
+  did it and when.
 * ``deliveries``: the outbox. The rows a decision owes are written in the same transaction as
   the decision and *before* anything is sent; the stage then works through the due rows, so
   a crash or restart resumes them. Statuses: ``pending`` (not tried yet), ``failed`` (tried,
-  another attempt scheduled), and the final ``delivered``, ``dead_letter`` (gave up after
-  ``max_attempts``), ``disabled`` (the receiver answered 410, or its target was disabled).
+  another attempt scheduled), ``held`` (planned, waiting for approval: never attempted before
+  it), and the final ``delivered``, ``dead_letter`` (gave up after ``max_attempts``),
+  ``disabled`` (the receiver answered 410, or its target was disabled), ``cancelled`` (the
+  decision was rejected).
 * ``disabled_targets``: targets that answered 410; new deliveries to them are recorded as
   ``disabled`` and not attempted, until :meth:`Ledger.enable_target`.
+* ``tracker_state``: per policy, segment and record type, the
+  :class:`~triggers.policy.TrackerState` (last windows, open episode, clear count, last window
+  seen). It is written in the decision's transaction when there is one, and once per
+  processed batch otherwise (:meth:`Ledger.save_states`), so trackers resume after a restart.
 
 One connection behind a lock serves every thread (the stage writes, the admin API reads);
-each call is short.
+each call is short. Other processes (``observer triggers approve``) open the same file.
 
 >>> import tempfile, pathlib
 >>> from triggers.policy import Decision
@@ -31,30 +40,57 @@ each call is short.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from triggers.policy import Decision
+from triggers.policy import Decision, TrackerState
 from triggers.redact import public_target
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-PENDING, FAILED, DELIVERED, DEAD_LETTER, DISABLED = (
+PENDING, FAILED, HELD, DELIVERED, DEAD_LETTER, DISABLED, CANCELLED = (
     "pending",
     "failed",
+    "held",
     "delivered",
     "dead_letter",
     "disabled",
+    "cancelled",
 )
 OPEN_STATUSES = (PENDING, FAILED)
-FINAL_STATUSES = (DELIVERED, DEAD_LETTER, DISABLED)
+FINAL_STATUSES = (DELIVERED, DEAD_LETTER, DISABLED, CANCELLED)
+_STATUSES = ", ".join(f"'{s}'" for s in (*OPEN_STATUSES, HELD, *FINAL_STATUSES))
 
-_SCHEMA = f"""
+# The approval column of a decision: NULL when its policy needs none.
+APPROVED, REJECTED = "approved", "rejected"
+Verdict = Literal["approved", "rejected"]
+_APPROVALS = f"'{HELD}', '{APPROVED}', '{REJECTED}'"
+
+_DELIVERIES_TABLE = f"""
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id      TEXT PRIMARY KEY,
+    episode_id       TEXT NOT NULL REFERENCES decisions (episode_id),
+    action           TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL,
+    last_error       TEXT,
+    last_status_code INTEGER,
+    updated_at       REAL NOT NULL
+)
+"""
+
+_SCHEMA = [
+    f"""
 CREATE TABLE IF NOT EXISTS decisions (
     episode_id         TEXT PRIMARY KEY,
     policy             TEXT NOT NULL,
@@ -64,34 +100,75 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason             TEXT NOT NULL,
     window_index       INTEGER NOT NULL,
     first_window_index INTEGER NOT NULL,
-    decided_at         REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (decided_at);
-CREATE INDEX IF NOT EXISTS decisions_by_key ON decisions (policy, segment_key, record_type, kind);
-
-CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id      TEXT PRIMARY KEY,
-    episode_id       TEXT NOT NULL REFERENCES decisions (episode_id),
-    action           TEXT NOT NULL,
-    target           TEXT NOT NULL,
-    payload          TEXT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN
-                         ('{PENDING}', '{FAILED}', '{DELIVERED}', '{DEAD_LETTER}', '{DISABLED}')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL,
-    last_error       TEXT,
-    last_status_code INTEGER,
-    updated_at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_by_episode ON deliveries (episode_id);
-
+    decided_at         REAL NOT NULL,
+    approval           TEXT CHECK (approval IN ({_APPROVALS})),
+    approval_by        TEXT,
+    approval_at        REAL,
+    approval_note      TEXT,
+    -- 0 while the approval's event is not yet known to be on observer.triggers
+    approval_announced INTEGER NOT NULL DEFAULT 1
+)""",
+    "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (decided_at)",
+    (
+        "CREATE INDEX IF NOT EXISTS decisions_by_key"
+        " ON decisions (policy, segment_key, record_type, kind)"
+    ),
+    (
+        "CREATE INDEX IF NOT EXISTS decisions_by_window"
+        " ON decisions (policy, segment_key, record_type, window_index)"
+    ),
+    _DELIVERIES_TABLE,
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_by_episode ON deliveries (episode_id)",
+    """
 CREATE TABLE IF NOT EXISTS disabled_targets (
     target      TEXT PRIMARY KEY,
     disabled_at REAL NOT NULL,
     reason      TEXT NOT NULL
-);
-"""
+)""",
+    """
+CREATE TABLE IF NOT EXISTS tracker_state (
+    policy         TEXT NOT NULL,
+    segment_key    TEXT NOT NULL,
+    record_type    TEXT NOT NULL,
+    last_window    INTEGER,
+    last_closed_at INTEGER,
+    recent         TEXT NOT NULL,  -- JSON [[window index, value or null, n], ...], oldest first
+    episode_open   INTEGER NOT NULL,
+    episode_id     TEXT,
+    episode_start  INTEGER,
+    clear_count    INTEGER NOT NULL,
+    last_fired_at  REAL,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (policy, segment_key, record_type)
+)""",
+]
+
+# Schema 1 -> 2: the approval columns, and two more delivery statuses (SQLite cannot change a
+# CHECK constraint in place: the table is copied). tracker_state is created by _SCHEMA.
+_MIGRATE_FROM_1 = [
+    f"ALTER TABLE decisions ADD COLUMN approval TEXT CHECK (approval IN ({_APPROVALS}))",
+    "ALTER TABLE decisions ADD COLUMN approval_by TEXT",
+    "ALTER TABLE decisions ADD COLUMN approval_at REAL",
+    "ALTER TABLE decisions ADD COLUMN approval_note TEXT",
+    "ALTER TABLE decisions ADD COLUMN approval_announced INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE deliveries RENAME TO deliveries_v1",
+    _DELIVERIES_TABLE,
+    "INSERT INTO deliveries SELECT * FROM deliveries_v1",
+    "DROP TABLE deliveries_v1",
+]
+
+
+class ApprovalError(Exception):
+    """An approval or rejection that cannot be recorded; the message says why."""
+
+
+class UnknownEpisode(ApprovalError, LookupError):
+    """No decision with this episode id."""
+
+
+class ApprovalConflict(ApprovalError):
+    """The decision is not held: it needs no approval, or the other verdict was given."""
 
 
 def delivery_id(episode_id: str, target: str) -> str:
@@ -170,17 +247,25 @@ class Ledger:
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed outbox row survives power loss, not only a process crash; the
-            # write rate (one row per decision or attempt) makes the fsync cost irrelevant.
+            # write rate (a decision, an attempt, or one state write per batch of drift
+            # results, which come one per window) makes the fsync cost irrelevant.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        # In a write transaction: the stage and `observer triggers approve` may open an old
+        # file at once, and exactly one of them must migrate it.
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"ledger {self.path} has schema {version}, newer than this code's "
                     f"{SCHEMA_VERSION}"
                 )
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version == 1:
+                for statement in _MIGRATE_FROM_1:
+                    conn.execute(statement)
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -205,17 +290,27 @@ class Ledger:
 
     # -- decisions ----------------------------------------------------------------------
 
-    def record_decision(self, decision: Decision, deliveries: Sequence[NewDelivery] = ()) -> bool:
-        """Record a decision and the deliveries it owes, atomically.
+    def record_decision(
+        self,
+        decision: Decision,
+        deliveries: Sequence[NewDelivery] = (),
+        *,
+        policy_states: Iterable[TrackerState] = (),
+        hold: bool = False,
+    ) -> bool:
+        """Record a decision, the deliveries it owes and its policy's tracker state, atomically.
 
-        ``False``, and nothing written, when the episode is already in the ledger. Deliveries
-        to a disabled target are recorded as ``disabled`` and never attempted.
+        ``False``, and no decision written, when the episode is already in the ledger (the
+        states are written either way). Deliveries to a disabled target are recorded as
+        ``disabled`` and never attempted. ``hold``: the decision waits for approval, its
+        deliveries are recorded ``held`` and are not due until :meth:`resolve_approval`.
         """
         with self._tx() as conn:
+            self._write_states(conn, decision.policy, policy_states, decision.decided_at)
             cur = conn.execute(
                 "INSERT OR IGNORE INTO decisions (episode_id, policy, segment_key, record_type,"
-                " kind, reason, window_index, first_window_index, decided_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " kind, reason, window_index, first_window_index, decided_at, approval)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     decision.episode_id,
                     decision.policy,
@@ -226,6 +321,7 @@ class Ledger:
                     decision.window_index,
                     decision.first_window_index,
                     decision.decided_at,
+                    HELD if hold else None,
                 ),
             )
             if cur.rowcount == 0:
@@ -234,6 +330,7 @@ class Ledger:
                 disabled = conn.execute(
                     "SELECT reason FROM disabled_targets WHERE target = ?", (d.target,)
                 ).fetchone()
+                status = DISABLED if disabled else HELD if hold else PENDING
                 conn.execute(
                     "INSERT OR IGNORE INTO deliveries (delivery_id, episode_id, action, target,"
                     " payload, status, attempts, next_attempt_at, last_error, updated_at)"
@@ -244,13 +341,163 @@ class Ledger:
                         d.action,
                         d.target,
                         d.payload.decode(),
-                        DISABLED if disabled else PENDING,
-                        None if disabled else decision.decided_at,
+                        status,
+                        decision.decided_at if status == PENDING else None,
                         f"target disabled: {disabled['reason']}" if disabled else None,
                         decision.decided_at,
                     ),
                 )
             return True
+
+    def decision_at(
+        self, policy: str, segment_key: str, record_type: str, window_index: int
+    ) -> dict[str, Any] | None:
+        """The decision that window completed, if any (to announce a replayed one again)."""
+        rows = self._query(
+            "SELECT * FROM decisions WHERE policy = ? AND segment_key = ? AND record_type = ?"
+            " AND window_index = ? ORDER BY rowid DESC LIMIT 1",
+            (policy, segment_key, record_type, window_index),
+        )
+        return self._with_deliveries(rows)[0] if rows else None
+
+    # -- approval -----------------------------------------------------------------------
+
+    def resolve_approval(
+        self, episode_id: str, verdict: Verdict, *, by: str, now: float, note: str = ""
+    ) -> tuple[dict[str, Any], bool]:
+        """Approve (its held deliveries become due now) or reject (they are cancelled) a held
+        decision; returns the decision and whether this call changed it.
+
+        The same verdict again changes nothing (a retried request); the other verdict, an
+        unknown episode or one that needs no approval raise :class:`ApprovalError`.
+        """
+        if verdict not in (APPROVED, REJECTED):
+            raise ValueError(f"verdict must be {APPROVED!r} or {REJECTED!r}, not {verdict!r}")
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT approval, approval_by FROM decisions WHERE episode_id = ?", (episode_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownEpisode(f"no decision with episode id {episode_id!r}")
+            current = row["approval"]
+            if current is None:
+                raise ApprovalConflict(
+                    f"episode {episode_id} needs no approval (its policy has no approval gate)"
+                )
+            changed = current == HELD
+            if not changed and current != verdict:
+                raise ApprovalConflict(
+                    f"episode {episode_id} was already {current} by {row['approval_by']}"
+                )
+            if changed:
+                conn.execute(
+                    "UPDATE decisions SET approval = ?, approval_by = ?, approval_at = ?,"
+                    " approval_note = ?, approval_announced = 0 WHERE episode_id = ?",
+                    (verdict, by, now, note, episode_id),
+                )
+                if verdict == APPROVED:
+                    conn.execute(
+                        "UPDATE deliveries SET status = ?, next_attempt_at = ?, updated_at = ?"
+                        " WHERE episode_id = ? AND status = ?",
+                        (PENDING, now, now, episode_id, HELD),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ?"
+                        " WHERE episode_id = ? AND status = ?",
+                        (CANCELLED, f"rejected by {by}", now, episode_id, HELD),
+                    )
+        stored = self.get_decision(episode_id)
+        assert stored is not None
+        return stored, changed
+
+    def unannounced_approvals(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Approvals and rejections whose event is not yet known to be published."""
+        rows = self._query(
+            "SELECT * FROM decisions WHERE approval_announced = 0 ORDER BY approval_at LIMIT ?",
+            (max(0, int(limit)),),
+        )
+        return self._with_deliveries(rows)
+
+    def mark_announced(self, episode_ids: Sequence[str]) -> None:
+        if not episode_ids:
+            return
+        marks = ",".join("?" * len(episode_ids))
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE decisions SET approval_announced = 1 WHERE episode_id IN ({marks})",
+                list(episode_ids),
+            )
+
+    # -- tracker state ------------------------------------------------------------------
+
+    def save_states(self, policy: str, states: Iterable[TrackerState], now: float) -> None:
+        """Store trackers' states (one transaction; nothing when ``states`` is empty)."""
+        states = list(states)
+        if states:
+            with self._tx() as conn:
+                self._write_states(conn, policy, states, now)
+
+    @staticmethod
+    def _write_states(
+        conn: sqlite3.Connection, policy: str, states: Iterable[TrackerState], now: float
+    ) -> None:
+        for st in states:
+            # NaN is not JSON: a window without the signal is stored as null.
+            recent = [[i, None if math.isnan(v) else v, n] for i, v, n in st.recent]
+            conn.execute(
+                "INSERT OR REPLACE INTO tracker_state (policy, segment_key, record_type,"
+                " last_window, last_closed_at, recent, episode_open, episode_id, episode_start,"
+                " clear_count, last_fired_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    policy,
+                    st.segment_key,
+                    st.record_type,
+                    st.last_window,
+                    st.last_closed_at,
+                    json.dumps(recent, separators=(",", ":")),
+                    int(st.episode_open),
+                    st.episode_id,
+                    st.episode_start,
+                    st.clear_count,
+                    st.last_fired_at,
+                    now,
+                ),
+            )
+
+    def load_states(self, policy: str) -> list[TrackerState]:
+        """Every stored tracker state of ``policy``."""
+        rows = self._query(
+            "SELECT * FROM tracker_state WHERE policy = ? ORDER BY segment_key, record_type",
+            (policy,),
+        )
+        return [
+            TrackerState(
+                segment_key=r["segment_key"],
+                record_type=r["record_type"],
+                last_window=r["last_window"],
+                last_closed_at=r["last_closed_at"],
+                recent=tuple(
+                    (i, math.nan if v is None else float(v), n) for i, v, n in json.loads(r["recent"])
+                ),
+                episode_open=bool(r["episode_open"]),
+                episode_id=r["episode_id"],
+                episode_start=r["episode_start"],
+                clear_count=r["clear_count"],
+                last_fired_at=r["last_fired_at"],
+            )
+            for r in rows
+        ]
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        """Episodes still open (decided, not cleared), per policy and key."""
+        rows = self._query(
+            "SELECT policy, segment_key, record_type, episode_id, episode_start, clear_count,"
+            " last_window, updated_at FROM tracker_state WHERE episode_open = 1"
+            " ORDER BY policy, segment_key, record_type"
+        )
+        return [dict(r) for r in rows]
 
     def get_decision(self, episode_id: str) -> dict[str, Any] | None:
         """One decision as a plain dict with its ``deliveries``; ``None`` when unknown."""
@@ -266,13 +513,22 @@ class Ledger:
         policy: str | None = None,
         segment_key: str | None = None,
         kind: str | None = None,
+        approval: str | None = None,
     ) -> list[dict[str, Any]]:
         """Newest decisions first, each a plain dict with a ``deliveries`` list.
 
         Delivery targets are shown without query string or userinfo, and without payloads.
+        ``approval``: only decisions in that approval state (``held``, ``approved``,
+        ``rejected``).
         """
         where, args = [], []
-        for column, value in (("policy", policy), ("segment_key", segment_key), ("kind", kind)):
+        filters = (
+            ("policy", policy),
+            ("segment_key", segment_key),
+            ("kind", kind),
+            ("approval", approval),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -285,6 +541,8 @@ class Ledger:
 
     def _with_deliveries(self, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
         decisions = [dict(r) for r in rows]
+        for d in decisions:
+            d.pop("approval_announced", None)  # bookkeeping of the stage, not of the decision
         if not decisions:
             return []
         ids = [d["episode_id"] for d in decisions]

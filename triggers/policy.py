@@ -15,10 +15,16 @@ K > 0 the decision opens an *episode* that lasts until K windows in a row fall b
 ``clear_threshold`` (default: the threshold); no decision is taken while it is open, so one
 long drift is one episode however long it lasts, and the policy re-arms only after the clear.
 
-State lives in memory. After a restart the tracker relearns from the results it is fed again;
-:func:`episode_id` is a pure function of the run, so a replayed run gets the id it had before
-and the ledger refuses to decide it twice. :meth:`PolicyTracker.restore_fired` seeds cooldowns
-from the ledger.
+State survives restarts: :meth:`PolicyTracker.take_dirty` hands out a :class:`TrackerState`
+per key that changed (the last M windows' values, the open episode and its clear count, the
+last window seen, the last firing), the stage stores them in the ledger, and
+:meth:`PolicyTracker.restore` puts them back, so a restarted tracker continues exactly where
+it was. Results at or below the last window seen for a key are replays (the bus is at least
+once; input offsets are committed after the batch's outputs): they are ignored, never counted
+twice (:meth:`PolicyTracker.is_replay`). A lower window index whose window closed *later* than
+the last one seen is the drift engine numbering again from scratch, not a replay: the run
+starts afresh. :func:`episode_id` is a pure function of the run, so a run replayed without its
+state gets the id it had before and the ledger refuses to decide it twice.
 
 >>> from observer.core.config import PolicyConfig
 >>> from observer.core.records import DriftResult
@@ -156,18 +162,70 @@ class _Window:
     n: int
 
 
+@dataclass(frozen=True)
+class TrackerState:
+    """Everything a tracker knows about one ``(segment_key, record_type)``: what the ledger
+    stores so that a restarted tracker resumes exactly where it was.
+
+    ``recent`` holds the last M windows as ``(index, value, n)``, oldest first (a window
+    missing from the indices is ``(index, nan, 0)``); whether each qualifies is recomputed
+    from them on :meth:`PolicyTracker.restore`, so a changed threshold applies at once.
+    """
+
+    segment_key: str
+    record_type: str
+    last_window: int | None
+    """The last window index counted: results at or below it are replays."""
+    last_closed_at: int | None
+    """``closed_at_unix_nano`` of that window (tells a replay from a renumbering engine)."""
+    recent: tuple[tuple[int, float, int], ...]
+    episode_open: bool
+    episode_id: str | None
+    """The open episode (None when none is open)."""
+    episode_start: int | None
+    """First window of the open episode's run."""
+    clear_count: int
+    """Windows in a row that met the clear condition so far."""
+    last_fired_at: float | None
+
+
 @dataclass
 class _KeyState:
     last_window: int | None = None
+    last_closed_at: int | None = None
     # The last M windows, oldest first; missing indices are filled in as not qualifying.
     recent: deque[_Window] = field(default_factory=deque)
     episode_open: bool = False
+    episode_id: str | None = None
+    episode_start: int | None = None
     clear_count: int = 0
     last_fired_at: float | None = None
 
 
 class PolicyTracker:
-    """Per-key hysteresis, episodes and cooldown for one :class:`PolicyConfig`."""
+    """Per-key hysteresis, episodes and cooldown for one :class:`PolicyConfig`.
+
+    State round-trips through :class:`TrackerState`; a restored tracker decides exactly as the
+    original would have:
+
+    >>> from observer.core.config import PolicyConfig
+    >>> from observer.core.records import DriftResult
+    >>> def window(i: int, share: float) -> DriftResult:
+    ...     return DriftResult(segment={"service": "shop"}, segment_key="shop",
+    ...         record_type="llm", window_index=i, n_reference=500, n_current=500, features=[],
+    ...         drift_share=share, dataset_drift=share >= 0.5, closed_at_unix_nano=i)
+    >>> cfg = PolicyConfig(name="p", consecutive_windows=3)
+    >>> before = PolicyTracker(cfg)
+    >>> before.update(window(1, 0.9), now=0), before.update(window(2, 0.9), now=0)
+    (None, None)
+    >>> (saved,) = before.take_dirty()
+    >>> after = PolicyTracker(cfg)
+    >>> after.restore(saved)
+    >>> after.update(window(2, 0.9), now=0) is None  # a replay: already counted
+    True
+    >>> after.update(window(3, 0.9), now=0).first_window_index
+    1
+    """
 
     def __init__(self, policy: PolicyConfig) -> None:
         self.policy = policy
@@ -176,19 +234,22 @@ class PolicyTracker:
             policy.threshold if policy.clear_threshold is None else policy.clear_threshold
         )
         self._state: dict[tuple[str, str], _KeyState] = {}
+        self._dirty: set[tuple[str, str]] = set()
 
     def watches(self, result: DriftResult) -> bool:
         """Whether the window belongs to this policy at all (record type and segment)."""
         p = self.policy
         return result.record_type in p.record_types and segment_matches(result.segment, p.segments)
 
+    def _qualifies(self, value: float, n: int) -> bool:
+        # NaN compares False: a window without the signal never qualifies.
+        return n >= self.policy.min_samples and value >= self.policy.threshold
+
     def qualifies(self, result: DriftResult) -> bool:
         """Whether this window counts towards a run."""
         p = self.policy
-        return (
-            self.watches(result)
-            and result.n_current >= p.min_samples
-            and signal_of(result, p.signal, p.feature, p.degradation) >= p.threshold
+        return self.watches(result) and self._qualifies(
+            signal_of(result, p.signal, p.feature, p.degradation), result.n_current
         )
 
     def restore_fired(self, segment_key: str, record_type: str, at: float) -> None:
@@ -202,6 +263,70 @@ class PolicyTracker:
         state = self._state.get((segment_key, record_type))
         return bool(state and state.episode_open)
 
+    # -- persistence --------------------------------------------------------------------
+
+    def state(self, segment_key: str, record_type: str) -> TrackerState | None:
+        """The key's state as a plain value (None for a key never seen)."""
+        s = self._state.get((segment_key, record_type))
+        if s is None:
+            return None
+        return TrackerState(
+            segment_key=segment_key,
+            record_type=record_type,
+            last_window=s.last_window,
+            last_closed_at=s.last_closed_at,
+            recent=tuple((w.index, w.value, w.n) for w in s.recent),
+            episode_open=s.episode_open,
+            episode_id=s.episode_id,
+            episode_start=s.episode_start,
+            clear_count=s.clear_count,
+            last_fired_at=s.last_fired_at,
+        )
+
+    def restore(self, saved: TrackerState) -> None:
+        """Put a stored state back (at start, before any result is fed)."""
+        key = (saved.segment_key, saved.record_type)
+        fired = self._state[key].last_fired_at if key in self._state else None
+        recent = deque(
+            _Window(i, self._qualifies(v, n), v, n) for i, v, n in saved.recent[-self.window_of :]
+        )
+        last_fired = [t for t in (fired, saved.last_fired_at) if t is not None]
+        self._state[key] = _KeyState(
+            last_window=saved.last_window,
+            last_closed_at=saved.last_closed_at,
+            recent=recent,
+            episode_open=saved.episode_open,
+            episode_id=saved.episode_id,
+            episode_start=saved.episode_start,
+            clear_count=saved.clear_count,
+            last_fired_at=max(last_fired) if last_fired else None,
+        )
+
+    def take_dirty(self) -> list[TrackerState]:
+        """States of the keys that changed since the last call (what to store now)."""
+        keys, self._dirty = self._dirty, set()
+        return [s for k in sorted(keys) if (s := self.state(*k)) is not None]
+
+    def is_replay(self, result: DriftResult) -> bool:
+        """Whether the window was counted already (a redelivery): at or below the last one
+        seen for its key, and not a renumbering engine (which closes its windows later)."""
+        state = self._state.get((result.segment_key, result.record_type))
+        return state is not None and self._replayed(state, result)
+
+    @staticmethod
+    def _replayed(state: _KeyState, result: DriftResult) -> bool:
+        last = state.last_window
+        if last is None or result.window_index > last:
+            return False
+        if result.window_index == last:
+            return True
+        renumbered = (
+            state.last_closed_at is not None and result.closed_at_unix_nano > state.last_closed_at
+        )
+        return not renumbered
+
+    # -- the state machine --------------------------------------------------------------
+
     def update(self, result: DriftResult, now: float) -> Decision | None:
         """Feed one window; a :class:`Decision` when it completes a run."""
         p = self.policy
@@ -209,12 +334,14 @@ class PolicyTracker:
             return None  # another stream: it neither counts nor breaks a run
         key = (result.segment_key, result.record_type)
         state = self._state.setdefault(key, _KeyState())
+        if self._replayed(state, result):
+            return None  # counted before (at-least-once upstream, or replayed after a crash)
         index = result.window_index
-        if state.last_window is not None and index == state.last_window:
-            return None  # the same window delivered again (at-least-once upstream)
         previous = state.last_window
         contiguous = previous is not None and index == previous + 1
         state.last_window = index
+        state.last_closed_at = result.closed_at_unix_nano
+        self._dirty.add(key)
         value = signal_of(result, p.signal, p.feature, p.degradation)
 
         if state.episode_open:
@@ -225,6 +352,7 @@ class PolicyTracker:
                 state.clear_count = state.clear_count + 1 if contiguous else 1
             if state.clear_count >= p.clear_windows:
                 state.episode_open = False
+                state.episode_id = state.episode_start = None
                 state.clear_count = 0
                 state.recent.clear()
             return None
@@ -235,7 +363,9 @@ class PolicyTracker:
             # Windows we never saw cannot count: they enter the history as not qualifying.
             for missing in range(max(index - self.window_of, previous + 1), index):
                 state.recent.append(_Window(missing, False, math.nan, 0))
-        state.recent.append(_Window(index, self.qualifies(result), value, result.n_current))
+        state.recent.append(
+            _Window(index, self._qualifies(value, result.n_current), value, result.n_current)
+        )
         while len(state.recent) > self.window_of:
             state.recent.popleft()
         counted = [w for w in state.recent if w.qualifies]
@@ -270,14 +400,16 @@ class PolicyTracker:
         else:
             state.last_fired_at = now
         state.recent.clear()
+        episode = episode_id(p.name, result.segment_key, result.record_type, first)
         if p.clear_windows > 0:
             state.episode_open = True
+            state.episode_id, state.episode_start = episode, first
             state.clear_count = 0
         return Decision(
             policy=p.name,
             segment_key=result.segment_key,
             record_type=result.record_type,
-            episode_id=episode_id(p.name, result.segment_key, result.record_type, first),
+            episode_id=episode,
             kind=kind,
             reason=reason,
             window_index=index,

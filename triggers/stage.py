@@ -18,12 +18,28 @@ that fixes the episode-derived run name and the Parquet export of the drifted wi
 consumption by a bounded amount; the rest wait for the next tick. Because the outbox is in
 SQLite, a restarted stage resumes undelivered webhooks.
 
-Tracker state (runs in progress) is in memory; cooldowns are restored from the ledger at
-start. A restarted stage fed the same drift results again rebuilds the same runs with the
-same episode ids, and the ledger's unique episode id keeps them from being decided twice:
-no new deliveries are created. The event of an episode already in the ledger is emitted
-again as recorded (the bus is at-least-once, and the first announcement may not have been
-acknowledged before a crash); consumers deduplicate on ``episode_id``.
+Tracker state (the last windows, open episodes, clear counts, the last window seen) is in the
+ledger (:meth:`~triggers.ledger.Ledger.save_states`): written in the decision's transaction,
+and at the end of every batch; a restarted stage restores it and continues where it was.
+Input offsets are committed only after the batch's outputs are acknowledged, so a restarted
+stage is fed results it has counted already: the trackers ignore them (at or below the last
+window seen), and when such a result completed a decision, that decision's event is emitted
+again as recorded (its first announcement may not have been acknowledged before the crash);
+consumers deduplicate on ``episode_id``.
+
+Approval (``approval: true``, ``approval_mode: ledger``): a fired decision is recorded
+``held``, its deliveries planned but not due, and announced as a ``held`` event.
+``observer triggers approve|reject`` or the admin API record the verdict in the ledger;
+``tick`` then announces it (``approved``/``rejected``) and, once approved, delivers. The
+announcement is marked done at the next ``tick``: the :class:`~observer.core.bus.StageRunner`
+calls ``tick`` again only after the previous outputs were acknowledged (a failed produce ends
+the runner), so an approval's event is published at least once.
+
+Exports: when a decision has data to export (``kafka`` given, ``trigger.export.uri`` set,
+the result names its records), every action's payload carries the Parquet locations
+(webhook ``data.export``, Argo/KFP ``current-data``/``reference-data``), and each action
+exports (once per episode and process; the files are a pure function of the episode) before
+it sends.
 """
 
 from __future__ import annotations
@@ -40,7 +56,15 @@ from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.ledger import DEAD_LETTER, DELIVERED, DISABLED, FAILED, Delivery, Ledger, NewDelivery
+from triggers.ledger import (
+    DEAD_LETTER,
+    DELIVERED,
+    DISABLED,
+    FAILED,
+    Delivery,
+    Ledger,
+    NewDelivery,
+)
 from triggers.policy import Decision, DecisionKind, PolicyTracker
 from triggers.redact import public_target
 from triggers.signing import check_secret
@@ -70,7 +94,7 @@ TRIGGER_ERRORS = Counter(
 )
 
 WEBHOOK, ARGO, KFP = "webhook", "argo", "kfp"
-EventKind = Literal["fired", "suppressed", "delivery"]
+EventKind = Literal["fired", "suppressed", "held", "approved", "rejected", "delivery"]
 
 
 class TriggerStage:
@@ -110,6 +134,9 @@ class TriggerStage:
         self.trackers: list[PolicyTracker] = []
         for policy in cfg.policies:
             tracker = PolicyTracker(policy)
+            for saved in self.ledger.load_states(policy.name):
+                tracker.restore(saved)
+            # Decisions recorded by a ledger older than its states still count for cooldowns.
             for (segment_key, record_type), at in self.ledger.last_fired(policy.name).items():
                 tracker.restore_fired(segment_key, record_type, at)
             self.trackers.append(tracker)
@@ -134,6 +161,9 @@ class TriggerStage:
         self.argo: ArgoAction | None = None
         self.kfp: KfpAction | None = None
         exporter = self._export if kafka is not None and cfg.export.uri else None
+        self._exported: dict[str, dict[str, int]] = {}
+        # Episode ids of the approval events handed out by the last tick (see the docstring).
+        self._announcing: list[str] = []
         if ARGO in wanted:
             from triggers.argo import ArgoAction
 
@@ -144,16 +174,21 @@ class TriggerStage:
             self.kfp = KfpAction(cfg.kfp, exporter=exporter)
 
     def _export(self, run: dict[str, Any]) -> dict[str, int]:
+        """Export the episode's windows (``run["export"]``), once per episode and process."""
         from triggers.export import export_episode
 
         assert self.kafka is not None
-        export = self.cfg.export
-        return export_episode(
-            self.kafka,
-            run["export"],
-            max_records=export.max_records,
-            storage_options=export.storage_options,
-        )
+        spec = run["export"]
+        done = self._exported.get(spec["episode_id"])
+        if done is None:
+            export = self.cfg.export
+            done = self._exported[spec["episode_id"]] = export_episode(
+                self.kafka,
+                spec,
+                max_records=export.max_records,
+                storage_options=export.storage_options,
+            )
+        return done
 
     def close(self) -> None:
         self.sender.close()
@@ -187,31 +222,58 @@ class TriggerStage:
                 continue
             now = self.clock()
             for tracker in self.trackers:
+                if tracker.watches(record) and tracker.is_replay(record):
+                    outputs += self._announce_again(tracker.policy, record)
+                    continue
                 decision = tracker.update(record, now)
                 if decision is not None:
-                    outputs += self._decide(tracker.policy, decision, record)
+                    outputs += self._decide(tracker, decision, record)
+        # Once per batch, before the runner produces and commits: a crash after this point
+        # replays results the stored state has counted already, and they are ignored.
+        now = self.clock()
+        for tracker in self.trackers:
+            self.ledger.save_states(tracker.policy.name, tracker.take_dirty(), now)
         return outputs
 
+    def _announce_again(self, policy: PolicyConfig, result: DriftResult) -> list[Output]:
+        """A replayed result that completed a decision: its event again, as recorded."""
+        stored = self.ledger.decision_at(
+            policy.name, result.segment_key, result.record_type, result.window_index
+        )
+        return [self._decision_output(stored)] if stored else []
+
+    def _holds(self, policy: PolicyConfig, decision: Decision) -> bool:
+        return decision.kind == "fired" and policy.approval and policy.approval_mode == "ledger"
+
     def _decide(
-        self, policy: PolicyConfig, decision: Decision, result: DriftResult
+        self, tracker: PolicyTracker, decision: Decision, result: DriftResult
     ) -> list[Output]:
+        policy = tracker.policy
         deliveries: list[NewDelivery] = []
         if decision.kind == "fired":
-            payload = build_payload(decision, result)
+            export = self._export_spec(decision, result)
+            payload = build_payload(decision, result, export)
             deliveries = [NewDelivery(w.url, payload, WEBHOOK) for w in policy.webhooks]
-            deliveries += self._run_deliveries(policy, decision, result)
-        if not self.ledger.record_decision(decision, deliveries):
+            deliveries += self._run_deliveries(policy, decision, result, export)
+        hold = self._holds(policy, decision)
+        # The tracker's state goes in the same transaction: after a crash either both the
+        # decision and the state that led to it are stored, or neither is.
+        recorded = self.ledger.record_decision(
+            decision, deliveries, policy_states=tracker.take_dirty(), hold=hold
+        )
+        if not recorded:
             stored = self.ledger.get_decision(decision.episode_id)
             log.info("episode %s is already in the ledger: not decided again", decision.episode_id)
             return [self._decision_output(stored)] if stored else []
         TRIGGERS.labels(decision.policy, decision.kind).inc()
         log.info(
-            "policy %s %s for %s/%s: %s",
+            "policy %s %s for %s/%s: %s%s",
             decision.policy,
             decision.kind,
             decision.segment_key,
             decision.record_type,
             decision.reason,
+            "; held for approval" if hold else "",
         )
         stored = self.ledger.get_decision(decision.episode_id)
         assert stored is not None
@@ -233,8 +295,19 @@ class TriggerStage:
                 )
         return outputs
 
+    def _export_spec(self, decision: Decision, result: DriftResult) -> dict[str, Any] | None:
+        if self.kafka is None or not self.cfg.export.uri:
+            return None  # nothing to read the windows back from, or nowhere to put them
+        from triggers.export import export_spec
+
+        return export_spec(self.cfg.export.uri, decision.policy, decision.episode_id, result)
+
     def _run_deliveries(
-        self, policy: PolicyConfig, decision: Decision, result: DriftResult
+        self,
+        policy: PolicyConfig,
+        decision: Decision,
+        result: DriftResult,
+        export: dict[str, Any] | None,
     ) -> list[NewDelivery]:
         if not policy.actions:
             return []
@@ -245,7 +318,7 @@ class TriggerStage:
             result=result,
             policy=policy,
             name_prefix=self.cfg.argo.name_prefix,
-            export_uri=self.cfg.export.uri if self.kafka is not None else None,
+            export=export,
         )
         payload = json.dumps(run, separators=(",", ":"), sort_keys=True).encode()
         out = []
@@ -256,12 +329,33 @@ class TriggerStage:
         return out
 
     def _decision_output(self, stored: dict[str, Any]) -> Output:
+        if stored["approval"] is not None:
+            # Announced as it was decided: held (its approval is an event of its own).
+            reason = f"{stored['reason']}; held for approval"
+            return self._event(stored, "held", reason, status="held", at=stored["decided_at"])
         return self._event(stored, stored["kind"], stored["reason"], at=stored["decided_at"])
+
+    def _approval_output(self, stored: dict[str, Any]) -> Output:
+        verdict = stored["approval"]
+        reason = f"{verdict} by {stored['approval_by']}"
+        if stored["approval_note"]:
+            reason += f": {stored['approval_note']}"
+        return self._event(stored, verdict, reason, status=verdict, at=stored["approval_at"])
 
     # -- deliveries ---------------------------------------------------------------------
 
     def tick(self) -> list[Output]:
+        # Being called again means the runner produced the last tick's outputs: the approval
+        # events handed out then are published.
+        self.ledger.mark_announced(self._announcing)
+        self._announcing = []
         outputs: list[Output] = []
+        for stored in self.ledger.unannounced_approvals():
+            outputs.append(self._approval_output(stored))
+            self._announcing.append(stored["episode_id"])
+            log.info(
+                "episode %s %s by %s", stored["episode_id"], stored["approval"], stored["approval_by"]
+            )
         started = time.monotonic()
         due = self.ledger.due_deliveries(self.clock(), limit=self.max_deliveries_per_tick)
         for i, delivery in enumerate(due):
@@ -278,14 +372,26 @@ class TriggerStage:
                 # The configuration lost this target since the decision: without its secret
                 # the delivery can never be signed.
                 return "no webhook with this target in the policy's configuration any more"
-            return lambda now: self.sender.attempt(
-                webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
-            )
+            return lambda now: self._send_webhook(webhook, delivery, now)
         action = {ARGO: self.argo, KFP: self.kfp}.get(delivery.action)
         if action is None or action.target != delivery.target:
             return f"no {delivery.action} target {public_target(delivery.target)} configured any more"
         run = json.loads(delivery.payload)
         return lambda now: action.attempt(run, delivery.attempts, now)
+
+    def _send_webhook(self, webhook: WebhookConfig, delivery: Delivery, now: float) -> AttemptResult:
+        """Export the windows the payload points at (when it does), then POST it."""
+        export = json.loads(delivery.payload)["data"].get("export")
+        if export is not None and self.kafka is not None:
+            try:
+                self._export({"export": export})
+            # Kafka, storage, credentials: transient as far as we can tell; retried, bounded.
+            except Exception as exc:  # noqa: BLE001
+                error = f"export: {type(exc).__name__}: {exc}"[:300]
+                return self.sender.failure(webhook, delivery.attempts, now, error)
+        return self.sender.attempt(
+            webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
+        )
 
     def _deliver(self, delivery: Delivery) -> list[Output]:
         now = self.clock()

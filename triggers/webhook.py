@@ -134,10 +134,15 @@ def iso8601(unix_s: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def build_payload(decision: Decision, result: DriftResult) -> bytes:
+def build_payload(
+    decision: Decision, result: DriftResult, export: dict[str, Any] | None = None
+) -> bytes:
     """The Standard Webhooks body for a decision: ``{type, timestamp, data}``, compact JSON.
 
-    ``result`` is the window that completed the run.
+    ``result`` is the window that completed the run. ``export`` (see
+    :func:`triggers.export.export_spec`) says where the drifted window and its reference are
+    written as Parquet before the webhook is sent: ``data.export.current`` and
+    ``data.export.reference``; ``data.export`` is null when nothing is exported.
 
     >>> from observer.core.records import DriftResult
     >>> from triggers.policy import Decision
@@ -181,6 +186,7 @@ def build_payload(decision: Decision, result: DriftResult) -> bytes:
                 for f in result.features
             ],
         },
+        "export": None if export is None else {"format": "parquet", **export},
     }
     body = {"type": EVENT_TYPE, "timestamp": iso8601(decision.decided_at), "data": data}
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -275,8 +281,29 @@ class WebhookSender:
             result = AttemptResult(
                 DISABLED, attempts, None, status_code, error, f"HTTP {status_code}: target disabled"
             )
-        elif attempts >= webhook.max_attempts:
-            result = AttemptResult(
+        else:
+            result = self.failure(
+                webhook, attempts_before, now, error or "", status_code, retry_after
+            )
+        log.info("webhook %s to %s: %s", delivery_id, target, result.detail)
+        return result
+
+    def failure(
+        self,
+        webhook: WebhookConfig,
+        attempts_before: int,
+        now: float,
+        error: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> AttemptResult:
+        """A failed attempt: retried with backoff, or dead-lettered after ``max_attempts``.
+
+        The stage uses it too when an attempt fails before the POST (the export).
+        """
+        attempts = attempts_before + 1
+        if attempts >= webhook.max_attempts:
+            return AttemptResult(
                 DEAD_LETTER,
                 attempts,
                 None,
@@ -284,22 +311,17 @@ class WebhookSender:
                 error,
                 f"{error}; gave up after {attempts} attempts",
             )
-        else:
-            delay = backoff_delay(
-                attempts, webhook.backoff_initial_s, webhook.backoff_max_s, self.rng
-            )
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            result = AttemptResult(
-                FAILED,
-                attempts,
-                now + delay,
-                status_code,
-                error,
-                f"{error}; attempt {attempts + 1} in {delay:.3g}s",
-            )
-        log.info("webhook %s to %s: %s", delivery_id, target, result.detail)
-        return result
+        delay = backoff_delay(attempts, webhook.backoff_initial_s, webhook.backoff_max_s, self.rng)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return AttemptResult(
+            FAILED,
+            attempts,
+            now + delay,
+            status_code,
+            error,
+            f"{error}; attempt {attempts + 1} in {delay:.3g}s",
+        )
 
 
 def _describe(exc: BaseException, url: str) -> str:

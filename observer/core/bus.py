@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -40,6 +40,11 @@ STAGE_LAG = Gauge(
     "observer_stage_lag_messages",
     "Messages not yet consumed on the partitions this replica holds (high watermark - position).",
     ["stage", "topic"],
+)
+STAGE_YIELD_SECONDS = Counter(
+    "observer_stage_yield_seconds_total",
+    "Seconds a stage waited for busy receivers in the same process before a batch.",
+    ["stage"],
 )
 LAG_INTERVAL_S = 1.0
 
@@ -220,6 +225,9 @@ class StageRunner:
     Poll -> process -> produce and wait for acks -> commit. A failed batch is not committed;
     the runner stops with the error so the process (or the one-process runtime) can report it
     and a restart picks the batch up again.
+
+    ``yield_to``: when it answers true, the runner waits (``max_yield_s`` at most) before its
+    next poll; the one-process runtime passes "the receivers have requests in flight".
     """
 
     def __init__(
@@ -231,8 +239,12 @@ class StageRunner:
         *,
         poll_timeout_ms: int = 200,
         ack_timeout_s: float = 30.0,
+        yield_to: Callable[[], bool] | None = None,
+        max_yield_s: float = 0.5,
     ) -> None:
         self.cfg = cfg
+        self.yield_to = yield_to
+        self.max_yield_s = max_yield_s
         self.processor = processor
         self.group_id = group_id
         self.topics = topics
@@ -257,6 +269,19 @@ class StageRunner:
         for topic, n in lag.items():
             STAGE_LAG.labels(self.processor.name, topic).set(n)
 
+    def _give_way(self, stop: threading.Event) -> None:
+        """While ``yield_to`` says so (the receivers sharing this process are busy), wait before
+        the next batch, ``max_yield_s`` at most: in one process the GIL is shared, and a
+        durable acknowledgement to a client matters more than a few seconds of analysis lag.
+        """
+        if self.yield_to is None or not self.yield_to():
+            return
+        started = time.monotonic()
+        deadline = started + self.max_yield_s
+        while self.yield_to() and time.monotonic() < deadline and not stop.is_set():
+            stop.wait(0.01)
+        STAGE_YIELD_SECONDS.labels(self.processor.name).inc(time.monotonic() - started)
+
     def run(self, stop: threading.Event) -> None:
         name = self.processor.name
         consumer = make_consumer(self.cfg, self.group_id, self.topics)
@@ -264,6 +289,7 @@ class StageRunner:
         next_lag = 0.0
         try:
             while not stop.is_set():
+                self._give_way(stop)
                 polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
                 if consumer.assignment():
                     self.assigned.set()

@@ -65,6 +65,24 @@ class ReceiverConfig(_Section):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request accepted.")
     auth_token: SecretStr | None = Field(None, description="Bearer token required when set.")
     ack_timeout_s: float = Field(30.0, gt=0, description="How long to wait for Kafka's ack.")
+    kafka_client: Literal["librdkafka", "kafka-python"] = Field(
+        "librdkafka",
+        description="Kafka client of the receivers' writes: librdkafka (confluent-kafka, C) or "
+        "kafka-python. Both place records with murmur2 and wait for acks=all.",
+    )
+    stage_yield_ms: int = Field(
+        500,
+        ge=0,
+        description="When the receivers and consuming stages share a process (observer up), "
+        "a stage waits up to this long before each batch while export requests are in flight: "
+        "bursts are acknowledged at receiver speed and analysis catches up after. 0: no wait.",
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Traces of one request that share an otlp_spans partition are packed into "
+        "one Kafka message up to this size (below Kafka's default message.max.bytes).",
+    )
     grpc_port: int = Field(4317, description="OTLP/gRPC port.")
     tenants: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -258,6 +276,12 @@ class DriftConfig(_Section):
     checkpoints: bool = Field(
         True, description="Checkpoint engine state to the drift-state topic (exactly-once restarts)."
     )
+    restore_lookback_s: float = Field(
+        60.0,
+        ge=0,
+        description="On restore, also read back results published this long before the last "
+        "committed batch (clock skew between engine hosts), to drop their replayed copies.",
+    )
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1},
         description="Drift when statistic >= threshold (Evidently 0.7 defaults).",
@@ -399,7 +423,13 @@ class PolicyConfig(_Section):
         1, ge=1, description="Runs per model in progress at once; more wait for one to finish."
     )
     approval: bool = Field(
-        False, description="Runs wait at an approval step (Argo suspend) before training."
+        False, description="A fired decision needs approval before its actions (see approval_mode)."
+    )
+    approval_mode: Literal["ledger", "argo"] = Field(
+        "ledger",
+        description="ledger: the decision is held in observer's ledger, nothing is sent until "
+        "`observer triggers approve` or POST /api/v1/triggers/{episode}/approve; argo: "
+        "actions go out at once and the Argo run waits at a suspend step before training.",
     )
     webhooks: list[WebhookConfig] = Field(default_factory=list)
 

@@ -310,11 +310,17 @@ class TriggerEvent(Record):
     segment_key: str
     record_type: str
     episode_id: str
-    event: Literal["fired", "suppressed", "delivery"]
+    event: Literal["fired", "suppressed", "held", "approved", "rejected", "delivery"] = Field(
+        description="fired/suppressed: a decision; held: fired, its actions wait for approval; "
+        "approved/rejected: the approval of a held decision (reason says who); delivery: "
+        "one action's outcome."
+    )
     reason: str
     action: str = ""
     target: str = ""
-    status: str = Field("", description="pending, delivered, failed, dead_letter, skipped.")
+    status: str = Field(
+        "", description="pending, held, delivered, failed, dead_letter, disabled, cancelled."
+    )
     attempts: int = 0
     window_index: int | None = None
     at_unix_nano: int

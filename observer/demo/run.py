@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY
 
-from observer.core.config import ObserverConfig, PolicyConfig, WebhookConfig
+from observer.core.config import ExportConfig, ObserverConfig, PolicyConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent
 from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
@@ -105,6 +105,11 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
     trigger = cfg.trigger.model_copy(
         update={"policies": [policy], "ledger_path": ledger_dir / "ledger.sqlite"}
     )
+    if trigger.export.uri == ExportConfig().uri:
+        # The episode's windows are exported for the webhook too: into the run's directory,
+        # not the caller's working directory.
+        export = trigger.export.model_copy(update={"uri": str(ledger_dir / "exports")})
+        trigger = trigger.model_copy(update={"export": export})
     kafka = cfg.kafka
     if not kafka.embedded:
         # On a shared cluster, keep each demo run's topics and groups to itself.
@@ -197,9 +202,11 @@ def _run_phases(
 
     ok = phase("baseline", BASELINE, 0)
     # Windows are per segment and count records: the change lands in this window.
+    # A first_n reference holds reference_records records; windows after it count from 1.
+    reference = cfg.drift.reference_records if cfg.drift.reference == "first_n" else window
     change_window = {
-        "llm": conversations * LLM_CALLS_PER_CONVERSATION // window,
-        "tools": conversations * TOOL_CALLS_PER_CONVERSATION // window,
+        "llm": (conversations * LLM_CALLS_PER_CONVERSATION - reference) // window + 1,
+        "tools": (conversations * TOOL_CALLS_PER_CONVERSATION - reference) // window + 1,
     }
     _say(f"behaviour changes now: from llm window {change_window['llm']}, tools window {change_window['tools']}")
     ok = phase("drifted", DRIFTED, conversations) and ok
