@@ -83,3 +83,32 @@ def test_kafka_probe(kafka_config: KafkaConfig) -> None:
     started = time.monotonic()
     assert not KafkaProbe(KafkaConfig(bootstrap_servers="127.0.0.1:1"), timeout_s=1).ready()
     assert time.monotonic() - started < 5
+
+
+def test_stage_gives_way_while_told_to_then_goes_on(kafka_config: KafkaConfig, topics: Topics) -> None:
+    """A stage sharing the process with busy receivers waits before its batches, but at most
+    ``max_yield_s`` each time: it is slowed, never starved."""
+    from observer.core.bus import STAGE_YIELD_SECONDS
+
+    producer = make_producer(kafka_config)
+    produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(20)], 10)
+    proc = Upper(topics.drift)
+    proc.name = "upper-yielding"
+    asked = threading.Event()
+
+    def receivers_busy() -> bool:
+        asked.set()
+        return True  # saturated for the whole test
+
+    runner = StageRunner(
+        kafka_config, proc, "g-yield", [topics.llm], yield_to=receivers_busy, max_yield_s=0.2
+    )
+    stop = threading.Event()
+    t = threading.Thread(target=runner.run, args=(stop,))
+    t.start()
+    out = drain(kafka_config, topics.drift, 20)
+    stop.set()
+    t.join(10)
+    assert asked.is_set()
+    assert sorted(out) == sorted(b"V%d" % i for i in range(20))  # it went on all the same
+    assert STAGE_YIELD_SECONDS.labels("upper-yielding")._value.get() > 0

@@ -195,6 +195,9 @@ def test_runtime_runs_intake_and_pairing(kafka_config: KafkaConfig, free_port) -
     runtime = Runtime(cfg, ["collect", "predictions"]).start()
     try:
         assert runtime.wait_assigned(60)
+        # One process: the consuming stage gives way to the receivers while they are busy.
+        assert runtime.intake is not None
+        assert runtime.runners["predictions"].yield_to == runtime.intake.busy
         url = runtime.endpoints()["kserve_logger"]
         assert post(url, kserve_event("request", "r-7", {"instances": [{"age": 41, "city": "Oslo"}]})).status_code == 200
         assert post(url, kserve_event("response", "r-7", {"predictions": [0.91]})).status_code == 200

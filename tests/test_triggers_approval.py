@@ -10,7 +10,6 @@ Webhooks receiver verifying with the reference package.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,57 +20,17 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fastapi import FastAPI, Request, Response
-from standardwebhooks import Webhook
 
 from observer.core.bus import Message, Output, make_consumer, make_producer, produce_all
 from observer.core.config import AdminConfig, KafkaConfig, ObserverConfig, TriggerConfig
-from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from triggers.argo_contract import ArgoContract
-from triggers.pipeline.render import workflow_template
-from triggers.signing import generate_secret
+from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers, argo_and_webhooks, emptied
 from triggers.stage import TriggerStage
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
-ARGO_TOKEN = "argo-t0ken"
 ADMIN_TOKEN = "admin-t0ken"
-SECRET = generate_secret()
 TOPICS = Topics.from_config(KafkaConfig())
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.verifier = Webhook(SECRET)
-        self.received: list[dict[str, Any]] = []
-        self.app = FastAPI()
-
-        @self.app.post("/hook")
-        async def hook(request: Request) -> Response:
-            body = await request.body()
-            self.received.append(self.verifier.verify(body, dict(request.headers)))
-            return Response(status_code=204)
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[str, ArgoContract, str, Receiver]]:
-    cfg = TriggerConfig()
-    contract = ArgoContract(SCHEMAS, [workflow_template(cfg.pipeline, cfg.argo)], token=ARGO_TOKEN)
-    receiver = Receiver()
-    with ServerThread(contract.app()) as argo, ServerThread(receiver.app) as hooks:
-        yield argo.url, contract, f"{hooks.url}/hook", receiver
-
-
-@pytest.fixture
-def env(servers: Any) -> tuple[str, ArgoContract, str, Receiver]:
-    contract, receiver = servers[1], servers[3]
-    contract.workflows.clear()
-    contract.created.clear()
-    receiver.received.clear()
-    return servers
 
 
 def trigger_data(tmp_path: Path, argo_url: str, hook_url: str) -> dict[str, Any]:
@@ -154,7 +113,7 @@ def test_held_until_approved_on_the_command_line(tmp_path: Path, env: Any) -> No
     assert contract.created == [name]
     params = {p["name"]: p["value"] for p in contract.workflows[("argo", name)]["spec"]["arguments"]["parameters"]}
     assert params["approval"] == "none"  # approved already: no suspend step in the run
-    (payload,) = receiver.received
+    (payload,) = receiver.payloads
     assert payload["data"]["episode_id"] == held.episode_id
     # The next tick means the runner published the approval: it is not announced again.
     assert stage.tick() == []
@@ -234,7 +193,7 @@ def test_admin_api_approves_and_rejects_behind_its_token(
         wait_for(lambda: any(e.event == "delivery" and e.action == "argo" for e in seen))
         wait_for(lambda: {e.event for e in seen} >= {"approved", "rejected"})
         assert contract.created == [f"retrain-{shop}"]  # the rejected one never ran
-        assert {p["data"]["episode_id"] for p in receiver.received} == {shop}
+        assert {p["data"]["episode_id"] for p in receiver.payloads} == {shop}
         listed = admin.get("/api/v1/triggers", headers=auth).json()["decisions"]
         by_id = {d["episode_id"]: d for d in listed}
         assert by_id[shop]["approval"] == "approved"
@@ -244,3 +203,14 @@ def test_admin_api_approves_and_rejects_behind_its_token(
         admin.close()
         runtime.stop()
     assert runtime.errors() == {}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    with argo_and_webhooks() as running:
+        yield running
+
+
+@pytest.fixture
+def env(servers: Servers) -> Servers:
+    return emptied(servers)

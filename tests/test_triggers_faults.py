@@ -9,7 +9,6 @@ exactly one Argo run and deliver the webhook with the same ``webhook-id``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request, Response
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
 from observer.core.bus import (
     Message,
@@ -34,64 +30,18 @@ from observer.core.bus import (
     produce_all,
 )
 from observer.core.config import KafkaConfig, TriggerConfig
-from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.argo_contract import ArgoContract
-from triggers.pipeline.render import workflow_template
-from triggers.signing import generate_secret
+from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers, argo_and_webhooks, emptied
 from triggers.stage import TriggerStage
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
-TOKEN = "fault-t0ken"
-SECRET = generate_secret()
 TOPICS = Topics.from_config(KafkaConfig())
-
-
-class Receiver:
-    """Verifies with the reference ``standardwebhooks`` package, not observer's signer."""
-
-    def __init__(self) -> None:
-        self.verifier = Webhook(SECRET)
-        self.received: list[tuple[str, Any]] = []
-        self.app = FastAPI()
-
-        @self.app.post("/hook")
-        async def hook(request: Request) -> Response:
-            body = await request.body()
-            try:
-                payload = self.verifier.verify(body, dict(request.headers))
-            except WebhookVerificationError:
-                payload = None
-            self.received.append((request.headers["webhook-id"], payload))
-            return Response(status_code=204)
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[str, ArgoContract, str, Receiver]]:
-    cfg = TriggerConfig()
-    contract = ArgoContract(SCHEMAS, [workflow_template(cfg.pipeline, cfg.argo)], token=TOKEN)
-    receiver = Receiver()
-    with ServerThread(contract.app()) as argo, ServerThread(receiver.app) as hooks:
-        yield argo.url, contract, f"{hooks.url}/hook", receiver
-
-
-@pytest.fixture
-def env(servers: Any) -> tuple[str, ArgoContract, str, Receiver]:
-    contract, receiver = servers[1], servers[3]
-    contract.workflows.clear()
-    contract.created.clear()
-    contract.on_create.clear()
-    contract.fail_next.clear()
-    receiver.received.clear()
-    return servers
 
 
 def config_data(tmp_path: Path, argo_url: str, hook_url: str, **policy: Any) -> dict[str, Any]:
     return {
         "ledger_path": str(tmp_path / "ledger.sqlite"),
-        "argo": {"server": argo_url, "token": TOKEN, "busy_retry_s": 1.0},
+        "argo": {"server": argo_url, "token": ARGO_TOKEN, "busy_retry_s": 1.0},
         "policies": [{
             "name": "retrain", "threshold": 0.5, "consecutive_windows": 2, "min_samples": 10,
             "cooldown_s": 3600, "actions": ["argo"],
@@ -243,3 +193,14 @@ def test_storm_inside_the_cooldown_starts_one_run(
     assert len(contract.created) == 1
     assert len({i for i, _ in receiver.received}) == 1
     stage.close()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    with argo_and_webhooks() as running:
+        yield running
+
+
+@pytest.fixture
+def env(servers: Servers) -> Servers:
+    return emptied(servers)

@@ -180,7 +180,23 @@ def test_renumbered_windows_start_afresh(tmp_path: Path) -> None:
     later = [r.model_copy(update={"closed_at_unix_nano": 10**12 + r.window_index})
              for r in windows(1, [0.9, 0.9])]
     (fired,) = events(stage.process(messages(later)))
-    assert (fired.window_index, fired.episode_id) == (2, episode_id("retrain", SEGMENT, "llm", 1))
+    assert (fired.window_index, fired.episode_id) == (
+        2, episode_id("retrain", SEGMENT, "llm", 1, generation=1))
+    stage.close()
+
+
+def test_a_new_numbering_never_reuses_an_old_episode_id(tmp_path: Path) -> None:
+    """The embedded broker keeps the engine's state in memory, the ledger is a file: after a
+    restart the same window indices drift again, and that is a new episode, decided anew."""
+    cfg = config(tmp_path, consecutive_windows=2)
+    killed_after(cfg, windows(1, [0.9, 0.9, 0.1]))
+    stage = restarted(cfg)
+    again = [r.model_copy(update={"closed_at_unix_nano": 10**12 + r.window_index})
+             for r in windows(1, [0.9, 0.9])]
+    (fired,) = events(stage.process(messages(again)))
+    assert (fired.event, fired.window_index) == ("fired", 2)
+    assert fired.episode_id != episode_id("retrain", SEGMENT, "llm", 1)
+    assert len(stage.ledger.list_decisions(10)) == 2
     stage.close()
 
 

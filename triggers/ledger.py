@@ -139,6 +139,7 @@ CREATE TABLE IF NOT EXISTS tracker_state (
     episode_start  INTEGER,
     clear_count    INTEGER NOT NULL,
     last_fired_at  REAL,
+    generation     INTEGER NOT NULL DEFAULT 0,  -- times the drift engine restarted numbering
     updated_at     REAL NOT NULL,
     PRIMARY KEY (policy, segment_key, record_type)
 )""",
@@ -448,8 +449,8 @@ class Ledger:
             conn.execute(
                 "INSERT OR REPLACE INTO tracker_state (policy, segment_key, record_type,"
                 " last_window, last_closed_at, recent, episode_open, episode_id, episode_start,"
-                " clear_count, last_fired_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " clear_count, last_fired_at, generation, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     policy,
                     st.segment_key,
@@ -462,6 +463,7 @@ class Ledger:
                     st.episode_start,
                     st.clear_count,
                     st.last_fired_at,
+                    st.generation,
                     now,
                 ),
             )
@@ -486,6 +488,7 @@ class Ledger:
                 episode_start=r["episode_start"],
                 clear_count=r["clear_count"],
                 last_fired_at=r["last_fired_at"],
+                generation=r["generation"],
             )
             for r in rows
         ]

@@ -90,13 +90,23 @@ class Decision:
     """Unix seconds, from the ``now`` given to :meth:`PolicyTracker.update`."""
 
 
-def episode_id(policy: str, segment_key: str, record_type: str, first_window_index: int) -> str:
+def episode_id(
+    policy: str, segment_key: str, record_type: str, first_window_index: int, generation: int = 0
+) -> str:
     """Deterministic id of a run: re-processing the same results yields the same id.
+
+    ``generation`` counts the times the drift engine started its window numbering again for
+    this key (its state was lost, e.g. the embedded memory-only broker restarted while the
+    ledger stayed): window 3 of a new numbering is another episode than the old window 3.
 
     >>> episode_id("p", "shop|gpt-4o", "llm", 3)
     '31f3f78f1c483357d7c666373bedee2c'
+    >>> episode_id("p", "shop|gpt-4o", "llm", 3, generation=1) != episode_id("p", "shop|gpt-4o", "llm", 3)
+    True
     """
     text = f"{policy}|{segment_key}|{record_type}|{first_window_index}"
+    if generation:
+        text += f"|g{generation}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -187,6 +197,8 @@ class TrackerState:
     clear_count: int
     """Windows in a row that met the clear condition so far."""
     last_fired_at: float | None
+    generation: int = 0
+    """Times the engine restarted its numbering for this key (see :func:`episode_id`)."""
 
 
 @dataclass
@@ -200,6 +212,7 @@ class _KeyState:
     episode_start: int | None = None
     clear_count: int = 0
     last_fired_at: float | None = None
+    generation: int = 0
 
 
 class PolicyTracker:
@@ -281,6 +294,7 @@ class PolicyTracker:
             episode_start=s.episode_start,
             clear_count=s.clear_count,
             last_fired_at=s.last_fired_at,
+            generation=s.generation,
         )
 
     def restore(self, saved: TrackerState) -> None:
@@ -300,6 +314,7 @@ class PolicyTracker:
             episode_start=saved.episode_start,
             clear_count=saved.clear_count,
             last_fired_at=max(last_fired) if last_fired else None,
+            generation=saved.generation,
         )
 
     def take_dirty(self) -> list[TrackerState]:
@@ -339,6 +354,8 @@ class PolicyTracker:
         index = result.window_index
         previous = state.last_window
         contiguous = previous is not None and index == previous + 1
+        if previous is not None and index < previous:  # not a replay: a new numbering
+            state.generation += 1  # its windows make new episode ids
         state.last_window = index
         state.last_closed_at = result.closed_at_unix_nano
         self._dirty.add(key)
@@ -400,7 +417,9 @@ class PolicyTracker:
         else:
             state.last_fired_at = now
         state.recent.clear()
-        episode = episode_id(p.name, result.segment_key, result.record_type, first)
+        episode = episode_id(
+            p.name, result.segment_key, result.record_type, first, state.generation
+        )
         if p.clear_windows > 0:
             state.episode_open = True
             state.episode_id, state.episode_start = episode, first
