@@ -27,15 +27,19 @@ from observer.core.topics import Topics
 
 TOPICS = Topics.from_config(KafkaConfig())
 
+# The first three use the first window (1000 records) as the reference.
 CONFIGS: dict[str, dict[str, str]] = {
-    "psi + jensenshannon (default)": {"numeric_method": "psi", "categorical_method": "jensenshannon"},
+    "psi + jensenshannon": {"numeric_method": "psi", "categorical_method": "jensenshannon",
+                            "reference": "first_window"},
     "wasserstein + jensenshannon": {"numeric_method": "wasserstein",
-                                    "categorical_method": "jensenshannon"},
-    "auto (Evidently's choice)": {"numeric_method": "auto", "categorical_method": "auto"},
+                                    "categorical_method": "jensenshannon",
+                                    "reference": "first_window"},
+    "auto (Evidently's choice)": {"numeric_method": "auto", "categorical_method": "auto",
+                                  "reference": "first_window"},
     # A reference of more than 1000 rows makes Evidently's choice the distances
-    # (Wasserstein, Jensen-Shannon) instead of the p-value tests.
-    "auto, first 2000 as reference": {"numeric_method": "auto", "categorical_method": "auto",
-                                      "reference": "first_n", "reference_records": "2000"},
+    # (Wasserstein, Jensen-Shannon) instead of the p-value tests: the default.
+    "auto, first 2000 (default)": {"numeric_method": "auto", "categorical_method": "auto",
+                                   "reference": "first_n", "reference_records": "2000"},
     "auto, first 3000 as reference": {"numeric_method": "auto", "categorical_method": "auto",
                                       "reference": "first_n", "reference_records": "3000"},
 }

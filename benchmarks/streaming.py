@@ -6,6 +6,10 @@
 - state: ``segments`` segments x 20 features (6 numeric, 14 categorical fields of the llm
   record) fed in process until each holds its reference and half a window; the engine's
   allocations are measured with ``tracemalloc``.
+
+Both use a one-window reference (``reference: first_window``), as measured before the default
+became a 2000-record reference: with the default, exact mode holds 2000 reference records per
+segment instead of one window's.
 """
 
 from __future__ import annotations
@@ -72,7 +76,10 @@ def throughput(records: int, window: int = 500) -> float:
         produce_all(producer, [Output(topics.llm, f"{c.service}|{c.model}", encode(c))
                                for c in batch], 120)
         producer.close()
-        engine = DriftEngine.for_kafka(DriftConfig(window_size=window), kafka, topics)
+        # A one-window reference, so that 200 records per segment close windows (the default
+        # 2000-record reference would still be filling).
+        engine = DriftEngine.for_kafka(DriftConfig(window_size=window, reference="first_window"),
+                                       kafka, topics)
         counted = 0
         done = threading.Event()
         original = engine.process
@@ -116,7 +123,7 @@ def state_mb(segments: int, window: int, mode: str = "exact") -> tuple[float, fl
     per_segment = window + window // 2
     total = segments * per_segment
     cfg = DriftConfig(window_size=window, features={"llm": FEATURES_20}, mode=mode,
-                      checkpoints=False)
+                      checkpoints=False, reference="first_window")
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     engine = DriftEngine(cfg, topics)

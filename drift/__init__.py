@@ -7,6 +7,6 @@
 - :mod:`drift.engine`: :class:`~drift.engine.DriftEngine`, the consuming stage that reads
   ``observer.llm`` and ``observer.tools`` and writes ``observer.drift``.
 - :mod:`drift.metrics`: the Prometheus metrics the engine exports.
-- :mod:`drift.reports`: Evidently HTML reports of drifted windows (admin ``/reports/{id}``,
-  ``observer drift score --report-dir``).
+- :mod:`drift.reports`: Evidently HTML reports, one per drift episode (admin
+  ``/reports/{id}``, ``observer drift score --report-dir``).
 """

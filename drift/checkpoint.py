@@ -8,8 +8,10 @@ What is stored, per stream (one segment and record type), all JSON with
 - **chunk** records, key ``{record_type}/{segment_key}/{window}/{seq}``: the values appended to
   the open window ``window`` during one processed batch (``seq`` counts the batches), plus the
   stream's *positions* (the last input offset it absorbed, per topic partition) and the open
-  window's offset ranges, and the values fed to its degradation detectors during the batch
-  (:mod:`drift.degradation`; chunk 0 also has their state as the window opened). The first chunk of a window (``seq`` 0) also carries the drift results
+  window's offset ranges, the window where the stream's current drift episode began
+  (``episode_start``, ``null`` outside an episode), and the values fed to its degradation
+  detectors during the batch (:mod:`drift.degradation`; chunk 0 also has their state as the
+  window opened). The first chunk of a window (``seq`` 0) also carries the drift results
   emitted in that batch and, when the reference closed in it, the reference inline. Every
   chunk has a ``horizon_ms``: the earliest Unix ms at which a result that a replay from this
   chunk's positions could derive again may have been published (the batch's processing time,
@@ -191,6 +193,9 @@ class RestoredStream:
     marks: list[tuple[int | None, dict[TP, int]]] = field(default_factory=list)
     """Per chunk of the open window: its ``horizon_ms`` (``None`` when not written) and its
     positions, to tell chunks of committed batches (see :mod:`drift.published`)."""
+    episode_start: int | None = None
+    """The window where the stream's current drift episode began; ``None`` when the last
+    scored window did not drift (or chunks written before episodes were checkpointed)."""
 
 
 def _degradation_values(chunks: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -272,5 +277,6 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
             degradation_snapshot=(first.get("degradation") or {}).get("snapshot"),
             degradation_values=_degradation_values(prefix),
             marks=[(c.get("horizon_ms"), positions_from_json(c["positions"])) for c in prefix],
+            episode_start=last.get("episode_start"),
         )
     return restored

@@ -44,8 +44,9 @@ def add_parsers(drift: argparse.ArgumentParser) -> None:
                        help="dataset drift when this share of features drifted "
                        "(default: drift.drift_share)")
     score.add_argument("--report-dir", metavar="DIR",
-                       help="write an Evidently HTML report of every drifted window into DIR "
-                       "(its path is the result's \"report\")")
+                       help="write an Evidently HTML report of every drift episode (consecutive "
+                       "drifted windows of a segment) into DIR (its path is the result's "
+                       "\"report\")")
     score.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
 
 

@@ -3,12 +3,20 @@
 
 For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model) and
 record type (``llm`` from ``topics.llm``, ``tools`` from ``topics.tools``) the engine fills count
-windows of ``window_size`` records. The first closed window is the segment's reference
-(window 0; nothing is emitted for it). Every later window (1, 2, ...) is scored against that
-reference, feature by feature, with Evidently 0.7's statistics (:mod:`drift.scoring`), and
-one :class:`~observer.core.records.DriftResult` keyed by the segment key is emitted to
-``topics.drift``. A result is a pure function of the stream's records: ``closed_at_unix_nano``
-is the Kafka timestamp of the record that closed the window, so a replay reproduces it.
+windows of ``window_size`` records. The segment's reference comes first (``drift.reference``,
+:mod:`drift.reference`; by default its first ``reference_records`` records, and nothing is
+emitted for it). Every later window (1, 2, ...) is scored against that reference, feature by
+feature, with Evidently 0.7's statistics (:mod:`drift.scoring`), and one
+:class:`~observer.core.records.DriftResult` keyed by the segment key is emitted to
+``topics.drift``.
+
+Drift episodes: consecutive windows of a stream with dataset drift form one episode; each of
+their results carries ``episode_start_window``, the window where the episode began (``None``
+on a window without drift), and the next window without drift ends it. Episodes are part of
+the checkpointed state, so a restart inside one continues it.
+
+A result is a pure function of the stream's records: ``closed_at_unix_nano`` is the Kafka
+timestamp of the record that closed the window, so a replay reproduces it.
 
 Values: a missing value (``None``) is skipped for numeric features; for categorical features
 the empty string ``""`` (e.g. no finish reason reported) is a category of its own, so a
@@ -38,7 +46,8 @@ type; ``observer_drift_restores_total``,
 >>> from observer.core.topics import Topics
 >>> topics = Topics.from_config(KafkaConfig())
 >>> features = {"llm": [FeatureSpec(name="output_tokens", kind="numeric")]}
->>> cfg = DriftConfig(window_size=10, features=features, numeric_method="wasserstein")
+>>> cfg = DriftConfig(window_size=10, features=features, numeric_method="wasserstein",
+...                   reference="first_n", reference_records=10)
 >>> engine = DriftEngine(cfg, topics)
 >>> def call(i, tokens):
 ...     rec = LLMCall(service="shop", model="m1", trace_id=f"t{i}", span_id="s",
@@ -51,6 +60,8 @@ type; ``observer_drift_restores_total``,
 >>> result = decode(out[0].value)
 >>> result.window_index, result.features[0].method, result.dataset_drift
 (2, 'wasserstein', True)
+>>> result.episode_start_window  # the first drifted window begins an episode
+2
 """
 
 from __future__ import annotations
@@ -144,6 +155,9 @@ class _Stream:
     touched: bool = False
     new_reference: bool = False
     results: list[DriftResult] = field(default_factory=list)
+    # The window where the current drift episode began (None: the last window did not drift);
+    # every chunk carries it, so a restart knows whether the stream is inside an episode.
+    episode_start: int | None = None
 
     def track(self, message: Message) -> None:
         span = self.open_ranges.setdefault((message.topic, message.partition), [message.offset] * 2)
@@ -168,7 +182,7 @@ class _Pending:
 
 
 class DriftEngine:
-    """Scores count windows of each segment against the segment's first window.
+    """Scores the windows of each segment against the segment's reference.
 
     Implements :class:`observer.core.bus.Processor`; run it under
     :class:`observer.core.bus.StageRunner` on :attr:`inputs` with ``cfg.group_id``.
@@ -393,6 +407,14 @@ class DriftEngine:
             return None
         closed_at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
         result = self._score(stream, stream.reference, closed, ranges, closed_at, signals)
+        # Episodes advance with every scored window, even one whose result is dropped below
+        # as already published: its copy on Kafka carries the same episode.
+        if result.dataset_drift:
+            if stream.episode_start is None:
+                stream.episode_start = result.window_index
+            result = result.model_copy(update={"episode_start_window": stream.episode_start})
+        else:
+            stream.episode_start = None
         ahead = self._ahead.get((key, record_type))
         if ahead:
             found = result.window_index in ahead
@@ -500,6 +522,7 @@ class DriftEngine:
                 "open_ranges": [[t, p, a, b] for (t, p), (a, b) in sorted(stream.open_ranges.items())],
                 "positions": positions_to_json(stream.positions),
                 "horizon_ms": min([at_ms, *horizons]),
+                "episode_start": stream.episode_start,
             }
             if stream.degradation:
                 value["degradation"] = stream.degradation.checkpoint(stream.chunks == 0)
@@ -710,6 +733,7 @@ class DriftEngine:
             stream.touched = True  # checkpoint the fresh start with the next batch
             return stream
         stream.open_ranges = {tp: list(r) for tp, r in state.open_ranges.items()}
+        stream.episode_start = state.episode_start
         stream.chunks = state.chunks
         stream.saved = len(window)
         if reference is not None:

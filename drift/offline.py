@@ -52,7 +52,9 @@ class ScoreOptions:
     threshold: float | None = None
     drift_share: float = 0.5
     report_dir: str | None = None
-    """Write an Evidently HTML report of every drifted window here (``--report-dir``)."""
+    """Write an Evidently HTML report of every drift episode here (``--report-dir``): the
+    reference against the episode's first drifted window; consecutive drifted windows of a
+    segment share it."""
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -207,6 +209,7 @@ def score_frames(
             continue
         # Cleaned and sorted once: every window of the segment is scored against it.
         ref_columns = prepare_columns({s.name: _column(ref, s) for s in specs}, specs)
+        episode_report: str | None = None  # the open drift episode's report, as the engine's
         for index, (window, rows) in enumerate(_windows(cur, options), start=1):
             features = score_columns(ref_columns, {s.name: _column(rows, s) for s in specs}, specs)
             share = drift_share(features)
@@ -221,8 +224,13 @@ def score_frames(
                 "drift_share": share,
                 "drift": share >= options.drift_share,
             }
-            if options.report_dir and result["drift"]:
-                result["report"] = _report(options, segment, result["window"], ref, rows, features)
+            if not result["drift"]:
+                episode_report = None
+            elif options.report_dir:
+                if episode_report is None:
+                    episode_report = _report(options, segment, result["window"], ref, rows,
+                                             features)
+                result["report"] = episode_report
             yield result
 
 

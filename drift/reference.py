@@ -2,10 +2,11 @@
 stream built from the configuration.
 
 ==================  =========================================================================
-``first_window``    the stream's first window (index 0); windows 1, 2, ... are scored. The
-                    default.
+``first_window``    the stream's first window (index 0); windows 1, 2, ... are scored.
 ``first_n``         the stream's first ``reference_records`` records, whatever the window
-                    kind; windows after them are numbered from 1.
+                    kind; windows after them are numbered from 1. The default (2000
+                    records, so that Evidently's ``auto`` choice picks Wasserstein and
+                    Jensen-Shannon).
 ``time_range``      the records whose event time is in ``[reference_start, reference_end)``.
                     Earlier records are skipped; the first record at or past the end closes
                     the reference and starts the windows (numbered from 1); a record of the

@@ -8,14 +8,17 @@ feature's distributions side by side, the statistic and its threshold, rendered 
 
 Two users:
 
-- the admin API (:class:`DriftReports`): ``GET /reports/{id}`` for a window whose result has
-  ``dataset_drift`` true. The report is rendered on the first request, from the records the
-  result's ``reference_ranges``/``current_ranges`` name (read back from Kafka), then cached as
+- the admin API (:class:`DriftReports`): ``GET /reports/{id}``, one report per drift
+  *episode* (consecutive windows of a stream with dataset drift; the engine sets
+  ``episode_start_window``). Every result of an episode carries the same :func:`report_id`;
+  the report compares the reference with the episode's first drifted window, which shows how
+  the episode began. It is rendered on the first request, from the records that window's
+  ``reference_ranges``/``current_ranges`` name (read back from Kafka), then cached as
   ``{dir}/{id}.html``; the newest ``keep`` files are kept. Rendering on request rather than in
   the engine keeps Evidently (about 1-2 s per report) out of the streaming path, and costs
   nothing for windows nobody looks at.
 - ``observer drift score --report-dir DIR`` (:func:`write_window_report`): one file per
-  drifted (segment, window).
+  drift episode of a segment, named after its first drifted window.
 
 The HTML is one self-contained file: Evidently's JavaScript bundle and icon font are embedded
 (``get_html_str(as_iframe=False)``), so it renders with no network access. Evidently's usage
@@ -30,6 +33,9 @@ telemetry is switched off (``DO_NOT_TRACK``) before Evidently is imported.
 >>> rid = report_id(r)
 >>> rid.startswith("llm-w3-"), valid_report_id(rid), valid_report_id("../../etc/passwd")
 (True, True, False)
+>>> later = r.model_copy(update={"window_index": 4, "episode_start_window": 3})
+>>> report_id(later) == report_id(r.model_copy(update={"episode_start_window": 3}))
+True
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,22 +106,92 @@ class Rendered:
 
 
 def report_id(result: DriftResult) -> str:
-    """A stable, URL- and file-safe id of a scored window: record type, window index and a
-    digest of the segment and both windows' offsets (so a replayed result gets the same id,
-    and a different window never does)."""
-    identity = json.dumps(
-        [
-            result.segment_key,
-            result.record_type,
-            result.window_index,
-            [r.model_dump() for r in result.reference_ranges],
-            [r.model_dump() for r in result.current_ranges],
-        ],
-        sort_keys=True,
-    )
+    """A stable, URL- and file-safe id of the report a drifted window belongs to.
+
+    Inside a drift episode (``episode_start_window`` set) every window gets the episode's id:
+    record type, the episode's first window and a digest of the segment, that window index
+    and the reference's offsets. Window indices never repeat within a stream, so a replayed
+    result gets the same id and another episode never does. A result without an episode
+    (written before episodes existed) gets its own window's id, with its offsets digested.
+    """
+    episode = result.episode_start_window
+    if episode is not None:
+        identity = json.dumps(
+            [result.segment_key, result.record_type, "episode", episode,
+             [r.model_dump() for r in result.reference_ranges]],
+            sort_keys=True,
+        )
+        window = episode
+    else:
+        identity = json.dumps(
+            [
+                result.segment_key,
+                result.record_type,
+                result.window_index,
+                [r.model_dump() for r in result.reference_ranges],
+                [r.model_dump() for r in result.current_ranges],
+            ],
+            sort_keys=True,
+        )
+        window = result.window_index
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     kind = re.sub(r"[^a-z0-9_]", "_", result.record_type.lower())[:40] or "x"
-    return f"{kind}-w{result.window_index}-{digest}"
+    return f"{kind}-w{window}-{digest}"
+
+
+def starts_episode(result: DriftResult) -> bool:
+    """Whether ``result`` is the window its report compares: the first drifted window of its
+    episode (or, for a result written before episodes, any drifted window).
+
+    >>> r = DriftResult(segment={}, segment_key="", record_type="llm", window_index=5,
+    ...                 n_reference=1, n_current=1, features=[], drift_share=1.0,
+    ...                 dataset_drift=True, closed_at_unix_nano=0, episode_start_window=4)
+    >>> starts_episode(r), starts_episode(r.model_copy(update={"episode_start_window": 5}))
+    (False, True)
+    """
+    return result.dataset_drift and result.episode_start_window in (None, result.window_index)
+
+
+@dataclass
+class Episode:
+    """The drifted windows of one drift episode that a reader holds, under one report id."""
+
+    report_id: str
+    first: DriftResult
+    """The episode's first drifted window (its report's subject) when held, else the
+    earliest held one."""
+    windows: list[int]
+    """Indices of the episode's drifted windows held, ascending."""
+    last_closed_at_unix_nano: int
+    """When the latest of those windows closed."""
+
+
+def episodes(results: Iterable[DriftResult]) -> dict[str, Episode]:
+    """Group drifted results by report, one entry per drift episode; windows without
+    dataset drift are left out. Duplicates (a result read twice) count once.
+
+    >>> def r(w, start):
+    ...     return DriftResult(segment={}, segment_key="s", record_type="llm", window_index=w,
+    ...                        n_reference=1, n_current=1, features=[], drift_share=1.0,
+    ...                        dataset_drift=start is not None, closed_at_unix_nano=w,
+    ...                        episode_start_window=start)
+    >>> found = episodes([r(3, 2), r(1, 1), r(2, None), r(4, 4), r(2, 2)])
+    >>> [(e.first.window_index, e.windows) for e in found.values()]
+    [(1, [1]), (2, [2, 3]), (4, [4])]
+    """
+    out: dict[str, Episode] = {}
+    for r in sorted(results, key=lambda r: (r.segment_key, r.record_type, r.window_index)):
+        if not r.dataset_drift:
+            continue
+        rid = report_id(r)
+        known = out.get(rid)
+        if known is None:
+            out[rid] = Episode(rid, r, [r.window_index], r.closed_at_unix_nano)
+        elif r.window_index != known.windows[-1]:
+            known.windows.append(r.window_index)
+            known.last_closed_at_unix_nano = max(known.last_closed_at_unix_nano,
+                                                 r.closed_at_unix_nano)
+    return out
 
 
 def valid_report_id(text: str) -> bool:
@@ -350,10 +426,15 @@ class DriftReports:
         return p if p.is_file() else None
 
     def get(self, result: DriftResult) -> Path:
-        """The report file of ``result``, rendering it first when it is not cached.
+        """The report file of ``result``'s episode, rendering it first when it is not cached.
 
-        Raises :class:`ReportNotFound` for a window that did not drift, and
-        :class:`ReportError` when the records cannot be read back or rendered.
+        ``result`` should be the episode's first drifted window (:func:`starts_episode`): the
+        report compares it with the reference. A later window of the episode is served only
+        when the report is already cached.
+
+        Raises :class:`ReportNotFound` for a window that did not drift, or a later window of
+        an episode whose report is not cached; :class:`ReportError` when the records cannot
+        be read back or rendered.
         """
         if not result.dataset_drift:
             raise ReportNotFound("reports exist for windows with dataset drift only")
@@ -363,6 +444,12 @@ class DriftReports:
             lock = self._locks.setdefault(rid, threading.Lock())
         with lock:  # two requests for a new report render it once
             if not path.is_file():
+                if not starts_episode(result):
+                    raise ReportNotFound(
+                        f"report {rid} compares the first window of its drift episode "
+                        f"(window {result.episode_start_window}), whose result is no longer "
+                        "held here"
+                    )
                 html_text = self.render(result).html
                 self.dir.mkdir(parents=True, exist_ok=True)
                 _write_atomically(path, html_text)
@@ -389,6 +476,8 @@ class DriftReports:
             "segment": ", ".join(f"{k}={v}" for k, v in result.segment.items()),
             "record type": result.record_type,
             "window": result.window_index,
+            "drift episode": f"began at window {result.episode_start_window}"
+            if result.episode_start_window is not None else "(not recorded)",
             "reference records": len(frames["reference"]),
             "current records": len(frames["current"]),
             "observer drift share": f"{result.drift_share:.3f}",

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from drift.reports import DriftReports, ReportError, ReportNotFound, report_id
+from drift.reports import DriftReports, Episode, ReportError, ReportNotFound, episodes, report_id
 from observer.core.config import AdminConfig
 from observer.core.records import DriftResult, TriggerEvent
 from observer.views import TopicView
@@ -82,40 +82,44 @@ def create_admin_app(
             body["report"] = f"/reports/{report_id(r)}"
         return body
 
-    def _drifted() -> dict[str, DriftResult]:
-        """Drifted results this process still holds (the drift view's history), by report id."""
+    def _drifted() -> dict[str, Episode]:
+        """Drift episodes this process still holds (the drift view's history), by report id."""
         held = [*drift_view.history(), *drift_view.latest()]
-        return {report_id(r): r for r in held if isinstance(r, DriftResult) and r.dataset_drift}
+        return episodes(r for r in held if isinstance(r, DriftResult))
 
     @app.get("/api/v1/reports", dependencies=[Depends(authorised)])
     def report_list(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        """Drift reports of the drifted windows held here (newest first); rendered on demand."""
+        """One report per drift episode held here (newest first); rendered on demand."""
         if reports is None:
             raise HTTPException(404, "drift reports are disabled (drift.reports.enabled)")
-        drifted = sorted(_drifted().items(), key=lambda kv: kv[1].closed_at_unix_nano,
-                         reverse=True)[:limit]
+        held = sorted(_drifted().values(), key=lambda e: e.last_closed_at_unix_nano,
+                      reverse=True)[:limit]
         return {"reports": [
-            {"id": rid, "url": f"/reports/{rid}", "segment": r.segment,
-             "record_type": r.record_type, "window_index": r.window_index,
-             "drift_share": r.drift_share, "closed_at_unix_nano": r.closed_at_unix_nano,
-             "rendered": reports.cached(rid) is not None}
-            for rid, r in drifted
+            {"id": e.report_id, "url": f"/reports/{e.report_id}", "segment": e.first.segment,
+             "record_type": e.first.record_type,
+             "episode_start_window": e.first.episode_start_window,
+             "window_index": e.first.window_index, "windows": e.windows,
+             "drift_share": e.first.drift_share, "closed_at_unix_nano": e.first.closed_at_unix_nano,
+             "last_closed_at_unix_nano": e.last_closed_at_unix_nano,
+             "rendered": reports.cached(e.report_id) is not None}
+            for e in held
         ]}
 
     @app.get("/reports/{rid}", dependencies=[Depends(authorised)])
     def report(rid: str) -> Response:
-        """The Evidently report of a drifted window: rendered on first request, then cached."""
+        """The Evidently report of a drift episode (the reference against its first drifted
+        window): rendered on first request, then cached."""
         if reports is None:
             raise HTTPException(404, "drift reports are disabled (drift.reports.enabled)")
         try:
             path = reports.cached(rid)
             if path is None:
-                result = _drifted().get(rid)
-                if result is None:
+                episode = _drifted().get(rid)
+                if episode is None:
                     raise ReportNotFound(
                         f"no drifted window with report id {rid!r} is known here"
                     )
-                path = reports.get(result)
+                path = reports.get(episode.first)
         except ReportNotFound as e:
             raise HTTPException(404, str(e)) from None
         except ReportError as e:

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
             add_drift_parsers(stage)  # `drift score`; plain `observer drift` runs the stage
     demo = sub.add_parser("demo", help="run the loop end to end on a synthetic agent")
-    demo.add_argument("--conversations", type=int, default=1500,
+    demo.add_argument("--conversations", type=int, default=2000,
                       help="conversations per phase (baseline, then drifted)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the loop")

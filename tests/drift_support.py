@@ -27,6 +27,18 @@ from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
 
 TOPICS = Topics.from_config(KafkaConfig(topic_prefix="dsup."))
+
+FIRST_WINDOW = {"reference": "first_window", "numeric_method": "psi",
+                "categorical_method": "jensenshannon"}
+"""The engine's settings before Evidently's ``auto`` over a 2000-record reference became the
+default: each stream's first window is its reference, PSI decides numeric features and
+Jensen-Shannon categorical ones. For tests about windows, segments, checkpoints and restarts
+(not about the default method), whose streams are a few windows long."""
+
+
+def first_window_config(**settings: Any) -> DriftConfig:
+    """A :class:`DriftConfig` with :data:`FIRST_WINDOW` under ``settings``."""
+    return DriftConfig(**{**FIRST_WINDOW, **settings})
 T0_MS = 1_700_000_000_000
 
 

@@ -87,7 +87,8 @@ def test_every_dashboard_query_returns_data(
         receiver=ReceiverConfig(http_port=free_port(), grpc_port=free_port()),
         admin=AdminConfig(port=free_port()),
         paths=PathsConfig(grace_s=0.5),
-        drift=DriftConfig(window_size=100, group_id="dash-drift", checkpoints=False),
+        drift=DriftConfig(window_size=100, group_id="dash-drift", checkpoints=False,
+                          reference="first_window"),  # 12 short windows, not 2000 records
         trigger=TriggerConfig(
             ledger_path=tmp_path / "ledger.sqlite",
             policies=[PolicyConfig(

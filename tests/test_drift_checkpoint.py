@@ -17,10 +17,17 @@ import pytest
 
 from drift.checkpoint import restore_streams
 from observer.core.bus import Message
-from observer.core.config import DriftConfig
+from observer.core.config import FeatureSpec
 from observer.core.records import LLMCall, ToolCall, encode
-from tests.drift_support import TOPICS, Runner, keyed, results_of, uninterrupted, with_kills
-
+from tests.drift_support import (
+    TOPICS,
+    Runner,
+    first_window_config,
+    keyed,
+    results_of,
+    uninterrupted,
+    with_kills,
+)
 
 
 def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
@@ -55,7 +62,7 @@ def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
     return out
 
 
-CFG = DriftConfig(window_size=25)
+CFG = first_window_config(window_size=25)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -143,3 +150,43 @@ def test_checkpoint_bytes_grow_with_input_not_with_batches() -> None:
 
 def test_restore_ignores_foreign_and_broken_records() -> None:
     assert restore_streams({"x": b"not json", "y": b'{"schema": "other"}', "z": None}) == {}
+
+
+def _episode_stream(pattern: str, window: int) -> list[Message]:
+    """One LLM segment, one window per letter of ``pattern``: ``c`` calm (the same values as
+    the reference, reordered: no drift whatever the method), ``d`` drifted (three times longer
+    answers)."""
+    rng = np.random.default_rng(17)
+    base = rng.lognormal(np.log(200), 0.3, window)
+    out = []
+    for kind in pattern:
+        for v in rng.permutation(base) * (3.0 if kind == "d" else 1.0):
+            rec = LLMCall(service="ep", model="m1", trace_id=uuid.uuid4().hex, span_id="s",
+                          output_tokens=int(v))
+            out.append(Message(TOPICS.llm, 0, len(out), b"ep|m1", encode(rec), 1 + len(out)))
+    return out
+
+
+def test_a_restart_inside_a_drift_episode_continues_it() -> None:
+    window = 40
+    cfg = first_window_config(window_size=window,
+                              features={"llm": [FeatureSpec(name="output_tokens", kind="numeric")]})
+    #                   reference, episode over windows 1-3, calm 4, episode from 5
+    stream = _episode_stream("cdddcdd", window)
+    expected = uninterrupted(cfg, stream, 10)
+    episodes = [(w, r.dataset_drift, r.episode_start_window)
+                for (_, _, w), r in sorted(expected.items())]
+    assert episodes == [(1, True, 1), (2, True, 1), (3, True, 1), (4, False, None),
+                        (5, True, 5), (6, True, 5)]
+
+    # Restart in the middle of window 2 (inside the first episode) with nothing in memory.
+    runner = Runner(cfg)
+    cut = int(2.5 * window)
+    engine = runner.engine()
+    runner.acknowledge(engine.process(stream[:cut]) + engine.tick())
+    runner.commit(stream[:cut])
+    chunks = [json.loads(v) for v in runner.store.load().values() if v is not None]
+    assert {c["episode_start"] for c in chunks if c["kind"] == "chunk"} == {1}
+    engine = runner.engine()
+    runner.acknowledge(engine.process(stream[cut:]) + engine.tick())
+    assert keyed(results_of(runner.produced)) == expected

@@ -22,7 +22,7 @@ from observer.core.bus import (
 from observer.core.config import DegradationSpec, DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
-from tests.drift_support import drain_results
+from tests.drift_support import drain_results, first_window_config
 
 TOPICS = Topics.from_config(KafkaConfig(topic_prefix="unit."))
 FINISH = ("stop", "length", "tool_calls")
@@ -104,7 +104,7 @@ def test_same_distribution_does_not_drift(method: str) -> None:
     # PSI at 0.1 (100 segments x 4 windows, measured); seeds 1, 7, 8 and 10 fail here.
     rng = np.random.default_rng(0)
     service = f"same-{method}"
-    engine = DriftEngine(DriftConfig(window_size=500, numeric_method=method), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=500, numeric_method=method), TOPICS)
     got = results(engine.process(messages(llm_calls(rng, 2000, service=service))))
     assert [r.window_index for r in got] == [1, 2, 3]
     for r in got:
@@ -117,7 +117,7 @@ def test_same_distribution_does_not_drift(method: str) -> None:
 
 def test_longer_answers_and_a_new_finish_reason_drift() -> None:
     rng = np.random.default_rng(8)
-    engine = DriftEngine(DriftConfig(window_size=500, numeric_method="wasserstein"), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=500, numeric_method="wasserstein"), TOPICS)
     baseline = llm_calls(rng, 500, service="shift")
     changed = llm_calls(
         rng,
@@ -151,7 +151,7 @@ def test_longer_answers_and_a_new_finish_reason_drift() -> None:
 
 def test_window_indices_and_sizes() -> None:
     rng = np.random.default_rng(9)
-    engine = DriftEngine(DriftConfig(window_size=10), TOPICS, clock=lambda: 42)
+    engine = DriftEngine(first_window_config(window_size=10), TOPICS, clock=lambda: 42)
     before = sample("observer_drift_windows_total", record_type="llm")
     got = results(engine.process(messages(llm_calls(rng, 45, service="idx"))))
     assert [r.window_index for r in got] == [1, 2, 3]  # window 0 is the reference; 5 left open
@@ -168,7 +168,7 @@ def test_window_indices_and_sizes() -> None:
 
 def test_outputs_are_keyed_by_segment() -> None:
     rng = np.random.default_rng(10)
-    engine = DriftEngine(DriftConfig(window_size=10), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=10), TOPICS)
     outputs = engine.process(messages(llm_calls(rng, 20, service="keyed")))
     assert [(o.topic, o.key) for o in outputs] == [(TOPICS.drift, "keyed|m1")]
 
@@ -176,7 +176,7 @@ def test_outputs_are_keyed_by_segment() -> None:
 def test_segments_do_not_mix() -> None:
     rng = np.random.default_rng(11)
     # PSI decides: Wasserstein at 0.1 false-alarms too often on 500-record windows.
-    engine = DriftEngine(DriftConfig(window_size=500, numeric_method="psi"), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=500, numeric_method="psi"), TOPICS)
     a = llm_calls(rng, 1000, service="seg", model="small")
     # Model "big" answers 3x longer and always stops: a different population, not drift.
     b = llm_calls(
@@ -199,7 +199,7 @@ def test_segments_do_not_mix() -> None:
 
 def test_tool_errors_drift() -> None:
     rng = np.random.default_rng(12)
-    engine = DriftEngine(DriftConfig(window_size=300), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=300), TOPICS)
     recs = tool_calls(rng, 300, service="tools-err") + tool_calls(
         rng, 300, service="tools-err", error_p=0.4
     )
@@ -210,7 +210,7 @@ def test_tool_errors_drift() -> None:
 
 def test_undecodable_and_misplaced_messages_are_counted_and_skipped() -> None:
     rng = np.random.default_rng(13)
-    engine = DriftEngine(DriftConfig(window_size=10), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=10), TOPICS)
 
     def errs(reason: str) -> float:
         return sample("observer_drift_errors_total", record_type="llm", reason=reason)
@@ -235,7 +235,7 @@ def test_undecodable_and_misplaced_messages_are_counted_and_skipped() -> None:
 
 def test_missing_values() -> None:
     rng = np.random.default_rng(14)
-    engine = DriftEngine(DriftConfig(window_size=100), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=100), TOPICS)
     ref = llm_calls(rng, 100, service="missing")
     # Current window: no output token counts at all, and the provider stopped sending reasons.
     cur = [
@@ -253,7 +253,7 @@ def test_missing_values() -> None:
 
 def test_psi_decides_when_configured() -> None:
     rng = np.random.default_rng(15)
-    cfg = DriftConfig(window_size=200, numeric_method="psi", thresholds={"psi": 0.25})
+    cfg = first_window_config(window_size=200, numeric_method="psi", thresholds={"psi": 0.25})
     engine = DriftEngine(cfg, TOPICS)
     recs = llm_calls(rng, 200, service="psi") + llm_calls(rng, 200, service="psi", output_scale=1.5)
     (r,) = results(engine.process(messages(recs)))
@@ -282,7 +282,7 @@ def test_processor_surface() -> None:
 
 @pytest.fixture
 def running_engine(kafka_config: KafkaConfig, topics: Topics) -> Iterator[DriftEngine]:
-    engine = DriftEngine(DriftConfig(window_size=500, numeric_method="psi"), topics)
+    engine = DriftEngine(first_window_config(window_size=500, numeric_method="psi"), topics)
     runner = StageRunner(kafka_config, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
@@ -316,7 +316,7 @@ def test_engine_on_the_broker(
 
 
 def test_results_say_where_their_windows_are_on_kafka() -> None:
-    engine = DriftEngine(DriftConfig(window_size=10), TOPICS)
+    engine = DriftEngine(first_window_config(window_size=10), TOPICS)
     messages = [
         Message(TOPICS.llm, 3, 100 + i, b"k", encode(LLMCall(service="s", model="m", trace_id="t",
                                                               span_id=str(i), output_tokens=i)), 0)
@@ -333,7 +333,7 @@ def test_results_say_where_their_windows_are_on_kafka() -> None:
 
 def test_tool_error_rate_jump_is_a_degradation_signal() -> None:
     rng = np.random.default_rng(21)
-    cfg = DriftConfig(window_size=200)  # default signals: tools error_rate (ADWIN, up)
+    cfg = first_window_config(window_size=200)  # default signals: tools error_rate (ADWIN, up)
     engine = DriftEngine(cfg, TOPICS)
     calls = tool_calls(rng, 1000, service="degrade", error_p=0.05) + tool_calls(
         rng, 600, service="degrade", error_p=0.3
@@ -357,7 +357,7 @@ def test_tool_error_rate_jump_is_a_degradation_signal() -> None:
 
 def test_latency_page_hinkley_and_llm_error_rate_configured() -> None:
     rng = np.random.default_rng(22)
-    cfg = DriftConfig(
+    cfg = first_window_config(
         window_size=100,
         degradation={"llm": [
             DegradationSpec(name="slow", field="latency_ms", detector="page_hinkley",
@@ -398,7 +398,7 @@ def test_degradation_detectors_survive_kills_exactly() -> None:
     from drift.checkpoint import MemoryCheckpointStore
 
     rng = np.random.default_rng(23)
-    cfg = DriftConfig(window_size=60, degradation={"tools": [
+    cfg = first_window_config(window_size=60, degradation={"tools": [
         DegradationSpec(name="error_rate", field="status", equals="error", clock=4),
         DegradationSpec(name="latency", field="latency_ms", detector="page_hinkley",
                         threshold=5.0, delta=0.01, min_instances=10),

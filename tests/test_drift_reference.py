@@ -35,9 +35,26 @@ def run(cfg: DriftConfig, batch: list[Message]) -> list[DriftResult]:
     return [decode(o.value) for o in engine.process(batch) if o.topic == TOPICS.drift]  # type: ignore[misc]
 
 
-def test_default_reference_is_the_first_window() -> None:
-    out = run(DriftConfig(window_size=10, features=FEATURES), calls(list(range(100, 130))))
+def test_first_window_reference() -> None:
+    cfg = DriftConfig(window_size=10, features=FEATURES, reference="first_window")
+    out = run(cfg, calls(list(range(100, 130))))
     assert [(r.window_index, r.n_reference) for r in out] == [(1, 10), (2, 10)]
+
+
+def test_default_reference_is_the_first_2000_records_and_auto_picks_wasserstein() -> None:
+    # Evidently's automatic choice over more than 1000 reference rows: Wasserstein for a
+    # numeric feature with more than 5 values (README, "What is scored").
+    cfg = DriftConfig(features=FEATURES)
+    assert (cfg.reference, cfg.reference_records, cfg.window_size) == ("first_n", 2000, 1000)
+    assert (cfg.numeric_method, cfg.categorical_method) == ("auto", "auto")
+    rng = np.random.default_rng(5)
+    tokens = [int(v) for v in rng.lognormal(5, 0.5, 3000)]
+    out = run(cfg, calls(tokens + [3 * t for t in tokens[:1000]]))
+    assert [(r.window_index, r.n_reference, r.n_current) for r in out] == [
+        (1, 2000, 1000), (2, 2000, 1000)]
+    # finish_reason is one category: Jensen-Shannon above 1000 rows, whatever the unique count.
+    assert [[f.method for f in r.features] for r in out] == [["wasserstein", "jensenshannon"]] * 2
+    assert [r.dataset_drift for r in out] == [False, True]
 
 
 @pytest.mark.parametrize("mode", ["exact", "sketch"])

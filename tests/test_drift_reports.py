@@ -24,6 +24,7 @@ from drift.reports import (
     DriftReports,
     ReportColumn,
     ReportError,
+    ReportNotFound,
     render_report,
     report_id,
     window_frame,
@@ -44,7 +45,7 @@ from observer.core.records import DriftResult, LLMCall, OffsetRange, encode
 from observer.core.topics import Topics
 from observer.views import TopicView
 from tests import browser
-from tests.drift_support import drain_results
+from tests.drift_support import drain_results, first_window_config
 from tests.drift_support import score_files as run_score
 
 WINDOW = 300
@@ -149,6 +150,11 @@ def _produce_interleaved(kafka: KafkaConfig, topic: str) -> None:
 @pytest.fixture(scope="module")
 def kafka(broker: EmbeddedBroker) -> KafkaConfig:
     """Topics of this module on the shared broker (one engine run serves every test)."""
+    return _fresh_kafka(broker)
+
+
+def _fresh_kafka(broker: EmbeddedBroker) -> KafkaConfig:
+    """Topics of their own on the shared broker."""
     tag = uuid.uuid4().hex[:8]
     cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"r{tag}.",
                       otlp_topic_prefix=f"r{tag}.", partitions=2, session_timeout_ms=6000,
@@ -163,7 +169,7 @@ def drifted(kafka: KafkaConfig) -> list[DriftResult]:
     topics = Topics.from_config(kafka)
     # drift_share 1.0: only a window where every feature drifted counts (calm windows of 300
     # records can cross one threshold by chance).
-    cfg = DriftConfig(window_size=WINDOW, features={"llm": FEATURES}, drift_share=1.0)
+    cfg = first_window_config(window_size=WINDOW, features={"llm": FEATURES}, drift_share=1.0)
     engine = DriftEngine(cfg, topics)
     runner = StageRunner(kafka, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
     stop = threading.Event()
@@ -290,6 +296,122 @@ def test_old_reports_are_pruned(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"llm-w{i}-{i:016x}.html" for i in (2, 3)]
 
 
+# --- one report per drift episode ------------------------------------------------------------
+
+
+def test_report_ids_follow_the_episode() -> None:
+    def result(window: int, episode: int | None) -> DriftResult:
+        return DriftResult(
+            segment={"service": "s"}, segment_key="s", record_type="llm", window_index=window,
+            n_reference=1, n_current=1, features=[], drift_share=1, dataset_drift=True,
+            closed_at_unix_nano=0, episode_start_window=episode,
+            current_ranges=[OffsetRange(topic="t", partition=0, first_offset=window,
+                                        last_offset=window)],
+        )
+
+    assert report_id(result(3, 3)) == report_id(result(4, 3)) == report_id(result(9, 3))
+    assert report_id(result(3, 3)).startswith("llm-w3-")
+    assert len({report_id(result(3, 3)), report_id(result(5, 5)), report_id(result(3, None))}) == 3
+
+
+def test_a_later_window_never_renders_its_episodes_report(tmp_path: Path) -> None:
+    later = DriftResult(
+        segment={"service": "x"}, segment_key="x", record_type="llm", window_index=5,
+        n_reference=10, n_current=10, features=[], drift_share=1, dataset_drift=True,
+        closed_at_unix_nano=0, episode_start_window=4,
+        current_ranges=[OffsetRange(topic="t", partition=0, first_offset=50, last_offset=59)],
+    )
+    reports = DriftReports(DriftReportsConfig(dir=tmp_path), None)
+    with pytest.raises(ReportNotFound, match=r"first window of its drift episode \(window 4\)"):
+        reports.get(later)
+    # Once the episode's report is on disk, any window of the episode is served from it.
+    (tmp_path / f"{report_id(later)}.html").write_text("rendered")
+    assert reports.get(later).read_text() == "rendered"
+
+
+EPISODES = "dddcdd"  # after the reference window: drifted x3, calm, drifted x2
+
+
+@pytest.fixture(scope="module")
+def episode_admin(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[str, DriftReports, list[DriftResult]]]:
+    """The real engine on the real broker, one segment drifting in two episodes; the admin
+    app over its results."""
+    kafka = _fresh_kafka(broker)
+    topics = Topics.from_config(kafka)
+    rng = np.random.default_rng(12)
+    reference = calls(rng, WINDOW, "ep")
+    windows = [reference]
+    for kind in EPISODES:
+        # Calm: the reference's own calls reordered, so no feature can drift by chance.
+        windows.append([reference[i] for i in rng.permutation(WINDOW)] if kind == "c" else
+                       calls(rng, WINDOW, "ep", scale=1.5, finish_p=(0.5, 0.5)))
+    producer = make_producer(kafka)
+    for record in (r for w in windows for r in w):
+        producer.send(topics.llm, key=b"ep|m1", value=encode(record), partition=0)
+    producer.flush(30)
+    producer.close()
+    cfg = first_window_config(window_size=WINDOW, features={"llm": FEATURES}, drift_share=1.0)
+    engine = DriftEngine(cfg, topics)
+    runner = StageRunner(kafka, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        got = drain_results(kafka, topics.drift, len(EPISODES))
+    finally:
+        stop.set()
+        thread.join(15)
+    assert runner.error is None
+    view = TopicView(kafka, topics.drift,
+                     lambda r: f"{r.segment_key}/{r.record_type}" if isinstance(r, DriftResult) else "")
+    view.start()
+    deadline = time.monotonic() + 30
+    while view.count < len(got) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reports = DriftReports(DriftReportsConfig(dir=tmp_path_factory.mktemp("episodes")), kafka,
+                           drift_share=1.0)
+    app = create_admin_app(AdminConfig(), kafka_ready=lambda: True, stage_errors=dict,
+                           drift_view=view, trigger_view=view, reports=reports)
+    with ServerThread(app) as server:
+        yield server.url, reports, got
+    view.stop()
+
+
+def test_consecutive_drifted_windows_share_one_report_and_a_new_episode_gets_another(
+    episode_admin: tuple[str, DriftReports, list[DriftResult]],
+) -> None:
+    url, reports, got = episode_admin
+    by_window = {r.window_index: r for r in got}
+    assert [(w, by_window[w].dataset_drift, by_window[w].episode_start_window)
+            for w in sorted(by_window)] == [
+        (1, True, 1), (2, True, 1), (3, True, 1), (4, False, None), (5, True, 5), (6, True, 5)]
+    first, second = report_id(by_window[1]), report_id(by_window[5])
+    assert first != second
+    assert {report_id(by_window[w]) for w in (1, 2, 3)} == {first}
+    assert {report_id(by_window[w]) for w in (5, 6)} == {second}
+
+    listed = httpx.get(f"{url}/api/v1/reports").json()["reports"]
+    assert [(e["id"], e["episode_start_window"], e["windows"]) for e in listed] == [
+        (second, 5, [5, 6]), (first, 1, [1, 2, 3])]
+    [latest] = httpx.get(f"{url}/api/v1/drift").json()["results"]
+    assert latest["window_index"] == 6 and latest["report"] == f"/reports/{second}"
+
+    # Every drifted window's link: two reports rendered, one per episode.
+    for w in (1, 2, 3, 5, 6):
+        page = httpx.get(f"{url}/reports/{report_id(by_window[w])}", timeout=120)
+        assert page.status_code == 200, page.text
+    assert sorted(p.name for p in reports.dir.glob("*.html")) == sorted(
+        [f"{first}.html", f"{second}.html"])
+    # The second episode's report is the reference against window 5, where it began.
+    page = reports.cached(second).read_text()
+    assert "<th style='text-align:left;padding-right:1em'>window</th><td>5</td>" in page
+    assert "began at window 5" in page
+    rendered = reports.render(by_window[5])
+    for f in by_window[5].features:
+        assert rendered.statistics[f.name] == pytest.approx(f.statistic, rel=1e-6), f.name
+
+
 # --- in a browser, without network -----------------------------------------------------------
 
 
@@ -381,6 +503,33 @@ def test_offline_reports_render_without_network_and_a_cdn_reference_is_caught(
 
     bad = browser.load(f"{base}/cdn.html")
     assert bad.foreign_requests(f"{base}/cdn.html") == ["https://cdn.jsdelivr.net/npm/plotly.js"]
+
+
+def test_offline_reports_one_per_drift_episode(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    ref = pd.DataFrame({"tokens": rng.lognormal(5, 0.5, 900),
+                        "reason": rng.choice(["stop", "length"], 900, p=[0.8, 0.2])})
+    windows = []
+    for kind in "cddcd":  # calm, drifted x2, calm, drifted
+        rows = ref.sample(300, random_state=int(rng.integers(1 << 30))).reset_index(drop=True)
+        if kind == "d":
+            rows = rows.assign(tokens=rows["tokens"] * 1.8, reason="length")
+        windows.append(rows)
+    files = {"ref": tmp_path / "ref.parquet", "cur": tmp_path / "cur.parquet"}
+    ref.to_parquet(files["ref"])
+    pd.concat(windows, ignore_index=True).to_parquet(files["cur"])
+    report_dir = tmp_path / "out"
+    code, results, err = run_score(files, window_size=300, method="psi", drift_share=1.0,
+                                   report_dir=str(report_dir))
+    assert code == 0, err
+    assert [(r["window"]["index"], r["drift"], r.get("report")) for r in results] == [
+        (1, False, None),
+        (2, True, str(report_dir / "all-window-2.html")),
+        (3, True, str(report_dir / "all-window-2.html")),
+        (4, False, None),
+        (5, True, str(report_dir / "all-window-5.html")),
+    ]
+    assert sorted(p.name for p in report_dir.iterdir()) == ["all-window-2.html", "all-window-5.html"]
 
 
 def test_offline_report_dir_that_is_a_file_is_one_clear_error(

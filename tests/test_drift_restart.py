@@ -40,6 +40,7 @@ def engine_process(kafka: KafkaConfig, group: str, admin_port: int) -> subproces
         "OBSERVER_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
         "OBSERVER_ADMIN__PORT": str(admin_port),
         "OBSERVER_DRIFT__WINDOW_SIZE": str(WINDOW),
+        "OBSERVER_DRIFT__REFERENCE": "first_window",  # short streams: a one-window reference
         "OBSERVER_DRIFT__GROUP_ID": group,
         "OBSERVER_LOG_LEVEL": "WARNING",
     }
@@ -104,7 +105,7 @@ def read_all(kafka: KafkaConfig, topic: str) -> list[Message]:
 
 def expected_results(kafka: KafkaConfig, topics: Topics) -> dict[tuple, DriftResult]:
     """What one uninterrupted engine computes from the records now on Kafka."""
-    engine = DriftEngine(DriftConfig(window_size=WINDOW), topics)
+    engine = DriftEngine(DriftConfig(window_size=WINDOW, reference="first_window"), topics)
     outputs = engine.process(read_all(kafka, topics.llm) + read_all(kafka, topics.tools))
     results = [decode(o.value) for o in outputs]
     return {(r.segment_key, r.record_type, r.window_index): r for r in results}  # type: ignore

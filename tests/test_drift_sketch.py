@@ -20,9 +20,9 @@ from drift.sketch import (
 )
 from drift.stats import METHODS
 from observer.core.bus import Message
-from observer.core.config import DriftConfig, FeatureSpec
+from observer.core.config import FeatureSpec
 from observer.core.records import LLMCall, decode, encode
-from tests.drift_support import TOPICS, messages, uninterrupted, with_kills
+from tests.drift_support import TOPICS, first_window_config, messages, uninterrupted, with_kills
 
 NUMERIC_METHODS = ("wasserstein", "psi", "jensenshannon", "ks")
 
@@ -184,7 +184,7 @@ def test_engine_sketch_verdicts_agree_with_exact_mode_outside_the_bound(shift: f
     results = {}
     for mode in ("exact", "sketch"):
         for method in ("psi", "wasserstein"):
-            cfg = DriftConfig(window_size=500, mode=mode, numeric_method=method)
+            cfg = first_window_config(window_size=500, mode=mode, numeric_method=method)
             engine = DriftEngine(cfg, TOPICS)
             out = [decode(o.value) for o in engine.process(stream) if o.topic == TOPICS.drift]
             results[mode, method] = {(r.segment_key, r.window_index): r for r in out}
@@ -207,7 +207,7 @@ def test_engine_sketch_verdicts_agree_with_exact_mode_outside_the_bound(shift: f
 def test_auto_mode_sketches_segments_beyond_the_budget() -> None:
     features = {"llm": [FeatureSpec(name="output_tokens", kind="numeric")]}
     # Room for two segments' raw values (1 feature x 2 windows x 100 records x 40 bytes each).
-    cfg = DriftConfig(window_size=100, mode="auto", exact_budget_mb=2 * 2 * 100 * 40 / 1e6,
+    cfg = first_window_config(window_size=100, mode="auto", exact_budget_mb=2 * 2 * 100 * 40 / 1e6,
                       features=features)
     engine = DriftEngine(cfg, TOPICS)
     rng = np.random.default_rng(2)
@@ -222,7 +222,7 @@ def test_auto_mode_sketches_segments_beyond_the_budget() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_sketch_mode_checkpoints_exactly_once(seed: int) -> None:
-    cfg = DriftConfig(window_size=60, mode="sketch", sketch_top_k=8)
+    cfg = first_window_config(window_size=60, mode="sketch", sketch_top_k=8)
     stream = messages(seed, 900)
     expected = uninterrupted(cfg, stream, 45)
     assert any(f.error_bound for r in expected.values() for f in r.features)

@@ -12,7 +12,7 @@ from drift.window import CountWindow, TimeWindow
 from observer.core.bus import Message
 from observer.core.config import DriftConfig, FeatureSpec
 from observer.core.records import LLMCall, decode, encode
-from tests.drift_support import TOPICS, messages, uninterrupted, with_kills
+from tests.drift_support import TOPICS, first_window_config, messages, uninterrupted, with_kills
 
 S = 1_000_000_000
 
@@ -105,8 +105,8 @@ def test_event_time_is_the_record_start_else_the_kafka_timestamp() -> None:
 
 def test_engine_scores_hourly_windows_with_their_bounds() -> None:
     features = {"llm": [FeatureSpec(name="output_tokens", kind="numeric")]}
-    cfg = DriftConfig(window_kind="tumbling", window_duration_s=3600, features=features,
-                      numeric_method="wasserstein")
+    cfg = first_window_config(window_kind="tumbling", window_duration_s=3600, features=features,
+                              numeric_method="wasserstein")
     engine = DriftEngine(cfg, TOPICS)
     rng = np.random.default_rng(4)
     batch = []
@@ -127,8 +127,8 @@ def test_engine_scores_hourly_windows_with_their_bounds() -> None:
 @pytest.mark.parametrize("kind,mode", [("tumbling", "exact"), ("tumbling", "sketch"),
                                        ("sliding", "exact"), ("sliding", "sketch")])
 def test_time_windows_checkpoint_exactly_once(kind: str, mode: str) -> None:
-    cfg = DriftConfig(window_kind=kind, window_duration_s=0.06, allowed_lateness_s=0.004,
-                      window_slide_s=0.02 if kind == "sliding" else None, mode=mode)
+    cfg = first_window_config(window_kind=kind, window_duration_s=0.06, allowed_lateness_s=0.004,
+                              window_slide_s=0.02 if kind == "sliding" else None, mode=mode)
     stream = messages(7, 800, disorder_ms=6)
     expected = uninterrupted(cfg, stream, 37)
     assert len(expected) > 20 and any(r.dataset_drift for r in expected.values())

@@ -97,7 +97,8 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
                 )
             )
             agent = SupportAgent(provider.get_tracer("test"), seed=3, model="m1")
-            # 1500 conversations = 3000 LLM calls = windows 0 (reference) to 2, all baseline.
+            # 1500 conversations = 3000 LLM calls: the default reference (the first 2000)
+            # and window 1, all baseline.
             for _ in range(1500):
                 agent.converse(BASELINE)
             provider.force_flush()
@@ -106,17 +107,18 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
                 r = httpx.get(f"{admin}/api/v1/drift", timeout=10)
                 return [x for x in r.json()["results"] if x["record_type"] == "llm"]
 
-            wait_for(lambda: any(x["window_index"] == 2 for x in drift_results()), 90, "window 2")
+            wait_for(lambda: any(x["window_index"] == 1 for x in drift_results()), 90, "window 1")
             assert not received, "no webhook may fire on baseline data"
             for _ in range(1500):
                 agent.converse(DRIFTED)
             provider.force_flush()
             provider.shutdown()
             wait_for(lambda: received, 90, "the webhook")
-            wait_for(lambda: any(x["window_index"] == 5 for x in drift_results()), 90, "window 5")
-            # The drifted window's Evidently report, read back from Kafka and rendered.
+            wait_for(lambda: any(x["window_index"] == 4 for x in drift_results()), 90, "window 4")
+            # The drift episode's Evidently report (reference against window 2, where the
+            # episode began), read back from Kafka and rendered.
             [latest] = drift_results()
-            assert latest["dataset_drift"] and latest["report"].startswith("/reports/llm-w5-")
+            assert latest["dataset_drift"] and latest["report"].startswith("/reports/llm-w2-")
             page = httpx.get(f"{admin}{latest['report']}", timeout=120)
             assert page.status_code == 200 and "observer-report-header" in page.text
         finally:
@@ -124,14 +126,15 @@ def test_span_in_drift_scored_webhook_signed(kafka_config: KafkaConfig, tmp_path
 
     history = [r for r in runtime.drift_view.history() if r.record_type == "llm"]
     by_window = {r.window_index: r for r in history}
-    assert sorted(by_window) == [1, 2, 3, 4, 5]
+    assert sorted(by_window) == [1, 2, 3, 4]
     assert all(r.segment == {"service": "shop", "model": "m1"} for r in history)
-    assert not any(by_window[w].dataset_drift for w in (1, 2))
-    assert all(by_window[w].dataset_drift for w in (3, 4, 5))
-    drifted = {f.name for f in by_window[4].features if f.drifted}
+    assert not by_window[1].dataset_drift
+    assert all(by_window[w].dataset_drift for w in (2, 3, 4))
+    assert {by_window[w].episode_start_window for w in (2, 3, 4)} == {2}
+    drifted = {f.name for f in by_window[3].features if f.drifted}
     assert {"output_tokens", "finish_reason"} <= drifted
 
-    # Exactly one episode fired (consecutive windows 3 and 4), delivered once.
+    # Exactly one episode fired (consecutive windows 2 and 3), delivered once.
     assert len({r["id"] for r in received}) == 1
     payload = received[0]["payload"]
     assert payload["type"]

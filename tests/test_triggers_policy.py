@@ -281,7 +281,7 @@ def test_engine_detections_become_one_decision() -> None:
     from observer.core.topics import Topics
 
     topics = Topics.from_config(KafkaConfig(topic_prefix="policy."))
-    engine = DriftEngine(DriftConfig(window_size=200), topics)
+    engine = DriftEngine(DriftConfig(window_size=200, reference="first_window"), topics)
     rng = np.random.default_rng(5)
     rates = [0.05] * 1000 + [0.35] * 1000
     msgs = [

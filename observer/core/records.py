@@ -299,6 +299,11 @@ class DriftResult(Record):
     degradation: list[DegradationSignal] = Field(
         default_factory=list, description="Change detectors of this segment (drift.degradation)."
     )
+    episode_start_window: int | None = Field(
+        None,
+        description="Dataset drift: the window where this drift episode (consecutive drifted "
+        "windows of the stream) began; None when the window did not drift.",
+    )
 
 
 class TriggerEvent(Record):

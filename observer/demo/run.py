@@ -120,8 +120,14 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
     return cfg.model_copy(update={"trigger": trigger, "kafka": kafka})
 
 
+# 2000 conversations make 2000 tool calls: a whole default reference (drift.reference_records)
+# of baseline tool calls, so the change lands after it on both record types.
+DEFAULT_CONVERSATIONS = 2000
+
+
 def run_demo(
-    cfg: ObserverConfig, conversations: int = 1500, seed: int = 7, timeout_s: float = 180.0
+    cfg: ObserverConfig, conversations: int = DEFAULT_CONVERSATIONS, seed: int = 7,
+    timeout_s: float = 180.0,
 ) -> int:
     secret = generate_secret()
     receiver = WebhookReceiver(secret)
@@ -209,6 +215,11 @@ def _run_phases(
         "tools": (conversations * TOOL_CALLS_PER_CONVERSATION - reference) // window + 1,
     }
     _say(f"behaviour changes now: from llm window {change_window['llm']}, tools window {change_window['tools']}")
+    per_conversation = {"llm": LLM_CALLS_PER_CONVERSATION, "tools": TOOL_CALLS_PER_CONVERSATION}
+    inside = [t for t, n in per_conversation.items() if conversations * n < reference]
+    if inside:  # a reference with drifted records in it hides part of the change
+        _say(f"note: the change lands inside the {reference}-record reference of "
+             f"{', '.join(inside)}: use more --conversations")
     ok = phase("drifted", DRIFTED, conversations) and ok
     delivered = _wait(
         "a signed webhook",
