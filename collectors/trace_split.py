@@ -35,6 +35,7 @@ the same shape without ``partition_traces_by_id``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +151,7 @@ def split_by_trace(
         if resource_spans.HasField("resource"):
             resource_head += _field(_RESOURCE, resource_spans.resource.SerializeToString())
         for scope_spans, scope in zip(resource_spans.scope_spans, resource_layout.scopes):
-            groups: dict[bytes, list[bytes]] = {}
+            groups: defaultdict[bytes, list[bytes]] = defaultdict(lambda: [scope.head])
             # Ids from the parsed spans (a repeated field's last value wins, as in any parser),
             # bytes from the walk.
             for span, piece in zip(scope_spans.spans, scope.spans):
@@ -159,11 +160,7 @@ def split_by_trace(
                         or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN):
                     split.rejected += 1
                     continue
-                group = groups.get(trace_id)
-                if group is None:
-                    groups[trace_id] = [scope.head, piece]
-                else:
-                    group.append(piece)
+                groups[trace_id].append(piece)
             for trace_id, pieces in groups.items():
                 split.accepted += len(pieces) - 1
                 entry = (r, resource_head, pieces)
@@ -176,13 +173,19 @@ def split_by_trace(
         return split
     keys = [trace_id.hex() for trace_id in traces]
     bodies = [_trace_request(entries) for entries in traces.values()]
-    _pack(split, keys, bodies, partition_indexes([k.encode() for k in keys], partitions),
-          max_message_bytes)
+    placement = (
+        partition_indexes([k.encode() for k in keys], partitions)
+        if partitions > 1 else [0] * len(keys)
+    )
+    _pack(split, keys, bodies, placement, max_message_bytes)
     return split
 
 
 def _trace_request(entries: list[tuple[int, bytes, list[bytes]]]) -> bytes:
     """One trace's ``ExportTraceServiceRequest``: its scopes, under their resources, in order."""
+    if len(entries) == 1:  # the usual case: one resource, one scope
+        _, head, pieces = entries[0]
+        return _field(_REQUEST_RESOURCE_SPANS, head + _field(_SCOPE_SPANS, b"".join(pieces)))
     out: list[bytes] = []
     scopes: list[bytes] = []
     current, head = entries[0][0], entries[0][1]

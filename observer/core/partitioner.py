@@ -64,15 +64,18 @@ def partition_index(key: bytes, partitions: int) -> int:
 
 
 _M32 = np.uint32(_M)
+_R13, _R15, _R24 = np.uint32(13), np.uint32(15), np.uint32(24)
 
 
 def partition_indexes(keys: Sequence[bytes], partitions: int) -> list[int]:
     """:func:`partition_index` of every key; keys of equal length are hashed together."""
-    by_length: dict[int, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_length.setdefault(len(key), []).append(i)
+    lengths = {len(key) for key in keys}
+    if len(lengths) == 1:  # the receivers' case: hex trace ids, all 32 bytes
+        hashes = _murmur2_equal_length(list(keys), lengths.pop())
+        return ((hashes & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).tolist()
     out = [0] * len(keys)
-    for length, positions in by_length.items():
+    for length in lengths:
+        positions = [i for i, key in enumerate(keys) if len(key) == length]
         hashes = _murmur2_equal_length([keys[i] for i in positions], length)
         for i, h in zip(positions, ((hashes & np.uint32(0x7FFFFFFF)) % partitions).tolist()):
             out[i] = h
@@ -85,10 +88,12 @@ def _murmur2_equal_length(keys: list[bytes], length: int) -> np.ndarray:
     data = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
     words = np.ascontiguousarray(data[:, :whole]).view("<u4")
     h = np.full(len(keys), (_SEED ^ length) & _MASK, dtype=np.uint32)
-    # uint32 array arithmetic wraps silently, as murmur2 wants (only numpy scalars warn).
+    k = np.empty_like(h)
+    # uint32 array arithmetic wraps silently, as murmur2 wants (only numpy scalars warn);
+    # in-place operations: a receiver hashes ~50 keys per request, allocation would dominate.
     for column in range(words.shape[1]):
-        k = words[:, column] * _M32
-        k ^= k >> np.uint32(24)
+        np.multiply(words[:, column], _M32, out=k)
+        k ^= k >> _R24
         k *= _M32
         h *= _M32
         h ^= k
@@ -100,7 +105,7 @@ def _murmur2_equal_length(keys: list[bytes], length: int) -> np.ndarray:
     if tail >= 1:
         h ^= data[:, whole].astype(np.uint32)
         h *= _M32
-    h ^= h >> np.uint32(13)
+    h ^= h >> _R13
     h *= _M32
-    h ^= h >> np.uint32(15)
+    h ^= h >> _R15
     return h
