@@ -4,8 +4,10 @@
   Evidently 0.7's rules so that the numbers agree with Evidently and SciPy on the same data.
 - :mod:`drift.window`: a count window that closes after ``window_size`` records.
 - :mod:`drift.scoring`: one closed window scored against a reference, feature by feature.
+- :mod:`drift.record_types`: the record types scored (llm, tools, paths, predictions, gpu),
+  their topics, and how a record becomes feature rows (``inputs.age``: one per instance).
 - :mod:`drift.engine`: :class:`~drift.engine.DriftEngine`, the consuming stage that reads
-  ``observer.llm`` and ``observer.tools`` and writes ``observer.drift``.
+  the record topics with features configured and writes ``observer.drift``.
 - :mod:`drift.metrics`: the Prometheus metrics the engine exports.
 - :mod:`drift.reports`: Evidently HTML reports, one per drift episode (admin
   ``/reports/{id}``, ``observer drift score --report-dir``).

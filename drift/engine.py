@@ -1,11 +1,15 @@
-"""The streaming drift engine: a consuming stage from ``observer.llm``/``observer.tools`` to
-``observer.drift``, with its state checkpointed to ``observer.drift-state``.
+"""The streaming drift engine: a consuming stage from the record topics (``observer.llm``,
+``observer.tools``, ``observer.paths``, ``observer.predictions``, ``observer.gpu``: those of
+the record types with features configured) to ``observer.drift``, with its state
+checkpointed to ``observer.drift-state``.
 
-For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model) and
-record type (``llm`` from ``topics.llm``, ``tools`` from ``topics.tools``) the engine fills count
-windows of ``window_size`` records. The segment's reference comes first (``drift.reference``,
-:mod:`drift.reference`; by default its first ``reference_records`` records, and nothing is
-emitted for it). Every later window (1, 2, ...) is scored against that reference, feature by
+For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model, or
+the record type's own in ``segment_keys_by_record_type``) and record type
+(:data:`drift.record_types.RECORD_TYPES`) the engine fills count windows of ``window_size``
+rows: one per record, or one per instance when a feature reads a per-instance column of a
+prediction (``inputs.age``; :func:`drift.record_types.feature_rows`). The segment's
+reference comes first (``drift.reference``, :mod:`drift.reference`; by default its first
+``reference_records`` records, and nothing is emitted for it). Every later window (1, 2, ...) is scored against that reference, feature by
 feature, with Evidently 0.7's statistics (:mod:`drift.scoring`), and one
 :class:`~observer.core.records.DriftResult` keyed by the segment key is emitted to
 ``topics.drift``.
@@ -88,13 +92,13 @@ from drift.degradation import DegradationTracker, check_specs
 from drift.metrics import (
     CHECKPOINT_BYTES,
     DATASET_DRIFT,
-    DUPLICATES,
     DEGRADATION_DETECTED,
     DEGRADATION_DETECTIONS,
     DEGRADATION_LEVEL,
     DEGRADATION_MEAN,
     DRIFT_SHARE,
     DRIFT_STATISTIC,
+    DUPLICATES,
     ERRORS,
     RECORDS,
     REPLAYED,
@@ -102,7 +106,16 @@ from drift.metrics import (
     WINDOWS,
 )
 from drift.published import KafkaResultLog, ResultId, ResultLog
-from drift.reference import ParquetReference, as_list, event_time, new_window
+from drift.record_types import (
+    RECORD_TYPES,
+    check_features,
+    check_segment_keys,
+    event_time,
+    feature_rows,
+    segment_keys,
+    topics_by_type,
+)
+from drift.reference import ParquetReference, as_list, new_window
 from drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from drift.sketch import StateBudget, sketch_from_json, sketch_to_json, sketched_scores
 from drift.stats import Prepared
@@ -112,11 +125,9 @@ from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import (
     DegradationSignal,
     DriftResult,
-    LLMCall,
     OffsetRange,
     Record,
     RecordError,
-    ToolCall,
     decode,
     encode,
     segment_key,
@@ -125,8 +136,10 @@ from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
 
-RECORD_CLASSES: dict[str, type[Record]] = {"llm": LLMCall, "tools": ToolCall}
-"""The record type each consumed topic carries."""
+RECORD_CLASSES: dict[str, type[Record]] = {
+    name: rt.record_class for name, rt in RECORD_TYPES.items()
+}
+"""The record class of each record type (:data:`drift.record_types.RECORD_TYPES`)."""
 
 
 @dataclass
@@ -229,23 +242,30 @@ class DriftEngine:
         # replay is behind that offset, checkpoints carry the horizon instead of the batch's
         # time, so that a later restore still looks back far enough (drift.published).
         self._horizon: dict[TP, tuple[int, int]] = {}
-        self._record_types: dict[str, str] = {topics.llm: "llm", topics.tools: "tools"}
+        # Only record types with features are read (drift.record_types).
+        self._record_types: dict[str, str] = topics_by_type(cfg, topics)
         self._features: dict[str, list[FeatureSpec]] = {}
+        self._segment_keys: dict[str, list[str]] = {}
         for record_type, cls in RECORD_CLASSES.items():
             specs = list(cfg.features.get(record_type, []))
-            unknown = [s.name for s in specs if s.name not in cls.model_fields]
-            if unknown:
-                raise ValueError(
-                    f"drift features {unknown} are not fields of {record_type} records "
-                    f"({cls.schema_id})"
-                )
+            check_features(record_type, specs)
             for spec in specs:
                 resolve_method(spec, cfg.numeric_method, cfg.categorical_method)
             self._features[record_type] = specs
             check_specs(record_type, cls, cfg.degradation.get(record_type, []))
-        ignored = sorted(set(cfg.features) - set(RECORD_CLASSES))
-        if ignored:
-            log.warning("drift features configured for record types not consumed: %s", ignored)
+            self._segment_keys[record_type] = segment_keys(cfg, record_type)
+            if record_type in cfg.segment_keys_by_record_type:
+                check_segment_keys(record_type, self._segment_keys[record_type])
+        for what, configured in (("features", cfg.features),
+                                 ("segment keys", cfg.segment_keys_by_record_type)):
+            unknown = sorted(set(configured) - set(RECORD_TYPES))
+            if unknown:
+                raise ValueError(f"drift {what} configured for unknown record types {unknown}; "
+                                 f"choose from {', '.join(RECORD_TYPES)}")
+        if not self._record_types:
+            # A stage subscribed to no topic would idle forever: say so at start.
+            raise ValueError("drift.features configures no feature for any record type "
+                             f"({', '.join(RECORD_TYPES)}): nothing to score")
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._next_offset: dict[TP, int] = {}
         self._pending: list[_Pending] = []
@@ -266,7 +286,8 @@ class DriftEngine:
 
     @property
     def inputs(self) -> list[str]:
-        """The topics to consume."""
+        """The topics to consume: those of the record types with features configured
+        (:func:`drift.record_types.topics_by_type`)."""
         return list(self._record_types)
 
     @property
@@ -339,12 +360,13 @@ class DriftEngine:
             )
             return []
         if not isinstance(record, RECORD_CLASSES[record_type]):
-            ERRORS.labels(record_type, "wrong_schema").inc()
+            if not RECORD_TYPES[record_type].shared_topic:
+                ERRORS.labels(record_type, "wrong_schema").inc()
             return []
         features = self._features[record_type]
         if not features:
             return []
-        segment = record.segment_of(self.cfg.segment_keys)
+        segment = record.segment_of(self._segment_keys[record_type])
         key = segment_key(segment)
         stream = self._streams.get((key, record_type))
         if stream is None:
@@ -355,14 +377,17 @@ class DriftEngine:
             return []  # already counted before a restart
         stream.positions[tp] = message.offset
         stream.touched = True
-        stream.track(message)
         stream.degradation.update(record)
-        row = {f.name: getattr(record, f.name) for f in features}
+        at = event_time(record, message.timestamp_ms)
         results = []
-        for closed in as_list(stream.window.update(row, event_time(record, message.timestamp_ms))):
-            result = self._closed(stream, closed, message)
-            if result is not None:
-                results.append(result)
+        # One row per record, or per instance of a prediction: a window may close between
+        # two instances of one message, so each row marks the message in its own window.
+        for row in feature_rows(record, features):
+            stream.track(message)
+            for closed in as_list(stream.window.update(row, at)):
+                result = self._closed(stream, closed, message)
+                if result is not None:
+                    results.append(result)
         return results
 
     def _new_stream(

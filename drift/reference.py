@@ -14,7 +14,7 @@ stream built from the configuration.
                     record in the range has an empty reference: its features get no
                     statistic, so it never drifts.
 ``parquet``         a Parquet file or directory (``reference_path``) read at start. When it
-                    has a column for every ``drift.segment_keys`` field, each segment's
+                    has a column for every segment key of the record type, each segment's
                     reference is its rows; otherwise all rows are every segment's reference.
                     Columns are the feature names; a record type with none of its features
                     in the dataset, or a segment with no rows, falls back to
@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from drift.record_types import segment_keys
 from drift.window import (
     TIME,
     ClosedWindow,
@@ -217,13 +218,6 @@ def new_window(
     return regular
 
 
-def event_time(record: Any, kafka_timestamp_ms: int) -> int:
-    """A record's event time in Unix ns: its ``start_time_unix_nano``, else the Kafka
-    timestamp (``-1``/``0`` when the producer set none: then 0)."""
-    t = getattr(record, "start_time_unix_nano", 0) or 0
-    return int(t) if t > 0 else max(kafka_timestamp_ms, 0) * 1_000_000
-
-
 class ParquetReference:
     """References read from a Parquet file or directory, per record type and segment.
 
@@ -248,7 +242,9 @@ class ParquetReference:
         self.cfg = cfg
         self.path = path
         names = set(table.column_names)
-        self._by_segment = all(k in names for k in cfg.segment_keys)
+        # Per record type: its segment keys when the dataset has all of them, else none
+        # (then every segment shares the whole dataset).
+        self._keys: dict[str, list[str]] = {}
         self._tables: dict[str, dict[tuple[str, ...], dict[str, list[Any]]]] = {}
         self._cache: dict[tuple[str, tuple[str, ...], bool], ClosedWindow] = {}
         self._specs = {t: list(s) for t, s in features.items()}
@@ -259,7 +255,9 @@ class ParquetReference:
                             "segments use their first window", path, record_type,
                             [s.name for s in specs])
                 continue
-            keys = list(cfg.segment_keys) if self._by_segment else []
+            keys = segment_keys(cfg, record_type)
+            keys = keys if all(k in names for k in keys) else []
+            self._keys[record_type] = keys
             data = table.select([*keys, *present]).to_pydict()
             rows = len(data[present[0]])
             groups: dict[tuple[str, ...], dict[str, list[Any]]] = {}
@@ -280,8 +278,7 @@ class ParquetReference:
         groups = self._tables.get(record_type)
         if groups is None:
             return None
-        key = tuple(str(segment.get(k, "")) for k in self.cfg.segment_keys) if self._by_segment \
-            else ()
+        key = tuple(str(segment.get(k, "")) for k in self._keys[record_type])
         cache_key = (record_type, key, sketch)
         if cache_key in self._cache:
             return self._cache[cache_key]

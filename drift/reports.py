@@ -55,8 +55,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from drift.reference import ParquetReference, event_time
-from observer.core.config import DriftConfig, DriftReportsConfig, KafkaConfig, parse_instant
+from drift.record_types import event_time, feature_rows
+from drift.reference import ParquetReference
+from observer.core.config import (
+    DriftConfig,
+    DriftReportsConfig,
+    FeatureSpec,
+    KafkaConfig,
+    parse_instant,
+)
 from observer.core.records import DriftResult, FeatureDrift, OffsetRange, Record
 from observer.core.windows import WindowReadError, read_window_timed
 
@@ -213,9 +220,12 @@ def window_frame(records: Sequence[Record], columns: Sequence[ReportColumn]) -> 
     >>> frame["output_tokens"].tolist(), frame["finish_reason"].tolist()
     ([5.0, nan], ['stop', ''])
     """
+    # The engine's rows: one per record, or per instance of a prediction.
+    specs = [FeatureSpec(name=c.name, kind=c.kind) for c in columns]
+    rows = [row for r in records for row in feature_rows(r, specs)]
     data: dict[str, Any] = {}
     for c in columns:
-        values = [getattr(r, c.name, None) for r in records]
+        values = [row[c.name] for row in rows]
         if c.kind == "numeric":
             data[c.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         else:

@@ -23,6 +23,7 @@ from collectors.otlp_grpc import GrpcReceiver
 from collectors.otlp_http import create_app as create_otlp_http_app
 from collectors.trace_grouping import TraceGrouper
 from drift.engine import DriftEngine
+from drift.record_types import topics_by_type
 from drift.reports import DriftReports
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
@@ -43,47 +44,48 @@ class ConsumingStage:
 
     build: Callable[[ObserverConfig, Topics], Processor]
     group_id: Callable[[ObserverConfig], str]
-    inputs: Callable[[Topics], list[str]]
+    inputs: Callable[[ObserverConfig, Topics], list[str]]
 
 
 CONSUMING_STAGES: dict[str, ConsumingStage] = {
     "normalize": ConsumingStage(
         build=lambda cfg, t: Normalizer(t, content=cfg.normalizer.content),
         group_id=lambda cfg: cfg.normalizer.group_id,
-        inputs=lambda t: [t.spans],
+        inputs=lambda _cfg, t: [t.spans],
     ),
     # Trace grouping: otlp_spans (keyed by trace id) -> observer.paths.
     "paths": ConsumingStage(
         build=lambda cfg, t: TraceGrouper(t, cfg.paths),
         group_id=lambda cfg: cfg.paths.group_id,
-        inputs=lambda t: [t.spans],
+        inputs=lambda _cfg, t: [t.spans],
     ),
     # gen_ai.* metric points from otlp_metrics -> observer.genai-metrics (as interval deltas).
     "genai-metrics": ConsumingStage(
         build=lambda cfg, t: GenAIMetricsNormalizer(t),
         group_id=lambda cfg: cfg.normalizer.metrics_group_id,
-        inputs=lambda t: [t.metrics],
+        inputs=lambda _cfg, t: [t.metrics],
     ),
     # KServe logger events (keyed by ce-id) -> request/response pairs -> observer.predictions.
     "predictions": ConsumingStage(
         build=lambda cfg, t: PredictionPairer(t, cfg.kserve),
         group_id=lambda cfg: cfg.kserve.group_id,
-        inputs=lambda t: [t.kserve_events],
+        inputs=lambda _cfg, t: [t.kserve_events],
     ),
     "drift": ConsumingStage(
         build=lambda cfg, t: DriftEngine.for_kafka(cfg.drift, cfg.kafka, t),
         group_id=lambda cfg: cfg.drift.group_id,
-        inputs=lambda t: [t.llm, t.tools],
+        # The topics of the record types with drift features (drift.record_types).
+        inputs=lambda cfg, t: list(topics_by_type(cfg.drift, t)),
     ),
     "trigger": ConsumingStage(
         build=lambda cfg, t: TriggerStage(cfg.trigger, t, kafka=cfg.kafka),
         group_id=lambda cfg: cfg.trigger.group_id,
-        inputs=lambda t: [t.drift],
+        inputs=lambda _cfg, t: [t.drift],
     ),
     "metrics": ConsumingStage(
         build=lambda cfg, t: DomainMetrics(cfg.metrics, t),
         group_id=lambda cfg: cfg.metrics.group_id,
-        inputs=lambda t: [t.llm, t.tools, t.paths],
+        inputs=lambda _cfg, t: [t.llm, t.tools, t.paths],
     ),
 }
 # "collect" is the OTLP receiver: an HTTP server, not a consumer.
@@ -186,7 +188,7 @@ class Runtime:
             # Sharing the GIL with the receivers: give way to them while they are busy.
             yield_ms = self.cfg.receiver.stage_yield_ms
             runner = StageRunner(
-                kafka, processor, spec.group_id(self.cfg), spec.inputs(self.topics),
+                kafka, processor, spec.group_id(self.cfg), spec.inputs(self.cfg, self.topics),
                 yield_to=self.intake.busy if self.intake is not None and yield_ms else None,
                 max_yield_s=yield_ms / 1000,
             )

@@ -9,8 +9,11 @@ import io
 import json
 import random
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from drift.checkpoint import MemoryCheckpointStore
 from drift.engine import DriftEngine
 from drift.offline import ScoreOptions, run
 from drift.published import MemoryResultLog
-from observer.core.bus import Message, Output, make_consumer
+from observer.core.bus import Message, Output, StageRunner, make_consumer
 from observer.core.config import DriftConfig, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
@@ -164,6 +167,23 @@ def with_kills(cfg: DriftConfig, stream: list[Message], batch: int, seed: int) -
             runner.acknowledge(outputs)
             runner.commit(part)
     return keyed(results_of(runner.produced)), kills
+
+
+@contextmanager
+def engine_running(kafka: KafkaConfig, cfg: DriftConfig, topics: Topics) -> Iterator[DriftEngine]:
+    """A drift engine run by the real StageRunner in its own consumer group, until the block
+    ends; the block fails if the runner stopped on an error."""
+    engine = DriftEngine(cfg, topics)
+    runner = StageRunner(kafka, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield engine
+    finally:
+        stop.set()
+        thread.join(15)
+    assert runner.error is None
 
 
 def drain_results(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 60) -> list[DriftResult]:

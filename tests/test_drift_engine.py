@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,14 +14,13 @@ from drift.engine import DriftEngine
 from observer.core.bus import (
     Message,
     Output,
-    StageRunner,
     make_producer,
     produce_all,
 )
 from observer.core.config import DegradationSpec, DriftConfig, FeatureSpec, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
-from tests.drift_support import drain_results, first_window_config
+from tests.drift_support import drain_results, engine_running, first_window_config
 
 TOPICS = Topics.from_config(KafkaConfig(topic_prefix="unit."))
 FINISH = ("stop", "length", "tool_calls")
@@ -272,7 +270,10 @@ def test_configuration_is_checked() -> None:
 def test_processor_surface() -> None:
     engine = DriftEngine(DriftConfig(), TOPICS)
     assert engine.name == "drift"
-    assert engine.inputs == [TOPICS.llm, TOPICS.tools]
+    # By default predictions and gpu have no features: their topics are not read.
+    assert engine.inputs == [TOPICS.llm, TOPICS.tools, TOPICS.paths]
+    only_gpu = DriftConfig(features={"gpu": [FeatureSpec(name="power_w", kind="numeric")]})
+    assert DriftEngine(only_gpu, TOPICS).inputs == [TOPICS.gpu]
     assert engine.tick() == []
     assert engine.process([]) == []
 
@@ -282,15 +283,9 @@ def test_processor_surface() -> None:
 
 @pytest.fixture
 def running_engine(kafka_config: KafkaConfig, topics: Topics) -> Iterator[DriftEngine]:
-    engine = DriftEngine(first_window_config(window_size=500, numeric_method="psi"), topics)
-    runner = StageRunner(kafka_config, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    yield engine
-    stop.set()
-    thread.join(15)
-    assert runner.error is None
+    cfg = first_window_config(window_size=500, numeric_method="psi")
+    with engine_running(kafka_config, cfg, topics) as engine:
+        yield engine
 
 
 def test_engine_on_the_broker(

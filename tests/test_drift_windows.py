@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from drift.engine import DriftEngine
-from drift.reference import event_time, store_factory
+from drift.record_types import event_time
+from drift.reference import store_factory
 from drift.window import CountWindow, TimeWindow
 from observer.core.bus import Message
 from observer.core.config import DriftConfig, FeatureSpec

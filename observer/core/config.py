@@ -145,7 +145,10 @@ DriftMethod = Literal["wasserstein", "psi", "jensenshannon", "ks", "chisquare", 
 
 
 class FeatureSpec(_Section):
-    name: str = Field(description="Field of the record.")
+    name: str = Field(
+        description="Field of the record, or field.key for a key of a mapping field "
+        "(inputs.age: one value per prediction instance)."
+    )
     kind: Literal["numeric", "categorical"]
     method: DriftMethod | None = Field(
         None, description="Method deciding this feature's drift (default: by kind, see drift)."
@@ -167,6 +170,16 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
             FeatureSpec(name="tool_name", kind="categorical"),
             FeatureSpec(name="status", kind="categorical"),
         ],
+        # A change in the path mix (which prompts and tools a trace takes) is itself drift.
+        "paths": [
+            FeatureSpec(name="loop_iterations", kind="numeric"),
+            FeatureSpec(name="llm_calls", kind="numeric"),
+            FeatureSpec(name="tool_errors", kind="numeric"),
+            FeatureSpec(name="duration_ms", kind="numeric"),
+            FeatureSpec(name="path_signature", kind="categorical"),
+        ],
+        # predictions (inputs.<feature>, outputs.<output>) and gpu are model- and
+        # fleet-specific: scored once features are configured for them.
     }
 
 
@@ -264,6 +277,13 @@ class DriftConfig(_Section):
     group_id: str = Field("observer-drift", description="Consumer group.")
     segment_keys: list[str] = Field(
         default_factory=lambda: ["service", "model"], description="Record fields forming a segment."
+    )
+    # GPU samples carry no service or model. Per device, as the GPU collector keys them on
+    # Kafka: a segment then lives in one partition, which exactly-once restarts and
+    # scale-out need (README, "Record types and features").
+    segment_keys_by_record_type: dict[str, list[str]] = Field(
+        default_factory=lambda: {"gpu": ["node", "gpu_uuid", "mig_instance"]},
+        description="Per record type, the record fields forming a segment instead of segment_keys.",
     )
     # 1000 records against a 2000-record reference (first_n below): Evidently's auto choice
     # then picks Wasserstein/Jensen-Shannon, which flagged 0-3.6% of same-distribution windows
