@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift.engine import DriftEngine
 from drift.reports import (
     DriftReports,
     ReportColumn,
@@ -32,7 +32,7 @@ from drift.reports import (
 from drift.scoring import score_columns
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
-from observer.core.bus import StageRunner, ensure_topics, make_producer
+from observer.core.bus import ensure_topics, make_producer
 from observer.core.config import (
     AdminConfig,
     DriftConfig,
@@ -45,7 +45,7 @@ from observer.core.records import DriftResult, LLMCall, OffsetRange, encode
 from observer.core.topics import Topics
 from observer.views import TopicView
 from tests import browser
-from tests.drift_support import drain_results, first_window_config
+from tests.drift_support import drain_results, engine_running, first_window_config
 from tests.drift_support import score_files as run_score
 
 WINDOW = 300
@@ -170,37 +170,36 @@ def drifted(kafka: KafkaConfig) -> list[DriftResult]:
     # drift_share 1.0: only a window where every feature drifted counts (calm windows of 300
     # records can cross one threshold by chance).
     cfg = first_window_config(window_size=WINDOW, features={"llm": FEATURES}, drift_share=1.0)
-    engine = DriftEngine(cfg, topics)
-    runner = StageRunner(kafka, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with engine_running(kafka, cfg, topics):
         _produce_interleaved(kafka, topics.llm)
-        got = drain_results(kafka, topics.drift, 3)
-    finally:
-        stop.set()
-        thread.join(15)
-    assert runner.error is None
-    return got
+        return drain_results(kafka, topics.drift, 3)
 
 
 @pytest.fixture(scope="module")
 def admin(kafka: KafkaConfig, drifted: list[DriftResult],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, DriftReports, TopicView]]:
+    with admin_over(kafka, len(drifted), tmp_path_factory.mktemp("reports")) as served:
+        yield served
+
+
+@contextmanager
+def admin_over(kafka: KafkaConfig, results: int, report_dir: Path
+               ) -> Iterator[tuple[str, DriftReports, TopicView]]:
+    """The admin app over ``observer.drift`` once its view holds ``results`` results."""
     view = TopicView(kafka, Topics.from_config(kafka).drift,
                      lambda r: f"{r.segment_key}/{r.record_type}" if isinstance(r, DriftResult) else "")
     view.start()
-    deadline = time.monotonic() + 30
-    while view.count < len(drifted) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    reports = DriftReports(DriftReportsConfig(dir=tmp_path_factory.mktemp("reports")), kafka,
-                           drift_share=1.0)
-    app = create_admin_app(AdminConfig(), kafka_ready=lambda: True, stage_errors=dict,
-                           drift_view=view, trigger_view=view, reports=reports)
-    with ServerThread(app) as server:
-        yield server.url, reports, view
-    view.stop()
+    try:
+        deadline = time.monotonic() + 30
+        while view.count < results and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reports = DriftReports(DriftReportsConfig(dir=report_dir), kafka, drift_share=1.0)
+        app = create_admin_app(AdminConfig(), kafka_ready=lambda: True, stage_errors=dict,
+                               drift_view=view, trigger_view=view, reports=reports)
+        with ServerThread(app) as server:
+            yield server.url, reports, view
+    finally:
+        view.stop()
 
 
 def test_admin_lists_and_serves_the_report_of_a_drifted_window(
@@ -352,30 +351,10 @@ def episode_admin(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFacto
     producer.flush(30)
     producer.close()
     cfg = first_window_config(window_size=WINDOW, features={"llm": FEATURES}, drift_share=1.0)
-    engine = DriftEngine(cfg, topics)
-    runner = StageRunner(kafka, engine, f"drift-{uuid.uuid4().hex[:6]}", engine.inputs)
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with engine_running(kafka, cfg, topics):
         got = drain_results(kafka, topics.drift, len(EPISODES))
-    finally:
-        stop.set()
-        thread.join(15)
-    assert runner.error is None
-    view = TopicView(kafka, topics.drift,
-                     lambda r: f"{r.segment_key}/{r.record_type}" if isinstance(r, DriftResult) else "")
-    view.start()
-    deadline = time.monotonic() + 30
-    while view.count < len(got) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    reports = DriftReports(DriftReportsConfig(dir=tmp_path_factory.mktemp("episodes")), kafka,
-                           drift_share=1.0)
-    app = create_admin_app(AdminConfig(), kafka_ready=lambda: True, stage_errors=dict,
-                           drift_view=view, trigger_view=view, reports=reports)
-    with ServerThread(app) as server:
-        yield server.url, reports, got
-    view.stop()
+    with admin_over(kafka, len(got), tmp_path_factory.mktemp("episodes")) as (url, reports, _):
+        yield url, reports, got
 
 
 def test_consecutive_drifted_windows_share_one_report_and_a_new_episode_gets_another(
