@@ -18,56 +18,24 @@ import pytest
 from drift.checkpoint import restore_streams
 from observer.core.bus import Message
 from observer.core.config import FeatureSpec
-from observer.core.records import LLMCall, ToolCall, encode
+from observer.core.records import LLMCall, encode
 from tests.drift_support import (
     TOPICS,
     Runner,
     first_window_config,
     keyed,
+    messages as stream,
     results_of,
     uninterrupted,
     with_kills,
 )
-
-
-def stream_of_messages(seed: int, n: int = 700) -> list[Message]:
-    """LLM and tool calls of 3 segments on 2 partitions each, drifting half way."""
-    rng = np.random.default_rng(seed)
-    segments = [("shop", "m1"), ("shop", "m2"), ("bank", "m1")]
-    offsets: dict[tuple[str, int], int] = {}
-    out = []
-    for i in range(n):
-        which = int(rng.integers(len(segments)))
-        service, model = segments[which]
-        drifted = i > n // 2
-        if rng.random() < 0.7:
-            rec = LLMCall(
-                service=service, model=model, trace_id=uuid.uuid4().hex, span_id="s",
-                output_tokens=int(rng.lognormal(np.log(200 * (2 if drifted else 1)), 0.5)),
-                input_tokens=int(rng.poisson(800)),
-                latency_ms=float(rng.normal(900, 100)),
-                finish_reason=str(rng.choice(["stop", "length"], p=[0.9, 0.1])),
-            )
-            topic = TOPICS.llm
-        else:
-            rec = ToolCall(service=service, model=model, tool_name="search",
-                           trace_id=uuid.uuid4().hex, span_id="s",
-                           status="error" if rng.random() < (0.4 if drifted else 0.05) else "ok")
-            topic = TOPICS.tools
-        partition = which % 2  # a segment lives in one partition
-        tp = (topic, partition)
-        offsets[tp] = offsets.get(tp, -1) + 1
-        out.append(Message(topic, partition, offsets[tp], f"{service}|{model}".encode(),
-                           encode(rec), 1_700_000_000_000 + i))
-    return out
-
 
 CFG = first_window_config(window_size=25)
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_kills_anywhere_give_the_uninterrupted_results(seed: int) -> None:
-    messages = stream_of_messages(seed)
+    messages = stream(seed)
     rnd = random.Random(seed)
     batch = rnd.choice([3, 7, 40, 130])
     expected = uninterrupted(CFG, messages, batch)
@@ -81,7 +49,7 @@ def test_kills_anywhere_give_the_uninterrupted_results(seed: int) -> None:
 
 
 def test_window_numbering_continues_across_restarts() -> None:
-    messages = stream_of_messages(99, n=400)
+    messages = stream(99, n=400)
     runner = Runner(CFG)
     engine = runner.engine()
     first, rest = messages[:200], messages[200:]
@@ -102,7 +70,7 @@ def test_window_numbering_continues_across_restarts() -> None:
 
 
 def test_a_replayed_batch_is_skipped() -> None:
-    messages = stream_of_messages(5, n=200)
+    messages = stream(5, n=200)
     runner = Runner(CFG)
     engine = runner.engine()
     runner.acknowledge(engine.process(messages) + engine.tick())
@@ -120,7 +88,7 @@ def test_a_replayed_batch_is_skipped() -> None:
 def test_partition_moving_between_engines() -> None:
     # Engine A owns everything, then B takes over for a while, then A gets it back: A must
     # notice the jump in offsets and reload what B did instead of using its stale memory.
-    messages = stream_of_messages(21, n=600)
+    messages = stream(21, n=600)
     expected = uninterrupted(CFG, messages, 50)
     runner = Runner(CFG)
     a, b = runner.engine(), runner.engine()
@@ -133,7 +101,7 @@ def test_partition_moving_between_engines() -> None:
 
 
 def test_checkpoint_bytes_grow_with_input_not_with_batches() -> None:
-    messages = stream_of_messages(3, n=600)
+    messages = stream(3, n=600)
     sizes = {}
     for batch in (10, 100):
         runner = Runner(CFG)
