@@ -12,6 +12,7 @@ from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
+from tests.triggers_support import Servers, argo_and_webhooks, emptied
 
 
 def free_port() -> int:
@@ -91,3 +92,16 @@ def exposition_server():
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def trigger_servers() -> Iterator[Servers]:
+    """The contract Argo server and a verifying webhook receiver, once per test module."""
+    with argo_and_webhooks() as running:
+        yield running
+
+
+@pytest.fixture
+def trigger_env(trigger_servers: Servers) -> Servers:
+    """The module's Argo and webhook servers, emptied of what earlier tests left."""
+    return emptied(trigger_servers)

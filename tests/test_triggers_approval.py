@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from observer.core.config import AdminConfig, KafkaConfig, ObserverConfig, Trigg
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers, argo_and_webhooks, emptied
+from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers
 from triggers.stage import TriggerStage
 
 ADMIN_TOKEN = "admin-t0ken"
@@ -69,8 +68,8 @@ def observer_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_held_until_approved_on_the_command_line(tmp_path: Path, env: Any) -> None:
-    argo_url, contract, hook_url, receiver = env
+def test_held_until_approved_on_the_command_line(tmp_path: Path, trigger_env: Servers) -> None:
+    argo_url, contract, hook_url, receiver = trigger_env
     data = trigger_data(tmp_path, argo_url, hook_url)
     stage = TriggerStage(TriggerConfig.model_validate(data), TOPICS)
     (held,) = events(stage.process(messages(window(1), window(2))))
@@ -121,8 +120,8 @@ def test_held_until_approved_on_the_command_line(tmp_path: Path, env: Any) -> No
     stage.close()
 
 
-def test_approval_announced_again_after_a_crash(tmp_path: Path, env: Any) -> None:
-    argo_url, _, hook_url, _ = env
+def test_approval_announced_again_after_a_crash(tmp_path: Path, trigger_env: Servers) -> None:
+    argo_url, _, hook_url, _ = trigger_env
     data = trigger_data(tmp_path, argo_url, hook_url)
     data["policies"][0]["actions"] = []
     data["policies"][0]["webhooks"] = []
@@ -141,9 +140,9 @@ def test_approval_announced_again_after_a_crash(tmp_path: Path, env: Any) -> Non
 
 @pytest.mark.e2e
 def test_admin_api_approves_and_rejects_behind_its_token(
-    tmp_path: Path, env: Any, kafka_config: KafkaConfig, topics: Topics, free_port: Any
+    tmp_path: Path, trigger_env: Servers, kafka_config: KafkaConfig, topics: Topics, free_port: Any
 ) -> None:
-    argo_url, contract, hook_url, receiver = env
+    argo_url, contract, hook_url, receiver = trigger_env
     cfg = ObserverConfig(
         kafka=kafka_config,
         admin=AdminConfig(port=free_port(), auth_token=ADMIN_TOKEN),
@@ -203,14 +202,3 @@ def test_admin_api_approves_and_rejects_behind_its_token(
         admin.close()
         runtime.stop()
     assert runtime.errors() == {}
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[Servers]:
-    with argo_and_webhooks() as running:
-        yield running
-
-
-@pytest.fixture
-def env(servers: Servers) -> Servers:
-    return emptied(servers)

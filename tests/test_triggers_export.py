@@ -8,48 +8,17 @@ sent.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from fastapi import FastAPI, Request, Response
-from standardwebhooks import Webhook
 
 from observer.core.bus import Message, make_producer
 from observer.core.config import KafkaConfig, TriggerConfig
-from observer.core.http import ServerThread
 from observer.core.records import DriftResult, LLMCall, OffsetRange, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.argo_contract import ArgoContract
-from triggers.pipeline.render import workflow_template
-from triggers.signing import generate_secret
+from tests.triggers_support import ARGO_TOKEN, SECRET, Servers
 from triggers.stage import TriggerStage
-
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
-TOKEN = "argo-t0ken"
-SECRET = generate_secret()
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[str, ArgoContract, str, list[Any]]]:
-    cfg = TriggerConfig()
-    contract = ArgoContract(SCHEMAS, [workflow_template(cfg.pipeline, cfg.argo)], token=TOKEN)
-    received: list[Any] = []
-    hooks = FastAPI()
-    verifier = Webhook(SECRET)
-
-    @hooks.post("/hook")
-    async def hook(request: Request) -> Response:
-        received.append(verifier.verify(await request.body(), dict(request.headers)))
-        return Response(status_code=204)
-
-    with ServerThread(contract.app()) as argo, ServerThread(hooks) as receiver:
-        yield argo.url, contract, f"{receiver.url}/hook", received
-
 
 def call(i: int, service: str, tokens: int) -> LLMCall:
     return LLMCall(service=service, model="gpt-4o", trace_id=f"t{i}", span_id=f"s{i}",
@@ -76,9 +45,9 @@ def drifted(i: int, ranges: dict[str, list[OffsetRange]]) -> DriftResult:
 
 @pytest.mark.e2e
 def test_webhook_and_argo_run_carry_the_exported_windows(
-    tmp_path: Path, servers: Any, kafka_config: KafkaConfig, topics: Topics
+    tmp_path: Path, trigger_env: Servers, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    argo_url, contract, hook_url, received = servers
+    argo_url, contract, hook_url, receiver = trigger_env
     reference = [call(i, "shop" if i % 2 else "bank", 10) for i in range(40)]
     current = [call(100 + i, "shop" if i % 3 else "bank", 50) for i in range(45)]
     ranges = {"reference": produce(kafka_config, topics.llm, reference),
@@ -86,7 +55,7 @@ def test_webhook_and_argo_run_carry_the_exported_windows(
     cfg = TriggerConfig.model_validate({
         "ledger_path": str(tmp_path / "ledger.sqlite"),
         "export": {"uri": str(tmp_path / "exports")},
-        "argo": {"server": argo_url, "token": TOKEN},
+        "argo": {"server": argo_url, "token": ARGO_TOKEN},
         "policies": [{
             "name": "retrain", "threshold": 0.5, "consecutive_windows": 2, "min_samples": 10,
             "actions": ["argo"], "webhooks": [{"url": hook_url, "secret": SECRET}],
@@ -100,7 +69,7 @@ def test_webhook_and_argo_run_carry_the_exported_windows(
         ("argo", "delivered"), ("webhook", "delivered")
     ]
 
-    (payload,) = received
+    (payload,) = receiver.payloads
     export = payload["data"]["export"]
     episode = payload["data"]["episode_id"]
     base = tmp_path / "exports" / "retrain" / episode
@@ -121,9 +90,8 @@ def test_webhook_and_argo_run_carry_the_exported_windows(
     stage.close()
 
 
-def test_no_export_without_kafka_says_so_in_the_payload(tmp_path: Path, servers: Any) -> None:
-    _, _, hook_url, received = servers
-    received.clear()
+def test_no_export_without_kafka_says_so_in_the_payload(tmp_path: Path, trigger_env: Servers) -> None:
+    _, _, hook_url, receiver = trigger_env
     cfg = TriggerConfig.model_validate({
         "ledger_path": str(tmp_path / "ledger.sqlite"),
         "policies": [{"name": "p", "consecutive_windows": 1, "min_samples": 1,
@@ -134,17 +102,16 @@ def test_no_export_without_kafka_says_so_in_the_payload(tmp_path: Path, servers:
     r = OffsetRange(topic="t", partition=0, first_offset=0, last_offset=1)
     stage.process([Message(topics.drift, 0, 0, b"k", encode(drifted(1, {"reference": [r], "current": [r]})), 0)])
     stage.tick()
-    (payload,) = received
+    (payload,) = receiver.payloads
     assert payload["data"]["export"] is None
     stage.close()
 
 
 @pytest.mark.e2e
 def test_a_failed_export_holds_the_webhook_back_and_retries(
-    tmp_path: Path, servers: Any, kafka_config: KafkaConfig, topics: Topics
+    tmp_path: Path, trigger_env: Servers, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    _, _, hook_url, received = servers
-    received.clear()
+    _, _, hook_url, receiver = trigger_env
     # The window's offsets hold only another segment's records: nothing of it to export.
     ranges = produce(kafka_config, topics.llm, [call(1, "bank", 5)])
     cfg = TriggerConfig.model_validate({
@@ -159,5 +126,5 @@ def test_a_failed_export_holds_the_webhook_back_and_retries(
     (failed,) = [decode(o.value) for o in stage.tick()]
     assert (failed.status, failed.attempts) == ("failed", 1)  # type: ignore[union-attr]
     assert failed.reason.startswith("export: ExportError: ")  # type: ignore[union-attr]
-    assert received == []  # never told where files are that do not exist
+    assert receiver.received == []  # never told where files are that do not exist
     stage.close()

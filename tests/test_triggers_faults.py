@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from observer.core.bus import (
 from observer.core.config import KafkaConfig, TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers, argo_and_webhooks, emptied
+from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers
 from triggers.stage import TriggerStage
 
 TOPICS = Topics.from_config(KafkaConfig())
@@ -111,8 +110,8 @@ def restart_and_deliver(cfg: dict[str, Any], results: list[DriftResult]) -> Trig
     return stage
 
 
-def test_killed_after_the_ledger_write_resumes_with_one_run(tmp_path: Path, env: Any) -> None:
-    argo_url, contract, hook_url, receiver = env
+def test_killed_after_the_ledger_write_resumes_with_one_run(tmp_path: Path, trigger_env: Servers) -> None:
+    argo_url, contract, hook_url, receiver = trigger_env
     cfg = config_data(tmp_path, argo_url, hook_url)
     results = [window(1), window(2)]
     child = run_child(cfg, results, "die")
@@ -132,8 +131,8 @@ def test_killed_after_the_ledger_write_resumes_with_one_run(tmp_path: Path, env:
     stage.close()
 
 
-def test_killed_while_argo_accepts_submits_once(tmp_path: Path, env: Any) -> None:
-    argo_url, contract, hook_url, receiver = env
+def test_killed_while_argo_accepts_submits_once(tmp_path: Path, trigger_env: Servers) -> None:
+    argo_url, contract, hook_url, receiver = trigger_env
     cfg = config_data(tmp_path, argo_url, hook_url)
     results = [window(1), window(2)]
     box: dict[str, subprocess.Popen[str]] = {}
@@ -161,9 +160,9 @@ def episodes(events: list[TriggerEvent], kind: str) -> set[str]:
 
 @pytest.mark.e2e
 def test_storm_inside_the_cooldown_starts_one_run(
-    tmp_path: Path, env: Any, kafka_config: KafkaConfig, topics: Topics
+    tmp_path: Path, trigger_env: Servers, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    argo_url, contract, hook_url, receiver = env
+    argo_url, contract, hook_url, receiver = trigger_env
     cfg = TriggerConfig.model_validate(config_data(tmp_path, argo_url, hook_url))
     # Forty windows of one segment, every one drifted, some delivered twice (at least once).
     storm = [window(i) for i in range(1, 41)] + [window(i) for i in (7, 8, 9)]
@@ -193,14 +192,3 @@ def test_storm_inside_the_cooldown_starts_one_run(
     assert len(contract.created) == 1
     assert len({i for i, _ in receiver.received}) == 1
     stage.close()
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[Servers]:
-    with argo_and_webhooks() as running:
-        yield running
-
-
-@pytest.fixture
-def env(servers: Servers) -> Servers:
-    return emptied(servers)
