@@ -99,7 +99,7 @@ def bad_request(message: str) -> Refusal:
 class Intake:
     """Authentication, admission and the durable write to Kafka, shared by the receivers.
 
-    :meth:`open` creates the producer (it blocks on Kafka metadata); :meth:`close` closes it.
+    :meth:`open` creates the producer (``receiver.kafka_client``); :meth:`close` closes it.
     """
 
     def __init__(self, receiver: ReceiverConfig, kafka: KafkaConfig, topics: Topics) -> None:

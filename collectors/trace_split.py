@@ -153,7 +153,7 @@ def split_by_trace(
         for scope_spans, scope in zip(resource_spans.scope_spans, resource_layout.scopes):
             groups: defaultdict[bytes, list[bytes]] = defaultdict(lambda: [scope.head])
             # Ids from the parsed spans (a repeated field's last value wins, as in any parser),
-            # bytes from the walk.
+            # bytes from the walk. valid_ids is inlined: a call per span costs ~5% here.
             for span, piece in zip(scope_spans.spans, scope.spans):
                 trace_id, span_id = span.trace_id, span.span_id
                 if (len(trace_id) != TRACE_ID_BYTES or len(span_id) != SPAN_ID_BYTES

@@ -47,6 +47,8 @@ STAGE_YIELD_SECONDS = Counter(
     ["stage"],
 )
 LAG_INTERVAL_S = 1.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The producers' client-side message limit (the broker has its own)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def make_producer(cfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
         "acks": "all",
         "linger_ms": 5,
         "retries": 5,
-        "max_request_size": 16 * 1024 * 1024,
+        "max_request_size": MAX_MESSAGE_BYTES,
         **_common(cfg),
         **overrides,
     }

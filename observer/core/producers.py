@@ -27,14 +27,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from observer.core.bus import Output, make_producer, produce_all
+from observer.core.bus import MAX_MESSAGE_BYTES, Output, make_producer, produce_all
 from observer.core.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 RDKAFKA_LOG = logging.getLogger("librdkafka")
-
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""The client-side message limit, the same for both clients."""
 
 LIBRDKAFKA_NAMES: dict[str, str] = {
     "client_id": "client.id",
@@ -90,7 +87,6 @@ class KafkaPythonProducer:
             max_block_ms=wait_ms,
             request_timeout_ms=wait_ms,
             delivery_timeout_ms=wait_ms + 1000,  # kafka-python wants >= request + linger
-            max_request_size=MAX_MESSAGE_BYTES,
         )
 
     def partitions(self, topic: str) -> int:
@@ -141,7 +137,7 @@ class LibrdkafkaProducer:
     ) -> None:
         from confluent_kafka import KafkaError, KafkaException, Producer
 
-        self._errors = (KafkaError, KafkaException)
+        self._kafka_exception = KafkaException
         # The broker's refusal and librdkafka's own check before sending share this code.
         self._too_large_codes = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
         self._timeout_s = timeout_s
@@ -163,7 +159,7 @@ class LibrdkafkaProducer:
             return cached[0]
         try:
             metadata = self._producer.list_topics(topic, timeout=self._timeout_s)
-        except self._errors[1] as e:
+        except self._kafka_exception as e:
             raise NotDurable(f"no metadata for {topic}: {e}") from None
         described = metadata.topics.get(topic)
         if described is None or described.error is not None or not described.partitions:
@@ -183,7 +179,7 @@ class LibrdkafkaProducer:
                 )
             except BufferError as e:  # librdkafka's local queue is full
                 raise NotDurable(f"producer queue full: {e}") from None
-            except self._errors[1] as e:
+            except self._kafka_exception as e:
                 if e.args and e.args[0].code() in self._too_large_codes:
                     raise MessageTooLarge(f"{len(o.value or b'')} bytes: {e}") from None
                 raise NotDurable(str(e)) from None
