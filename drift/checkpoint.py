@@ -44,9 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka import TopicPartition
-
-from observer.core.bus import Output, make_consumer
+from observer.core.bus import Output, make_consumer, topic_partitions
 from observer.core.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -110,13 +108,7 @@ class KafkaCheckpointStore:
         consumer = make_consumer(self.cfg, None)
         try:
             deadline = time.monotonic() + self.timeout_s
-            partitions = consumer.partitions_for_topic(self.topic)
-            while not partitions:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"checkpoint topic {self.topic} has no partitions")
-                time.sleep(0.2)
-                partitions = consumer.partitions_for_topic(self.topic)
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            tps = topic_partitions(consumer, self.topic, deadline)
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             ends = consumer.end_offsets(tps)

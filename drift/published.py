@@ -29,7 +29,7 @@ from typing import Protocol
 
 from kafka import TopicPartition
 
-from observer.core.bus import Output, make_consumer
+from observer.core.bus import Output, make_consumer, topic_partitions
 from observer.core.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,7 @@ class KafkaResultLog:
         consumer = make_consumer(self.cfg, None)
         deadline = time.monotonic() + self.timeout_s
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            while not partitions:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"results topic {self.topic} has no partitions")
-                time.sleep(0.2)
-                partitions = consumer.partitions_for_topic(self.topic)
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            tps = topic_partitions(consumer, self.topic, deadline)
             begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
             found: list[Published] = []
             for tp in tps:

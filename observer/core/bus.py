@@ -205,6 +205,18 @@ class KafkaProbe:
             return self._result if fresh else False
 
 
+def topic_partitions(consumer: KafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+    """``topic``'s partitions, sorted, waiting for its metadata until ``deadline``
+    (``time.monotonic()``); :class:`TimeoutError` naming the topic after that."""
+    partitions = consumer.partitions_for_topic(topic)
+    while not partitions:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} has no partitions")
+        time.sleep(0.2)
+        partitions = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
 def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float) -> None:
     """Send and wait for every acknowledgement; raises the first failure."""
     futures = [
