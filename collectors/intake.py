@@ -4,7 +4,9 @@
 and the token -> tenant :class:`~collectors.tenancy.Authenticator`. The HTTP and gRPC
 receivers call, in order: :meth:`Intake.authenticate`, :meth:`Intake.admit`, then
 :meth:`Intake.export`, which stamps the tenant, splits the request for Kafka, waits for
-Kafka's acknowledgement (``acks=all``) and builds the OTLP answer. Each failure is a
+Kafka's acknowledgement (``acks=all``) and builds the OTLP answer. The HTTP receiver calls its
+two halves instead, :meth:`Intake.prepare` and :meth:`Intake.deliver`, so that the wait for
+the acks happens on its event loop rather than in a worker thread. Each failure is a
 :class:`Refusal` carrying both its HTTP status and its gRPC code, so the two transports answer
 the same situation the same way:
 
@@ -22,6 +24,8 @@ Kafka did not ack      503   UNAVAILABLE + RetryInfo              yes
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
@@ -30,13 +34,16 @@ from prometheus_client import Counter
 
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
+from collectors.trace_split import TraceSplit
 from collectors.tenancy import Authenticator, stamp
 from observer.core.bus import Output
 from observer.core.producers import (
     DurableProducer,
     MessageTooLarge,
     NotDurable,
+    acknowledged,
     open_durable_producer,
+    wait_acknowledged,
 )
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.topics import Topics
@@ -53,6 +60,18 @@ ITEMS = Counter(
     "Spans, metric data points and log records received, by signal and outcome.",
     ["signal", "outcome"],
 )
+
+
+_EXPORT_UNIT = "the spans of one trace, or the data of one resource"
+
+
+@dataclass
+class Prepared:
+    """An export request split into Kafka messages, ready for :meth:`Intake.deliver`."""
+
+    signal: Signal
+    split: TraceSplit
+    outputs: list[Output]
 
 
 class Refusal(Exception):
@@ -167,25 +186,37 @@ class Intake:
             retry_after_s=self.receiver.retry_after_s,
         )
 
-    def export(self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None) -> Message:
-        """Stamp, split, write to Kafka and wait for the acks; the OTLP response message.
+    def prepare(
+        self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None
+    ) -> Prepared:
+        """Stamp the tenant and split the request into Kafka messages (CPU work, no I/O but
+        cached metadata).
 
         ``raw``: the protobuf bytes ``request`` was parsed from, when there are some (spans
-        are then copied from them rather than re-encoded). Blocking: call it from a worker
-        thread.
+        are then copied from them rather than re-encoded).
         """
-        if self.producer is None:
-            raise RuntimeError("Intake.export before Intake.open")
         stamp((r.resource for r in getattr(request, signal.resources)), tenant)
         topic = signal.topic(self.topics)
         split = signal.split(
             request, self._partitions(topic), self.receiver.max_message_bytes, raw
         )
-        self.write(
-            [Output(topic, key, raw) for key, raw in split.encoded.items()],
-            signal.name,
-            "the spans of one trace, or the data of one resource",
-        )
+        outputs = [Output(topic, key, value) for key, value in split.encoded.items()]
+        return Prepared(signal, split, outputs)
+
+    async def deliver(self, prepared: Prepared) -> Message:
+        """Write a prepared export and wait for Kafka's acks on the event loop; the OTLP
+        response message, or a :class:`Refusal` (see :meth:`write`)."""
+        await self.write_async(prepared.outputs, prepared.signal.name, _EXPORT_UNIT)
+        return self._answer(prepared)
+
+    def export(self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None) -> Message:
+        """:meth:`prepare` and :meth:`deliver`, blocking: for worker threads (gRPC)."""
+        prepared = self.prepare(signal, request, tenant, raw)
+        self.write(prepared.outputs, signal.name, _EXPORT_UNIT)
+        return self._answer(prepared)
+
+    def _answer(self, prepared: Prepared) -> Message:
+        signal, split = prepared.signal, prepared.split
         ITEMS.labels(signal.name, "accepted").inc(split.accepted)
         if signal.name == "traces":
             SPANS.labels("accepted").inc(split.accepted)
@@ -220,18 +251,36 @@ class Intake:
         :class:`Refusal`: 413 when a message is over Kafka's size limit (retrying cannot
         help), else a retryable 503. Blocking: call it from a worker thread.
         """
+        future = self._submit(outputs, what, unit)
+        try:
+            wait_acknowledged(future, self.receiver.ack_timeout_s)
+        except (MessageTooLarge, NotDurable) as e:
+            raise self._refusal(e, outputs, what, unit) from None
+
+    async def write_async(self, outputs: list[Output], what: str, unit: str = "one message") -> None:
+        """:meth:`write` on the event loop: the wait for the acks holds no thread."""
+        future = self._submit(outputs, what, unit)
+        try:
+            await acknowledged(future, self.receiver.ack_timeout_s)
+        except (MessageTooLarge, NotDurable) as e:
+            raise self._refusal(e, outputs, what, unit) from None
+
+    def _submit(self, outputs: list[Output], what: str, unit: str) -> Future[None]:
         if self.producer is None:
             raise RuntimeError("Intake.write before Intake.open")
-        if not outputs:
-            return
         try:
-            self.producer.write(outputs, self.receiver.ack_timeout_s)
-        except MessageTooLarge as e:
-            raise too_large(
+            return self.producer.submit(outputs)
+        except (MessageTooLarge, NotDurable) as e:
+            raise self._refusal(e, outputs, what, unit) from None
+
+    def _refusal(
+        self, error: MessageTooLarge | NotDurable, outputs: list[Output], what: str, unit: str
+    ) -> Refusal:
+        if isinstance(error, MessageTooLarge):
+            return too_large(
                 f"the {what} of one Kafka message exceed its size limit ({unit}): "
-                f"message size {e}"
-            ) from None
-        except NotDurable as e:
-            log.warning("receiver: Kafka did not acknowledge %d %s messages: %s",
-                        len(outputs), what, e)
-            raise self.not_durable(f"Kafka did not acknowledge the {what}: {e}") from None
+                f"message size {error}"
+            )
+        log.warning("receiver: Kafka did not acknowledge %d %s messages: %s",
+                    len(outputs), what, error)
+        return self.not_durable(f"Kafka did not acknowledge the {what}: {error}")

@@ -28,7 +28,6 @@ import json
 
 from fastapi import Request, Response
 from prometheus_client import Counter
-from starlette.concurrency import run_in_threadpool
 
 from collectors.budget import Slot
 from collectors.cloud_events import CloudEvent, CloudEventError, events_from_http, to_kafka
@@ -83,7 +82,7 @@ def kserve_route(intake: Intake) -> Route:
         for event in events:
             headers, value = to_kafka(stamp_tenant(event, tenant))
             outputs.append(Output(topic, event.id, value, headers))
-        await run_in_threadpool(intake.write, outputs, "KServe events", "one inference body")
+        await intake.write_async(outputs, "KServe events", "one inference body")
         for event in events:
             EVENTS.labels(event.type.rsplit(".", 1)[-1]).inc()
         return Response(

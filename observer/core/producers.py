@@ -21,13 +21,15 @@ start, never silently dropped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
-from observer.core.bus import MAX_MESSAGE_BYTES, Output, make_producer, produce_all
+from observer.core.bus import MAX_MESSAGE_BYTES, Output, make_producer
 from observer.core.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,64 @@ class DurableProducer(Protocol):
         the cluster cannot say."""
         ...
 
-    def write(self, outputs: Sequence[Output], timeout_s: float) -> None:
-        """Produce ``outputs`` and return once all are acknowledged by all in-sync replicas."""
+    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+        """Produce ``outputs``; the future completes once all are acknowledged by all in-sync
+        replicas, or fails with :class:`MessageTooLarge` or :class:`NotDurable`.
+
+        A message that cannot even be queued raises one of the two at once. Otherwise this
+        returns without waiting on the network: the HTTP receiver calls it on its event loop
+        and awaits the future there (:func:`acknowledged`).
+        """
         ...
 
     def close(self, timeout_s: float) -> None: ...
+
+
+def wait_acknowledged(future: Future[None], timeout_s: float) -> None:
+    """Block until ``future`` (from :meth:`DurableProducer.submit`) completes; a
+    :class:`NotDurable` after ``timeout_s``."""
+    try:
+        future.result(timeout_s)
+    except TimeoutError:
+        raise NotDurable(f"no acknowledgement within {timeout_s:g} s") from None
+
+
+async def acknowledged(future: Future[None], timeout_s: float) -> None:
+    """:func:`wait_acknowledged` on an event loop: the wait holds no thread."""
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    except TimeoutError:
+        raise NotDurable(f"no acknowledgement within {timeout_s:g} s") from None
+
+
+class _Acks:
+    """Counts one submission's acknowledgements (on the client's I/O thread) into a future."""
+
+    def __init__(self, expected: int, too_large: Callable[[Any], bool]) -> None:
+        self.future: Future[None] = Future()
+        self._remaining = expected
+        self._errors: list[Any] = []
+        self._too_large = too_large
+        self._lock = threading.Lock()
+        if expected == 0:
+            self.future.set_result(None)
+
+    def report(self, error: Any) -> None:
+        with self._lock:
+            if error is not None:
+                self._errors.append(error)
+            self._remaining -= 1
+            if self._remaining:
+                return
+        try:
+            if not self._errors:
+                self.future.set_result(None)
+            elif any(self._too_large(e) for e in self._errors):
+                self.future.set_exception(MessageTooLarge(str(self._errors[0])))
+            else:
+                self.future.set_exception(NotDurable(str(self._errors[0])))
+        except InvalidStateError:  # the waiter timed out and cancelled the future
+            pass
 
 
 class KafkaPythonProducer:
@@ -95,40 +150,32 @@ class KafkaPythonProducer:
         except Exception as e:  # noqa: BLE001 (KafkaTimeoutError...)
             raise NotDurable(f"no metadata for {topic}: {e}") from None
 
-    def write(self, outputs: Sequence[Output], timeout_s: float) -> None:
-        try:
-            produce_all(self._producer, list(outputs), timeout_s)
-        except self._too_large as e:
-            raise MessageTooLarge(str(e)) from None
-        except Exception as e:  # noqa: BLE001 (KafkaError, timeouts...: all "not durable")
-            raise NotDurable(str(e)) from None
+    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+        acks = _Acks(len(outputs), lambda e: isinstance(e, self._too_large))
+        for o in outputs:
+            try:
+                sent = self._producer.send(
+                    o.topic,
+                    key=o.key.encode() if isinstance(o.key, str) else o.key,
+                    value=o.value,
+                    headers=list(o.headers) or None,
+                )
+            except self._too_large as e:
+                raise MessageTooLarge(str(e)) from None
+            except Exception as e:  # noqa: BLE001 (KafkaTimeoutError, a closed producer...)
+                raise NotDurable(str(e)) from None
+            sent.add_callback(lambda _metadata: acks.report(None))
+            sent.add_errback(acks.report)
+        return acks.future
 
     def close(self, timeout_s: float) -> None:
         self._producer.close(timeout_s)
 
 
-class _Acks:
-    """Counts one write's delivery reports (called on the poll thread)."""
-
-    def __init__(self, expected: int) -> None:
-        self.remaining = expected
-        self.errors: list[Any] = []
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-
-    def report(self, error: Any, _message: Any) -> None:
-        with self._lock:
-            if error is not None:
-                self.errors.append(error)
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.done.set()
-
-
 class LibrdkafkaProducer:
     """:class:`DurableProducer` on librdkafka (``receiver.kafka_client: librdkafka``).
 
-    One thread serves librdkafka's delivery reports; each :meth:`write` waits for its own.
+    One thread serves librdkafka's delivery reports and completes each submission's future.
     Partition counts are cached for ``metadata_max_age_s``.
     """
 
@@ -168,14 +215,14 @@ class LibrdkafkaProducer:
         self._partitions[topic] = (len(described.partitions), time.monotonic())
         return len(described.partitions)
 
-    def write(self, outputs: Sequence[Output], timeout_s: float) -> None:
-        acks = _Acks(len(outputs))
+    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+        acks = _Acks(len(outputs), lambda e: e.code() in self._too_large_codes)
         for o in outputs:
             key = o.key.encode() if isinstance(o.key, str) else o.key
             try:
                 self._producer.produce(
                     o.topic, value=o.value, key=key, headers=list(o.headers) or None,
-                    on_delivery=acks.report,
+                    on_delivery=lambda error, _message: acks.report(error),
                 )
             except BufferError as e:  # librdkafka's local queue is full
                 raise NotDurable(f"producer queue full: {e}") from None
@@ -183,13 +230,7 @@ class LibrdkafkaProducer:
                 if e.args and e.args[0].code() in self._too_large_codes:
                     raise MessageTooLarge(f"{len(o.value or b'')} bytes: {e}") from None
                 raise NotDurable(str(e)) from None
-        if not acks.done.wait(timeout_s):
-            raise NotDurable(f"no acknowledgement within {timeout_s:g} s")
-        for error in acks.errors:
-            if error.code() in self._too_large_codes:
-                raise MessageTooLarge(str(error))
-        if acks.errors:
-            raise NotDurable(str(acks.errors[0]))
+        return acks.future
 
     def close(self, timeout_s: float) -> None:
         try:
