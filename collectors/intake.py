@@ -34,9 +34,10 @@ from prometheus_client import Counter
 
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
-from collectors.trace_split import TraceSplit
 from collectors.tenancy import Authenticator, stamp
+from collectors.trace_split import TraceSplit
 from observer.core.bus import Output
+from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.producers import (
     DurableProducer,
     MessageTooLarge,
@@ -45,7 +46,6 @@ from observer.core.producers import (
     open_durable_producer,
     wait_acknowledged,
 )
-from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,10 @@ class Intake:
     def open(self) -> Intake:
         # Every Kafka wait is bounded by ack_timeout_s, metadata included.
         self.producer = open_durable_producer(
-            self.receiver.kafka_client, self.kafka, self.receiver.ack_timeout_s
+            self.receiver.kafka_client,
+            self.kafka,
+            self.receiver.ack_timeout_s,
+            self.receiver.linger_ms,
         )
         return self
 
@@ -209,7 +212,9 @@ class Intake:
         await self.write_async(prepared.outputs, prepared.signal.name, _EXPORT_UNIT)
         return self._answer(prepared)
 
-    def export(self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None) -> Message:
+    def export(
+        self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None
+    ) -> Message:
         """:meth:`prepare` and :meth:`deliver`, blocking: for worker threads (gRPC)."""
         prepared = self.prepare(signal, request, tenant, raw)
         self.write(prepared.outputs, signal.name, _EXPORT_UNIT)
@@ -257,7 +262,9 @@ class Intake:
         except (MessageTooLarge, NotDurable) as e:
             raise self._refusal(e, outputs, what, unit) from None
 
-    async def write_async(self, outputs: list[Output], what: str, unit: str = "one message") -> None:
+    async def write_async(
+        self, outputs: list[Output], what: str, unit: str = "one message"
+    ) -> None:
         """:meth:`write` on the event loop: the wait for the acks holds no thread."""
         future = self._submit(outputs, what, unit)
         try:

@@ -1,153 +1,162 @@
-"""Where each span of a serialised ``ExportTraceServiceRequest`` sits, without re-encoding it.
+"""A serialised ``ExportTraceServiceRequest`` read through two reduced schemas.
 
-The receivers regroup a request's spans by trace (:mod:`collectors.trace_split`). Re-serialising
-every span costs more than parsing the whole request; reading the protobuf wire format down to
-the span level and slicing the client's own bytes costs a fraction of it. Only three levels
-are walked (request -> ``resource_spans`` -> ``scope_spans`` -> ``spans``); a span's bytes are
-never looked into, so unknown fields and field order pass through untouched.
+The receivers regroup a request's spans by trace (:mod:`collectors.trace_split`). That needs
+each span's bytes and its ids; decoding every span into a Python object and re-encoding it
+costs several times the parse. Instead protobuf's own C parser reads the client's bytes
+again under two schemas of the same wire format, each declaring only what is needed:
 
-:func:`span_layout` answers ``None`` for bytes it cannot walk (a truncated field, a wire type
-it does not know); the caller then falls back to re-serialising the parsed message, which
-has already proved the request well formed.
+- :data:`RawView` declares ``ResourceSpans.resource`` and ``ScopeSpans.spans`` as ``bytes``:
+  each span comes out exactly as sent (unknown fields and field order included), and every
+  other field of a resource or scope wrapper is kept as an unknown field, so the wrapper
+  without its spans re-serialises as sent.
+- :data:`IdsView` declares a span as its ``trace_id`` and ``span_id`` only. Parsing applies
+  the rules every parser applies (a repeated value: the last wins); dropping the unknown
+  fields and serialising leaves 30 bytes per span with well-formed id lengths, which numpy
+  reads as one table.
+
+Both views number and nest fields as ``opentelemetry/proto/trace/v1/trace.proto`` does, so
+they see the same resources, scopes and spans, in the same order, as the full parse.
 
 >>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 ...     ExportTraceServiceRequest)
 >>> from opentelemetry.proto.trace.v1.trace_pb2 import Span
 >>> request = ExportTraceServiceRequest()
->>> resource_spans = request.resource_spans.add(schema_url="https://opentelemetry.io/schemas/1.26.0")
->>> scope = resource_spans.scope_spans.add()
->>> scope.scope.name = "openai"
->>> scope.spans.extend([Span(name="a"), Span(name="b")])
->>> layout = span_layout(request.SerializeToString())
->>> [(len(r.head), [(s.head, [Span.FromString(x[2:]).name for x in s.spans]) for s in r.scopes])
-...  for r in layout]
-[(41, [(b'\\n\\x08\\n\\x06openai', ['a', 'b'])])]
+>>> scope_spans = request.resource_spans.add(schema_url="s").scope_spans.add()
+>>> scope_spans.scope.name = "openai"
+>>> scope_spans.spans.extend([Span(trace_id=b"t" * 16, span_id=b"a" * 8, name="a"),
+...                           Span(trace_id=b"u" * 16, span_id=b"b" * 8, name="b")])
+>>> raw = request.SerializeToString()
+>>> (resource,) = resource_views(raw)
+>>> resource.head, resource.scopes[0].head
+(b'\\x1a\\x01s', b'\\n\\x08\\n\\x06openai')
+>>> [Span.FromString(span).name for span in resource.scopes[0].spans]
+['a', 'b']
+>>> [ids.trace_ids.tobytes() for ids in span_ids(raw)] == [b"t" * 16 + b"u" * 16]
+True
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-_LEN = 2  # wire type of length-delimited fields
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+TRACE_ID_BYTES = 16
+SPAN_ID_BYTES = 8
+
+
+def _views() -> dict[str, type[Message]]:
+    """The two reduced schemas, built as a descriptor (no generated code to keep in step)."""
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="observer/otlp_wire_views.proto", package="observer.wire", syntax="proto3"
+    )
+    repeated, optional = field.LABEL_REPEATED, field.LABEL_OPTIONAL
+    table = {  # message -> (number, name, type, label, message type)
+        "SpanIds": [(1, "trace_id", field.TYPE_BYTES, optional, ""),
+                    (2, "span_id", field.TYPE_BYTES, optional, "")],
+        "ScopeIds": [(2, "spans", field.TYPE_MESSAGE, repeated, "SpanIds")],
+        "ResourceIds": [(2, "scope_spans", field.TYPE_MESSAGE, repeated, "ScopeIds")],
+        "RequestIds": [(1, "resource_spans", field.TYPE_MESSAGE, repeated, "ResourceIds")],
+        "ScopeRaw": [(2, "spans", field.TYPE_BYTES, repeated, "")],
+        "ResourceRaw": [(1, "resource", field.TYPE_BYTES, optional, ""),
+                        (2, "scope_spans", field.TYPE_MESSAGE, repeated, "ScopeRaw")],
+        "RequestRaw": [(1, "resource_spans", field.TYPE_MESSAGE, repeated, "ResourceRaw")],
+    }
+    for name, fields in table.items():
+        message = file.message_type.add(name=name)
+        for number, field_name, kind, label, type_name in fields:
+            declared = message.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                declared.type_name = f".observer.wire.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"observer.wire.{name}"))
+        for name in table
+    }
+
+
+_VIEWS = _views()
+RawView = _VIEWS["RequestRaw"]
+IdsView = _VIEWS["RequestIds"]
+ScopeSpansOnly = _VIEWS["ScopeRaw"]
+"""``ScopeSpans`` holding only spans: ``ScopeSpansOnly(spans=[...]).SerializeToString()``
+encodes a list of span bytes as ``spans`` fields, in C."""
 
 
 @dataclass
-class ScopeLayout:
+class ScopeView:
     head: bytes
-    """Every field of the ``ScopeSpans`` but its spans (scope, schema_url, unknown), raw."""
-    spans: list[bytes] = field(default_factory=list)
-    """Each span as it appears in the request: tag, length and the span's bytes."""
+    """Every field of the ``ScopeSpans`` but its spans (scope, schema_url, unknown), as sent."""
+    spans: list[bytes]
+    """Each span's bytes as sent (without the ``spans`` field's tag and length)."""
 
 
 @dataclass
-class ResourceLayout:
+class ResourceView:
     head: bytes
-    """Every field of the ``ResourceSpans`` but its resource and scopes (schema_url...), raw."""
-    scopes: list[ScopeLayout] = field(default_factory=list)
+    """Every field of the ``ResourceSpans`` but its resource and scopes, as sent."""
+    scopes: list[ScopeView]
 
 
-class _Truncated(Exception):
-    pass
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Truncated
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(
-    buf: bytes, start: int, end: int, one: bool = False
-) -> list[tuple[int, int, int, int]]:
-    """``(field number, field start, value start, value end)`` of every field in the range
-    (of the first one only, with ``one``); a length-delimited field's value is its payload."""
-    out = []
-    pos = start
-    while pos < end:
-        begin = pos
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == _LEN:
-            length = buf[pos]
-            if length < 0x80:
-                pos += 1
-            elif buf[pos + 1] < 0x80:  # most spans: 128 bytes to 16 KiB
-                length = (length & 0x7F) | buf[pos + 1] << 7
-                pos += 2
-            else:
-                length, pos = _varint(buf, pos)
-            value_start, pos = pos, pos + length
-        elif wire == 0:
-            value_start = pos
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            value_start, pos = pos, pos + 8
-        elif wire == 5:
-            value_start, pos = pos, pos + 4
-        else:  # groups (3, 4) are not used by OTLP
-            raise _Truncated
-        if pos > end:
-            raise _Truncated
-        out.append((number, begin, value_start, pos))
-        if one:
-            break
-    return out
-
-
-def span_layout(raw: bytes) -> list[ResourceLayout] | None:
-    """The request's resources, scopes and span byte ranges, in order; ``None`` if unwalkable."""
+def resource_views(raw: bytes) -> list[ResourceView] | None:
+    """The request's resources, scopes and span bytes, in order; ``None`` if ``raw`` does not
+    parse (the caller falls back to its parsed message)."""
     try:
-        layout = []
-        for number, _, start, end in _fields(raw, 0, len(raw)):
-            if number != 1:  # ExportTraceServiceRequest.resource_spans
-                continue
-            resource = ResourceLayout(b"")
-            head = []
-            for r_number, r_begin, r_start, r_end in _fields(raw, start, end):
-                if r_number == 2:  # ResourceSpans.scope_spans
-                    resource.scopes.append(_scope(raw, r_start, r_end))
-                elif r_number != 1:  # ResourceSpans.resource is re-encoded by the caller
-                    head.append(raw[r_begin:r_end])
-            resource.head = b"".join(head)
-            layout.append(resource)
-        return layout
-    except (_Truncated, IndexError):
+        request = RawView.FromString(raw)
+    except DecodeError:
         return None
+    views = []
+    for resource in request.resource_spans:
+        scopes = []
+        for scope in resource.scope_spans:
+            spans = list(scope.spans)
+            scope.ClearField("spans")
+            scopes.append(ScopeView(scope.SerializeToString(), spans))
+        resource.ClearField("resource")  # re-encoded by the caller after the tenant stamp
+        resource.ClearField("scope_spans")
+        views.append(ResourceView(resource.SerializeToString(), scopes))
+    return views
 
 
-def _scope(raw: bytes, start: int, end: int) -> ScopeLayout:
-    # The hot loop of the receivers (one pass per span): the common case, a ``spans`` field
-    # (tag 0x12) shorter than 16 KiB, is decoded inline; anything else goes through _fields.
-    spans: list[bytes] = []
-    head: list[bytes] = []
-    pos = start
-    while pos < end:
-        if raw[pos] != 0x12:  # not ScopeSpans.spans: keep the field as it is
-            _, begin, _, pos = _fields(raw, pos, end, one=True)[0]
-            head.append(raw[begin:pos])
-            continue
-        length = raw[pos + 1]
-        if length < 0x80:
-            value = pos + 2
-        elif raw[pos + 2] < 0x80:
-            length = (length & 0x7F) | raw[pos + 2] << 7
-            value = pos + 3
-        else:
-            length, value = _varint(raw, pos + 1)
-        stop = value + length
-        if stop > end:
-            raise _Truncated
-        spans.append(raw[pos:stop])
-        pos = stop
-    return ScopeLayout(b"".join(head), spans)
+@dataclass
+class ScopeIds:
+    trace_ids: np.ndarray
+    """``(spans, 16)`` ``uint8``: each span's trace id."""
+    valid: np.ndarray
+    """``(spans,)`` ``bool``: neither id is all zero (the OTLP spec's invalid ids)."""
+
+
+_RECORD = 2 + 2 + TRACE_ID_BYTES + 2 + SPAN_ID_BYTES  # spans tag+len, two ids with tag+len
+_RECORD_HEAD = np.frombuffer(bytes([0x12, _RECORD - 2, 0x0A, TRACE_ID_BYTES]), np.uint8)
+_SPAN_ID_HEAD = np.frombuffer(bytes([0x12, SPAN_ID_BYTES]), np.uint8)
+
+
+def span_ids(raw: bytes) -> list[ScopeIds] | None:
+    """Every span's ids, per scope in request order, as a parser reads them; ``None`` when
+    some span's ids are missing or of the wrong length (the caller then checks each span)."""
+    try:
+        request = IdsView.FromString(raw)
+    except DecodeError:
+        return None
+    out = []
+    for resource in request.resource_spans:
+        for scope in resource.scope_spans:
+            scope.DiscardUnknownFields()
+            records = scope.SerializeToString()
+            if len(records) != _RECORD * len(scope.spans):
+                return None
+            table = np.frombuffer(records, np.uint8).reshape(len(scope.spans), _RECORD)
+            if not (table[:, :4] == _RECORD_HEAD).all() or not (
+                table[:, 20:22] == _SPAN_ID_HEAD
+            ).all():
+                return None
+            trace_ids = np.ascontiguousarray(table[:, 4:20])
+            words = trace_ids.view("<u8")
+            span_words = np.ascontiguousarray(table[:, 22:30]).view("<u8")[:, 0]
+            valid = ((words[:, 0] | words[:, 1]) != 0) & (span_words != 0)
+            out.append(ScopeIds(trace_ids, valid))
+    return out

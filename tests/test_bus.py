@@ -87,13 +87,21 @@ def test_kafka_probe(kafka_config: KafkaConfig) -> None:
 
 def test_stage_gives_way_while_told_to_then_goes_on(kafka_config: KafkaConfig, topics: Topics) -> None:
     """A stage sharing the process with busy receivers waits before its batches, but at most
-    ``max_yield_s`` each time: it is slowed, never starved."""
-    from observer.core.bus import STAGE_YIELD_SECONDS
+    ``max_yield_s`` each time, then takes a small batch: it is slowed, never starved."""
+    from observer.core.bus import BUSY_BATCH_RECORDS, STAGE_YIELD_SECONDS
 
     producer = make_producer(kafka_config)
     produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(20)], 10)
     proc = Upper(topics.drift)
     proc.name = "upper-yielding"
+    batches: list[int] = []
+    process = proc.process
+
+    def counted(messages: list[Message]) -> list[Output]:
+        batches.append(len(messages))
+        return process(messages)
+
+    proc.process = counted  # type: ignore[method-assign]
     asked = threading.Event()
 
     def receivers_busy() -> bool:
@@ -112,3 +120,4 @@ def test_stage_gives_way_while_told_to_then_goes_on(kafka_config: KafkaConfig, t
     assert asked.is_set()
     assert sorted(out) == sorted(b"V%d" % i for i in range(20))  # it went on all the same
     assert STAGE_YIELD_SECONDS.labels("upper-yielding")._value.get() > 0
+    assert batches and max(batches) <= BUSY_BATCH_RECORDS < 20

@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collectors.otlp_wire import span_layout
+from collectors.otlp_wire import resource_views, span_ids
 from collectors.trace_split import split_by_trace, valid_ids
 from observer.core.partitioner import partition_indexes
 
@@ -34,10 +34,16 @@ def test_partitioner_matches_kafka_python(keys: list[bytes], partitions: int) ->
 _ids = st.sampled_from(
     [bytes([i]) * 16 for i in range(1, 9)] + [bytes(16), bytes([7]) * 8]  # two invalid
 )
+_well_formed_ids = st.sampled_from([bytes([i]) * 16 for i in range(1, 9)] + [bytes(16)])
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    """Requests of up to 3 resources of up to 3 scopes; in half of them every id has its
+    right length (all-zero ones included), the receivers' vectorised path."""
+    well_formed = draw(st.booleans())
+    trace_ids = _well_formed_ids if well_formed else _ids
+    span_ids = [bytes(8)] if well_formed else [bytes(8), b"\x01"]
     request = ExportTraceServiceRequest()
     for r in range(draw(st.integers(0, 3))):
         resource_spans = request.resource_spans.add(schema_url=draw(st.sampled_from(["", "s"])))
@@ -50,8 +56,8 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
                 scope.scope.CopyFrom(InstrumentationScope(name=f"scope{s}", version="1"))
             for i in range(draw(st.integers(0, 12))):
                 scope.spans.add(
-                    trace_id=draw(_ids),
-                    span_id=draw(st.sampled_from([bytes([i + 1]) * 8, bytes(8), b"\x01"])),
+                    trace_id=draw(trace_ids),
+                    span_id=draw(st.sampled_from([bytes([i + 1]) * 8, *span_ids])),
                     name=draw(st.text(max_size=300)),  # past 127 bytes: two-byte lengths
                     attributes=[KeyValue(key="k", value=AnyValue(int_value=i))],
                 )
@@ -122,9 +128,11 @@ def test_client_bytes_pass_through_in_any_field_order() -> None:
     raw = field(1, field(2, scope_spans) + field(3, b"schema"))
     request = ExportTraceServiceRequest.FromString(raw)
 
-    (resource,) = span_layout(raw)
+    (resource,) = resource_views(raw)
     assert resource.head == field(3, b"schema")
-    assert resource.scopes[0].spans == [field(2, s) for s in (name_first, good, repeated)]
+    assert resource.scopes[0].spans == [name_first, good, repeated]
+    (ids,) = span_ids(raw)  # as a parser reads them: the last value wins
+    assert [row.tobytes() for row in ids.trace_ids] == [bytes([4]) * 16, bytes([1]) * 16, bytes(16)]
     split = split_by_trace(request, partitions=1, raw=raw)
     assert (split.accepted, split.rejected) == (2, 1)
     (body,) = split.encoded.values()
@@ -137,7 +145,7 @@ def test_unwalkable_or_foreign_bytes_fall_back_to_the_parsed_request() -> None:
     request.resource_spans.add().scope_spans.add().spans.add(
         trace_id=bytes([5]) * 16, span_id=bytes([5]) * 8, name="kept")
     other = ExportTraceServiceRequest()
-    assert span_layout(b"\x0a\x05\x12") is None  # truncated
+    assert resource_views(b"\x0a\x05\x12") is None  # truncated
     for raw in (b"\x0a\x05\x12", other.SerializeToString(), b"\x0b\x00"):
         split = split_by_trace(request, partitions=3, raw=raw)
         (body,) = split.encoded.values()

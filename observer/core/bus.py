@@ -233,6 +233,12 @@ def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float
         f.get(timeout=timeout_s)
 
 
+BUSY_BATCH_RECORDS = 10
+"""Records a stage takes per batch while the receivers of its process stay busy past
+``max_yield_s``: OTLP messages hold about a hundred spans each, and ten keep a normaliser
+batch near a tenth of a second."""
+
+
 class StageRunner:
     """Runs one :class:`Processor` in a consumer group until ``stop`` is set.
 
@@ -283,18 +289,23 @@ class StageRunner:
         for topic, n in lag.items():
             STAGE_LAG.labels(self.processor.name, topic).set(n)
 
-    def _give_way(self, stop: threading.Event) -> None:
+    def _give_way(self, stop: threading.Event) -> int | None:
         """While ``yield_to`` says so (the receivers sharing this process are busy), wait before
         the next batch, ``max_yield_s`` at most: in one process the GIL is shared, and a
         durable acknowledgement to a client matters more than a few seconds of analysis lag.
+
+        The most records the next poll may take: :data:`BUSY_BATCH_RECORDS` when the
+        receivers are still busy after the wait (a full batch could hold the GIL for seconds),
+        else ``None`` (the consumer's own ``max_poll_records``).
         """
         if self.yield_to is None or not self.yield_to():
-            return
+            return None
         started = time.monotonic()
         deadline = started + self.max_yield_s
         while self.yield_to() and time.monotonic() < deadline and not stop.is_set():
             stop.wait(0.01)
         STAGE_YIELD_SECONDS.labels(self.processor.name).inc(time.monotonic() - started)
+        return BUSY_BATCH_RECORDS if self.yield_to() else None
 
     def run(self, stop: threading.Event) -> None:
         name = self.processor.name
@@ -303,8 +314,8 @@ class StageRunner:
         next_lag = 0.0
         try:
             while not stop.is_set():
-                self._give_way(stop)
-                polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                max_records = self._give_way(stop)
+                polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max_records)
                 if consumer.assignment():
                     self.assigned.set()
                 messages = [

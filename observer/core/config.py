@@ -70,6 +70,14 @@ class ReceiverConfig(_Section):
         description="Kafka client of the receivers' writes: librdkafka (confluent-kafka, C) or "
         "kafka-python. Both place records with murmur2 and wait for acks=all.",
     )
+    linger_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long the receivers' Kafka producer waits to batch records of "
+        "concurrent requests into one produce request: lower answers sooner, higher costs the "
+        "broker less CPU per span.",
+    )
     stage_yield_ms: int = Field(
         2000,
         ge=0,

@@ -129,7 +129,7 @@ class _Acks:
 class KafkaPythonProducer:
     """:class:`DurableProducer` on kafka-python (``receiver.kafka_client: kafka-python``)."""
 
-    def __init__(self, cfg: KafkaConfig, timeout_s: float) -> None:
+    def __init__(self, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0) -> None:
         from kafka.errors import MessageSizeTooLargeError
 
         self._too_large = MessageSizeTooLargeError
@@ -139,6 +139,7 @@ class KafkaPythonProducer:
         wait_ms = int(timeout_s * 1000)
         self._producer = make_producer(
             cfg,
+            linger_ms=linger_ms,
             max_block_ms=wait_ms,
             request_timeout_ms=wait_ms,
             delivery_timeout_ms=wait_ms + 1000,  # kafka-python wants >= request + linger
@@ -180,7 +181,11 @@ class LibrdkafkaProducer:
     """
 
     def __init__(
-        self, cfg: KafkaConfig, timeout_s: float, metadata_max_age_s: float = 30.0
+        self,
+        cfg: KafkaConfig,
+        timeout_s: float,
+        linger_ms: float = 5.0,
+        metadata_max_age_s: float = 30.0,
     ) -> None:
         from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -191,7 +196,9 @@ class LibrdkafkaProducer:
         self._metadata_max_age_s = metadata_max_age_s
         self._partitions: dict[str, tuple[int, float]] = {}
         # librdkafka's own log lines go through Python logging, not straight to stderr.
-        self._producer = Producer(librdkafka_config(cfg, timeout_s), logger=RDKAFKA_LOG)
+        self._producer = Producer(
+            librdkafka_config(cfg, timeout_s, linger_ms), logger=RDKAFKA_LOG
+        )
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="librdkafka-acks", daemon=True)
         self._poller.start()
@@ -242,7 +249,9 @@ class LibrdkafkaProducer:
             self._poller.join(timeout_s)
 
 
-def librdkafka_config(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
+def librdkafka_config(
+    cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0
+) -> dict[str, Any]:
     """librdkafka properties equivalent to :func:`observer.core.bus.make_producer`'s options.
 
     >>> conf = librdkafka_config(KafkaConfig(client_options={"security_protocol": "SSL"}), 5)
@@ -256,7 +265,7 @@ def librdkafka_config(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": cfg.servers,
         "acks": "all",
-        "linger.ms": 5,
+        "linger.ms": linger_ms,
         "partitioner": "murmur2_random",  # Kafka's Java placement, as kafka-python's
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": int(timeout_s * 1000),
@@ -275,8 +284,10 @@ def librdkafka_config(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
     return conf
 
 
-def open_durable_producer(client: str, cfg: KafkaConfig, timeout_s: float) -> DurableProducer:
+def open_durable_producer(
+    client: str, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0
+) -> DurableProducer:
     """The :class:`DurableProducer` named by ``receiver.kafka_client``."""
     if client == "librdkafka":
-        return LibrdkafkaProducer(cfg, timeout_s)
-    return KafkaPythonProducer(cfg, timeout_s)
+        return LibrdkafkaProducer(cfg, timeout_s, linger_ms)
+    return KafkaPythonProducer(cfg, timeout_s, linger_ms)
