@@ -203,35 +203,26 @@ def _by_partition(
     order = keep[by_partition]
     placed = placement[by_partition]
     scope_of = np.repeat(np.arange(len(scopes)), [len(s.spans) for _, s in scopes])[order]
-    # All kept spans encoded as ``spans`` fields at once, in C, in message order; each run of
-    # spans sharing a partition and a scope is then a slice of it.
     ordered = itemgetter(*order.tolist())(spans) if len(order) > 1 else (spans[order[0]],)
-    encoded = ScopeSpansOnly(spans=ordered).SerializeToString()
-    sizes = np.fromiter(map(len, ordered), np.int64, len(ordered))
-    sizes += 1 + _varint_size(sizes)
-    offsets = [0, *np.cumsum(sizes).tolist()]
+    # Runs of spans sharing a partition and a scope: each becomes one ScopeSpans, its spans
+    # encoded in C.
     cuts = (np.flatnonzero((np.diff(placed) != 0) | (np.diff(scope_of) != 0)) + 1).tolist()
     placed_at, scope_at = placed.tolist(), scope_of.tolist()
     messages: dict[int, tuple[str, list[tuple[int, bytes]]]] = {}
     for start, end in zip([0, *cuts], [*cuts, len(order)]):
         r, scope = scopes[scope_at[start]]
-        run = _field(_SCOPE_SPANS, scope.head + encoded[offsets[start]:offsets[end]])
+        run = scope.head + ScopeSpansOnly(spans=ordered[start:end]).SerializeToString()
         held = messages.get(placed_at[start])
         if held is None:
             key = hex_ids[by_partition[start]].tobytes().decode()
             held = messages[placed_at[start]] = (key, [])
-        held[1].append((r, run))
+        held[1].append((r, _field(_SCOPE_SPANS, run)))
     bodies = {key: _request(resource_heads, runs) for key, runs in messages.values()}
     if any(len(body) > limit for body in bodies.values()):
         split.accepted = split.rejected = 0
         return False
     split.encoded = bodies
     return True
-
-
-def _varint_size(n: np.ndarray) -> np.ndarray:
-    """Bytes of the protobuf varint of each of ``n`` (non-negative, below 2**35)."""
-    return 1 + (n >= 1 << 7) + (n >= 1 << 14) + (n >= 1 << 21) + (n >= 1 << 28)
 
 
 def _request(resource_heads: list[bytes], runs: list[tuple[int, bytes]]) -> bytes:
