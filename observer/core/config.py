@@ -71,7 +71,7 @@ class ReceiverConfig(_Section):
         "kafka-python. Both place records with murmur2 and wait for acks=all.",
     )
     linger_ms: float = Field(
-        5.0,
+        1.0,
         ge=0,
         le=1000,
         description="How long the receivers' Kafka producer waits to batch records of "
@@ -84,7 +84,8 @@ class ReceiverConfig(_Section):
         description="When the receivers and consuming stages share a process (observer up), "
         "a stage waits up to this long before each batch while export requests are in flight "
         "(it goes on at the first idle moment, so only a saturated receiver makes it wait this "
-        "long): bursts are acknowledged at receiver speed and analysis catches up after. 0: no wait.",
+        "long, and then takes 10 records rather than a full batch): bursts are acknowledged at "
+        "receiver speed and analysis catches up after. 0: no wait.",
     )
     max_message_bytes: int = Field(
         1_000_000,

@@ -129,7 +129,7 @@ class _Acks:
 class KafkaPythonProducer:
     """:class:`DurableProducer` on kafka-python (``receiver.kafka_client: kafka-python``)."""
 
-    def __init__(self, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0) -> None:
+    def __init__(self, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 1.0) -> None:
         from kafka.errors import MessageSizeTooLargeError
 
         self._too_large = MessageSizeTooLargeError
@@ -184,7 +184,7 @@ class LibrdkafkaProducer:
         self,
         cfg: KafkaConfig,
         timeout_s: float,
-        linger_ms: float = 5.0,
+        linger_ms: float = 1.0,
         metadata_max_age_s: float = 30.0,
     ) -> None:
         from confluent_kafka import KafkaError, KafkaException, Producer
@@ -250,7 +250,7 @@ class LibrdkafkaProducer:
 
 
 def librdkafka_config(
-    cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0
+    cfg: KafkaConfig, timeout_s: float, linger_ms: float = 1.0
 ) -> dict[str, Any]:
     """librdkafka properties equivalent to :func:`observer.core.bus.make_producer`'s options.
 
@@ -285,7 +285,7 @@ def librdkafka_config(
 
 
 def open_durable_producer(
-    client: str, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 5.0
+    client: str, cfg: KafkaConfig, timeout_s: float, linger_ms: float = 1.0
 ) -> DurableProducer:
     """The :class:`DurableProducer` named by ``receiver.kafka_client``."""
     if client == "librdkafka":
