@@ -240,7 +240,8 @@ class Intake:
 
     def _partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (cached metadata; a 503 when Kafka is gone)."""
-        assert self.producer is not None
+        if self.producer is None:
+            raise RuntimeError("Intake.prepare before Intake.open")
         try:
             return self.producer.partitions(topic)
         except NotDurable as e:

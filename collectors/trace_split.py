@@ -163,12 +163,12 @@ def split_by_trace(
     ]
     scopes = [(r, scope) for r, view in enumerate(views) for scope in view.scopes]
     ids = span_ids(raw)
-    split = TraceSplit()
-    if ids is not None and _by_partition(
-        split, resource_heads, scopes, ids, partitions, max_message_bytes
-    ):
-        return split
-    return _by_trace(request, resource_heads, scopes, partitions, max_message_bytes)
+    split = None
+    if ids is not None:
+        split = _by_partition(resource_heads, scopes, ids, partitions, max_message_bytes)
+    if split is None:
+        split = _by_trace(request, resource_heads, scopes, partitions, max_message_bytes)
+    return split
 
 
 _HEX_PAIRS = np.frombuffer("".join(f"{b:02x}" for b in range(256)).encode(), "<u2")
@@ -176,23 +176,21 @@ _HEX_PAIRS = np.frombuffer("".join(f"{b:02x}" for b in range(256)).encode(), "<u
 
 
 def _by_partition(
-    split: TraceSplit,
     resource_heads: list[bytes],
     scopes: list[tuple[int, ScopeView]],
     ids: list[ScopeIds],
     partitions: int,
     limit: int,
-) -> bool:
-    """One message per partition, spans in request order; ``False`` (``split`` untouched)
-    when a partition's share of several traces would pass ``limit``."""
+) -> TraceSplit | None:
+    """One message per partition, spans in request order; ``None`` when a partition's share
+    would pass ``limit`` (traces must then be packed one by one)."""
     spans = list(chain.from_iterable(scope.spans for _, scope in scopes))
     if not spans:
-        return True
+        return TraceSplit()
     trace_ids = np.concatenate([s.trace_ids for s in ids])
     keep = np.flatnonzero(np.concatenate([s.valid for s in ids]))
-    split.accepted, split.rejected = len(keep), len(spans) - len(keep)
     if not len(keep):
-        return True
+        return TraceSplit(rejected=len(spans))
     # Kafka hashes the key: the trace id in lowercase hex.
     hex_ids = _HEX_PAIRS[trace_ids[keep]].view(np.uint8)
     placement = (
@@ -219,10 +217,8 @@ def _by_partition(
         held[1].append((r, _field(_SCOPE_SPANS, run)))
     bodies = {key: _request(resource_heads, runs) for key, runs in messages.values()}
     if any(len(body) > limit for body in bodies.values()):
-        split.accepted = split.rejected = 0
-        return False
-    split.encoded = bodies
-    return True
+        return None
+    return TraceSplit(bodies, accepted=len(keep), rejected=len(spans) - len(keep))
 
 
 def _request(resource_heads: list[bytes], runs: list[tuple[int, bytes]]) -> bytes:
