@@ -87,6 +87,15 @@ ScopeSpansOnly = _VIEWS["ScopeRaw"]
 encodes a list of span bytes as ``spans`` fields, in C."""
 
 
+def _parse(view: type[Message], raw: bytes) -> Message | None:
+    """``raw`` read through ``view``; ``None`` if it does not parse (the caller falls back to
+    its parsed message)."""
+    try:
+        return view.FromString(raw)
+    except DecodeError:
+        return None
+
+
 @dataclass
 class ScopeView:
     head: bytes
@@ -105,9 +114,8 @@ class ResourceView:
 def resource_views(raw: bytes) -> list[ResourceView] | None:
     """The request's resources, scopes and span bytes, in order; ``None`` if ``raw`` does not
     parse (the caller falls back to its parsed message)."""
-    try:
-        request = RawView.FromString(raw)
-    except DecodeError:
+    request = _parse(RawView, raw)
+    if request is None:
         return None
     views = []
     for resource in request.resource_spans:
@@ -138,9 +146,8 @@ _SPAN_ID_HEAD = np.frombuffer(bytes([0x12, SPAN_ID_BYTES]), np.uint8)
 def span_ids(raw: bytes) -> list[ScopeIds] | None:
     """Every span's ids, per scope in request order, as a parser reads them; ``None`` when
     some span's ids are missing or of the wrong length (the caller then checks each span)."""
-    try:
-        request = IdsView.FromString(raw)
-    except DecodeError:
+    request = _parse(IdsView, raw)
+    if request is None:
         return None
     out = []
     for resource in request.resource_spans:

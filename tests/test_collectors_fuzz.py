@@ -103,8 +103,8 @@ def test_protobuf_decoding_raises_only_decode_error(body: bytes) -> None:
             request = signal.request.FromString(body)
         except DecodeError:
             continue
-        # Whatever parsed can be split, and the walk of the client's bytes finds what the
-        # parser found.
+        # Whatever parsed can be split, and reading the client's bytes through the reduced
+        # views finds what the parser found.
         from_bytes = signal.split(request, 3, 1_000_000, body)
         from_message = signal.split(request, 3, 1_000_000, None)
         assert (from_bytes.accepted, from_bytes.rejected) == (

@@ -140,7 +140,7 @@ def test_client_bytes_pass_through_in_any_field_order() -> None:
     assert b"schema" in body and b"lib" in body
 
 
-def test_unwalkable_or_foreign_bytes_fall_back_to_the_parsed_request() -> None:
+def test_unparsable_or_foreign_bytes_fall_back_to_the_parsed_request() -> None:
     request = ExportTraceServiceRequest()
     request.resource_spans.add().scope_spans.add().spans.add(
         trace_id=bytes([5]) * 16, span_id=bytes([5]) * 8, name="kept")
