@@ -1,6 +1,10 @@
 # observer's image: every stage and the GPU collector, chosen by the command
 # (`up`, `collect`, `normalize`, `paths`, `drift`, `trigger`, `metrics`, `collect-gpu`).
 FROM python:3.11-slim AS build
+# A C compiler for collectors._trace_split (the receivers' trace split); the runtime stage
+# below gets the built extension, not the compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY observer ./observer

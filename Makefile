@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test up install clean dashboards bench
 
-$(STAMP): pyproject.toml
+# The C extension is compiled by the install: rebuild when its source changes.
+$(STAMP): pyproject.toml collectors/_trace_split.c
 	@# The tests start a real Prometheus (Debian's package); CI runs as root.
 	@test -x /usr/bin/prometheus || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
 	@# The deployment tests render deploy/kubernetes with `kubectl kustomize` (Debian's kubectl).

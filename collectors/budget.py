@@ -22,6 +22,7 @@ Saturated: 101 decoded bytes would be in flight (limit 100)
 from __future__ import annotations
 
 import threading
+import time
 from types import TracebackType
 
 from prometheus_client import Gauge
@@ -44,7 +45,21 @@ class InflightBudget:
         self.max_bytes = max_bytes
         self.requests = 0
         self.bytes = 0
+        self.last_release = float("-inf")
+        """``time.monotonic()`` when a request last left the budget."""
         self._lock = threading.Lock()
+
+    def active(self, quiet_s: float = 0.0) -> bool:
+        """Whether requests are in flight, or one left less than ``quiet_s`` seconds ago.
+
+        >>> budget = InflightBudget(max_requests=2, max_bytes=100)
+        >>> budget.active(), budget.active(quiet_s=60)
+        (False, False)
+        >>> budget.admit().release()
+        >>> budget.active(), budget.active(quiet_s=60)
+        (False, True)
+        """
+        return self.requests > 0 or time.monotonic() - self.last_release < quiet_s
 
     def admit(self) -> Slot:
         """Take a request slot, or raise :class:`Saturated`."""
@@ -87,6 +102,7 @@ class Slot:
         with b._lock:
             b.requests -= 1
             b.bytes -= self._bytes
+            b.last_release = time.monotonic()
         INFLIGHT_REQUESTS.dec()
         INFLIGHT_BYTES.dec(self._bytes)
 

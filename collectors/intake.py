@@ -35,6 +35,7 @@ from prometheus_client import Counter
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
 from collectors.tenancy import Authenticator, stamp
+from collectors import trace_split
 from collectors.trace_split import TraceSplit
 from observer.core.bus import Output
 from observer.core.config import KafkaConfig, ReceiverConfig
@@ -63,6 +64,11 @@ ITEMS = Counter(
 
 
 _EXPORT_UNIT = "the spans of one trace, or the data of one resource"
+
+BUSY_QUIET_S = 0.05
+"""The receivers count as busy until no request has been in flight for this long: under load
+the gaps between requests (a client's turnaround) are a few milliseconds, and a stage that
+took such a gap for idleness would start a full batch in the middle of the burst."""
 
 
 @dataclass
@@ -130,6 +136,11 @@ class Intake:
         self.producer: DurableProducer | None = None
 
     def open(self) -> Intake:
+        if trace_split.native is None:
+            log.warning(
+                "receiver: collectors._trace_split (C) is not built, so traces are regrouped "
+                "on the slower numpy path; reinstall observer where a C compiler is available"
+            )
         # Every Kafka wait is bounded by ack_timeout_s, metadata included.
         self.producer = open_durable_producer(
             self.receiver.kafka_client,
@@ -149,8 +160,9 @@ class Intake:
         self.producer = None
 
     def busy(self) -> bool:
-        """Whether export requests are in flight (consuming stages in this process give way)."""
-        return self.budget.requests > 0
+        """Whether export requests are in flight or were a moment ago (:data:`BUSY_QUIET_S`):
+        consuming stages in this process give way meanwhile."""
+        return self.budget.active(BUSY_QUIET_S)
 
     def authenticate(self, authorization: str | None) -> str:
         """The tenant of this ``Authorization`` header value, or a 401 :class:`Refusal`."""

@@ -57,6 +57,11 @@ from collectors.otlp_wire import (
 )
 from observer.core.partitioner import partition_indexes, row_partitions
 
+try:  # built by the install when a C compiler is at hand (pyproject.toml, ext-modules)
+    from collectors import _trace_split as native
+except ImportError:
+    native = None
+
 _ZERO_TRACE = bytes(TRACE_ID_BYTES)
 _ZERO_SPAN = bytes(SPAN_ID_BYTES)
 
@@ -143,24 +148,32 @@ def split_by_trace(
         copied from them byte for byte. Without them (a JSON body, a gRPC message) the request
         is serialised once and read the same way.
 
-    Spans failing :func:`valid_ids` are counted and dropped. Span bytes and ids come from the
-    C parser's reduced views of the bytes (:mod:`collectors.otlp_wire`). In the usual case
-    (every id of the right length, each partition's share under the limit) placement is
-    computed for all spans at once with numpy and each partition gets one message holding its
-    spans in request order; otherwise traces are packed one by one (:func:`_by_trace`).
+    Spans failing :func:`valid_ids` are counted and dropped. In the usual case (every id of
+    the right length, each partition's share under the limit) each partition gets one message
+    holding its spans in request order: written in C by :mod:`collectors._trace_split` in one
+    pass over the bytes, or, where that extension was not built, placed with numpy on the C
+    parser's reduced views of the bytes (:mod:`collectors.otlp_wire`), to the same bytes.
+    Otherwise traces are packed one by one (:func:`_by_trace`).
     """
-    views = resource_views(raw) if raw is not None else None
+    if raw is None:
+        raw = request.SerializeToString()
+    resources = [
+        _field(_RESOURCE, resource_spans.resource.SerializeToString())
+        if resource_spans.HasField("resource") else b""
+        for resource_spans in request.resource_spans
+    ]
+    if native is not None:
+        placed = native.split(raw, partitions, resources, max_message_bytes)
+        # The count is a check that the C reader saw the spans protobuf parsed.
+        if placed is not None and placed[1] + placed[2] == _span_count(request):
+            messages, accepted, rejected = placed
+            return TraceSplit(dict(messages), accepted, rejected)
+    views = resource_views(raw)
     if views is None or not _same_shape(views, request):
         raw = request.SerializeToString()
         views = resource_views(raw)
         assert views is not None  # protobuf's own encoding always parses
-    resource_heads = [
-        view.head + (
-            _field(_RESOURCE, resource_spans.resource.SerializeToString())
-            if resource_spans.HasField("resource") else b""
-        )
-        for resource_spans, view in zip(request.resource_spans, views)
-    ]
+    resource_heads = [view.head + resource for view, resource in zip(views, resources)]
     scopes = [(r, scope) for r, view in enumerate(views) for scope in view.scopes]
     ids = span_ids(raw)
     split = None
@@ -169,6 +182,14 @@ def split_by_trace(
     if split is None:
         split = _by_trace(request, resource_heads, scopes, partitions, max_message_bytes)
     return split
+
+
+def _span_count(request: ExportTraceServiceRequest) -> int:
+    return sum(
+        len(scope_spans.spans)
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+    )
 
 
 _HEX_PAIRS = np.frombuffer("".join(f"{b:02x}" for b in range(256)).encode(), "<u2")

@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         # kafka-python and httpx narrate every connection and request at INFO.
         for noisy in ("kafka", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # kafka-python's I/O thread warns when one of its tasks ran past 100 ms: in `observer
+        # up` that is the GIL held by a receiver or a stage, not a stuck client.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0

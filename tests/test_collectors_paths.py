@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from kafka import KafkaProducer
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -181,15 +182,19 @@ def test_other_conventions_count_as_steps() -> None:
     assert path.prompt_path[1] == "tool:search"
 
 
+@pytest.mark.parametrize("compression", [None, "gzip", "snappy", "lz4", "zstd"])
 def test_collector_written_messages_are_processed_the_same(
-    kafka_config: KafkaConfig, topics: Topics
+    kafka_config: KafkaConfig, topics: Topics, compression: str | None
 ) -> None:
     """An OpenTelemetry Collector kafka exporter (otlp_proto) writes one export request per
     message: several traces in one message, and an empty key unless partition_traces_by_id is
-    on. Both stages must read such messages as they read the receiver's."""
+    on, in batches compressed with any codec its ``producer.compression`` names. Both stages
+    must read such messages as they read the receiver's."""
     mixed = request(*agent_loop(11, 2, [("search", False)]), *agent_loop(12, 1, []))
     keyed = request(*agent_loop(13, 1, [("refund", True)]))
-    producer = KafkaProducer(bootstrap_servers=kafka_config.servers, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_config.servers, acks="all", compression_type=compression
+    )
     producer.send(topics.spans, value=mixed.SerializeToString())  # no key
     producer.send(topics.spans, key=f"{13:032x}".encode(), value=keyed.SerializeToString())
     producer.flush()

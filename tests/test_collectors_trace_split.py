@@ -8,7 +8,10 @@ their resource and scope wrappers are the client's; invalid ids are dropped and 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
@@ -18,8 +21,30 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collectors.otlp_wire import resource_views, span_ids
+from collectors import trace_split
 from collectors.trace_split import split_by_trace, valid_ids
 from observer.core.partitioner import partition_indexes
+
+
+PATHS = ("C", "numpy")
+
+
+@contextmanager
+def split_path(path: str) -> Iterator[None]:
+    """Split with the C extension, or with the numpy path it stands in for."""
+    built = trace_split.native
+    if path == "numpy":
+        trace_split.native = None
+    try:
+        yield
+    finally:
+        trace_split.native = built
+
+
+def test_the_c_extension_is_built() -> None:
+    # The install compiles it (pyproject.toml, ext-modules); without it every C test below
+    # would quietly test the numpy path twice.
+    assert trace_split.native is not None, "collectors._trace_split was not built (no C compiler?)"
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:
@@ -81,7 +106,15 @@ def test_split_keeps_the_contract(
     request: ExportTraceServiceRequest, partitions: int, limit: int, with_raw: bool
 ) -> None:
     raw = request.SerializeToString() if with_raw else None
-    split = split_by_trace(request, partitions, limit, raw)
+    for path in PATHS:
+        with split_path(path):
+            _check_contract(request, split_by_trace(request, partitions, limit, raw), partitions,
+                            limit)
+
+
+def _check_contract(
+    request: ExportTraceServiceRequest, split: trace_split.TraceSplit, partitions: int, limit: int
+) -> None:
     spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert split.accepted == sum(valid_ids(s) for s in spans)
     assert split.rejected == len(spans) - split.accepted
@@ -103,6 +136,63 @@ def test_split_keeps_the_contract(
         placed += _placed(message)
     # Every valid span once, with its own resource and scope, nothing else.
     assert Counter(placed) == Counter(_placed(request))
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests(), st.integers(1, 8), st.sampled_from([1, 600, 5000, 1_000_000]))
+def test_c_and_numpy_write_the_same_messages(
+    request: ExportTraceServiceRequest, partitions: int, limit: int
+) -> None:
+    splits = []
+    for path in PATHS:
+        with split_path(path):
+            splits.append(split_by_trace(request, partitions, limit))
+    c, numpy = splits
+    assert list(c.encoded.items()) == list(numpy.encoded.items())  # keys, order and bytes
+    assert (c.accepted, c.rejected) == (numpy.accepted, numpy.rejected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests(), st.data())
+def test_c_reader_survives_any_bytes(request: ExportTraceServiceRequest, data: st.DataObject) -> None:
+    """Truncated, corrupted or foreign bytes: the C reader answers (messages or ``None``, the
+    caller's cue to go on in Python) and never reads past its input."""
+    raw = bytearray(request.SerializeToString())
+    if raw and data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 4))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    raw = bytes(raw[: data.draw(st.integers(0, len(raw)))]) + data.draw(st.binary(max_size=8))
+    resources = data.draw(st.lists(st.binary(max_size=20), max_size=3))
+    placed = trace_split.native.split(raw, data.draw(st.integers(1, 64)), resources, 1_000_000)
+    if placed is not None:
+        messages, accepted, rejected = placed
+        assert accepted >= 0 and rejected >= 0 and len(messages) <= accepted
+        for key, body in messages:
+            assert len(key) == 32 and int(key, 16) >= 0 and isinstance(body, bytes)
+
+
+def test_c_reader_refuses_what_it_does_not_handle() -> None:
+    """Ids of the wrong length, a wire type the schema does not declare, a resource list
+    that does not match, a message over the limit: ``None``, and Python does the work."""
+    span = Span(trace_id=bytes([1]) * 16, span_id=bytes([2]) * 8, name="ok")
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    raw = request.SerializeToString()
+    split = trace_split.native.split
+    (key, body), = split(raw, 4, [b""], 1_000_000)[0]
+    assert key == "01" * 16 and ExportTraceServiceRequest.FromString(body) == request
+    short = request.__deepcopy__()
+    short.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x02"
+    assert split(short.SerializeToString(), 4, [b""], 1_000_000) is None
+    assert split(raw, 4, [], 1_000_000) is None  # one ResourceSpans, no resource given
+    assert split(raw, 4, [b""], len(body) - 1) is None
+    assert split(b"\x10\x01", 4, [], 1_000_000) == ([], 0, 0)  # an unknown field: skipped
+    assert split(b"\x08\x01", 4, [], 1_000_000) is None  # resource_spans as a varint
+    assert split(b"\x0a\x02\x10\x01", 4, [b""], 1_000_000) is None  # scope_spans as a varint
+    with pytest.raises(ValueError, match="partitions"):
+        split(raw, 0, [b""], 1_000_000)
+    with pytest.raises(TypeError, match="resources"):
+        split(raw, 4, ["text"], 1_000_000)
 
 
 def test_client_bytes_pass_through_in_any_field_order() -> None:

@@ -266,6 +266,7 @@ def librdkafka_config(
         "bootstrap.servers": cfg.servers,
         "acks": "all",
         "linger.ms": linger_ms,
+        "compression.type": cfg.compression,
         "partitioner": "murmur2_random",  # Kafka's Java placement, as kafka-python's
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": int(timeout_s * 1000),
