@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml collectors/_trace_split.c
 	@command -v java >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y default-jre-headless; }
 	@# The drift report test opens a report in headless Chromium (Debian's chromium).
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	@# A C compiler and Python's headers build collectors._trace_split (the receivers' trace split).
+	@command -v gcc >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc; }
+	@$(PYTHON) -c "import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-dev; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
