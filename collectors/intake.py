@@ -32,10 +32,10 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 from prometheus_client import Counter
 
+from collectors import trace_split
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
 from collectors.tenancy import Authenticator, stamp
-from collectors import trace_split
 from collectors.trace_split import TraceSplit
 from observer.core.bus import Output
 from observer.core.config import KafkaConfig, ReceiverConfig
