@@ -2,8 +2,9 @@
 
 The receivers regroup a request's spans by trace (:mod:`collectors.trace_split`). That needs
 each span's bytes and its ids; decoding every span into a Python object and re-encoding it
-costs several times the parse. Instead protobuf's own C parser reads the client's bytes
-again under two schemas of the same wire format, each declaring only what is needed:
+costs several times the parse. Where the C pass (``collectors/_trace_split.c``) was not built,
+and for what it leaves to Python, protobuf's own C parser reads the client's bytes again
+under two schemas of the same wire format, each declaring only what is needed:
 
 - :data:`RawView` declares ``ResourceSpans.resource`` and ``ScopeSpans.spans`` as ``bytes``:
   each span comes out exactly as sent (unknown fields and field order included), and every
