@@ -223,7 +223,7 @@ static int read_span(Request *r, const uint8_t *p, size_t len)
 static int read_scope(Request *r, const uint8_t *p, size_t len)
 {
     GROW(r->scopes, r->n_scopes, r->cap_scopes);
-    Scope *scope = &r->scopes[r->n_scopes++];
+    Scope *scope = &r->scopes[r->n_scopes++]; /* read_span grows only r->spans: it stays put */
     memset(scope, 0, sizeof(*scope));
     scope->resource = r->n_resources - 1;
     const uint8_t *at = p, *end = p + len;
@@ -234,7 +234,7 @@ static int read_scope(Request *r, const uint8_t *p, size_t len)
         if (f.number == SCOPE_SPANS_SPANS) {
             if (f.wire != LENGTH_DELIMITED || !read_span(r, f.payload, f.len))
                 return 0;
-        } else if (!bytes_add(&r->scopes[r->n_scopes - 1].head, f.start, f.end - f.start)) {
+        } else if (!bytes_add(&scope->head, f.start, f.end - f.start)) {
             return 0;
         }
     }
@@ -244,7 +244,9 @@ static int read_scope(Request *r, const uint8_t *p, size_t len)
 static int read_resource(Request *r, const uint8_t *p, size_t len)
 {
     GROW(r->resources, r->n_resources, r->cap_resources);
-    memset(&r->resources[r->n_resources++], 0, sizeof(Resource));
+    /* read_scope grows r->scopes and r->spans only: this pointer stays put */
+    Resource *resource = &r->resources[r->n_resources++];
+    memset(resource, 0, sizeof(*resource));
     const uint8_t *at = p, *end = p + len;
     Field f;
     while (at < end) {
@@ -256,7 +258,7 @@ static int read_resource(Request *r, const uint8_t *p, size_t len)
             /* the resource itself comes from the caller, re-encoded after the tenant stamp */
             if (f.number == RESOURCE_SPANS_SCOPE_SPANS && !read_scope(r, f.payload, f.len))
                 return 0;
-        } else if (!bytes_add(&r->resources[r->n_resources - 1].head, f.start, f.end - f.start)) {
+        } else if (!bytes_add(&resource->head, f.start, f.end - f.start)) {
             return 0;
         }
     }

@@ -180,7 +180,8 @@ def test_c_reader_refuses_what_it_does_not_handle() -> None:
     split = trace_split.native.split
     (key, body), = split(raw, 4, [b""], 1_000_000)[0]
     assert key == "01" * 16 and ExportTraceServiceRequest.FromString(body) == request
-    short = request.__deepcopy__()
+    short = ExportTraceServiceRequest()
+    short.CopyFrom(request)
     short.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x02"
     assert split(short.SerializeToString(), 4, [b""], 1_000_000) is None
     assert split(raw, 4, [], 1_000_000) is None  # one ResourceSpans, no resource given
