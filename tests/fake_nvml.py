@@ -1,5 +1,5 @@
 """A stand-in for the ``pynvml`` module, serving the real H100 recording
-(``../shared/fixtures/gpu/h100_nvml_trace.csv``) for tests on machines without a GPU.
+(``tests/fixtures/gpu/h100_nvml_trace.csv``) for tests on machines without a GPU.
 
 It keeps pynvml's contract where our collector depends on it: the same function names and
 argument order, pynvml's own exception classes raised with NVML's return codes (calls
@@ -20,7 +20,7 @@ from typing import Any
 
 import pynvml
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gpu" / "h100_nvml_trace.csv"
+TRACE = Path(__file__).resolve().parent / "fixtures" / "gpu" / "h100_nvml_trace.csv"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from observer.core.config import AdminConfig, ReceiverConfig
 from tests.deploy_support import cli_commands, env_field_problem, load_with_env
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "schemas" / "compose" / "compose-spec.json"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PORTS = {ReceiverConfig().grpc_port, ReceiverConfig().http_port, AdminConfig().port}
 

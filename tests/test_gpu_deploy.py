@@ -1,6 +1,6 @@
 """The GPU collectors' Kubernetes manifests: the cluster-side Deployment
 (deploy/kubernetes/gpu-economics.yaml) valid against the upstream Kubernetes definitions (as
-vendored in Argo's schema, ../shared/schemas/argo/schema.json) with every environment variable
+vendored in Argo's schema, tests/schemas/argo/schema.json) with every environment variable
 and argument accepted by observer itself; and the node DaemonSet of the kustomize base giving
 the NVML collector what it needs."""
 
@@ -19,7 +19,7 @@ from observer.core.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "deploy" / "kubernetes" / "gpu-economics.yaml"
 NODE_DAEMONSET = REPO / "deploy" / "kubernetes" / "base" / "gpu-collector.yaml"
-K8S = json.loads((REPO.parent / "shared" / "schemas" / "argo" / "schema.json").read_text())
+K8S = json.loads((REPO / "tests" / "schemas" / "argo" / "schema.json").read_text())
 
 
 def _validate(instance: object, definition: str) -> None:

@@ -18,7 +18,7 @@ from observer.core.config import GPUConfig, KafkaConfig, ObserverConfig
 from observer.core.records import GPUEconomics, GPUSample, decode
 from observer.core.topics import Topics
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gpu"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gpu"
 NVML_TRACE = FIXTURES / "h100_nvml_trace.csv"
 GEN_TRACE = FIXTURES / "h100_generation_trace.csv"
 GEN_PHASES = FIXTURES / "h100_generation_phases.json"

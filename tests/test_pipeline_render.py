@@ -15,7 +15,7 @@ from triggers.pipeline.render import FAILURE, SUCCESS, render
 from triggers.pipeline.validate import SchemaError, check_all, crd_files, validate_resource
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))
 EXTRA_CRDS = sorted((ROOT / "tests" / "schemas").glob("*.yaml"))
 
 CASES = [

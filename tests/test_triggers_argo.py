@@ -30,7 +30,7 @@ from triggers.pipeline.render import workflow_template
 from triggers.stage import TriggerStage
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))
 TOKEN = "argo-t0ken"
 TOPICS = Topics.from_config(KafkaConfig())
 

@@ -20,7 +20,7 @@ from triggers.pipeline.render import workflow_template
 from triggers.signing import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))
 ARGO_TOKEN = "argo-t0ken"
 SECRET = generate_secret()
 

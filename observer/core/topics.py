@@ -34,6 +34,8 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
     "drift": TopicSpec("drift", prefixed=True),
     "drift_state": TopicSpec("drift-state", prefixed=True, compacted=True),
     "triggers": TopicSpec("triggers", prefixed=True),
+    # Records a stage could not process: the original bytes, stage, reason, source offset.
+    "dead_letter": TopicSpec("dead-letter", prefixed=True),
 }
 
 
@@ -58,6 +60,7 @@ class Topics:
     drift: str
     drift_state: str
     triggers: str
+    dead_letter: str
 
     @classmethod
     def from_config(cls, cfg: KafkaConfig) -> "Topics":
