@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up install clean dashboards bench
+.PHONY: demo test test-unit up install clean dashboards bench docs
 
 # The C extension is compiled by the install: rebuild when its source changes.
 $(STAMP): pyproject.toml collectors/_trace_split.c
@@ -43,8 +43,16 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.collectors_otlp
 
+# The documentation site into site/; reference pages are generated from the code (docs/).
+docs: $(STAMP)
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The fast tier: in-process tests and doctests, no broker, no subprocess (tests/tiers.py).
+test-unit: $(STAMP)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .observer .pytest_cache
+	rm -rf $(VENV) .observer .pytest_cache site

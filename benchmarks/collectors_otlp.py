@@ -183,6 +183,8 @@ def observer_server(command: str) -> Iterator[tuple[str, str]]:
             "OBSERVER_RECEIVER__GRPC_PORT": str(_free_port()),
             "OBSERVER_ADMIN__PORT": str(admin),
             "OBSERVER_TRIGGER__LEDGER_PATH": f"{tmp}/ledger.sqlite",
+            # Each run starts empty: no spool or drift state of an earlier run replayed.
+            "OBSERVER_KAFKA__EMBEDDED_STATE_DIR": f"{tmp}/state",
         }
         proc = subprocess.Popen([sys.executable, "-m", "observer.cli", command], env=env)
         try:

@@ -1,8 +1,12 @@
 """A bounded in-flight budget shared by every receiver: requests and decoded bytes.
 
-A receiver takes a slot before reading a body and adds the body's decoded size once known;
-past either bound it refuses at once (HTTP 429 / gRPC UNAVAILABLE with a retry delay) instead
-of queueing, so a slow Kafka turns into client-side backoff rather than unbounded memory here.
+A request charges its bytes as its body arrives (:meth:`InflightBudget.reserve`, then
+:meth:`Slot.add_bytes`) and takes one of the request slots only once the body is whole
+(:meth:`Slot.take_request`): a client that sends slowly holds the bytes it sent, never a slot
+that real exports need. Past either bound the receiver refuses at once (HTTP 429 / gRPC
+UNAVAILABLE with a retry delay) instead of queueing, so a slow Kafka turns into client-side
+backoff rather than unbounded memory here. :meth:`InflightBudget.admit` takes the slot first,
+for receivers (gRPC) that get the body whole.
 
 >>> budget = InflightBudget(max_requests=1, max_bytes=100)
 >>> first = budget.admit()
@@ -10,7 +14,12 @@ of queueing, so a slow Kafka turns into client-side backoff rather than unbounde
 >>> budget.admit()  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
 Saturated: 1 export request(s) already in flight (limit 1)
->>> first.release()
+>>> reading = budget.reserve()  # a body still arriving: bytes only
+>>> reading.add_bytes(30)
+>>> reading.take_request()  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+Saturated: 1 export request(s) already in flight (limit 1)
+>>> first.release(); reading.release()
 >>> second = budget.admit()
 >>> second.add_bytes(101)  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
@@ -63,24 +72,42 @@ class InflightBudget:
 
     def admit(self) -> Slot:
         """Take a request slot, or raise :class:`Saturated`."""
-        with self._lock:
-            if self.requests >= self.max_requests:
-                raise Saturated(
-                    f"{self.requests} export request(s) already in flight "
-                    f"(limit {self.max_requests})"
-                )
-            self.requests += 1
-        INFLIGHT_REQUESTS.inc()
+        slot = Slot(self)
+        slot.take_request()
+        return slot
+
+    def reserve(self) -> Slot:
+        """A slot holding nothing yet: charge bytes as a body arrives, then take the request."""
         return Slot(self)
 
 
 class Slot:
-    """One admitted request; release it exactly once (a context manager does)."""
+    """One request's share of the budget; release it exactly once (a context manager does)."""
 
     def __init__(self, budget: InflightBudget) -> None:
         self._budget = budget
         self._bytes = 0
+        self._request = False
         self._released = False
+
+    @property
+    def bytes(self) -> int:
+        """Bytes charged to this request so far."""
+        return self._bytes
+
+    def take_request(self) -> None:
+        """Count this as one of the requests in flight, or raise :class:`Saturated`."""
+        if self._request:
+            return
+        b = self._budget
+        with b._lock:
+            if b.requests >= b.max_requests:
+                raise Saturated(
+                    f"{b.requests} export request(s) already in flight (limit {b.max_requests})"
+                )
+            b.requests += 1
+            self._request = True
+        INFLIGHT_REQUESTS.inc()
 
     def add_bytes(self, n: int) -> None:
         """Account ``n`` more decoded bytes to this request, or raise :class:`Saturated`."""
@@ -100,10 +127,11 @@ class Slot:
         self._released = True
         b = self._budget
         with b._lock:
-            b.requests -= 1
+            b.requests -= self._request
             b.bytes -= self._bytes
             b.last_release = time.monotonic()
-        INFLIGHT_REQUESTS.dec()
+        if self._request:
+            INFLIGHT_REQUESTS.dec()
         INFLIGHT_BYTES.dec(self._bytes)
 
     def __enter__(self) -> Slot:

@@ -12,6 +12,10 @@ Only what the KServe logger intake needs, per the CloudEvents HTTP and Kafka pro
   ``content-type: application/cloudevents+json`` header and the JSON event as value) is read
   too, so a Knative KafkaSink in either mode can write the topic directly.
 
+Attribute values are made safe to store (:func:`observer.core.validate.text`: valid UTF-8, no
+control characters, at most :data:`MAX_ATTRIBUTE_CHARS`); a body that is not JSON, or nests
+or counts past what the decoder takes, is a :class:`CloudEventError`.
+
 >>> event = from_http({"ce-specversion": "1.0", "ce-id": "r1", "ce-source": "/p",
 ...     "ce-type": "t", "ce-inferenceservicename": "iris", "content-type": "application/json"},
 ...     b'{"instances": [[1]]}')
@@ -32,12 +36,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from observer.core import validate
+
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 REQUIRED = ("specversion", "id", "source", "type")
 SPEC_VERSIONS = frozenset({"1.0", "0.3"})
 # Attribute names are lowercase letters and digits (CloudEvents 1.0, "Naming conventions").
 _NAME = re.compile(r"^[a-z0-9]{1,64}$")
+MAX_ATTRIBUTE_CHARS = 2048
+"""Longest attribute value kept (URIs in ``source`` can be long; ids and names are short)."""
 
 
 class CloudEventError(ValueError):
@@ -73,7 +81,8 @@ def _validated(attributes: dict[str, str], data: bytes, content_type: str) -> Cl
     if bad:
         raise CloudEventError(f"invalid CloudEvent attribute name(s): {', '.join(bad)}")
     attributes.pop("datacontenttype", None)
-    return CloudEvent(attributes, data, content_type)
+    safe = {name: validate.text(value, MAX_ATTRIBUTE_CHARS) for name, value in attributes.items()}
+    return CloudEvent(safe, data, validate.text(content_type, MAX_ATTRIBUTE_CHARS))
 
 
 def _media_type(content_type: str) -> str:
@@ -115,8 +124,9 @@ def events_from_http(headers: Mapping[str, str], body: bytes) -> list[CloudEvent
 def _json(body: bytes) -> object:
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CloudEventError(f"structured CloudEvent is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, bad UTF-8, huge numbers, too deep
+        why = validate.describe(e)
+        raise CloudEventError(f"structured CloudEvent is not JSON: {why}") from None
 
 
 def _from_json_object(obj: object, where: str) -> CloudEvent:
@@ -133,9 +143,9 @@ def _from_json_object(obj: object, where: str) -> CloudEvent:
         value = obj.pop("data")
         # JSON data stays JSON; a string under a non-JSON content type is the text itself.
         if isinstance(value, str) and "json" not in _media_type(content_type):
-            data = value.encode()
+            data = value.encode("utf-8", "replace")
         else:
-            data = json.dumps(value, separators=(",", ":")).encode()
+            data = json.dumps(value, separators=(",", ":")).encode("utf-8", "replace")
     else:
         data = b""
     attributes = {

@@ -10,6 +10,12 @@ type) keeps its first ``metrics.max_label_values`` distinct values; later ones a
 ``other``. Path signatures keep ``metrics.max_paths``. With the defaults (20, 20) the largest
 family, ``observer_llm_latency_seconds``, has at most 20 services x 20 models x 13 buckets.
 
+Records are checked when they are decoded (:mod:`observer.core.records` bounds counts and
+rejects NaN), and again where a value meets a series: a counter is only ever incremented by
+a finite amount in ``[0, MAX_COUNT]`` and a histogram only observes finite, non-negative
+values (a record without a valid latency is counted, not observed). A message that does not
+decode as a record goes to the dead-letter topic with its reason.
+
 >>> from prometheus_client import CollectorRegistry
 >>> from observer.core.bus import Message
 >>> from observer.core.records import LLMCall, encode
@@ -33,8 +39,10 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig, MetricsConfig  # noqa: F401 (doctest)
+from observer.core.dead_letter import dead_letter
 from observer.core.records import LLMCall, PathRecord, Record, RecordError, ToolCall, decode
 from observer.core.topics import Topics
 
@@ -64,9 +72,12 @@ class LabelCap:
     First come, first kept: a value once admitted keeps its series for the process's life, so
     counters never jump between label sets.
 
+    Values are label-safe first (:func:`observer.core.validate.text`: capped, no control
+    characters), whatever produced the record.
+
     >>> cap = LabelCap(2)
-    >>> [cap("a"), cap("b"), cap("c"), cap("a"), cap("")]
-    ['a', 'b', 'other', 'a', 'unknown']
+    >>> [cap("a"), cap("b"), cap("c"), cap("a"), cap(""), len(LabelCap(1)("x" * 9999))]
+    ['a', 'b', 'other', 'a', 'unknown', 256]
     """
 
     def __init__(self, limit: int) -> None:
@@ -80,6 +91,9 @@ class LabelCap:
         if not value:
             # "" would read as "label absent" in PromQL; say so instead.
             return UNKNOWN
+        if value in self._kept:
+            return value
+        value = validate.text(value) or UNKNOWN
         if value in self._kept:
             return value
         with self._lock:
@@ -204,7 +218,23 @@ def path_label(steps: list[str]) -> str:
 
 
 def _seconds(ms: float | None) -> float | None:
-    return None if ms is None else max(ms, 0.0) / 1000.0
+    """Seconds from milliseconds; None unless finite and non-negative."""
+    checked = validate.finite(ms, min=0.0)
+    return None if checked is None else checked / 1000.0
+
+
+def _inc(counter: Counter, amount: object) -> None:
+    """Increment by ``amount`` only when it is a count (finite, ``0..MAX_COUNT``)."""
+    checked = validate.finite(amount, min=0.0, max=validate.MAX_COUNT)
+    if checked:
+        counter.inc(checked)
+
+
+def _observe(histogram: Histogram, value: float | None) -> None:
+    """Observe ``value`` only when it is finite and non-negative."""
+    checked = validate.finite(value, min=0.0)
+    if checked is not None:
+        histogram.observe(checked)
 
 
 class DomainMetrics:
@@ -220,6 +250,7 @@ class DomainMetrics:
         self, cfg: MetricsConfig, topics: Topics, registry: CollectorRegistry | None = None
     ) -> None:
         self.cfg = cfg
+        self.topics = topics
         self.series = _series_for(registry)
         cap = cfg.max_label_values
         self.services, self.models, self.tools = LabelCap(cap), LabelCap(cap), LabelCap(cap)
@@ -233,19 +264,26 @@ class DomainMetrics:
         }
 
     def process(self, messages: list[Message]) -> list[Output]:
+        dead: list[Output] = []
         for m in messages:
             try:
                 record = decode(m.value)
             except RecordError as e:
                 self.series.errors.labels("undecodable").inc()
-                log.warning("skipping %s@%d/%d: %s", m.topic, m.partition, m.offset, e)
+                dead.append(dead_letter(self.topics.dead_letter, self.name, m,
+                                        validate.reason(e), validate.describe(e)))
                 continue
             handler = self.handlers.get(type(record))
             if handler is None:
                 self.series.errors.labels("unexpected_record").inc()
                 continue
-            handler(record)
-        return []
+            try:
+                handler(record)
+            except validate.REJECTED as e:  # a value no check above caught: quarantine it
+                self.series.errors.labels("invalid").inc()
+                dead.append(dead_letter(self.topics.dead_letter, self.name, m,
+                                        validate.reason(e), validate.describe(e)))
+        return dead
 
     def tick(self) -> list[Output]:
         return []
@@ -262,11 +300,9 @@ class DomainMetrics:
         for field, kind in TOKEN_FIELDS.items():
             n = getattr(r, field)
             if n:
-                s.llm_tokens.labels(*labels, kind).inc(n)
-        s.llm_latency.labels(*labels).observe(_seconds(r.latency_ms) or 0.0)
-        ttft = _seconds(r.time_to_first_token_ms)
-        if ttft is not None:
-            s.llm_ttft.labels(*labels).observe(ttft)
+                _inc(s.llm_tokens.labels(*labels, kind), n)
+        _observe(s.llm_latency.labels(*labels), _seconds(r.latency_ms))
+        _observe(s.llm_ttft.labels(*labels), _seconds(r.time_to_first_token_ms))
 
     def _tool(self, r: Record) -> None:
         assert isinstance(r, ToolCall)
@@ -275,14 +311,14 @@ class DomainMetrics:
         s.tool_calls.labels(service, tool, r.status).inc()
         if r.status == "error":
             s.tool_errors.labels(service, tool, self.error_types(r.error_type or "error")).inc()
-        s.tool_latency.labels(service, tool).observe(_seconds(r.latency_ms) or 0.0)
+        _observe(s.tool_latency.labels(service, tool), _seconds(r.latency_ms))
 
     def _path(self, r: Record) -> None:
         assert isinstance(r, PathRecord)
         s = self.series
         service, agent = self.services(r.service), self.agents(r.agent)
         s.traces.labels(service, agent, "true" if r.loop_bound_exceeded else "false").inc()
-        s.loop_iterations.labels(service, agent).observe(r.loop_iterations)
+        _observe(s.loop_iterations.labels(service, agent), r.loop_iterations)
         signature = self.path_cap(r.path_signature)
         readable = path_label(r.prompt_path) if signature == r.path_signature else signature
         s.paths.labels(service, readable, signature).inc()

@@ -12,6 +12,13 @@ turned into deltas against the previous point of the same series, so counts and 
 across records. A series restarted by its process (a new ``start_time_unix_nano`` or a count
 that went down) starts again from its own values. Other metrics are skipped.
 
+Every value is checked before it enters a record (:mod:`observer.core.validate`): counts
+non-negative and at most ``MAX_COUNT``, sums, bounds and values finite, timestamps int64;
+an invalid one is left out (``None``; both bucket lists when one entry is invalid) and counted
+in ``observer_invalid_values_total{stage="genai-metrics",field}``. A cumulative series whose
+counts go down is a restart, never a negative delta. A message that does not parse goes to
+the dead-letter topic (``decode_error``).
+
 The per-series state is in memory and bounded (:data:`MAX_SERIES`, least recently seen
 dropped): after a restart of the stage the first point of each cumulative series is emitted
 whole, covering the series since its start.
@@ -43,17 +50,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from prometheus_client import Counter
 
-from collectors.genai_mapping import LLM_FIELDS, Source, lookup
-from collectors.normalizer import attribute_values
+from collectors.genai_mapping import LLM_FIELDS, OPERATION, Source, lookup
+from collectors.normalizer import attribute_values, resource_names
+from collectors.otlp_messages import UndecodableMessage, otlp_request, quarantine
+from collectors.tenant_seal import TenantSeal
 from collectors.signals import resource_key
-from collectors.tenancy import TENANT_ATTRIBUTE
+from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig  # noqa: F401 (doctest)
 from observer.core.records import GenAIMetric, encode, segment_key
@@ -92,14 +100,53 @@ METRIC_FIELDS: dict[str, Source] = {
     "provider": LLM_FIELDS["provider"],
     "model": LLM_FIELDS["model"],
     "response_model": Source(("gen_ai.response.model",)),
-    "operation": Source(("gen_ai.operation.name", "llm.request.type")),
+    "operation": Source(("gen_ai.operation.name", "llm.request.type"), OPERATION),
     "token_type": Source(("gen_ai.token.type",)),
     "server_address": Source(("server.address",)),
     "error_type": Source(("error.type",)),
     "agent": LLM_FIELDS["agent"],
 }
 _WANTED = frozenset(name for source in METRIC_FIELDS.values() for name in source.names)
-_RESOURCE_ATTRIBUTES = frozenset({"service.name", TENANT_ATTRIBUTE})
+STAGE = "genai-metrics"
+
+# Point field -> its rule (observer.core.validate); the bucket lists are checked as wholes.
+_POINT_RULES = {
+    "count": validate.count,
+    "sum": validate.finite,
+    "min": validate.finite,
+    "max": validate.finite,
+    "value": validate.finite,
+}
+
+
+def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every invalid number set to None (buckets: both lists emptied).
+
+    >>> _checked({"count": -1, "sum": float("nan"), "bucket_bounds": [1.0],
+    ...           "bucket_counts": [2**64 - 1, 0]})
+    {'count': None, 'sum': None, 'bucket_bounds': [], 'bucket_counts': []}
+    """
+    out = dict(values)
+    for field, rule in _POINT_RULES.items():
+        if out.get(field) is not None:
+            out[field] = rule(out[field])
+            if out[field] is None:
+                validate.invalid(STAGE, field)
+    bounds, counts = out.get("bucket_bounds"), out.get("bucket_counts")
+    if bounds or counts:
+        good_bounds = [validate.finite(b) for b in bounds or []]
+        good_counts = [validate.count(c) for c in counts or []]
+        if None in good_bounds or None in good_counts:
+            validate.invalid(STAGE, "bucket_counts" if None in good_counts else "bucket_bounds")
+            out["bucket_bounds"], out["bucket_counts"] = [], []
+    return out
+
+
+def _time(value: int, field: str) -> int:
+    checked = validate.count(value, max=validate.MAX_UNIX_NANO)
+    if checked is None:
+        validate.invalid(STAGE, field)
+    return checked or 0
 _TEMPORALITY = {
     AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA: "delta",
     AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE: "cumulative",
@@ -147,19 +194,23 @@ class GenAIMetricsNormalizer:
     name = "genai-metrics"
 
     def __init__(
-        self, topics: Topics, *, segment_keys: Sequence[str] = ("service", "model")
+        self,
+        topics: Topics,
+        *,
+        segment_keys: Sequence[str] = ("service", "model"),
+        seal: TenantSeal | None = None,
     ) -> None:
         self.topics = topics
         self.segment_keys = list(segment_keys)
+        # A message's tenant counts only under a receiver's seal (collectors.tenant_seal).
+        self.seal = seal or TenantSeal(None)
         self._series: OrderedDict[tuple[Any, ...], _Last] = OrderedDict()
 
     def normalize(self, request: ExportMetricsServiceRequest) -> list[GenAIMetric]:
         """The records of one export request's ``gen_ai.*`` data points."""
         records = []
         for resource_metrics in request.resource_metrics:
-            resource = attribute_values(resource_metrics.resource.attributes, _RESOURCE_ATTRIBUTES)
-            service = str(resource.get("service.name") or "unknown")
-            tenant = str(resource.get(TENANT_ATTRIBUTE) or "")
+            service, tenant = resource_names(resource_metrics.resource, STAGE)
             where = resource_key(resource_metrics.resource)
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
@@ -174,29 +225,31 @@ class GenAIMetricsNormalizer:
         data = getattr(metric, instrument)
         temporality = _TEMPORALITY.get(getattr(data, "aggregation_temporality", 0), "")
         monotonic = getattr(data, "is_monotonic", None) if instrument == "sum" else None
-        kind = METRIC_KINDS.get(metric.name, metric.name)
+        name = validate.text(metric.name)
+        kind = METRIC_KINDS.get(name, name)
         records = []
         for point in data.data_points:
-            fields = lookup(attribute_values(point.attributes, _WANTED), METRIC_FIELDS)
-            values = _values(metric, point)
-            start = point.start_time_unix_nano
+            fields = lookup(attribute_values(point.attributes, _WANTED), METRIC_FIELDS, STAGE)
+            values = _checked(_values(metric, point))
+            start = _time(point.start_time_unix_nano, "start_time_unix_nano")
             if temporality == "cumulative" and (instrument != "sum" or monotonic):
                 series = (where, metric.name, tuple(
                     (kv.key, kv.value.SerializeToString(deterministic=True))
                     for kv in point.attributes))
                 start, values = self._delta(series, point, values)
+                values = _checked(values)
             POINTS.labels(kind).inc()
             records.append(
                 GenAIMetric(
                     tenant=tenant,
                     service=service,
-                    metric=metric.name,
+                    metric=name,
                     kind=kind,
                     instrument=instrument,
-                    unit=metric.unit,
+                    unit=validate.text(metric.unit),
                     temporality=temporality,
                     start_time_unix_nano=start,
-                    time_unix_nano=point.time_unix_nano,
+                    time_unix_nano=_time(point.time_unix_nano, "time_unix_nano"),
                     **fields,
                     **values,
                 )
@@ -222,7 +275,7 @@ class GenAIMetricsNormalizer:
             or point.time_unix_nano < last.time
         )
         if restarted:
-            return point.start_time_unix_nano, values
+            return _time(point.start_time_unix_nano, "start_time_unix_nano"), values
         assert last is not None
         delta = dict(values)
         if "value" in values:
@@ -233,22 +286,23 @@ class GenAIMetricsNormalizer:
                 delta["sum"] = total - last.sum
             if len(buckets) == len(last.buckets):
                 delta["bucket_counts"] = [b - a for a, b in zip(last.buckets, buckets)]
+            # A bucket that went down while the count did not: no interval to give.
+            if any(c < 0 for c in delta.get("bucket_counts") or []):
+                delta["bucket_bounds"], delta["bucket_counts"] = [], []
             # Cumulative min/max cover the whole series, not this interval.
             delta["min"] = delta["max"] = None
-        return last.time, delta
+        return _time(last.time, "start_time_unix_nano"), delta
 
     # -- Processor -----------------------------------------------------------------------
     def process(self, messages: list[Message]) -> list[Output]:
         outputs = []
         for message in messages:
             try:
-                request = ExportMetricsServiceRequest.FromString(message.value)
-            except (DecodeError, TypeError) as e:  # TypeError: a tombstone (value None)
-                ERRORS.inc()
-                log.warning("genai-metrics: skipping %s[%d]@%d: %s",
-                            message.topic, message.partition, message.offset, e)
-                continue
-            outputs += [self._output(r) for r in self.normalize(request)]
+                # Opened (decrypted) here; an untrusted message's tenant is dropped.
+                request = otlp_request(message, ExportMetricsServiceRequest, self.seal, self.name)
+                outputs += [self._output(r) for r in self.normalize(request)]
+            except (UndecodableMessage, *validate.REJECTED) as e:
+                outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
         return outputs
 
     def tick(self) -> list[Output]:
@@ -257,4 +311,3 @@ class GenAIMetricsNormalizer:
     def _output(self, record: GenAIMetric) -> Output:
         key = segment_key(record.segment_of(self.segment_keys))
         return Output(self.topics.genai_metrics, key, encode(record))
-

@@ -19,6 +19,12 @@ dict row gives one column per key (``<key>.0`` ... for list values). Strings lon
 record, while short categorical values stay usable for drift. At most ``max_features`` columns
 and ``max_instances`` instances are kept (``truncated`` says when some were dropped).
 
+Cells are values a record and a statistic can take (:mod:`observer.core.validate`): NaN,
+infinities and integers outside int64 become missing values (``None``), strings are valid
+UTF-8 without control characters, column names are capped. A body that is not JSON, nests
+deeper than the decoder goes, or has numbers of more digits than Python parses is a
+:class:`PayloadError`, never another exception.
+
 >>> p = parse(b'{"instances": [[6.8, 2.8], [6.0, 3.4]]}', "request")
 >>> p.protocol, p.instances, p.columns
 ('v1', 2, {'input.0': [6.8, 6.0], 'input.1': [2.8, 3.4]})
@@ -36,6 +42,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from observer.core import validate
 
 Side = Literal["request", "response"]
 Scalar = int | float | bool | str | None
@@ -64,13 +72,26 @@ class Limits:
     max_string_chars: int = 64
 
 
+INT64 = 2**63
+
+
 def _scalar(value: Any, limits: Limits) -> Scalar:
+    """One cell as a record keeps it.
+
+    >>> _scalar(float("nan"), Limits()), _scalar(10**30, Limits()), _scalar("a\\ud800", Limits())
+    (None, None, 'a�')
+    """
     if isinstance(value, (dict, list)):
         value = json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if isinstance(value, str) and len(value) > limits.max_string_chars:
-        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+    if isinstance(value, str):
+        if len(value) > limits.max_string_chars:
+            digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+            return "sha256:" + digest[:16]
+        return validate.text(value, max_chars=limits.max_string_chars, newlines=True)
     if isinstance(value, float) and not math.isfinite(value):
         return None  # NaN/inf have no place in a JSON record
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        return None  # no model feature is an integer past int64; a statistic cannot take it
     return value  # type: ignore[no-any-return]
 
 
@@ -104,6 +125,7 @@ class _Columns:
     def put(self, name: str, index: int, value: Any) -> None:
         if index >= self.instances:
             return
+        name = validate.text(name)
         column = self.columns.get(name)
         if column is None:
             if len(self.columns) >= self.limits.max_features:
@@ -157,7 +179,10 @@ def _tensors(tensors: list[dict[str, Any]], limits: Limits) -> tuple[int, dict[s
         name = str(tensor["name"])
         data = _flatten(tensor["data"])
         shape = tensor.get("shape") or [len(data)]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= validate.MAX_COUNT
+            for d in shape
+        ):
             raise PayloadError(f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
         if math.prod(shape) != len(data):
             raise PayloadError(
@@ -197,12 +222,19 @@ LAYOUTS: dict[Side, list[tuple[str, Literal["v1", "v2"], str, Reader]]] = {
 }
 
 
+def _name(value: Any) -> str:
+    """A model name or version: a string or a number, capped; anything else is no name."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value) if validate.finite(value) is not None else ""
+    return validate.text(value) if isinstance(value, str) else ""
+
+
 def parse(body: bytes, side: Side, limits: Limits = Limits()) -> Payload:
     """The features of a request body or the outputs of a response body."""
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PayloadError(f"{side} body is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, bad UTF-8, huge numbers, too deep
+        raise PayloadError(f"{side} body is not JSON: {validate.describe(e)}") from None
     if not isinstance(doc, dict):
         raise PayloadError(f"{side} body must be a JSON object, got {type(doc).__name__}")
     for key, protocol, base, reader in LAYOUTS[side]:
@@ -210,13 +242,16 @@ def parse(body: bytes, side: Side, limits: Limits = Limits()) -> Payload:
             continue
         if key in _TENSOR_KEYS and (protocol == "v2") != _is_tensor_list(doc[key]):
             continue
-        instances, columns, truncated = reader(doc[key], base, limits)
+        try:
+            instances, columns, truncated = reader(doc[key], base, limits)
+        except RecursionError:
+            raise PayloadError(f"{side} body nests too deep to read as columns") from None
         return Payload(
             protocol=protocol,
             instances=instances,
             columns=columns,
-            model=str(doc.get("model_name") or ""),
-            model_version=str(doc.get("model_version") or ""),
+            model=_name(doc.get("model_name")),
+            model_version=_name(doc.get("model_version")),
             truncated=truncated,
         )
     wanted = " or ".join(sorted({f'"{k}"' for k, *_ in LAYOUTS[side]}))

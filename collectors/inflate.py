@@ -83,6 +83,11 @@ class BoundedBody:
             else:
                 data = self._inflater.unconsumed_tail
 
+    @property
+    def size(self) -> int:
+        """Bytes of body so far, inflated."""
+        return self._size
+
     def finish(self) -> bytes:
         """The whole body; raises :class:`BadEncoding` when compressed data stops early."""
         if self._fed:

@@ -23,7 +23,9 @@ Kafka did not ack      503   UNAVAILABLE + RetryInfo              yes
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +37,18 @@ from prometheus_client import Counter
 from collectors import trace_split
 from collectors.budget import InflightBudget, Saturated, Slot
 from collectors.signals import Signal
+from collectors.spool import Entry, Spool
 from collectors.tenancy import Authenticator, stamp
+from collectors.tenant_seal import TenantSeal
 from collectors.trace_split import TraceSplit
+from observer.core.authorization import DuplicateAuthorization
 from observer.core.bus import Output
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.producers import (
     DurableProducer,
     MessageTooLarge,
     NotDurable,
+    Placed,
     acknowledged,
     open_durable_producer,
     wait_acknowledged,
@@ -104,11 +110,11 @@ class Refusal(Exception):
             self.headers.setdefault("Retry-After", str(retry_after_s))
 
 
-def unauthenticated() -> Refusal:
+def unauthenticated(message: str = "missing or wrong bearer token") -> Refusal:
     return Refusal(
         401,
         code_pb2.UNAUTHENTICATED,
-        "missing or wrong bearer token",
+        message,
         headers={"WWW-Authenticate": "Bearer"},
     )
 
@@ -127,12 +133,19 @@ class Intake:
     :meth:`open` creates the producer (``receiver.kafka_client``); :meth:`close` closes it.
     """
 
-    def __init__(self, receiver: ReceiverConfig, kafka: KafkaConfig, topics: Topics) -> None:
+    def __init__(
+        self, receiver: ReceiverConfig, kafka: KafkaConfig, topics: Topics,
+        spool: Spool | None = None,
+    ) -> None:
         self.receiver = receiver
+        # Embedded durable mode: acknowledged messages are fsynced here before the answer.
+        self.spool = spool
         self.kafka = kafka
         self.topics = topics
         self.budget = InflightBudget(receiver.max_inflight_requests, receiver.max_inflight_bytes)
         self.auth = Authenticator(receiver.auth_token, receiver.tenants)
+        # Seals (encrypts, authenticates) what the receivers write: collectors.tenant_seal.
+        self.seal = TenantSeal(receiver.stamp_key)
         self.producer: DurableProducer | None = None
 
     def open(self) -> Intake:
@@ -141,10 +154,13 @@ class Intake:
                 "receiver: collectors._trace_split (C) is not built, so traces are regrouped "
                 "on the slower numpy path; reinstall observer where a C compiler is available"
             )
+        # Sealed values are ciphertext: compressing them would cost CPU and save nothing.
+        kafka = (self.kafka.model_copy(update={"compression": "none"})
+                 if self.seal.active else self.kafka)
         # Every Kafka wait is bounded by ack_timeout_s, metadata included.
         self.producer = open_durable_producer(
             self.receiver.kafka_client,
-            self.kafka,
+            kafka,
             self.receiver.ack_timeout_s,
             self.receiver.linger_ms,
         )
@@ -164,9 +180,13 @@ class Intake:
         consuming stages in this process give way meanwhile."""
         return self.budget.active(BUSY_QUIET_S)
 
-    def authenticate(self, authorization: str | None) -> str:
-        """The tenant of this ``Authorization`` header value, or a 401 :class:`Refusal`."""
-        tenant = self.auth.tenant_of(authorization)
+    def authenticate(self, authorization: Sequence[str | bytes]) -> str:
+        """The tenant of a request given ALL its ``Authorization`` values, or a 401
+        :class:`Refusal` (a missing or wrong token, or more than one header)."""
+        try:
+            tenant = self.auth.tenant_of(authorization)
+        except DuplicateAuthorization as e:
+            raise unauthenticated(str(e)) from None
         if tenant is None:
             raise unauthenticated()
         return tenant
@@ -178,15 +198,29 @@ class Intake:
         except Saturated as e:
             raise self.saturated(str(e)) from None
 
+    def reserve(self) -> Slot:
+        """A slot holding no request yet, for a body still arriving: charge its bytes with
+        :meth:`account` as they come, then :meth:`take_request` once it is whole."""
+        return self.budget.reserve()
+
+    def take_request(self, slot: Slot) -> None:
+        """Count ``slot`` as a request in flight, or raise a retryable 429 :class:`Refusal`."""
+        try:
+            slot.take_request()
+        except Saturated as e:
+            raise self.saturated(str(e)) from None
+
     def account(self, slot: Slot, size: int) -> None:
-        """Charge ``size`` decoded bytes to ``slot``, or raise a retryable 429 :class:`Refusal`.
+        """Charge ``size`` more decoded bytes to ``slot``, or raise a retryable 429
+        :class:`Refusal` (:mod:`collectors.decoded_size` says what a body costs).
 
         A request bigger than the whole byte budget could never pass: 413, not retryable.
         """
-        if size > self.budget.max_bytes:
+        if slot.bytes + size > self.budget.max_bytes:
             raise too_large(
-                f"request of {size} decoded bytes exceeds the in-flight budget "
-                f"({self.budget.max_bytes} bytes)"
+                f"request of {slot.bytes + size} decoded bytes (estimated from the body: "
+                f"see observer_receiver_inflight_bytes) exceeds the in-flight budget "
+                f"({self.budget.max_bytes} bytes, receiver.max_inflight_bytes)"
             )
         try:
             slot.add_bytes(size)
@@ -215,7 +249,8 @@ class Intake:
         split = signal.split(
             request, self._partitions(topic), self.receiver.max_message_bytes, raw
         )
-        outputs = [Output(topic, key, value) for key, value in split.encoded.items()]
+        outputs = [self.seal.sealed(Output(topic, key, value))
+                   for key, value in split.encoded.items()]
         return Prepared(signal, split, outputs)
 
     async def deliver(self, prepared: Prepared) -> Message:
@@ -271,9 +306,15 @@ class Intake:
         """
         future = self._submit(outputs, what, unit)
         try:
-            wait_acknowledged(future, self.receiver.ack_timeout_s)
+            placed = wait_acknowledged(future, self.receiver.ack_timeout_s)
         except (MessageTooLarge, NotDurable) as e:
             raise self._refusal(e, outputs, what, unit) from None
+        kept = self._spooled(outputs, placed)
+        if kept is not None:
+            try:
+                kept.result(self.receiver.ack_timeout_s)
+            except Exception as e:  # noqa: BLE001 (disk full, I/O error, timeout)
+                raise self._not_spooled(e, what) from None
 
     async def write_async(
         self, outputs: list[Output], what: str, unit: str = "one message"
@@ -281,11 +322,31 @@ class Intake:
         """:meth:`write` on the event loop: the wait for the acks holds no thread."""
         future = self._submit(outputs, what, unit)
         try:
-            await acknowledged(future, self.receiver.ack_timeout_s)
+            placed = await acknowledged(future, self.receiver.ack_timeout_s)
         except (MessageTooLarge, NotDurable) as e:
             raise self._refusal(e, outputs, what, unit) from None
+        kept = self._spooled(outputs, placed)
+        if kept is not None:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(kept), self.receiver.ack_timeout_s)
+            except Exception as e:  # noqa: BLE001 (disk full, I/O error, timeout)
+                raise self._not_spooled(e, what) from None
 
-    def _submit(self, outputs: list[Output], what: str, unit: str) -> Future[None]:
+    def _spooled(self, outputs: list[Output], placed: list[Placed]) -> Future[None] | None:
+        """Append what Kafka acknowledged to the spool (fsynced by its writer thread)."""
+        if self.spool is None:
+            return None
+        return self.spool.append(
+            Entry(o.topic, partition, offset,
+                  o.key.encode() if isinstance(o.key, str) else o.key, o.value, o.headers)
+            for o, (partition, offset) in zip(outputs, placed)
+        )
+
+    def _not_spooled(self, error: Exception, what: str) -> Refusal:
+        log.error("receiver: the %s were not written to the local spool: %r", what, error)
+        return self.not_durable(f"the {what} could not be kept on local disk: {error!r}")
+
+    def _submit(self, outputs: list[Output], what: str, unit: str) -> Future[list[Placed]]:
         if self.producer is None:
             raise RuntimeError("Intake.write before Intake.open")
         try:

@@ -32,7 +32,7 @@ from prometheus_client import Counter
 from collectors.budget import Slot
 from collectors.cloud_events import CloudEvent, CloudEventError, events_from_http, to_kafka
 from collectors.intake import Intake, bad_request
-from collectors.otlp_http import Route, read_body
+from collectors.otlp_http import Route, read_admitted
 from observer.core.bus import Output
 
 KSERVE_PATH = "/v1/kserve"
@@ -66,8 +66,7 @@ def kserve_route(intake: Intake) -> Route:
     topic = intake.topics.kserve_events
 
     async def accept(request: Request, tenant: str, slot: Slot) -> Response:
-        body = await read_body(request, intake.receiver.max_body_bytes)
-        intake.account(slot, len(body))
+        body = await read_admitted(request, intake, slot)
         try:
             events = events_from_http(request.headers, body)
         except CloudEventError as e:
@@ -81,7 +80,7 @@ def kserve_route(intake: Intake) -> Route:
         outputs = []
         for event in events:
             headers, value = to_kafka(stamp_tenant(event, tenant))
-            outputs.append(Output(topic, event.id, value, headers))
+            outputs.append(intake.seal.sealed(Output(topic, event.id, value, headers)))
         await intake.write_async(outputs, "KServe events", "one inference body")
         for event in events:
             EVENTS.labels(event.type.rsplit(".", 1)[-1]).inc()

@@ -12,6 +12,12 @@ KServe logs only 200 responses) is written alone with ``paired: false``; past ``
 waiting events the oldest is. A second copy of an event already written (an at-least-once
 redelivery) is counted in ``observer_predictions_duplicates_total`` and dropped.
 
+Hostile events: names and ids are capped (:func:`observer.core.validate.text`), times outside
+int64 nanoseconds and negative latencies (a response stamped before its request) are left
+out (``None``, counted in ``observer_invalid_values_total{stage="predictions",field}``), and
+payload cells are finite scalars (:mod:`collectors.inference_protocol`). A message that is
+not a CloudEvent or whose record still breaks a rule goes to the dead-letter topic.
+
 Pending events live in memory: a restart loses the ones waiting (their offsets were
 committed), like open traces in trace grouping.
 
@@ -45,9 +51,12 @@ from prometheus_client import Counter, Gauge
 
 from collectors.cloud_events import CloudEvent, CloudEventError, from_kafka, to_kafka  # noqa: F401 (doctest)
 from collectors.inference_protocol import Limits, Payload, PayloadError, Side, parse
-from collectors.kserve_intake import REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION
+from collectors.kserve_intake import REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION, stamp_tenant
+from collectors.tenant_seal import BrokenSeal, TenantSeal
+from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KServeConfig
+from observer.core.dead_letter import dead_letter
 from observer.core.records import Prediction, encode, segment_key
 from observer.core.topics import Topics
 
@@ -70,6 +79,7 @@ PENDING = Gauge("observer_predictions_pending", "Logger events waiting for their
 
 SIDES: dict[str, Side] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 PairKey = tuple[str, str, str, str, str]
+STAGE = "predictions"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -93,11 +103,26 @@ def _time_ns(event: CloudEvent | None) -> int | None:
         text = f"{head}.{fraction[:6].ljust(6, '0')}{zone}"
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            return None
+        ns = (parsed - _EPOCH) // timedelta(microseconds=1) * 1000
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
+    checked = validate.count(ns, max=validate.MAX_UNIX_NANO)  # before 1970 or past int64
+    if checked is None:
+        validate.invalid(STAGE, "time_unix_nano")
+    return checked
+
+
+def _latency_ms(started: int | None, ended: int | None) -> float | None:
+    """Milliseconds from request to response; None when either is unknown, and when the
+    response is stamped before its request (clock skew), counted as invalid."""
+    if not started or not ended:
         return None
-    return (parsed - _EPOCH) // timedelta(microseconds=1) * 1000
+    latency = validate.finite((ended - started) / 1e6, min=0.0, max=validate.MAX_DURATION_MS)
+    if latency is None:
+        validate.invalid(STAGE, "latency_ms")
+    return latency
 
 
 class PredictionPairer:
@@ -112,9 +137,12 @@ class PredictionPairer:
         *,
         segment_keys: Sequence[str] = ("service", "model"),
         clock: Callable[[], float] = time.monotonic,
+        seal: TenantSeal | None = None,
     ) -> None:
         self.topics = topics
         self.cfg = cfg
+        # An event's tenant counts only under a receiver's seal (collectors.tenant_seal).
+        self.seal = seal or TenantSeal(None)
         self.limits = Limits(cfg.max_features, cfg.max_instances, cfg.max_string_chars)
         self.segment_keys = list(segment_keys)
         self.clock = clock
@@ -151,7 +179,9 @@ class PredictionPairer:
         if entry.request is not None and entry.response is not None:
             out.append(self._close(key, "paired"))
         while len(self.pending) > self.cfg.max_pending:
-            out.append(self._close(next(iter(self.pending)), "evicted"))
+            evicted = self._close_quietly(next(iter(self.pending)), "evicted")
+            if evicted is not None:
+                out.append(evicted)
         PENDING.set(len(self.pending))
         return out
 
@@ -159,9 +189,9 @@ class PredictionPairer:
         """Write alone every event whose partner did not come within ``pair_timeout_s``."""
         now = self.clock()
         due = [k for k, p in self.pending.items() if now - p.first_seen >= self.cfg.pair_timeout_s]
-        out = [self._close(k, "timeout") for k in due]
+        out = [self._close_quietly(k, "timeout") for k in due]
         PENDING.set(len(self.pending))
-        return out
+        return [p for p in out if p is not None]
 
     def _close(self, key: PairKey, closed_by: str) -> Prediction:
         entry = self.pending.pop(key)
@@ -170,6 +200,16 @@ class PredictionPairer:
             self._written.popitem(last=False)
         PREDICTIONS.labels(closed_by).inc()
         return self.build(key, entry.request, entry.response)
+
+    def _close_quietly(self, key: PairKey, closed_by: str) -> Prediction | None:
+        """:meth:`_close` for timers: no message to dead-letter, so a record that breaks a
+        rule (a gap in the checks above) is counted and logged instead of stopping the stage."""
+        try:
+            return self._close(key, closed_by)
+        except validate.REJECTED as e:
+            validate.invalid(STAGE, "prediction")
+            log.error("predictions: dropped the record of %r: %s", key, validate.describe(e))
+            return None
 
     def _payload(self, event: CloudEvent | None, side: Side) -> tuple[Payload | None, str]:
         if event is None:
@@ -190,41 +230,55 @@ class PredictionPairer:
         parsed = [p for p in (inputs, outputs) if p is not None]
         attributes = (request or response).attributes  # type: ignore[union-attr]
         started, ended = _time_ns(request), _time_ns(response)
+        name = validate.text
         return Prediction(
-            tenant=tenant,
-            service=service,
-            model=next((p.model for p in parsed if p.model), "") or service,
+            tenant=name(tenant),
+            service=name(service),
+            model=next((p.model for p in parsed if p.model), "") or name(service),
             model_version=next((p.model_version for p in parsed if p.model_version), ""),
-            namespace=namespace,
-            component=component,
-            endpoint=attributes.get("endpoint", ""),
-            request_id=request_id,
+            namespace=name(namespace),
+            component=name(component),
+            endpoint=name(attributes.get("endpoint", "")),
+            request_id=name(request_id),
             protocol=parsed[0].protocol if parsed else "unknown",
-            instances=max((p.instances for p in parsed), default=0),
+            instances=min(max((p.instances for p in parsed), default=0), validate.MAX_COUNT),
             inputs=inputs.columns if inputs else {},
             outputs=outputs.columns if outputs else {},
             paired=request is not None and response is not None,
             time_unix_nano=started or ended or 0,
-            latency_ms=(ended - started) / 1e6 if started and ended else None,
+            latency_ms=_latency_ms(started, ended),
             truncated=any(p.truncated for p in parsed),
-            payload_error="; ".join(e for e in (input_error, output_error) if e),
+            payload_error=validate.text(
+                "; ".join(e for e in (input_error, output_error) if e), 1000
+            ),
         )
 
     # -- Processor -----------------------------------------------------------------------
     def process(self, messages: list[Message]) -> list[Output]:
-        out: list[Prediction] = []
+        out: list[Output] = []
         for message in messages:
             try:
-                event = from_kafka(message.headers, message.value)
+                # Opened (decrypted) first; an untrusted event's tenant is dropped.
+                value, trusted = self.seal.open(message, self.name)
+                event = from_kafka(message.headers, value)
+                if not trusted:
+                    event = stamp_tenant(event, "")
+            except BrokenSeal as e:
+                out.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                       e.reason, str(e)))
+                continue
             except CloudEventError as e:
                 ERRORS.labels("not_cloudevent").inc()
-                log.warning(
-                    "predictions: skipping %s[%d]@%d: %s",
-                    message.topic, message.partition, message.offset, e,
-                )
+                out.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                       "decode_error", str(e)))
                 continue
-            out += self.add(event)
-        return [self._output(p) for p in out]
+            try:
+                out += [self._output(p) for p in self.add(event)]
+            except validate.REJECTED as e:  # a record that breaks a rule: this message only
+                ERRORS.labels("invalid").inc()
+                out.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                       validate.reason(e), validate.describe(e)))
+        return out
 
     def tick(self) -> list[Output]:
         return [self._output(p) for p in self.close_due()]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from observer.core import validate
 from observer.core.config import ContentConfig
 
 Side = str  # "input" or "output"
@@ -129,31 +130,46 @@ def load_hook(path: str) -> Callable[[str], str]:
     return hook  # type: ignore[no-any-return]
 
 
+MAX_INDEX_DIGITS = 6
+"""``gen_ai.prompt.<i>``: a longer index is not a message position (and ``int()`` of a
+thousand-digit index is slow)."""
+
+
 def _text(content: Any) -> str:
-    """A message's text: strings as they are, GenAI ``parts`` joined, anything else as JSON."""
+    """A message's text: strings as they are, GenAI ``parts`` joined, bytes as UTF-8 (bad
+    bytes replaced), anything else as JSON."""
     if isinstance(content, str):
         return content
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
     if isinstance(content, list):  # GenAI parts: [{type: text, content: ...}, ...]
         return "\n".join(
             _text(part.get("content", "")) if isinstance(part, dict) else _text(part)
             for part in content
         )
-    return json.dumps(content, sort_keys=True) if content is not None else ""
+    return json.dumps(content, sort_keys=True, default=str) if content is not None else ""
+
+
+def _role(message: dict[str, Any]) -> str:
+    role = message.get("role", "")
+    return validate.text(role if isinstance(role, str) else str(role))
 
 
 def _from_json(value: Any) -> Messages:
+    """Messages from a JSON attribute; text that is not JSON (or nested past what the
+    decoder takes) is one message of that text."""
     try:
         items = json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError:
-        return [{"role": "", "content": str(value)}]
-    if not isinstance(items, list):
-        items = [items]
-    return [
-        {"role": str(m.get("role", "")), "content": _text(m.get("parts", m.get("content")))}
-        if isinstance(m, dict)
-        else {"role": "", "content": _text(m)}
-        for m in items
-    ]
+        if not isinstance(items, list):
+            items = [items]
+        return [
+            {"role": _role(m), "content": _text(m.get("parts", m.get("content")))}
+            if isinstance(m, dict)
+            else {"role": "", "content": _text(m)}
+            for m in items
+        ]
+    except (ValueError, RecursionError):  # JSONDecodeError; too many digits; too deep
+        return [{"role": "", "content": value if isinstance(value, str) else _text(value)}]
 
 
 def _from_indexed(attributes: Mapping[str, Any], convention: Convention) -> Messages:
@@ -163,10 +179,15 @@ def _from_indexed(attributes: Mapping[str, Any], convention: Convention) -> Mess
         if not name.startswith(prefix):
             continue
         index, _, key = name[len(prefix):].partition(".")
-        if not index.isdigit() or key not in (convention.role_key, convention.content_key):
+        if not (index.isascii() and index.isdigit() and len(index) <= MAX_INDEX_DIGITS):
+            continue
+        if key not in (convention.role_key, convention.content_key):
             continue
         message = by_index.setdefault(int(index), {"role": "", "content": ""})
-        message["role" if key == convention.role_key else "content"] = _text(value)
+        if key == convention.role_key:
+            message["role"] = validate.text(_text(value))
+        else:
+            message["content"] = _text(value)
     return [by_index[i] for i in sorted(by_index)]
 
 
@@ -249,8 +270,9 @@ class ContentCapture:
             for message in found:
                 text = self.redact(message["content"])
                 if len(text) > budget:
-                    text = text[:budget]
                     out["content_truncated"] = True
+                # Valid UTF-8 with no control characters but line breaks, at most the budget.
+                text = validate.text(text, max_chars=budget, newlines=True)
                 kept.append({"role": message["role"], "content": text})
                 budget -= len(text)
                 if budget <= 0 and message is not found[-1]:

@@ -7,6 +7,13 @@ a Collector's kafka exporter writes it), decides what each span records with
 content (:mod:`collectors.message_content`), never the text itself unless
 ``normalizer.content.capture`` is on.
 
+Every client value is checked where it enters a record (:mod:`observer.core.validate`; the
+mapping table's column kinds): an invalid optional value is left out and counted in
+``observer_invalid_values_total{stage="normalizer",field}``; a span whose trace or span id is
+unusable gives no record, and its message goes to the dead-letter topic (``invalid_value``,
+the detail naming the field) next to the records of its other spans; a message that does not
+parse is dead-lettered whole (``decode_error``).
+
 >>> from opentelemetry.proto.trace.v1.trace_pb2 import Span
 >>> from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 >>> request = ExportTraceServiceRequest()
@@ -42,9 +49,18 @@ from collectors.genai_mapping import (
     lookup,
 )
 from collectors.message_content import CONTENT_PREFIXES, ContentCapture, measure
-from collectors.otlp_messages import trace_requests
+from collectors.otlp_messages import (
+    UndecodableMessage,
+    parent_id,
+    quarantine,
+    span_identity_problem,
+    trace_request,
+)
 from collectors.tenancy import TENANT_ATTRIBUTE
+from collectors.tenant_seal import TenantSeal
+from observer.core import validate
 from observer.core.bus import Message, Output
+from observer.core.dead_letter import dead_letter
 from observer.core.config import ContentConfig
 from observer.core.records import LLMCall, ToolCall, encode, segment_key
 from observer.core.topics import Topics
@@ -55,10 +71,12 @@ SPANS = Counter(
     "observer_normalizer_spans_total", "Spans consumed by the normaliser, by kind.", ["kind"]
 )
 ERRORS = Counter(
-    "observer_normalizer_errors_total", "Messages the normaliser could not decode and skipped."
+    "observer_normalizer_errors_total",
+    "Messages the normaliser could not use whole and dead-lettered.",
 )
 
 DEFAULT_SEGMENT_KEYS = ("service", "model")
+STAGE = "normalizer"
 
 
 def attribute_values(attributes: Sequence[KeyValue], wanted: frozenset[str]) -> dict[str, Any]:
@@ -91,6 +109,8 @@ class _SpanView:
     attributes: dict[str, Any]
     model: str
     agent: str
+    problem: str | None = None
+    """Why the span's ids make it unusable (it then gives no record)."""
 
 
 def normalize_request(
@@ -114,6 +134,8 @@ def normalize_request(
     records: list[LLMCall | ToolCall] = []
     for v in views:
         SPANS.labels(v.kind.kind).inc()
+        if v.problem:
+            continue
         if v.kind.kind == "llm":
             records.append(
                 _llm_call(v, agent=v.agent or _inherited(v, by_id, "agent"), capture=capture)
@@ -133,14 +155,29 @@ _RESOURCE_ATTRIBUTES = frozenset({"service.name", TENANT_ATTRIBUTE})
 _INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
 
 
+def resource_names(resource: Any, stage: str) -> tuple[str, str]:
+    """``(service, tenant)`` of a resource: valid names, ``unknown`` / ``""`` otherwise."""
+    values = attribute_values(resource.attributes, _RESOURCE_ATTRIBUTES)
+    names = []
+    for attribute, field, default in (
+        ("service.name", "service", "unknown"),
+        (TENANT_ATTRIBUTE, "tenant", ""),
+    ):
+        value = values.get(attribute)
+        name = validate.text(value) if isinstance(value, str) else ""
+        if attribute in values and not name:
+            validate.invalid(stage, field)
+        names.append(name or default)
+    return names[0], names[1]
+
+
 def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
     for resource_spans in request.resource_spans:
-        resource = attribute_values(resource_spans.resource.attributes, _RESOURCE_ATTRIBUTES)
-        service = str(resource.get("service.name") or "unknown")
-        tenant = str(resource.get(TENANT_ATTRIBUTE) or "")
+        service, tenant = resource_names(resource_spans.resource, STAGE)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
+                # Only the names, counted once below (lookup of the whole table).
                 named = lookup(attributes, _INHERITABLE)
                 yield _SpanView(
                     span=span,
@@ -150,6 +187,7 @@ def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
                     attributes=attributes,
                     model=named.get("model", ""),
                     agent=named.get("agent", ""),
+                    problem=span_identity_problem(span),
                 )
 
 
@@ -169,17 +207,39 @@ def _inherited(view: _SpanView, by_id: dict[tuple[bytes, bytes], _SpanView], fie
     return ""
 
 
+def span_times(span: Span, stage: str) -> tuple[int, float | None]:
+    """``(start, latency_ms)``: start in int64 Unix ns (0 when past int64), and the duration
+    in milliseconds; None when the end is before the start, unset, or past int64 (a
+    clock-skewed or unfinished span has no meaningful duration), counted as invalid.
+
+    >>> span_times(Span(start_time_unix_nano=10, end_time_unix_nano=2_000_010), "doc")
+    (10, 2.0)
+    >>> span_times(Span(start_time_unix_nano=10, end_time_unix_nano=5), "doc")
+    (10, None)
+    """
+    start = validate.count(span.start_time_unix_nano, max=validate.MAX_UNIX_NANO)
+    end = validate.count(span.end_time_unix_nano, max=validate.MAX_UNIX_NANO)
+    if start is None:
+        validate.invalid(stage, "start_time_unix_nano")
+    latency = None
+    if start is not None and end is not None and end >= start:
+        latency = validate.finite((end - start) / 1e6, max=validate.MAX_DURATION_MS)
+    if latency is None:
+        validate.invalid(stage, "latency_ms")
+    return start or 0, latency
+
+
 def _common(view: _SpanView) -> dict[str, Any]:
     span = view.span
+    start, latency = span_times(span, STAGE)
     return {
         "service": view.service,
         "tenant": view.tenant,
         "trace_id": span.trace_id.hex(),
         "span_id": span.span_id.hex(),
-        "parent_span_id": span.parent_span_id.hex(),
-        "start_time_unix_nano": span.start_time_unix_nano,
-        # A clock-skewed or unfinished span has no meaningful duration.
-        "latency_ms": max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6,
+        "parent_span_id": parent_id(span, STAGE).hex(),
+        "start_time_unix_nano": start,
+        "latency_ms": latency,
     }
 
 
@@ -190,7 +250,7 @@ def _content_attributes(span: Span) -> dict[str, Any]:
 
 
 def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None) -> LLMCall:
-    fields = lookup(view.attributes, LLM_FIELDS)
+    fields = lookup(view.attributes, LLM_FIELDS, STAGE)
     content = _content_attributes(view.span)
     if content:
         fields.update(measure(content).fields())
@@ -209,14 +269,14 @@ def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None
 
 
 def _tool_call(view: _SpanView, model: str, agent: str) -> ToolCall:
-    fields = lookup(view.attributes, TOOL_FIELDS)
+    fields = lookup(view.attributes, TOOL_FIELDS, STAGE)
     failed = view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields
     return ToolCall(
         **_common(view),
         **{
             **fields,
             # Untagged tools (an OpenInference TOOL span without tool.name) go by span name.
-            "tool_name": fields.get("tool_name") or view.span.name,
+            "tool_name": fields.get("tool_name") or validate.text(view.span.name) or "unknown",
             "model": model,
             "agent": agent,
         },
@@ -227,8 +287,10 @@ def _tool_call(view: _SpanView, model: str, agent: str) -> ToolCall:
 class Normalizer:
     """The normaliser as a :class:`observer.core.bus.Processor` (run it with ``StageRunner``).
 
-    An undecodable message is logged, counted in ``observer_normalizer_errors_total`` and
-    skipped: replaying it would fail the same way, so it must not stop the stage.
+    A message that cannot be used whole (it does not parse, a span has unusable ids, a value
+    breaks a record's rule) goes to the dead-letter topic, counted in
+    ``observer_normalizer_errors_total``, and the batch goes on: replaying it would fail the
+    same way, so it must not stop the stage.
     """
 
     name = "normalizer"
@@ -239,18 +301,49 @@ class Normalizer:
         *,
         segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS,
         content: ContentConfig | None = None,
+        seal: TenantSeal | None = None,
     ) -> None:
         self.topics = topics
         self.segment_keys = list(segment_keys)
+        # A message's tenant counts only under a receiver's seal (collectors.tenant_seal).
+        self.seal = seal or TenantSeal(None)
         # Off by default; a bad redaction hook fails here, at start, naming the hook.
         self.capture = ContentCapture(content) if content is not None and content.capture else None
 
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
-        for request in trace_requests(messages, self.name, ERRORS):
-            outputs += [
-                self._output(record) for record in normalize_request(request, self.capture)
-            ]
+        for message in messages:
+            try:
+                outputs += self._message(message)
+            except (UndecodableMessage, *validate.REJECTED) as e:
+                outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
+        return outputs
+
+    def _message(self, message: Message) -> list[Output]:
+        """One message's records, and its dead letter when some of its spans gave none."""
+        # Opened (decrypted) here; an untrusted message's tenant is dropped.
+        request = trace_request(message, self.seal, self.name)
+        outputs = [self._output(r) for r in normalize_request(request, self.capture)]
+        problems = [
+            (i, problem)
+            for i, problem in enumerate(
+                span_identity_problem(span)
+                for resource_spans in request.resource_spans
+                for scope_spans in resource_spans.scope_spans
+                for span in scope_spans.spans
+            )
+            if problem
+        ]
+        if problems:
+            index, first = problems[0]
+            field = first.split(" ", 1)[0]
+            for _ in problems:
+                validate.invalid(self.name, field)
+            ERRORS.inc()
+            detail = (f"{len(problems)} span(s) gave no record, the others were normalised; "
+                      f"span {index}: {first}")
+            outputs.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                       "invalid_value", detail))
         return outputs
 
     def tick(self) -> list[Output]:

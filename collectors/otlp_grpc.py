@@ -10,7 +10,7 @@ answer. Refusals follow the OTLP specification for gRPC:
   ``RESOURCE_EXHAUSTED`` without ``RetryInfo``, which clients do not retry;
 - budget spent or Kafka not acknowledging: ``UNAVAILABLE`` with a ``google.rpc.RetryInfo``
   detail (``grpc-status-details-bin``) carrying ``retry_after_s``;
-- a missing or wrong token: ``UNAUTHENTICATED``.
+- a missing or wrong token, or more than one ``authorization`` entry: ``UNAUTHENTICATED``.
 
 gzip-compressed requests are decompressed by grpcio itself.
 The services are named from the opentelemetry-proto descriptors; requests arrive as bytes
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -32,8 +32,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter
 
+from collectors import decoded_size
 from collectors.intake import Intake, Refusal, bad_request
 from collectors.signals import SIGNALS, Signal
+from observer.core.tls import CertificateFiles, grpc_credentials
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,13 @@ class _Status(NamedTuple):
 def _handler(signal: Signal, intake: Intake) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     def export(body: bytes, context: grpc.ServicerContext) -> bytes:
         try:
-            metadata = dict(context.invocation_metadata())
-            tenant = intake.authenticate(_str(metadata.get("authorization")))
+            # Every value: metadata keys repeat, and two tokens must be refused, not one chosen.
+            tenant = intake.authenticate(
+                [v for k, v in context.invocation_metadata() if k == "authorization"]
+            )
             with intake.admit() as slot:
-                intake.account(slot, len(body))
+                # grpcio hands over whole messages: no slot is held while one arrives.
+                intake.account(slot, decoded_size.charged(len(body), "application/grpc"))
                 try:
                     request = signal.request.FromString(body)
                 except DecodeError as e:
@@ -114,8 +119,26 @@ def _handler(signal: Signal, intake: Intake) -> Callable[[bytes, grpc.ServicerCo
     return export
 
 
-def _str(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+def connection_limits(handshake_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """grpcio options that keep idle, silent and slow connections from piling up: a
+    connection must finish its HTTP/2 handshake (client preface and SETTINGS) within
+    ``handshake_s``; one idle for 5 minutes is closed (GOAWAY; clients reconnect); dead peers
+    are found by pings; every connection is recycled after 30 minutes, its calls given
+    ``grace_s`` to finish, so a call whose message never completes ends then at the latest.
+    grpcio reads each message whole before a worker thread runs, so slow senders hold no
+    worker and no in-flight slot.
+
+    >>> dict(connection_limits(10, 30))["grpc.server_handshake_timeout_ms"]
+    10000
+    """
+    return [
+        ("grpc.server_handshake_timeout_ms", int(handshake_s * 1000)),
+        ("grpc.max_connection_idle_ms", 5 * 60_000),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+    ]
 
 
 class GrpcReceiver:
@@ -123,12 +146,17 @@ class GrpcReceiver:
 
     The worker pool is a little larger than the in-flight budget, so a saturated receiver
     always has a thread free to refuse quickly rather than letting calls queue in grpcio.
+    With ``tls`` it serves TLS (mutual TLS with a client CA) with the newest of those
+    certificate files (:func:`observer.core.tls.grpc_credentials`).
     """
 
-    def __init__(self, intake: Intake, host: str, port: int) -> None:
+    def __init__(
+        self, intake: Intake, host: str, port: int, tls: CertificateFiles | None = None
+    ) -> None:
         self.intake = intake
         self.host = host
         self.port = port
+        self.tls = tls
         receiver = intake.receiver
         workers = min(receiver.max_inflight_requests + 4, 256)
         self.server = grpc.server(
@@ -137,6 +165,7 @@ class GrpcReceiver:
                 ("grpc.max_receive_message_length", receiver.max_body_bytes),
                 # Without this a second receiver on the same port binds silently (SO_REUSEPORT).
                 ("grpc.so_reuseport", 0),
+                *connection_limits(receiver.header_timeout_s, receiver.body_timeout_s),
             ],
         )
         handlers = {
@@ -158,8 +187,17 @@ class GrpcReceiver:
     def target(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The endpoint as OTLP exporters take it (``https://`` when TLS is on)."""
+        return f"{'https' if self.tls is not None else 'http'}://{self.target}"
+
     def start(self) -> GrpcReceiver:
-        bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.tls is not None:
+            bound = self.server.add_secure_port(address, grpc_credentials(self.tls))
+        else:
+            bound = self.server.add_insecure_port(address)
         if bound == 0:
             raise RuntimeError(f"OTLP/gRPC receiver could not bind {self.host}:{self.port}")
         self.port = bound

@@ -7,9 +7,14 @@ Behaviour follows the OTLP specification (``docs/specification.md``, OTLP/HTTP):
 - The body is refused with 413 once it passes ``max_body_bytes``, as sent or inflated; it is
   inflated incrementally, so a gzip bomb costs at most that much memory. A trace too big for
   one Kafka message is refused with 413 too (traces already written stay written).
-- 401 when a bearer token (or tenants) is configured and the request does not carry one.
+- 401 when a bearer token (or tenants) is configured and the request does not carry one,
+  and whenever it carries more than one ``Authorization`` header.
 - 429 with ``Retry-After`` when the in-flight budget (requests and decoded bytes, shared with
-  the gRPC receiver) is spent: the receiver refuses instead of queueing.
+  the gRPC receiver) is spent: the receiver refuses instead of queueing. A body is charged
+  its bytes as they arrive, then its estimated decoded size once whole
+  (:mod:`collectors.decoded_size`: JSON 16x, protobuf 8x), and only then takes a request
+  slot; 408 and the connection closed when headers or body do not arrive in
+  ``header_timeout_s`` / ``body_timeout_s`` (:mod:`observer.core.http_deadlines`).
 - 400 with a ``google.rpc.Status`` (and ``BadRequest`` details) when the body does not parse.
 - Invalid items (spans with a malformed or all-zero id, unnamed metrics, log records with bad
   ids) are dropped and reported through ``partial_success`` in a 200 answer, which clients do
@@ -21,7 +26,8 @@ Behaviour follows the OTLP specification (``docs/specification.md``, OTLP/HTTP):
   the data is durable; when Kafka does not acknowledge in ``ack_timeout_s`` the answer is 503
   with ``Retry-After``, which OTLP clients retry.
 
-Metrics (default Prometheus registry): ``observer_receiver_requests_total{code}``,
+Metrics (default Prometheus registry): ``observer_receiver_requests_total{code}`` (the HTTP
+status, ``408`` for a request cut off by a read deadline, or ``client_disconnected``),
 ``observer_receiver_spans_total{outcome="accepted|rejected"}`` and
 ``observer_receiver_items_total{signal,outcome}``.
 """
@@ -39,13 +45,15 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from collectors import otlp_json
+from collectors import decoded_size, otlp_json
 from collectors.budget import Slot
 from collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
 from collectors.intake import Intake, Prepared, Refusal, bad_request, too_large
 from collectors.signals import SIGNALS, Signal
 from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.core.http_deadlines import timed_out
 from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -62,12 +70,14 @@ INLINE_MAX_BYTES = 256 * 1024
 
 REQUESTS = Counter(
     "observer_receiver_requests_total",
-    "OTLP/HTTP export requests answered, by HTTP status.",
+    "OTLP/HTTP export requests, by HTTP status answered, or client_disconnected (the client "
+    "went away before its body arrived).",
     ["code"],
 )
 
 # Extra routes served on the same port (the KServe logger intake): path -> handler factory.
-# A handler gets the request, its tenant and its in-flight slot (to charge the body's bytes).
+# A handler gets the request, its tenant and its in-flight slot: it reads the body with
+# read_admitted, which charges the slot and takes the request.
 Route = Callable[[Request, str, Slot], Awaitable[Response]]
 
 
@@ -121,16 +131,15 @@ def _export_route(signal: Signal, intake: Intake) -> Callable[[Request], Awaitab
     async def export(request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
-            tenant = intake.authenticate(request.headers.get("authorization"))
+            tenant = intake.authenticate(request.headers.getlist("authorization"))
             if media_type not in (PROTOBUF, JSON):
                 raise Refusal(
                     415,
                     code_pb2.INVALID_ARGUMENT,
                     f"unsupported Content-Type {media_type!r}: send {PROTOBUF} or {JSON}",
                 )
-            with intake.admit() as slot:
-                body = await read_body(request, intake.receiver.max_body_bytes)
-                intake.account(slot, len(body))
+            with intake.reserve() as slot:
+                body = await read_admitted(request, intake, slot, media_type)
                 # Parsing and splitting are CPU work: a typical batch costs less on the loop
                 # than the hop to a worker thread and back; a big one would stall the loop.
                 if media_type == PROTOBUF and len(body) <= INLINE_MAX_BYTES:
@@ -144,6 +153,8 @@ def _export_route(signal: Signal, intake: Intake) -> Callable[[Request], Awaitab
         except Refusal as refusal:
             # 415 answers cannot use an unknown content type; JSON is readable with curl.
             response = status_response(refusal, media_type if media_type == PROTOBUF else JSON)
+        except ClientDisconnect:
+            return client_gone(request)
         REQUESTS.labels(str(response.status_code)).inc()
         return response
 
@@ -154,19 +165,59 @@ def _export_route(signal: Signal, intake: Intake) -> Callable[[Request], Awaitab
 def _extra_route(handler: Route, intake: Intake) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         try:
-            tenant = intake.authenticate(request.headers.get("authorization"))
-            with intake.admit() as slot:
+            tenant = intake.authenticate(request.headers.getlist("authorization"))
+            # The handler reads the body with read_admitted, which takes the request slot.
+            with intake.reserve() as slot:
                 response = await handler(request, tenant, slot)
         except Refusal as refusal:
             response = status_response(refusal, JSON)
+        except ClientDisconnect:
+            return client_gone(request)
         REQUESTS.labels(str(response.status_code)).inc()
         return response
 
     return route
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, inflated, or a 413/415/400 :class:`Refusal`."""
+async def read_admitted(
+    request: Request, intake: Intake, slot: Slot, media_type: str = ""
+) -> bytes:
+    """The request body, then the request admitted: a 429 :class:`Refusal` as soon as the
+    budget is spent. The bytes of the body are charged to ``slot`` as they arrive (what it
+    holds while arriving), the rest of its decoded size (:mod:`collectors.decoded_size`) once
+    it is whole, at once, so that many bodies arriving together cannot each take a part and
+    all be refused. Only a whole body takes one of the request slots, so slow senders (cut off
+    by the server's ``body_timeout_s``) hold none."""
+    body = await read_body(
+        request, intake.receiver.max_body_bytes, charge=lambda n: intake.account(slot, n)
+    )
+    intake.account(slot, len(body) * (decoded_size.factor(media_type) - 1))
+    intake.take_request(slot)
+    return body
+
+
+def client_gone(request: Request) -> Response:
+    """Count and log a request whose client went away (or was cut off by a read deadline)
+    before its body arrived; the answer is for nobody."""
+    deadline = timed_out(request.scope)
+    outcome = "408" if deadline else "client_disconnected"
+    REQUESTS.labels(outcome).inc()
+    client = request.client.host if request.client else "?"
+    if deadline:
+        log.info("OTLP/HTTP %s from %s: request %s not received in time, connection closed",
+                 request.url.path, client, deadline)
+    else:
+        log.info("OTLP/HTTP %s from %s: client disconnected before its body arrived",
+                 request.url.path, client)
+    return Response(status_code=408 if deadline else 499)
+
+
+async def read_body(
+    request: Request, limit: int, charge: Callable[[int], None] | None = None
+) -> bytes:
+    """The request body, inflated, or a 413/415/400 :class:`Refusal`; ``charge`` is called
+    with each chunk's inflated size (it may raise a :class:`Refusal`). A client that goes away
+    raises starlette's ``ClientDisconnect``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(f"body exceeds {limit} bytes")
@@ -176,7 +227,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise Refusal(415, code_pb2.INVALID_ARGUMENT, str(e)) from None
     try:
         async for chunk in request.stream():
+            before = body.size
             body.feed(chunk)
+            if charge is not None and body.size > before:
+                charge(body.size - before)
         return body.finish()
     except BodyTooLarge as e:
         raise too_large(str(e)) from None

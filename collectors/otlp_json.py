@@ -83,6 +83,10 @@ def decode(body: bytes | str, message_type: type[M]) -> M:
       rejected_spans: 2
     }
     <BLANKLINE>
+    >>> decode(b'{"resourceSpans": [{"scope\\\\ud800": {}}]}',
+    ...        ExportTraceServiceRequest)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    collectors.otlp_json.OtlpJsonError: body has a string that is not valid Unicode: ...
     """
     try:
         data = json.loads(body)
@@ -94,8 +98,14 @@ def decode(body: bytes | str, message_type: type[M]) -> M:
     message = message_type()
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
-    except (json_format.ParseError, RecursionError) as e:
+    except (json_format.ParseError, RecursionError, ValueError, TypeError) as e:
         raise OtlpJsonError(f"body is not an OTLP/JSON {message_type.__name__}: {e}") from None
+    except SystemError as e:
+        # JSON allows lone surrogates ("\ud800") that protobuf strings cannot hold; in a
+        # key, upb's field lookup reports the UnicodeEncodeError wrapped in a SystemError.
+        if not isinstance(e.__cause__, UnicodeError):
+            raise
+        raise OtlpJsonError(f"body has a string that is not valid Unicode: {e.__cause__}") from None
     return message
 
 

@@ -3,61 +3,63 @@
 The receiver stamps the tenant it authenticated as the resource attribute ``observer.tenant``,
 replacing whatever the client sent there, so a tenant cannot write under another's name; the
 normaliser and trace grouping copy it onto every record. Without tenancy the attribute is
-removed, so records carry the empty tenant. Messages an OpenTelemetry Collector writes to Kafka
-directly keep theirs: whoever can write to Kafka is trusted already.
+removed, so records carry the empty tenant. The stages believe the attribute only on messages
+a receiver sealed when a stamp key is in use (:mod:`collectors.tenant_seal`: always with the
+embedded broker and tenants); without one, messages an OpenTelemetry Collector writes to Kafka
+directly keep theirs: whoever can write to that Kafka is trusted.
 
 >>> auth = Authenticator(None, {"acme": SecretStr("t-acme"), "globex": SecretStr("t-globex")})
->>> auth.required, auth.tenant_of("Bearer t-globex"), auth.tenant_of("Bearer nope")
+>>> auth.required, auth.tenant_of(["Bearer t-globex"]), auth.tenant_of(["Bearer nope"])
 (True, 'globex', None)
->>> Authenticator(None, {}).tenant_of(None)
+>>> Authenticator(None, {}).tenant_of([])
 ''
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import SecretStr
 
+from observer.core.authorization import bearer_token, matches
+
 TENANT_ATTRIBUTE = "observer.tenant"
 
 
 class Authenticator:
-    """Resolves an ``Authorization`` header to a tenant name.
+    """Resolves a request's ``Authorization`` headers to a tenant name.
 
     ``auth_token`` is the single-tenant token (its tenant is ""); ``tenants`` maps tenant
-    names to their tokens. With neither, every request is the "" tenant.
+    names to their tokens. With neither, every request is the "" tenant. Empty tokens are
+    refused here too (the configuration refuses them first): they would match nothing anyway.
     """
 
     def __init__(self, auth_token: SecretStr | None, tenants: dict[str, SecretStr]) -> None:
-        self._tokens: list[tuple[bytes, str]] = [
-            (secret.get_secret_value().encode(), name) for name, secret in tenants.items()
-        ]
-        if auth_token is not None:
-            self._tokens.append((auth_token.get_secret_value().encode(), ""))
+        named = [*tenants.items(), *([("", auth_token)] if auth_token is not None else [])]
+        empty = [n or "auth_token" for n, secret in named if not secret.get_secret_value().strip()]
+        if empty:
+            raise ValueError(f"empty bearer token for {', '.join(empty)}")
+        self._tenants = [name for name, _ in named]
+        self._tokens = [secret.get_secret_value().encode() for _, secret in named]
 
     @property
     def required(self) -> bool:
         return bool(self._tokens)
 
-    def tenant_of(self, header: str | None) -> str | None:
-        """The tenant of ``Bearer <token>``; None when auth is required and the token is wrong.
+    def tenant_of(self, authorization: Sequence[str | bytes]) -> str | None:
+        """The tenant of ``Bearer <token>``, given every ``Authorization`` value of the
+        request; None when auth is required and the token is missing or wrong.
 
-        Every configured token is compared, in constant time, so timing tells nothing about
-        which (if any) matched.
+        More than one value raises :class:`~observer.core.authorization.DuplicateAuthorization`,
+        with or without auth, so every listener treats such a request alike.
         """
+        offered = bearer_token(authorization)
         if not self._tokens:
             return ""
-        scheme, _, credentials = (header or "").partition(" ")
-        offered = credentials.strip().encode()
-        found: str | None = None
-        for token, tenant in self._tokens:
-            if hmac.compare_digest(offered, token) and found is None:
-                found = tenant
-        return found if scheme.lower() == "bearer" else None
+        found = matches(offered, self._tokens)
+        return None if found is None else self._tenants[found]
 
 
 def stamp(resources: Iterable[Resource], tenant: str) -> None:

@@ -17,6 +17,12 @@ is a categorical feature whose mix drifts when agents start taking other routes.
 more than ``max_loop_iterations`` turns are flagged ``loop_bound_exceeded``. Spans arriving
 for a trace already closed are counted (``observer_paths_late_spans_total``) and dropped.
 
+Client values are checked as spans are summarised (:mod:`observer.core.validate`): a span
+whose trace or span id is unusable is left out and its message dead-lettered
+(``invalid_value``); times past int64 or ends before starts count as no duration; names are
+capped; token sums stop at ``MAX_COUNT``. A message that does not parse is dead-lettered
+(``decode_error``).
+
 >>> from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 >>> from observer.core.config import KafkaConfig
 >>> clock = FakeClock()
@@ -52,10 +58,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter, Gauge
 
 from collectors.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
-from collectors.normalizer import attribute_values
-from collectors.otlp_messages import trace_requests
-from collectors.tenancy import TENANT_ATTRIBUTE
+from collectors.normalizer import attribute_values, resource_names
+from collectors.otlp_messages import (
+    UndecodableMessage,
+    parent_id,
+    quarantine,
+    span_identity_problem,
+    trace_request,
+)
+from collectors.tenant_seal import TenantSeal
+from observer.core import validate
 from observer.core.bus import Message, Output
+from observer.core.dead_letter import dead_letter
 from observer.core.config import PathsConfig
 from observer.core.records import PathRecord, ToolStep, encode, segment_key
 from observer.core.topics import Topics
@@ -67,11 +81,13 @@ LATE_SPANS = Counter(
     "observer_paths_late_spans_total", "Spans that arrived after their trace had closed."
 )
 OPEN_TRACES = Gauge("observer_paths_open_traces", "Traces being grouped, waiting to close.")
-ERRORS = Counter("observer_paths_errors_total", "Messages trace grouping could not decode.")
+ERRORS = Counter(
+    "observer_paths_errors_total", "Messages trace grouping could not use whole and dead-lettered."
+)
+STAGE = "paths"
 
 # LLM operations that are a turn of the agent loop (embeddings are not).
 LOOP_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
-_RESOURCE_ATTRIBUTES = frozenset({"service.name", TENANT_ATTRIBUTE})
 
 
 class FakeClock:
@@ -86,7 +102,8 @@ class FakeClock:
 
 @dataclass
 class _Step:
-    """What a path needs from one span."""
+    """What a path needs from one span (times: valid int64 ns, ``end_ns >= start_ns``; a span
+    without a valid duration has ``end_ns == start_ns``)."""
 
     start_ns: int
     end_ns: int
@@ -117,23 +134,28 @@ class _OpenTrace:
 def _summarise(span: Span, service: str, tenant: str) -> _Step:
     attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
     kind = classify(span.name, attributes)
+    start = validate.count(span.start_time_unix_nano, max=validate.MAX_UNIX_NANO) or 0
+    end = validate.count(span.end_time_unix_nano, max=validate.MAX_UNIX_NANO)
+    if end is None or end < start or end - start > validate.MAX_DURATION_MS * 1e6:
+        end = start  # no meaningful duration: a clock-skewed or unfinished span
+    name = validate.text(span.name)
     step = _Step(
-        start_ns=span.start_time_unix_nano,
-        end_ns=span.end_time_unix_nano,
+        start_ns=start,
+        end_ns=end,
         kind=kind.kind,
         operation=kind.operation,
         span_id=span.span_id,
-        parent=span.parent_span_id,
-        name=span.name,
+        parent=parent_id(span, STAGE),
+        name=name,
         service=service,
         tenant=tenant,
         error=span.status.code == Status.STATUS_CODE_ERROR,
     )
     if kind.kind == "tool":
-        fields = lookup(attributes, TOOL_FIELDS)
-        step.tool = fields.get("tool_name") or span.name
+        fields = lookup(attributes, TOOL_FIELDS, STAGE)
+        step.tool = fields.get("tool_name") or name or "unknown"
     else:
-        fields = lookup(attributes, LLM_FIELDS)
+        fields = lookup(attributes, LLM_FIELDS, STAGE)
         if kind.kind == "llm":
             prompt = fields.get("prompt_id") or fields.get("prompt_template") or ""
             version = fields.get("prompt_version", "")
@@ -172,6 +194,11 @@ def build_path(
         if s.kind != "other"
     ]
     models = list(dict.fromkeys(s.model for s in llm if s.model))
+    start = min(s.start_ns for s in steps)
+    duration_ms = (max(s.end_ns for s in steps) - start) / 1e6
+    if duration_ms > validate.MAX_DURATION_MS:  # spans of one trace years apart: clock errors
+        validate.invalid(STAGE, "duration_ms")
+        duration_ms = 0.0
     return PathRecord(
         tenant=root.tenant,
         service=root.service,
@@ -182,18 +209,18 @@ def build_path(
         trace_id=trace_id.hex(),
         root_span_id=root.span_id.hex(),
         root_name=root.name,
-        start_time_unix_nano=min(s.start_ns for s in steps),
-        duration_ms=max(max(s.end_ns for s in steps) - min(s.start_ns for s in steps), 0) / 1e6,
+        start_time_unix_nano=start,
+        duration_ms=duration_ms,
         span_count=len(steps),
         llm_calls=len(llm),
         tool_calls=len(tools),
         tool_errors=sum(1 for s in tools if s.error),
         loop_iterations=iterations,
         loop_bound_exceeded=iterations > max_loop_iterations,
-        input_tokens=sum(s.input_tokens for s in llm),
-        output_tokens=sum(s.output_tokens for s in llm),
-        llm_latency_ms=sum(max(s.end_ns - s.start_ns, 0) for s in llm) / 1e6,
-        tool_latency_ms=sum(max(s.end_ns - s.start_ns, 0) for s in tools) / 1e6,
+        input_tokens=min(sum(s.input_tokens for s in llm), validate.MAX_COUNT),
+        output_tokens=min(sum(s.output_tokens for s in llm), validate.MAX_COUNT),
+        llm_latency_ms=sum(s.end_ns - s.start_ns for s in llm) / 1e6,
+        tool_latency_ms=sum(s.end_ns - s.start_ns for s in tools) / 1e6,
         error=any(s.error for s in steps),
         tool_sequence=[
             ToolStep(name=s.tool, status="error" if s.error else "ok", error_type=s.error_type)
@@ -222,10 +249,13 @@ class TraceGrouper:
         *,
         segment_keys: Sequence[str] = ("service", "model"),
         clock: Callable[[], float] = time.monotonic,
+        seal: TenantSeal | None = None,
     ) -> None:
         self.topics = topics
         self.cfg = cfg
         self.segment_keys = list(segment_keys)
+        # A message's tenant counts only under a receiver's seal (collectors.tenant_seal).
+        self.seal = seal or TenantSeal(None)
         self.clock = clock
         self.open: OrderedDict[bytes, _OpenTrace] = OrderedDict()
         # Recently closed trace ids, to drop (and count) late spans instead of emitting a
@@ -233,28 +263,33 @@ class TraceGrouper:
         self._closed: OrderedDict[bytes, None] = OrderedDict()
 
     def add_request(self, request: ExportTraceServiceRequest) -> list[PathRecord]:
-        """Summarise a request's spans into their traces; returns paths evicted for room."""
+        """Summarise a request's spans into their traces; returns paths evicted for room.
+        Spans with unusable ids are left out (:meth:`process` dead-letters their message)."""
         now = self.clock()
+        # Every span is summarised before any trace changes: a value that raises leaves the
+        # open traces as they were, and the message goes to the dead-letter topic whole.
+        summaries: list[tuple[bytes, _Step]] = []
         for resource_spans in request.resource_spans:
-            resource = attribute_values(resource_spans.resource.attributes, _RESOURCE_ATTRIBUTES)
-            service = str(resource.get("service.name") or "unknown")
-            tenant = str(resource.get(TENANT_ATTRIBUTE) or "")
+            service, tenant = resource_names(resource_spans.resource, STAGE)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    trace_id = span.trace_id
-                    if trace_id in self._closed:
-                        LATE_SPANS.inc()
-                        continue
-                    trace = self.open.get(trace_id)
-                    if trace is None:
-                        trace = self.open[trace_id] = _OpenTrace(first_seen=now)
-                    trace.steps.append(_summarise(span, service, tenant))
-                    if not span.parent_span_id and trace.root_seen is None:
-                        trace.root_seen = now
+                    if span_identity_problem(span) is None:
+                        summaries.append((span.trace_id, _summarise(span, service, tenant)))
+        for trace_id, step in summaries:
+            if trace_id in self._closed:
+                LATE_SPANS.inc()
+                continue
+            trace = self.open.get(trace_id)
+            if trace is None:
+                trace = self.open[trace_id] = _OpenTrace(first_seen=now)
+            trace.steps.append(step)
+            if not step.parent and trace.root_seen is None:
+                trace.root_seen = now
         evicted = []
         while len(self.open) > self.cfg.max_open_traces:
-            trace_id = next(iter(self.open))
-            evicted.append(self._close(trace_id, "evicted"))
+            path = self._close(next(iter(self.open)), "evicted")
+            if path is not None:
+                evicted.append(path)
         OPEN_TRACES.set(len(self.open))
         return evicted
 
@@ -269,22 +304,51 @@ class TraceGrouper:
         ]
         paths = [self._close(trace_id, why) for trace_id, why in due]
         OPEN_TRACES.set(len(self.open))
-        return paths
+        return [p for p in paths if p is not None]
 
-    def _close(self, trace_id: bytes, closed_by: str) -> PathRecord:
+    def _close(self, trace_id: bytes, closed_by: str) -> PathRecord | None:
         trace = self.open.pop(trace_id)
         self._closed[trace_id] = None
         while len(self._closed) > self.cfg.max_open_traces:
             self._closed.popitem(last=False)
         PATHS.labels(closed_by).inc()
-        return build_path(trace_id, trace.steps, closed_by, self.cfg.max_loop_iterations)
+        try:
+            return build_path(trace_id, trace.steps, closed_by, self.cfg.max_loop_iterations)
+        except validate.REJECTED as e:
+            # Steps are checked as they arrive, so this is a gap in those checks; the spans'
+            # messages were committed long ago, so there is nothing to dead-letter: count it.
+            validate.invalid(STAGE, "path")
+            log.error("paths: trace %s dropped, its path record is invalid: %s",
+                      trace_id.hex(), validate.describe(e))
+            return None
 
     # -- Processor -----------------------------------------------------------------------
     def process(self, messages: list[Message]) -> list[Output]:
-        paths: list[PathRecord] = []
-        for request in trace_requests(messages, "paths", ERRORS):
-            paths += self.add_request(request)
-        return [self._output(p) for p in paths]
+        outputs: list[Output] = []
+        for message in messages:
+            try:
+                # Opened (decrypted) here; an untrusted message's tenant is dropped.
+                request = trace_request(message, self.seal, self.name)
+                outputs += [self._output(p) for p in self.add_request(request)]
+            except (UndecodableMessage, *validate.REJECTED) as e:
+                outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
+                continue
+            problem = next(
+                (
+                    p
+                    for r in request.resource_spans
+                    for s in r.scope_spans
+                    for p in map(span_identity_problem, s.spans)
+                    if p
+                ),
+                None,
+            )
+            if problem:
+                validate.invalid(self.name, problem.split(" ", 1)[0])
+                ERRORS.inc()
+                outputs.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                           "invalid_value", f"spans left out: {problem}"))
+        return outputs
 
     def tick(self) -> list[Output]:
         return [self._output(p) for p in self.close_due()]

@@ -37,6 +37,13 @@ acknowledged batch ended: the same windows, the same results. A result whose ack
 was in doubt at the kill is checked against what already reached ``observer.drift``
 (:mod:`drift.published`) and only emitted when missing, so each result is published once.
 
+Hostile records: a message that is not a valid record (not JSON, an unknown schema, a field
+outside its bounds such as a negative count or a NaN, which :mod:`observer.core.records`
+rejects) or whose feature values are not finite goes to the dead-letter topic with its reason
+(``decode_error``, ``schema_error``, ``invalid_value``) and is counted in
+``observer_drift_errors_total`` (``undecodable``, ``invalid_value``); it never reaches a
+window, and the batch goes on.
+
 Metrics (:mod:`drift.metrics`): ``observer_drift_statistic``, ``observer_drift_share``,
 ``observer_drift_dataset_drift`` per segment; ``observer_drift_records_total``,
 ``observer_drift_windows_total``, ``observer_drift_errors_total``,
@@ -117,11 +124,14 @@ from drift.record_types import (
 )
 from drift.reference import ParquetReference, as_list, new_window
 from drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
-from drift.sketch import StateBudget, sketch_from_json, sketch_to_json, sketched_scores
+from drift.sketch import StateBudget, sketch_from_json, sketch_to_json
+from drift.sketch_scoring import sketched_scores
 from drift.stats import Prepared
 from drift.window import ClosedWindow, CountWindow, TimeWindow
+from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
+from observer.core.dead_letter import dead_letter
 from observer.core.records import (
     DegradationSignal,
     DriftResult,
@@ -269,6 +279,7 @@ class DriftEngine:
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._next_offset: dict[TP, int] = {}
         self._pending: list[_Pending] = []
+        self._quarantined: list[Output] = []
         self._iteration = 0
         # Exact or sketch per stream, references from a dataset (drift.sketch, drift.reference).
         self._budget = StateBudget(cfg.mode, cfg.exact_budget_mb * 1e6)
@@ -317,6 +328,8 @@ class DriftEngine:
                 # Past everything the predecessor had published: a commit of this batch
                 # means no later replay can derive those results again.
                 del self._horizon[tp]
+        outputs += self._quarantined
+        self._quarantined = []
         if self.store is not None:
             outputs += self._checkpoint(at_ms)
         return outputs
@@ -351,13 +364,9 @@ class DriftEngine:
             record = decode(message.value)
         except RecordError as e:
             ERRORS.labels(record_type, "undecodable").inc()
-            log.debug(
-                "skipping an undecodable message at %s/%d@%d: %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                e,
-            )
+            self._quarantined.append(dead_letter(
+                self.topics.dead_letter, self.name, message, e.reason, validate.describe(e)
+            ))
             return []
         if not isinstance(record, RECORD_CLASSES[record_type]):
             if not RECORD_TYPES[record_type].shared_topic:
@@ -365,6 +374,16 @@ class DriftEngine:
             return []
         features = self._features[record_type]
         if not features:
+            return []
+        # Before any stream state changes: a NaN or an infinity would poison a window.
+        rows = feature_rows(record, features)
+        where = validate.non_finite(rows)
+        if where is not None:
+            ERRORS.labels(record_type, "invalid_value").inc()
+            self._quarantined.append(dead_letter(
+                self.topics.dead_letter, self.name, message, "invalid_value",
+                f"feature value {where} is not a finite number",
+            ))
             return []
         segment = record.segment_of(self._segment_keys[record_type])
         key = segment_key(segment)
@@ -382,7 +401,7 @@ class DriftEngine:
         results = []
         # One row per record, or per instance of a prediction: a window may close between
         # two instances of one message, so each row marks the message in its own window.
-        for row in feature_rows(record, features):
+        for row in rows:
             stream.track(message)
             for closed in as_list(stream.window.update(row, at)):
                 result = self._closed(stream, closed, message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -11,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from drift.reports import DriftReports, Episode, ReportError, ReportNotFound, episodes, report_id
+from observer.admin_guard import AdminGuard
 from observer.core.config import AdminConfig
 from observer.core.records import DriftResult, TriggerEvent
 from observer.views import TopicView
@@ -30,27 +30,32 @@ def create_admin_app(
     *,
     kafka_ready: Callable[[], bool],
     stage_errors: Callable[[], dict[str, str]],
+    stage_states: Callable[[], dict[str, dict[str, Any]]] | None = None,
     drift_view: TopicView,
     trigger_view: TopicView,
     decisions: Callable[[int], list[dict[str, Any]] | None] | None = None,
     reports: DriftReports | None = None,
     resolve: Callable[[str, str, str, str], tuple[dict[str, Any], bool] | None] | None = None,
 ) -> FastAPI:
-    """``stage_errors`` maps a failed component to its error; empty means healthy.
+    """``stage_errors`` maps a component that failed for good to why; empty means alive.
+    ``stage_states`` maps each consuming stage to its supervisor's status (``state``:
+    running, restarting with ``last_error`` and ``retry_at``, failed with ``error``...).
 
     ``decisions(limit)`` lists the trigger ledger (``None`` while no trigger stage runs here).
     ``reports`` serves ``/reports/{id}`` (None: reports are off).
     """
     app = FastAPI(title="observer admin", docs_url=None, redoc_url=None)
-    token = cfg.auth_token.get_secret_value().encode() if cfg.auth_token else None
+    # Token, duplicate Authorization headers, cross-site writes: one gate for every route.
+    app.add_middleware(AdminGuard, cfg=cfg)
+    guard = AdminGuard(None, cfg)
 
     def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token):
-            raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        # The middleware refused already; kept so a route mounted elsewhere stays guarded.
+        refusal = guard.refusal(request.scope)
+        if refusal is not None:
+            status, detail = refusal
+            challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            raise HTTPException(status, detail, challenge)
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -58,14 +63,24 @@ def create_admin_app(
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
+        """Liveness: fails (500) only when a stage failed for good; a stage restarting
+        after an error is alive (a process restart would not help it)."""
         errors = stage_errors()
-        return JSONResponse({"status": "failed" if errors else "ok", "errors": errors},
-                            status_code=500 if errors else 200)
+        stages = stage_states() if stage_states is not None else {}
+        return JSONResponse(
+            {"status": "failed" if errors else "ok", "errors": errors, "stages": stages},
+            status_code=500 if errors else 200,
+        )
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        ready = kafka_ready() and not stage_errors()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        """Readiness: Kafka answers and every stage is running (503 otherwise)."""
+        kafka = kafka_ready()
+        stages = stage_states() if stage_states is not None else {}
+        ready = (kafka and not stage_errors()
+                 and all(s.get("state") == "running" for s in stages.values()))
+        return JSONResponse({"ready": ready, "kafka": kafka, "stages": stages},
+                            status_code=200 if ready else 503)
 
     @app.get("/api/v1/drift", dependencies=[Depends(authorised)])
     def drift() -> dict[str, Any]:

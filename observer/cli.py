@@ -95,7 +95,9 @@ def _serve(cfg: ObserverConfig, stages: list[str]) -> int:
         sys.stdout.flush()
         while not stop.wait(0.5):
             if runtime.stop_event.is_set():
-                print(f"a stage failed: {runtime.errors()}", file=sys.stderr)
+                # Only a permanent failure stops the runtime (errors restart the stage).
+                for name, why in runtime.errors().items():
+                    print(f"observer: stage {name} failed permanently: {why}", file=sys.stderr)
                 return 1
         return 0
     finally:

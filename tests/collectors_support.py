@@ -40,7 +40,12 @@ def receivers(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterator[R
     intake = Intake(receiver, kafka, topics).open()
     try:
         app = create_app(receiver, kafka, topics, intake=intake)
-        with ServerThread(app) as http, GrpcReceiver(intake, "127.0.0.1", 0) as grpc_server:
+        http_server = ServerThread(
+            app,
+            header_timeout_s=receiver.header_timeout_s,
+            body_timeout_s=receiver.body_timeout_s,
+        )
+        with http_server as http, GrpcReceiver(intake, "127.0.0.1", 0) as grpc_server:
             yield Receivers(intake, http.url, grpc_server.target)
     finally:
         intake.close()

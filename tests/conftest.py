@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
+from tests.tiers import skipped_under, tier
 from tests.triggers_support import Servers, argo_and_webhooks, emptied
 
 
@@ -105,3 +107,21 @@ def trigger_servers() -> Iterator[Servers]:
 def trigger_env(trigger_servers: Servers) -> Servers:
     """The module's Argo and webhook servers, emptied of what earlier tests left."""
     return emptied(trigger_servers)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m unit``, modules that are ``system`` whole are not collected at all."""
+    try:
+        module = collection_path.relative_to(config.rootpath).as_posix()
+    except ValueError:
+        return None
+    return True if skipped_under(config.option.markexpr, module) else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, ``unit``, ``broker`` or ``system`` (tests/tiers.py)."""
+    from _pytest.doctest import DoctestItem
+
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        item.add_marker(tier(item.nodeid, fixtures, doctest=isinstance(item, DoctestItem)))

@@ -119,3 +119,77 @@ def test_stage_gives_way_while_told_to_then_goes_on(
     assert sorted(out) == sorted(b"V%d" % i for i in range(20))  # it went on all the same
     assert STAGE_YIELD_SECONDS.labels("upper-yielding")._value.get() > 0
     assert proc.batches and max(proc.batches) <= BUSY_BATCH_RECORDS < 20
+
+
+class Paused:
+    """Takes its first batch, then holds it until ``release`` is set: a stage stuck behind
+    a backlog."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_hand: list[Message] = []
+        self.handed = threading.Event()
+        self.release = threading.Event()
+
+    def process(self, messages: list[Message]) -> list[Output]:
+        if not self.handed.is_set():
+            self.in_hand = messages
+            self.handed.set()
+        self.release.wait(60)
+        return []
+
+    def tick(self) -> list[Output]:
+        return []
+
+
+def test_lag_gauge_counts_every_partition_of_a_backlog(broker) -> None:
+    """5,000 messages over 4 partitions, a stage holding its first batch: the gauge is the
+    backlog (high watermark - position, summed over every partition), counted exactly,
+    including the partitions no fetch has returned a high watermark for yet."""
+    import uuid
+
+    from kafka import TopicPartition
+
+    from observer.core.bus import STAGE_LAG
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"lag{tag}.",
+                      otlp_topic_prefix=f"lag{tag}.", partitions=4,
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    topic = Topics.from_config(cfg).llm
+    ensure_topics(cfg, Topics.from_config(cfg))
+    produced = {0: 900, 1: 1100, 2: 1300, 3: 1700}
+    producer = make_producer(cfg)
+    for partition, n in produced.items():
+        for i in range(n - 1):
+            producer.send(topic, value=b"x%d" % i, partition=partition)
+    producer.flush(30)
+    # The last message of each partition in a batch of its own: Tansu answers ListOffsets
+    # (end offsets) with the base offset of the partition's last batch + 1, which is the
+    # log end only for a one-record batch (Kafka's answer is the log end whatever the batch).
+    for partition in produced:
+        producer.send(topic, value=b"last", partition=partition).get(10)
+    producer.close()
+
+    proc = Paused(f"paused-{tag}")
+    group = f"g-lag-{tag}"
+    runner = StageRunner(cfg, proc, group, [topic], lag_interval_s=0)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,))
+    thread.start()
+    try:
+        assert proc.handed.wait(60)
+        gauge = STAGE_LAG.labels(proc.name, topic)._value.get()
+        # The backlog, counted without the runner: what was produced, less what the group
+        # committed (nothing yet), less the batch the stage holds (its position is past it).
+        consumer = make_consumer(cfg, group)
+        committed = {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in produced}
+        consumer.close()
+        held = {p: sum(1 for m in proc.in_hand if m.partition == p) for p in produced}
+        backlog = sum(produced[p] - committed[p] - held[p] for p in produced)
+    finally:
+        proc.release.set()
+        stop.set()
+        thread.join(15)
+    assert 0 < len(proc.in_hand) < 5000
+    assert gauge == backlog

@@ -3,6 +3,8 @@ and bad input counted rather than fatal."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -110,7 +112,8 @@ def test_bad_messages_are_counted_and_skipped() -> None:
     s, reg = stage()
     bad = [Message("t", 0, 0, None, b"not json", 0),
            Message("t", 0, 1, None, b'{"schema": "observer.nope/v9"}', 0)]
-    assert s.process(bad + msgs(llm())) == []
+    dead = s.process(bad + msgs(llm()))  # quarantined, not a crash
+    assert [json.loads(o.value)["reason"] for o in dead] == ["decode_error", "schema_error"]
     assert value(reg, "observer_domain_metrics_errors_total", reason="undecodable") == 2
     assert value(reg, "observer_llm_calls_total", service="shop", model="m1", finish_reason="unknown") == 1
     assert "observer_llm_calls_total" in generate_latest(reg).decode()

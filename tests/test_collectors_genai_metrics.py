@@ -98,4 +98,5 @@ def test_counters_reset_gauges_and_other_metrics() -> None:
     # Unlisted gen_ai.* metrics keep their name as kind (successors not in the table yet).
     assert (gauge.kind, gauge.instrument, gauge.value, gauge.model) == ("gen_ai.server.queue.size", "gauge", 3, "llama")
     assert stage.normalize(_request("http.server.duration", start=1, now=2, value=1)) == []
-    assert stage.process([Message("otlp_metrics", 0, 0, None, b"\xff junk", 0)]) == []
+    [dead] = stage.process([Message("otlp_metrics", 0, 0, None, b"\xff junk", 0)])
+    assert (dead.topic, dead.key) == ("observer.dead-letter", "genai-metrics")  # not a crash

@@ -249,9 +249,11 @@ def test_eviction_and_unparsable_bodies() -> None:
     assert "not JSON" in evicted.payload_error
 
 
-def test_undecodable_kafka_records_are_skipped() -> None:
+def test_undecodable_kafka_records_are_dead_lettered() -> None:
     stage = PredictionPairer(TOPICS, KServeConfig())
-    assert stage.process([Message("kserve-events", 0, 0, None, b"junk", 0)]) == []
+    [dead] = stage.process([Message("kserve-events", 0, 0, None, b"junk", 0)])
+    assert dead.topic == TOPICS.dead_letter
+    assert json.loads(dead.value)["reason"] == "decode_error"
 
 
 # -- payloads and CloudEvents parsing --------------------------------------------------------------

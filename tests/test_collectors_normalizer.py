@@ -322,13 +322,18 @@ def test_span_kinds_are_counted() -> None:
     assert {k: after[k] - before[k] for k in after} == {"llm": 1, "tool": 1, "other": 3}
 
 
-def test_garbage_is_skipped_and_counted() -> None:
+def test_garbage_is_dead_lettered_and_counted() -> None:
     errors = counter("observer_normalizer_errors_total")
     good = message(span(1, "chat", gen_ai__operation__name="chat", gen_ai__request__model="m"))
     garbage = Message(TOPICS.spans, 0, 1, None, b"\xff\xff not a protobuf", 0)
     tombstone = Message(TOPICS.spans, 0, 2, None, None, 0)  # type: ignore[arg-type]
-    got = records(garbage, good, tombstone)
-    assert [r.model for _, r in got] == ["m"]
+    outputs = Normalizer(TOPICS).process([garbage, good, tombstone])
+    dead = [json.loads(o.value) for o in outputs if o.topic == TOPICS.dead_letter]
+    assert [(d["reason"], d["source"]["offset"]) for d in dead] == [
+        ("decode_error", 1), ("decode_error", 2)
+    ]
+    got = [decode(o.value) for o in outputs if o.topic != TOPICS.dead_letter]
+    assert [r.model for r in got] == ["m"]  # type: ignore[attr-defined]
     assert counter("observer_normalizer_errors_total") - errors == 2
     assert Normalizer(TOPICS).tick() == []
 

@@ -297,7 +297,8 @@ def test_saturated_grpc_answers_unavailable_with_retry_info(
 def test_saturated_http_answers_429_with_retry_after(
     kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    """A slow upload holds the only slot; a second export is refused, not queued."""
+    """An upload still arriving holds no request slot, so a whole export passes meanwhile;
+    with the only slot held by an export in flight, a further export is refused, not queued."""
     spans_body = ExportTraceServiceRequest()
     spans_body.resource_spans.add().scope_spans.add().spans.add(
         trace_id=bytes([3] * 16), span_id=bytes([3] * 8), name="chat"
@@ -320,12 +321,17 @@ def test_saturated_http_answers_429_with_retry_after(
             )
         )
         sender.start()
-        wait_for(lambda: r.intake.budget.requests == 1, what="the slow upload's admission")
+        wait_for(lambda: r.intake.budget.bytes > 0, what="the slow upload's first bytes")
+        assert r.intake.budget.requests == 0
+        meanwhile = httpx.post(url, content=payload, headers=headers)
+        held = r.intake.admit()  # another export in flight: the only slot is taken
         second = httpx.post(url, content=payload, headers=headers)
         grpc_too = call_grpc(r.grpc, payload)  # the budget is shared across transports
+        held.release()
         proceed.set()
         sender.join(30)
         third = httpx.post(url, content=payload, headers=headers)
+    assert meanwhile.status_code == 200
     assert second.status_code == 429 and second.headers["retry-after"] == "2"
     assert "saturated" in status_pb2.Status.FromString(second.content).message
     assert isinstance(grpc_too, grpc.RpcError)

@@ -325,8 +325,10 @@ def test_trace_over_kafka_message_limit_is_413(
     huge = json_span(
         attributes=[{"key": "gen_ai.input.messages", "value": {"stringValue": "x" * (17 << 20)}}]
     )
+    # The budget charges JSON 16x its size (collectors.decoded_size): room for this one body.
     with receiver(
-        kafka_config, topics, max_body_bytes=32 << 20, kafka_client=kafka_client
+        kafka_config, topics, max_body_bytes=32 << 20, max_inflight_bytes=1 << 30,
+        kafka_client=kafka_client,
     ) as url:
         r = httpx.post(url, content=json_request(huge), headers={"Content-Type": JSON}, timeout=30)
     assert r.status_code == 413

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -224,7 +226,12 @@ def test_undecodable_and_misplaced_messages_are_counted_and_skipped() -> None:
         Message(TOPICS.llm, 0, 2, None, b'{"schema": "observer.llm/v1", "service": 3}', 0),
     ] + messages(tool_calls(rng, 1, service="bad"), topic=TOPICS.llm)
     good = messages(llm_calls(rng, 20, service="bad"))
-    got = results(engine.process(bad[:2] + good[:15] + bad[2:] + good[15:]))
+    outputs = engine.process(bad[:2] + good[:15] + bad[2:] + good[15:])
+    dead = [json.loads(o.value) for o in outputs if o.topic == TOPICS.dead_letter]
+    assert [(d["reason"], d["source"]["offset"]) for d in dead] == [
+        ("decode_error", 0), ("schema_error", 1), ("invalid_value", 2)
+    ]
+    got = results([o for o in outputs if o.topic != TOPICS.dead_letter])
     assert [r.window_index for r in got] == [1]  # only the 20 good records filled windows
     assert errs("undecodable") - before[0] == 3
     assert errs("wrong_schema") - before[1] == 1

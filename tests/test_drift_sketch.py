@@ -12,12 +12,11 @@ from drift.sketch import (
     CategoricalSketch,
     NumericSketch,
     StateBudget,
-    score_sketch,
     sketch_from_json,
     sketch_of,
     sketch_to_json,
-    sturges_edges,
 )
+from drift.sketch_scoring import score_sketch, sturges_edges
 from drift.stats import METHODS
 from observer.core.bus import Message
 from observer.core.config import FeatureSpec

@@ -163,6 +163,8 @@ def test_observer_up_stops_cleanly_and_leaves_no_broker(sig: signal.Signals, tmp
         "OBSERVER_RECEIVER__GRPC_PORT": str(free_port()),
         "OBSERVER_ADMIN__PORT": str(free_port()),
         "OBSERVER_TRIGGER__LEDGER_PATH": str(tmp_path / "ledger.sqlite"),
+        # Durable state of this run only: never the working directory's .observer/state.
+        "OBSERVER_KAFKA__EMBEDDED_STATE_DIR": str(tmp_path / "state"),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "observer.cli", "up"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -198,19 +199,22 @@ def test_suppressed_and_undecodable(tmp_path: Path, server: Any, receiver: Recei
     errors_before = metric("observer_trigger_errors_total")
     stage = TriggerStage(config(tmp_path, f"{server[0].url}/hook"), TOPICS, clock=Clock())
     llm = LLMCall(service="shop", model="gpt-4o", trace_id="t", span_id="s")
-    out = events(
-        stage.process(
-            messages(
-                window(1, 0.9),
-                b"not json",
-                window(2, 0.9),
-                encode(llm),
-                b'{"schema": "nope"}',
-                window(3, 0.9),
-                window(4, 0.9),
-            )
+    outputs = stage.process(
+        messages(
+            window(1, 0.9),
+            b"not json",
+            window(2, 0.9),
+            encode(llm),
+            b'{"schema": "nope"}',
+            window(3, 0.9),
+            window(4, 0.9),
         )
     )
+    dead = [json.loads(o.value) for o in outputs if o.topic == TOPICS.dead_letter]
+    assert [(d["reason"], d["source"]["offset"]) for d in dead] == [
+        ("decode_error", 1), ("schema_error", 3), ("schema_error", 4)
+    ]
+    out = events([o for o in outputs if o.topic != TOPICS.dead_letter])
     assert [e.event for e in out] == ["fired", "suppressed"]
     assert metric("observer_trigger_errors_total") == errors_before + 3
     suppressed = stage.ledger.list_decisions(kind="suppressed")

@@ -52,8 +52,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prometheus_client import Counter
 
+from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
+from observer.core.dead_letter import dead_letter
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from triggers.ledger import (
@@ -90,7 +92,8 @@ RUN_SUBMISSIONS = Counter(
     ["action", "outcome"],
 )
 TRIGGER_ERRORS = Counter(
-    "observer_trigger_errors_total", "Messages on the drift topic that were not drift results."
+    "observer_trigger_errors_total",
+    "Messages on the drift topic that were not valid drift results (dead-lettered).",
 )
 
 WEBHOOK, ARGO, KFP = "webhook", "argo", "kfp"
@@ -202,22 +205,12 @@ class TriggerStage:
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
         for message in messages:
-            try:
-                record = decode(message.value)
-            except RecordError as e:
+            record, problem = self._drift_result(message)
+            if record is None:
+                # Not a drift result a policy can weigh: quarantined, the batch goes on.
                 TRIGGER_ERRORS.inc()
-                log.warning(
-                    "skipping %s@%d/%d: %s", message.topic, message.partition, message.offset, e
-                )
-                continue
-            if not isinstance(record, DriftResult):
-                TRIGGER_ERRORS.inc()
-                log.warning(
-                    "skipping %s@%d/%d: a %s record, not a drift result",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    record.schema_id,
+                outputs.append(
+                    dead_letter(self.topics.dead_letter, self.name, message, *problem)
                 )
                 continue
             now = self.clock()
@@ -234,6 +227,23 @@ class TriggerStage:
         for tracker in self.trackers:
             self.ledger.save_states(tracker.policy.name, tracker.take_dirty(), now)
         return outputs
+
+    @staticmethod
+    def _drift_result(message: Message) -> tuple[DriftResult | None, tuple[str, str]]:
+        """The message's drift result, or None and the dead-letter ``(reason, detail)``: not
+        a record (``decode_error``), another record type (``schema_error``), a field that
+        breaks its type, or a NaN/infinite number (``invalid_value``: a NaN share compares
+        false with every threshold, silently)."""
+        try:
+            record = decode(message.value)
+        except RecordError as e:
+            return None, (e.reason, str(e))
+        if not isinstance(record, DriftResult):
+            return None, ("schema_error", f"a {record.schema_id} record, not a drift result")
+        where = validate.non_finite(record.model_dump())
+        if where is not None:
+            return None, ("invalid_value", f"{where} is not a finite number")
+        return record, ("", "")
 
     def _announce_again(self, policy: PolicyConfig, result: DriftResult) -> list[Output]:
         """A replayed result that completed a decision: its event again, as recorded."""

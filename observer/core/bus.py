@@ -4,6 +4,14 @@ A stage is a :class:`Processor`: it turns a batch of input messages into output 
 :class:`StageRunner` owns the consumer group and gives the guarantee every stage shares:
 outputs are acknowledged by Kafka (``acks=all``) *before* the input offsets are committed,
 so a crash anywhere re-delivers the batch (at least once) and never drops it.
+
+A runner stops on the first error; :class:`observer.core.supervisor.Supervisor` restarts it
+(a new processor from its factory, new clients, from the committed offsets) with backoff.
+When ``processor.process(batch)`` raised, the batch's offsets are suspect
+(:mod:`observer.core.suspects`): the next runner re-reads them one message at a time, and a
+message that fails again alone is quarantined on the dead-letter topic
+(:mod:`observer.core.dead_letter`), acknowledged, then committed like any other. So a poison
+message costs one restart, never a crash loop, and is never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
@@ -21,6 +29,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import Counter, Gauge, Histogram
 
 from observer.core.config import KafkaConfig
+from observer.core.faults import Fault, classify
+from observer.core.suspects import SuspectRanges
 from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,12 @@ STAGE_YIELD_SECONDS = Counter(
     ["stage"],
 )
 LAG_INTERVAL_S = 1.0
+END_OFFSETS_REFRESH_S = 5.0
+"""How long a partition's end offset, asked of the broker while no fetch has told its high
+watermark yet, is reused: the lag gauge is refreshed every second, a broker round trip not."""
+END_OFFSETS_TIMEOUT_MS = 2000
+QUARANTINE_HEAD_BYTES = 64 * 1024
+"""What a dead letter keeps of an original whose whole dead letter the broker refused."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """The producers' client-side message limit (the broker has its own)."""
 
@@ -245,11 +261,17 @@ class StageRunner:
     """Runs one :class:`Processor` in a consumer group until ``stop`` is set.
 
     Poll -> process -> produce and wait for acks -> commit. A failed batch is not committed;
-    the runner stops with the error so the process (or the one-process runtime) can report it
-    and a restart picks the batch up again.
+    the runner stops with the error (``error``) and a restart picks the batch up again.
+
+    ``dead_letter_topic``: where a message that fails alone is quarantined. With it, a batch
+    whose ``process`` raised a :attr:`~observer.core.faults.Fault.POISON` fault is marked in
+    ``suspects``; a runner given the same ``suspects`` (the supervisor's, across restarts)
+    processes those offsets one message at a time. Without it the runner only stops.
 
     ``yield_to``: when it answers true, the runner waits (``max_yield_s`` at most) before its
     next poll; the one-process runtime passes "the receivers have requests in flight".
+
+    ``observer_stage_lag_messages`` is refreshed after a poll every ``lag_interval_s``.
     """
 
     def __init__(
@@ -263,6 +285,10 @@ class StageRunner:
         ack_timeout_s: float = 30.0,
         yield_to: Callable[[], bool] | None = None,
         max_yield_s: float = 0.5,
+        dead_letter_topic: str | None = None,
+        suspects: SuspectRanges | None = None,
+        assigned: threading.Event | None = None,
+        lag_interval_s: float = LAG_INTERVAL_S,
     ) -> None:
         self.cfg = cfg
         self.yield_to = yield_to
@@ -272,19 +298,45 @@ class StageRunner:
         self.topics = topics
         self.poll_timeout_ms = poll_timeout_ms
         self.ack_timeout_s = ack_timeout_s
+        self.dead_letter_topic = dead_letter_topic
+        self.suspects = suspects if suspects is not None else SuspectRanges()
         self.error: BaseException | None = None
-        self.assigned = threading.Event()
+        self.assigned = assigned if assigned is not None else threading.Event()
+        self.lag_interval_s = lag_interval_s
+        # For partitions no fetch has reached yet: their end offsets, and when last asked.
+        self._end_offsets: dict[TopicPartition, int] = {}
+        self._ends_asked: dict[TopicPartition, float] = {}
+
+    # -- the lag gauge -------------------------------------------------------------------------
+    def _known_ends(self, consumer: KafkaConsumer, unknown: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """End offsets of ``unknown`` partitions, asked of the broker at most every
+        :data:`END_OFFSETS_REFRESH_S` per partition."""
+        now = time.monotonic()
+        stale = [tp for tp in unknown
+                 if now - self._ends_asked.get(tp, float("-inf")) >= END_OFFSETS_REFRESH_S]
+        if stale:
+            # Counted as asked even if the broker does not answer: no request every second.
+            self._ends_asked.update((tp, now) for tp in stale)
+            self._end_offsets.update(
+                consumer.end_offsets(stale, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+            )
+        return {tp: self._end_offsets[tp] for tp in unknown if tp in self._end_offsets}
 
     def _record_lag(self, consumer: KafkaConsumer) -> None:
-        """Lag per topic over the partitions held now, from the last fetch's high watermarks
-        (no request to the broker). The KEDA scaler reads the group's lag from Kafka itself;
-        this is for dashboards."""
+        """Lag per topic over every partition held now: high watermark - position. The high
+        watermark comes from the last fetch of the partition (no request) or, until a fetch
+        has returned one, from the broker's end offset (cached). The KEDA scaler reads the
+        group's lag from Kafka itself; this is for dashboards."""
         lag: dict[str, int] = {t: 0 for t in self.topics}
         try:
-            for tp in consumer.assignment():
-                high = consumer.highwater(tp)
-                if high is not None:
-                    lag[tp.topic] = lag.get(tp.topic, 0) + max(high - consumer.position(tp), 0)
+            held = sorted(consumer.assignment())
+            highs = {tp: consumer.highwater(tp) for tp in held}
+            ends = self._known_ends(consumer, [tp for tp, h in highs.items() if h is None])
+            for tp in held:
+                high = highs[tp] if highs[tp] is not None else ends.get(tp)
+                position = consumer.position(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+                if high is not None and position is not None:
+                    lag[tp.topic] = lag.get(tp.topic, 0) + max(high - position, 0)
         except KafkaError as e:  # a rebalance under way: try again next time
             log.debug("lag of %s not read: %s", self.processor.name, e)
             return
@@ -309,6 +361,7 @@ class StageRunner:
         STAGE_YIELD_SECONDS.labels(self.processor.name).inc(time.monotonic() - started)
         return BUSY_BATCH_RECORDS if self.yield_to() else None
 
+    # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         name = self.processor.name
         consumer = make_consumer(self.cfg, self.group_id, self.topics)
@@ -320,6 +373,10 @@ class StageRunner:
                 polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max_records)
                 if consumer.assignment():
                     self.assigned.set()
+                if time.monotonic() >= next_lag:
+                    # Before processing: a stage stuck in a long batch still shows its backlog.
+                    next_lag = time.monotonic() + self.lag_interval_s
+                    self._record_lag(consumer)
                 messages = [
                     Message(
                         r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
@@ -328,35 +385,115 @@ class StageRunner:
                     for records in polled.values()
                     for r in records
                 ]
-                started = time.perf_counter()
-                try:
-                    outputs = self.processor.process(messages) if messages else []
-                    outputs += self.processor.tick()
-                    if outputs:
-                        produce_all(producer, outputs, self.ack_timeout_s)
-                except Exception:
-                    STAGE_ERRORS.labels(name).inc()
-                    raise
-                if messages:
-                    offsets = {
-                        TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(
-                            records[-1].offset + 1, "", -1
-                        )
-                        for tp, records in polled.items()
-                        if records
-                    }
-                    consumer.commit(offsets)
-                    STAGE_MESSAGES.labels(name).inc(len(messages))
-                    STAGE_BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
-                if outputs:
-                    STAGE_OUTPUTS.labels(name).inc(len(outputs))
-                if time.monotonic() >= next_lag:
-                    next_lag = time.monotonic() + LAG_INTERVAL_S
-                    self._record_lag(consumer)
+                if self.dead_letter_topic is not None and self.suspects:
+                    suspect = [m for m in messages if self.suspects.holds(m)]
+                    if suspect:
+                        # A suspect range is the head of its partition's messages: alone
+                        # first, then the rest of the poll as one batch, order kept.
+                        messages = [m for m in messages if not self.suspects.holds(m)]
+                        self._isolate(suspect, consumer, producer)
+                self._batch(messages, consumer, producer)
         except BaseException as e:
             self.error = e
-            log.exception("stage %s stopped on an error", name)
+            log.warning("stage %s stopped on an error: %r", name, e, exc_info=True)
             raise
         finally:
             producer.close(timeout=5)
             consumer.close(autocommit=False)
+
+    def _batch(self, messages: list[Message], consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        """Process, acknowledge, then commit one batch (and the processor's tick)."""
+        name = self.processor.name
+        started = time.perf_counter()
+        try:
+            outputs = self._process(messages) if messages else []
+            outputs += self.processor.tick()
+            if outputs:
+                self._produce(producer, outputs, messages)
+        except Exception:
+            STAGE_ERRORS.labels(name).inc()
+            raise
+        if messages:
+            self._commit(consumer, messages)
+            STAGE_MESSAGES.labels(name).inc(len(messages))
+            STAGE_BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+        if outputs:
+            STAGE_OUTPUTS.labels(name).inc(len(outputs))
+
+    def _suspect_on_poison(self, e: Exception, messages: list[Message]) -> None:
+        if self.dead_letter_topic is not None and messages and classify(e) is Fault.POISON:
+            self.suspects.mark(messages)
+            log.warning("stage %s: %d messages are suspect after %r; the restart re-reads "
+                        "them one at a time", self.processor.name, len(messages), e)
+
+    def _process(self, messages: list[Message]) -> list[Output]:
+        try:
+            return self.processor.process(messages)
+        except Exception as e:
+            self._suspect_on_poison(e, messages)
+            raise
+
+    def _produce(self, producer: KafkaProducer, outputs: list[Output], messages: list[Message]) -> None:
+        try:
+            produce_all(producer, outputs, self.ack_timeout_s)
+        except Exception as e:  # an output no broker takes (too large) comes from a message
+            self._suspect_on_poison(e, messages)
+            raise
+
+    def _commit(self, consumer: KafkaConsumer, messages: list[Message]) -> None:
+        """Commit past ``messages`` (each partition's last offset + 1)."""
+        ends: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            ends[tp] = max(ends.get(tp, 0), m.offset + 1)
+        consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
+        for tp, end in ends.items():
+            self.suspects.passed(tp.topic, tp.partition, end)
+
+    def _isolate(self, suspect: list[Message], consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        """Process each suspect message alone: its outputs, or its dead letter when it fails
+        alone with a poison fault, are acknowledged, then its offset is committed. A
+        transient or permanent fault still stops the runner (nothing is quarantined)."""
+        name = self.processor.name
+        log.warning("stage %s: re-reading %d suspect messages one at a time", name, len(suspect))
+        for m in suspect:
+            try:
+                outputs = self.processor.process([m])
+            except Exception as e:
+                if classify(e) is not Fault.POISON:
+                    raise
+                outputs = None
+                self._quarantine(producer, m, "processing_error", e)
+            if outputs:
+                try:
+                    produce_all(producer, outputs, self.ack_timeout_s)
+                except Exception as e:
+                    if classify(e) is not Fault.POISON:
+                        raise
+                    outputs = None
+                    self._quarantine(producer, m, "too_large", e)
+            self._commit(consumer, [m])
+            STAGE_MESSAGES.labels(name).inc()
+            STAGE_OUTPUTS.labels(name).inc(len(outputs) if outputs is not None else 1)
+
+    def _quarantine(self, producer: KafkaProducer, m: Message, reason: str, e: Exception) -> None:
+        """Produce ``m``'s dead letter and wait for its acknowledgement."""
+        # dead_letter builds on this module's Message and Output: imported where used.
+        from observer.core.dead_letter import dead_letter
+
+        assert self.dead_letter_topic is not None
+        name, detail = self.processor.name, repr(e)[:500]
+        try:
+            produce_all(producer, [dead_letter(self.dead_letter_topic, name, m, reason, detail)],
+                        self.ack_timeout_s)
+        except Exception as again:
+            if classify(again) is not Fault.POISON:
+                raise
+            # Even its dead letter is more than the broker takes (a large original, base64):
+            # keep the head of the original, rather than fail on this message forever.
+            # (observer_dead_letters_total counts this message twice.)
+            head = replace(m, value=m.value[:QUARANTINE_HEAD_BYTES])
+            detail = f"{detail[:300]}; dead letter too large, original cut to " \
+                     f"{QUARANTINE_HEAD_BYTES} of {len(m.value)} bytes"
+            produce_all(producer, [dead_letter(self.dead_letter_topic, name, head, reason, detail)],
+                        self.ack_timeout_s)

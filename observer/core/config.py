@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -34,6 +42,20 @@ class KafkaConfig(_Section):
     )
     embedded_listen: str = Field(
         "127.0.0.1:9092", description="host:port the embedded broker listens on when started."
+    )
+    embedded_durable: bool = Field(
+        True,
+        description="Embedded broker only (a real Kafka is the durable log itself): keep what "
+        "it cannot in embedded_state_dir, so a kill -9 or a restart loses nothing accepted. "
+        "The receivers fsync every accepted message to a spool before answering 200, the "
+        "drift engine's checkpoints are mirrored to a local SQLite file, and at start "
+        "the drift state is seeded back and unsettled spool entries replayed. false: "
+        "memory-only (everything is gone when observer stops).",
+    )
+    embedded_state_dir: Path = Field(
+        Path(".observer/state"),
+        description="Embedded durable mode: directory of the receiver spool, the drift state "
+        "file and the broker incarnation id (relative paths are from the working directory).",
     )
     topic_prefix: str = Field("observer.", description="Prefix of the observer.* topics.")
     otlp_topic_prefix: str = Field(
@@ -64,12 +86,87 @@ class KafkaConfig(_Section):
     def servers(self) -> str:
         return self.embedded_listen if self.embedded else self.bootstrap_servers
 
+    @property
+    def durable_state_dir(self) -> Path | None:
+        """Where the embedded broker's durable state lives; ``None`` unless the broker is
+        embedded and ``embedded_durable`` (a real Kafka keeps its own log).
+
+        >>> KafkaConfig(bootstrap_servers="kafka:9092").durable_state_dir is None
+        True
+        """
+        return self.embedded_state_dir if self.embedded and self.embedded_durable else None
+
+    @field_validator("embedded_listen")
+    @classmethod
+    def _loopback_only(cls, listen: str) -> str:
+        # The embedded broker cannot authenticate clients (observer.core.broker): keep it
+        # unreachable from other machines, whatever else the configuration says.
+        from observer.core.broker import BrokerError, loopback_listen
+
+        try:
+            loopback_listen(listen)
+        except BrokerError as e:
+            raise ValueError(str(e)) from None
+        return listen
+
+
+def _usable_token(token: SecretStr | None, field: str) -> SecretStr | None:
+    """``token`` unless it could never be matched: empty, blank, or padded with whitespace
+    (offered tokens are compared without it). Unset (None) means no authentication."""
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    if not value.strip():
+        raise ValueError(f"{field} is empty: unset it to turn authentication off, or give a token")
+    if value != value.strip():
+        raise ValueError(f"{field} has leading or trailing whitespace (a newline from a file?)")
+    return token
+
+
+class TLSConfig(_Section):
+    """TLS of one listener, from PEM files that are re-read when they change on disk (rotation
+    in place by cert-manager or the SPIFFE helper)."""
+
+    cert_file: Path | None = Field(
+        None, description="Certificate chain (PEM) served; with key_file, turns TLS on."
+    )
+    key_file: Path | None = Field(None, description="Private key of cert_file (PEM, unencrypted).")
+    client_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM): when set, a client must present a certificate "
+        "one of them signed (mutual TLS), else the handshake fails.",
+    )
+
+    @field_validator("cert_file", "key_file", "client_ca_file", mode="before")
+    @classmethod
+    def _not_blank(cls, value: Any, info: Any) -> Any:
+        # An empty path from a template would silently turn TLS (or mTLS) off: refuse it.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"tls.{info.field_name} is empty: unset it or name a PEM file")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls needs both cert_file and key_file (or neither)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
 
 class ReceiverConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the OTLP receivers bind to.")
     http_port: int = Field(4318, description="OTLP/HTTP port.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request accepted.")
-    auth_token: SecretStr | None = Field(None, description="Bearer token required when set.")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token required when set (empty is refused at start)."
+    )
+    tls: TLSConfig = Field(
+        default_factory=TLSConfig, description="TLS (and mutual TLS) of OTLP/HTTP and OTLP/gRPC."
+    )
     ack_timeout_s: float = Field(30.0, gt=0, description="How long to wait for Kafka's ack.")
     kafka_client: Literal["librdkafka", "kafka-python"] = Field(
         "librdkafka",
@@ -105,14 +202,70 @@ class ReceiverConfig(_Section):
         description="Multi-tenancy: tenant name -> bearer token. A request's token picks the "
         "tenant stamped on its records (auth is then required).",
     )
+    stamp_key: SecretStr | None = Field(
+        None,
+        description="Secret (16+ characters) from which the receivers derive an AES-256-GCM "
+        "key to encrypt and authenticate every message they write to the raw topics; when set, "
+        "stages decrypt them and trust a message's tenant only if it opens, so a direct write "
+        "to Kafka cannot claim a tenant and a reader of Kafka sees no content. Give every "
+        "observer process the same value. Unset with the embedded broker and receiver.tenants "
+        "or auth_token: a random key per start, kept in kafka.embedded_state_dir in durable mode.",
+    )
+
+    @field_validator("auth_token")
+    @classmethod
+    def _receiver_token(cls, token: SecretStr | None) -> SecretStr | None:
+        return _usable_token(token, "receiver.auth_token")
+
+    @field_validator("stamp_key")
+    @classmethod
+    def _strong_stamp_key(cls, key: SecretStr | None) -> SecretStr | None:
+        key = _usable_token(key, "receiver.stamp_key")
+        if key is not None and len(key.get_secret_value()) < 16:
+            raise ValueError("receiver.stamp_key is too short: use 16 characters or more "
+                             "(openssl rand -hex 32)")
+        return key
+
+    @model_validator(mode="after")
+    def _tenant_tokens(self) -> ReceiverConfig:
+        # Each token must name one tenant: a shared one would write under whichever came first.
+        owners: dict[str, str] = {}
+        if self.auth_token is not None:
+            owners[self.auth_token.get_secret_value()] = "receiver.auth_token"
+        for name, token in self.tenants.items():
+            if not name.strip():
+                raise ValueError("receiver.tenants: a tenant name is empty")
+            field = f"receiver.tenants[{name!r}]"
+            _usable_token(token, field)
+            other = owners.setdefault(token.get_secret_value(), field)
+            if other != field:
+                raise ValueError(f"{field} has the same token as {other}: give each its own")
+        return self
     max_inflight_requests: int = Field(
         64, ge=1, description="Export requests in flight (HTTP and gRPC together); 429 above."
     )
     max_inflight_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Decoded bytes in flight; 429 above."
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Decoded bytes in flight, estimated from the body: JSON 16x, protobuf 8x "
+        "its size (collectors.decoded_size); 429 above, 413 for one request larger alone.",
     )
     retry_after_s: int = Field(
         5, ge=1, description="Retry-After (HTTP) / RetryInfo delay (gRPC) when saturated."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="OTLP/HTTP: a request's headers must arrive within this many seconds of "
+        "the connection opening (or of the request's first byte on a kept-alive connection), "
+        "else 408 and the connection is closed. gRPC: the HTTP/2 handshake's deadline.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="OTLP/HTTP: a request's body must arrive within this many seconds of its "
+        "headers, else 408 and the connection is closed. The in-flight request slot is taken "
+        "only once the body is read, so slow senders cannot hold it.",
     )
 
 
@@ -164,7 +317,9 @@ class FeatureSpec(_Section):
         description="Field of the record, or field.key for a key of a mapping field "
         "(inputs.age: one value per prediction instance)."
     )
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical"] = Field(
+        description="numeric (distributions of numbers) or categorical (shares of values)."
+    )
     method: DriftMethod | None = Field(
         None, description="Method deciding this feature's drift (default: by kind, see drift)."
     )
@@ -400,12 +555,14 @@ class DriftConfig(_Section):
 
 
 class WebhookConfig(_Section):
-    url: str
+    url: str = Field(description="Endpoint the signed webhook is POSTed to.")
     secret: SecretStr = Field(description="Standard Webhooks secret, whsec_<base64>.")
-    timeout_s: float = Field(10.0, gt=0)
-    max_attempts: int = Field(6, ge=1)
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="Per delivery attempt.")
+    max_attempts: int = Field(
+        6, ge=1, description="Attempts before the delivery is dead-lettered in the ledger."
+    )
+    backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay (with jitter).")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
 
     @field_validator("secret")
     @classmethod
@@ -416,7 +573,9 @@ class WebhookConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    name: str = "default"
+    name: str = Field(
+        "default", description="Names the policy in the ledger, metrics and episode ids."
+    )
     signal: Literal["drift_share", "dataset_drift", "feature_statistic", "degradation"] = Field(
         "drift_share",
         description="Window value compared with the threshold (feature_statistic: the "
@@ -468,7 +627,9 @@ class PolicyConfig(_Section):
         "`observer triggers approve` or POST /api/v1/triggers/{episode}/approve; argo: "
         "actions go out at once and the Argo run waits at a suspend step before training.",
     )
-    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="Standard Webhooks to deliver when the policy fires."
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> "PolicyConfig":
@@ -571,7 +732,10 @@ class PipelineConfig(_Section):
 class TriggerConfig(_Section):
     group_id: str = Field("observer-trigger", description="Consumer group.")
     ledger_path: Path = Field(Path(".observer/ledger.sqlite"), description="SQLite ledger file.")
-    policies: list[PolicyConfig] = Field(default_factory=lambda: [PolicyConfig()])
+    policies: list[PolicyConfig] = Field(
+        default_factory=lambda: [PolicyConfig()],
+        description="Policies turning drift results into decisions and actions.",
+    )
     argo: ArgoConfig = Field(default_factory=ArgoConfig)
     kfp: KfpConfig = Field(default_factory=KfpConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -663,10 +827,73 @@ class KServeConfig(_Section):
     )
 
 
+class SupervisorConfig(_Section):
+    """How a consuming stage that stopped on an error is restarted (``observer.core.supervisor``)."""
+
+    restart_initial_s: float = Field(
+        0.5, gt=0, description="Wait before the first restart of a stage after an error; "
+        "doubles with each restart in a row."
+    )
+    restart_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between two restarts of a stage."
+    )
+    healthy_after_s: float = Field(
+        60.0, gt=0, description="A stage that ran this long before its error restarts after "
+        "restart_initial_s again."
+    )
+    max_build_failures: int = Field(
+        5, ge=1, description="A stage whose processor cannot be built this many times in a row "
+        "(other than for a transient Kafka error) fails for good: observer exits non-zero."
+    )
+
+
 class AdminConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the admin API binds to.")
     port: int = Field(8080, description="Admin API port (/metrics, /healthz, /api/v1/...).")
-    auth_token: SecretStr | None = Field(None, description="Bearer token for /api/v1 when set.")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token required for everything but /healthz, /readyz and "
+        "/metrics (see protect_metrics) when set. Unset: state-changing requests (POST, PUT, "
+        "PATCH, DELETE) are accepted only with a loopback Host and no foreign Origin.",
+    )
+    protect_metrics: bool = Field(
+        False, description="/metrics needs the bearer token too (needs auth_token)."
+    )
+    tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS of the admin API.")
+
+    @field_validator("auth_token")
+    @classmethod
+    def _admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        return _usable_token(token, "admin.auth_token")
+
+    @model_validator(mode="after")
+    def _metrics_token(self) -> AdminConfig:
+        if self.protect_metrics and self.auth_token is None:
+            raise ValueError("admin.protect_metrics needs admin.auth_token (the token it asks for)")
+        return self
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this many seconds, "
+        "else 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this many seconds of its "
+        "headers, else 408 and the connection is closed.",
+    )
+
+
+TENANT_KEY = "tenant"
+"""The record field naming the tenant (``observer.tenant`` on the wire)."""
+
+TENANTLESS_RECORD_TYPES = frozenset({"gpu"})
+"""Record types without a tenant: GPU samples describe a node's devices, shared by tenants."""
+
+
+def with_tenant(keys: list[str]) -> list[str]:
+    """``keys`` with the tenant first (once).
+
+    >>> with_tenant(["service", "model"]), with_tenant(["model", "tenant"])
+    (['tenant', 'service', 'model'], ['tenant', 'model'])
+    """
+    return [TENANT_KEY, *(k for k in keys if k != TENANT_KEY)]
 
 
 class ObserverConfig(BaseSettings):
@@ -685,6 +912,21 @@ class ObserverConfig(BaseSettings):
     gpu: GPUConfig = Field(default_factory=GPUConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     kserve: KServeConfig = Field(default_factory=KServeConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+
+    @model_validator(mode="after")
+    def _tenant_segments(self) -> ObserverConfig:
+        # With tenants, one tenant's traffic must never move another's drift or fire its
+        # retraining: the tenant leads every segment (and so every Kafka key written by
+        # segment), whatever drift.segment_keys says.
+        if self.receiver.tenants:
+            drift = self.drift
+            drift.segment_keys = with_tenant(drift.segment_keys)
+            drift.segment_keys_by_record_type = {
+                record_type: keys if record_type in TENANTLESS_RECORD_TYPES else with_tenant(keys)
+                for record_type, keys in drift.segment_keys_by_record_type.items()
+            }
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -701,6 +943,24 @@ class ObserverConfig(BaseSettings):
 
 class ConfigError(ValueError):
     """The configuration file or environment is invalid; the message names the problem."""
+
+
+def _problems(error: ValidationError) -> str:
+    """Every bad field and why, without the values given: they can be secrets (tokens).
+
+    >>> try:
+    ...     ReceiverConfig(auth_token="s3cret ", http_port="x")
+    ... except ValidationError as e:
+    ...     print(_problems(e))
+    <BLANKLINE>
+      http_port: Input should be a valid integer, unable to parse string as an integer
+      auth_token: receiver.auth_token has leading or trailing whitespace (a newline from a file?)
+    """
+    return "".join(
+        f"\n  {'.'.join(str(part) for part in e['loc']) or '(top level)'}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors(include_url=False, include_input=False)
+    )
 
 
 def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> ObserverConfig:
@@ -730,7 +990,9 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
         os.environ.update(env)
     try:
         return ObserverConfig(**data)
-    except Exception as e:  # pydantic.ValidationError, with every bad field listed
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {_problems(e)}") from None
+    except Exception as e:  # noqa: BLE001 (a settings source that cannot parse a value)
         raise ConfigError(f"invalid configuration: {e}") from None
     finally:
         if saved is not None:

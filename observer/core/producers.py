@@ -38,7 +38,7 @@ RDKAFKA_LOG = logging.getLogger("librdkafka")
 LIBRDKAFKA_NAMES: dict[str, str] = {
     "client_id": "client.id",
     "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
+    "sasl_mechanism": "sasl.mechanisms",
     "sasl_plain_username": "sasl.username",
     "sasl_plain_password": "sasl.password",
     "ssl_cafile": "ssl.ca.location",
@@ -48,6 +48,10 @@ LIBRDKAFKA_NAMES: dict[str, str] = {
     "ssl_check_hostname": "ssl.endpoint.identification.algorithm",
 }
 """kafka-python option -> librdkafka property, for ``kafka.client_options``."""
+
+
+Placed = tuple[int, int]
+"""Where Kafka put one acknowledged message: ``(partition, offset)``."""
 
 
 class MessageTooLarge(Exception):
@@ -66,9 +70,10 @@ class DurableProducer(Protocol):
         the cluster cannot say."""
         ...
 
-    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+    def submit(self, outputs: Sequence[Output]) -> Future[list[Placed]]:
         """Produce ``outputs``; the future completes once all are acknowledged by all in-sync
-        replicas, or fails with :class:`MessageTooLarge` or :class:`NotDurable`.
+        replicas, with where each landed (:data:`Placed`, in the order of ``outputs``), or
+        fails with :class:`MessageTooLarge` or :class:`NotDurable`.
 
         A message that cannot even be queued raises one of the two at once. Otherwise this
         returns without waiting on the network: the HTTP receiver calls it on its event loop
@@ -79,45 +84,49 @@ class DurableProducer(Protocol):
     def close(self, timeout_s: float) -> None: ...
 
 
-def wait_acknowledged(future: Future[None], timeout_s: float) -> None:
-    """Block until ``future`` (from :meth:`DurableProducer.submit`) completes; a
-    :class:`NotDurable` after ``timeout_s``."""
+def wait_acknowledged(future: Future[list[Placed]], timeout_s: float) -> list[Placed]:
+    """Block until ``future`` (from :meth:`DurableProducer.submit`) completes; where each
+    message landed, or a :class:`NotDurable` after ``timeout_s``."""
     try:
-        future.result(timeout_s)
+        return future.result(timeout_s)
     except TimeoutError:
         raise NotDurable(f"no acknowledgement within {timeout_s:g} s") from None
 
 
-async def acknowledged(future: Future[None], timeout_s: float) -> None:
+async def acknowledged(future: Future[list[Placed]], timeout_s: float) -> list[Placed]:
     """:func:`wait_acknowledged` on an event loop: the wait holds no thread."""
     try:
-        await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
     except TimeoutError:
         raise NotDurable(f"no acknowledgement within {timeout_s:g} s") from None
 
 
 class _Acks:
-    """Counts one submission's acknowledgements (on the client's I/O thread) into a future."""
+    """Counts one submission's acknowledgements (on the client's I/O thread) into a future
+    whose result says where each message landed."""
 
     def __init__(self, expected: int, too_large: Callable[[Any], bool]) -> None:
-        self.future: Future[None] = Future()
+        self.future: Future[list[Placed]] = Future()
         self._remaining = expected
+        self._placed: list[Placed] = [(-1, -1)] * expected
         self._errors: list[Any] = []
         self._too_large = too_large
         self._lock = threading.Lock()
         if expected == 0:
-            self.future.set_result(None)
+            self.future.set_result([])
 
-    def report(self, error: Any) -> None:
+    def report(self, error: Any, index: int = -1, partition: int = -1, offset: int = -1) -> None:
         with self._lock:
             if error is not None:
                 self._errors.append(error)
+            elif index >= 0:
+                self._placed[index] = (partition, offset)
             self._remaining -= 1
             if self._remaining:
                 return
         try:
             if not self._errors:
-                self.future.set_result(None)
+                self.future.set_result(self._placed)
             elif any(self._too_large(e) for e in self._errors):
                 self.future.set_exception(MessageTooLarge(str(self._errors[0])))
             else:
@@ -151,9 +160,9 @@ class KafkaPythonProducer:
         except Exception as e:  # noqa: BLE001 (KafkaTimeoutError...)
             raise NotDurable(f"no metadata for {topic}: {e}") from None
 
-    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+    def submit(self, outputs: Sequence[Output]) -> Future[list[Placed]]:
         acks = _Acks(len(outputs), lambda e: isinstance(e, self._too_large))
-        for o in outputs:
+        for i, o in enumerate(outputs):
             try:
                 sent = self._producer.send(
                     o.topic,
@@ -165,7 +174,9 @@ class KafkaPythonProducer:
                 raise MessageTooLarge(str(e)) from None
             except Exception as e:  # noqa: BLE001 (KafkaTimeoutError, a closed producer...)
                 raise NotDurable(str(e)) from None
-            sent.add_callback(lambda _metadata: acks.report(None))
+            sent.add_callback(
+                lambda meta, i=i: acks.report(None, i, meta.partition, meta.offset)
+            )
             sent.add_errback(acks.report)
         return acks.future
 
@@ -222,14 +233,16 @@ class LibrdkafkaProducer:
         self._partitions[topic] = (len(described.partitions), time.monotonic())
         return len(described.partitions)
 
-    def submit(self, outputs: Sequence[Output]) -> Future[None]:
+    def submit(self, outputs: Sequence[Output]) -> Future[list[Placed]]:
         acks = _Acks(len(outputs), lambda e: e.code() in self._too_large_codes)
-        for o in outputs:
+        for i, o in enumerate(outputs):
             key = o.key.encode() if isinstance(o.key, str) else o.key
             try:
                 self._producer.produce(
                     o.topic, value=o.value, key=key, headers=list(o.headers) or None,
-                    on_delivery=lambda error, _message: acks.report(error),
+                    on_delivery=lambda error, message, i=i: acks.report(
+                        error, i, message.partition(), message.offset()
+                    ),
                 )
             except BufferError as e:  # librdkafka's local queue is full
                 raise NotDurable(f"producer queue full: {e}") from None

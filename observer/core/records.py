@@ -12,11 +12,37 @@ True
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from observer.core.validate import MAX_COUNT, MAX_DURATION_MS, MAX_UNIX_NANO
 
 SEGMENT_SEPARATOR = "|"
+
+
+# Field constraints of the records built from client values (observer.core.validate has the
+# bounds): a record produced straight onto a topic with a negative count, a NaN or a
+# timestamp past int64 fails to decode instead of reaching a metric or a statistic.
+def Count(default: Any = None, **kw: Any) -> Any:  # noqa: N802 (reads as a type)
+    """A count field: ``0 <= n <= MAX_COUNT``."""
+    return Field(default, ge=0, le=MAX_COUNT, **kw)
+
+
+def UnixNano(default: Any = 0, **kw: Any) -> Any:  # noqa: N802
+    """A timestamp field: int64 Unix nanoseconds, ``>= 0``."""
+    return Field(default, ge=0, le=MAX_UNIX_NANO, **kw)
+
+
+def Millis(default: Any = 0.0, **kw: Any) -> Any:  # noqa: N802
+    """A duration field: finite milliseconds, ``0 <= ms <= MAX_DURATION_MS``."""
+    return Field(default, ge=0, le=MAX_DURATION_MS, allow_inf_nan=False, **kw)
+
+
+def Finite(default: Any = None, **kw: Any) -> Any:  # noqa: N802
+    """Any finite float (no NaN, no infinity)."""
+    return Field(default, allow_inf_nan=False, **kw)
 
 
 class Record(BaseModel):
@@ -50,15 +76,17 @@ class LLMCall(Record):
     trace_id: str
     span_id: str
     parent_span_id: str = ""
-    start_time_unix_nano: int = 0
-    latency_ms: float = 0.0
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    start_time_unix_nano: int = UnixNano()
+    latency_ms: float | None = Millis(
+        description="None when the span's end is before its start (or unset)."
+    )
+    input_tokens: int | None = Count()
+    output_tokens: int | None = Count()
+    cache_read_tokens: int | None = Count()
+    reasoning_tokens: int | None = Count()
     finish_reason: str = ""
     finish_reasons: list[str] = Field(default_factory=list)
-    time_to_first_token_ms: float | None = None
+    time_to_first_token_ms: float | None = Millis(None)
     error: bool = False
     error_type: str = ""
     agent: str = ""
@@ -69,11 +97,11 @@ class LLMCall(Record):
     )
     # Message content, measured always (counts, lengths, hashes); the text itself only when
     # normalizer.content.capture is on, redacted and capped.
-    input_messages: int | None = None
-    input_chars: int | None = None
+    input_messages: int | None = Count()
+    input_chars: int | None = Count()
     input_hash: str = Field("", description="sha256 (16 hex) of the input messages.")
-    output_messages: int | None = None
-    output_chars: int | None = None
+    output_messages: int | None = Count()
+    output_chars: int | None = Count()
     output_hash: str = Field("", description="sha256 (16 hex) of the output messages.")
     input_content: list[dict[str, str]] | None = Field(
         None, description="[{role, content}] when content capture is enabled."
@@ -99,8 +127,10 @@ class ToolCall(Record):
     trace_id: str
     span_id: str
     parent_span_id: str = ""
-    start_time_unix_nano: int = 0
-    latency_ms: float = 0.0
+    start_time_unix_nano: int = UnixNano()
+    latency_ms: float | None = Millis(
+        description="None when the span's end is before its start (or unset)."
+    )
     status: Literal["ok", "error"] = "ok"
     error_type: str = ""
 
@@ -127,18 +157,18 @@ class PathRecord(Record):
     trace_id: str
     root_span_id: str = ""
     root_name: str = ""
-    start_time_unix_nano: int = 0
-    duration_ms: float = 0.0
-    span_count: int = 0
-    llm_calls: int = 0
-    tool_calls: int = 0
-    tool_errors: int = 0
-    loop_iterations: int = Field(0, description="Chat/completion calls: one per loop turn.")
+    start_time_unix_nano: int = UnixNano()
+    duration_ms: float = Millis()
+    span_count: int = Count(0)
+    llm_calls: int = Count(0)
+    tool_calls: int = Count(0)
+    tool_errors: int = Count(0)
+    loop_iterations: int = Count(0, description="Chat/completion calls: one per loop turn.")
     loop_bound_exceeded: bool = False
-    input_tokens: int = 0
-    output_tokens: int = 0
-    llm_latency_ms: float = 0.0
-    tool_latency_ms: float = 0.0
+    input_tokens: int = Count(0, description="Sum over the LLM calls (capped at MAX_COUNT).")
+    output_tokens: int = Count(0, description="Sum over the LLM calls (capped at MAX_COUNT).")
+    llm_latency_ms: float = Finite(0.0, ge=0)
+    tool_latency_ms: float = Finite(0.0, ge=0)
     error: bool = False
     models: list[str] = Field(default_factory=list)
     tool_sequence: list[ToolStep] = Field(default_factory=list)
@@ -167,7 +197,7 @@ class Prediction(Record):
     protocol: Literal["v1", "v2", "unknown"] = Field(
         description="unknown: neither body was a v1/v2 payload (see payload_error)."
     )
-    instances: int = 0
+    instances: int = Count(0)
     inputs: dict[str, list[Any]] = Field(
         default_factory=dict, description="Input features as columns (one value per instance)."
     )
@@ -175,10 +205,21 @@ class Prediction(Record):
         default_factory=dict, description="Outputs as columns (one value per instance)."
     )
     paired: bool = Field(True, description="False when only the request or the response came.")
-    time_unix_nano: int = 0
-    latency_ms: float | None = None
+    time_unix_nano: int = UnixNano()
+    latency_ms: float | None = Millis(None)
     truncated: bool = Field(False, description="Features or instances over the limits dropped.")
     payload_error: str = Field("", description="Why a body gave no columns (not v1/v2 JSON).")
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _scalar_cells(cls, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Cells are JSON values a statistic can take: no NaN/inf, ints within int64."""
+        for name, cells in columns.items():
+            for cell in cells:
+                if not _scalar_cell(cell):
+                    raise ValueError(f"column {name!r} holds {type(cell).__name__} "
+                                     f"{str(cell)[:40]!r}: not finite, or past int64")
+        return columns
 
 
 class GenAIMetric(Record):
@@ -209,15 +250,31 @@ class GenAIMetric(Record):
     server_address: str = ""
     error_type: str = ""
     agent: str = ""
-    start_time_unix_nano: int = 0
-    time_unix_nano: int = 0
-    count: int | None = None
-    sum: float | None = None
-    min: float | None = None
-    max: float | None = None
+    start_time_unix_nano: int = UnixNano()
+    time_unix_nano: int = UnixNano()
+    count: int | None = Count()
+    sum: float | None = Finite()
+    min: float | None = Finite()
+    max: float | None = Finite()
     bucket_bounds: list[float] = Field(default_factory=list)
     bucket_counts: list[int] = Field(default_factory=list)
-    value: float | None = Field(None, description="Sums and gauges.")
+    value: float | None = Finite(description="Sums and gauges.")
+
+    # Validators, not Annotated item types: readers of the annotations (the Parquet export)
+    # see plain list[float] / list[int].
+    @field_validator("bucket_bounds")
+    @classmethod
+    def _finite_bounds(cls, bounds: list[float]) -> list[float]:
+        if not all(math.isfinite(b) for b in bounds):
+            raise ValueError("bucket bounds must be finite")
+        return bounds
+
+    @field_validator("bucket_counts")
+    @classmethod
+    def _bucket_counts(cls, counts: list[int]) -> list[int]:
+        if not all(0 <= c <= MAX_COUNT for c in counts):
+            raise ValueError(f"bucket counts must be in 0..{MAX_COUNT}")
+        return counts
 
 
 class FeatureDrift(BaseModel):
@@ -423,6 +480,19 @@ class GPUEconomics(Record):
     idle_cost_per_s: float | None = None
 
 
+def _scalar_cell(cell: Any) -> bool:
+    """JSON values without NaN, infinities or integers past int64 (lists and maps too)."""
+    if isinstance(cell, float):
+        return math.isfinite(cell)
+    if isinstance(cell, int) and not isinstance(cell, bool):
+        return -(2**63) <= cell < 2**63
+    if isinstance(cell, list):
+        return all(_scalar_cell(c) for c in cell)
+    if isinstance(cell, dict):
+        return all(_scalar_cell(c) for c in cell.values())
+    return cell is None or isinstance(cell, (str, bool))
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.schema_id: cls
     for cls in (LLMCall, ToolCall, PathRecord, Prediction, GenAIMetric, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
@@ -430,7 +500,16 @@ RECORD_TYPES: dict[str, type[Record]] = {
 
 
 class RecordError(ValueError):
-    """A message on an observer.* topic is not a known, valid record."""
+    """A message on an observer.* topic is not a known, valid record.
+
+    ``reason`` is the dead-letter reason (:mod:`observer.core.dead_letter`): ``decode_error``
+    (not JSON), ``schema_error`` (no known ``schema``) or ``invalid_value`` (a field breaks
+    its type or bounds: a negative count, a NaN...).
+    """
+
+    def __init__(self, message: str, reason: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def encode(record: Record) -> bytes:
@@ -440,12 +519,14 @@ def encode(record: Record) -> bytes:
 def decode(raw: bytes | str | dict[str, Any]) -> Record:
     try:
         data = raw if isinstance(raw, dict) else json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"record is not JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise RecordError(f"record is not JSON: {e}", "decode_error") from None
+    except ValueError as e:  # an integer of more digits than int() takes
+        raise RecordError(f"record is not usable JSON: {e}", "invalid_value") from None
     schema = data.get("schema") if isinstance(data, dict) else None
-    cls = RECORD_TYPES.get(schema)  # type: ignore[arg-type]
+    cls = RECORD_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
-        raise RecordError(f"unknown record schema {schema!r}")
+        raise RecordError(f"unknown record schema {str(schema)[:80]!r}", "schema_error")
     try:
         return cls.model_validate(data)
     except Exception as e:

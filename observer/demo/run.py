@@ -111,6 +111,10 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
         export = trigger.export.model_copy(update={"uri": str(ledger_dir / "exports")})
         trigger = trigger.model_copy(update={"export": export})
     kafka = cfg.kafka
+    if kafka.embedded:
+        # A demo run starts from nothing, like its ledger: the embedded broker's durable
+        # state (reference, windows, spool) goes to the run's directory too.
+        kafka = kafka.model_copy(update={"embedded_state_dir": ledger_dir / "state"})
     if not kafka.embedded:
         # On a shared cluster, keep each demo run's topics and groups to itself.
         run = uuid.uuid4().hex[:8]
