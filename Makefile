@@ -36,7 +36,7 @@ up: $(STAMP)
 
 # Regenerate dashboards/json/ from dashboards/*.py (grafana-foundation-sdk).
 dashboards: $(STAMP)
-	$(PY) -m dashboards.build
+	$(PY) -m observer.dashboards.build
 
 # Every benchmark, each against its peer measured in the same run (README, "Drift benchmarks").
 bench: $(STAMP)

@@ -209,9 +209,9 @@ def stage_state(metrics_url: str) -> dict[str, float]:
 
 def normaliser_rate(request: ExportTraceServiceRequest, rounds: int = 20) -> dict[str, float]:
     """Spans/s of the normaliser and of trace grouping on the receiver's messages, in-process."""
-    from collectors.normalizer import Normalizer
-    from collectors.trace_grouping import FakeClock, TraceGrouper
-    from collectors.trace_split import split_by_trace
+    from observer.collectors.normalizer import Normalizer
+    from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+    from observer.collectors.trace_split import split_by_trace
     from observer.core.bus import Message
     from observer.core.config import KafkaConfig, PathsConfig
     from observer.core.topics import Topics

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from drift.engine import DriftEngine
+from observer.drift.engine import DriftEngine
 from observer.core.bus import Message
 from observer.core.config import DriftConfig, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, decode, encode
@@ -52,7 +52,7 @@ def agent_messages(seed: int, conversations: int) -> list[Message]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from collectors.normalizer import Normalizer
+    from observer.collectors.normalizer import Normalizer
     from observer.demo.agent import BASELINE, SupportAgent
 
     provider, exporter = TracerProvider(), InMemorySpanExporter()

@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 
-from collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
-from collectors.gpu.pipeline import GPUPipeline, ListSink
+from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
+from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
 from observer.core.config import GPUConfig
 
 

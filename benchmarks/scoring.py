@@ -7,7 +7,7 @@ the same run. Every statistic is also compared with Evidently's (largest relativ
 Two of our timings, because a streaming segment scores many windows against one reference:
 
 - *per window*: the reference was prepared once (cleaned, sorted, counted:
-  :func:`drift.scoring.prepare_columns`, as the engine and ``observer drift score`` do); the
+  :func:`observer.drift.scoring.prepare_columns`, as the engine and ``observer drift score`` do); the
   window's own values are cleaned, sorted and counted from raw arrays on every call. This is
   the cost of each window after the first, and the issue's ratio ("faster than recomputing an
   Evidently report per window").
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from drift.scoring import prepare_columns, score_columns
+from observer.drift.scoring import prepare_columns, score_columns
 from observer.core.config import FeatureSpec
 
 NUMERIC = [f"n{i}" for i in range(20)]

@@ -21,7 +21,7 @@ import uuid
 
 import numpy as np
 
-from drift.engine import DriftEngine
+from observer.drift.engine import DriftEngine
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import (
     Message,

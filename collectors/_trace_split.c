@@ -541,7 +541,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "collectors._trace_split",
+    PyModuleDef_HEAD_INIT, "observer.collectors._trace_split",
     "The usual case of collectors.trace_split, in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 

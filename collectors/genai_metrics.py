@@ -56,11 +56,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from prometheus_client import Counter
 
-from collectors.genai_mapping import LLM_FIELDS, OPERATION, Source, lookup
-from collectors.normalizer import attribute_values, resource_names
-from collectors.otlp_messages import UndecodableMessage, otlp_request, quarantine
-from collectors.tenant_seal import TenantSeal
-from collectors.signals import resource_key
+from observer.collectors.genai_mapping import LLM_FIELDS, OPERATION, Source, lookup
+from observer.collectors.normalizer import attribute_values, resource_names
+from observer.collectors.otlp_messages import UndecodableMessage, otlp_request, quarantine
+from observer.collectors.tenant_seal import TenantSeal
+from observer.collectors.signals import resource_key
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig  # noqa: F401 (doctest)

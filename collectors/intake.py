@@ -1,7 +1,7 @@
 """What every OTLP receiver does once a request is decoded, whatever its transport.
 
-:class:`Intake` owns the Kafka producer, the shared :class:`~collectors.budget.InflightBudget`
-and the token -> tenant :class:`~collectors.tenancy.Authenticator`. The HTTP and gRPC
+:class:`Intake` owns the Kafka producer, the shared :class:`~observer.collectors.budget.InflightBudget`
+and the token -> tenant :class:`~observer.collectors.tenancy.Authenticator`. The HTTP and gRPC
 receivers call, in order: :meth:`Intake.authenticate`, :meth:`Intake.admit`, then
 :meth:`Intake.export`, which stamps the tenant, splits the request for Kafka, waits for
 Kafka's acknowledgement (``acks=all``) and builds the OTLP answer. The HTTP receiver calls its
@@ -34,13 +34,13 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 from prometheus_client import Counter
 
-from collectors import trace_split
-from collectors.budget import InflightBudget, Saturated, Slot
-from collectors.signals import Signal
-from collectors.spool import Entry, Spool
-from collectors.tenancy import Authenticator, stamp
-from collectors.tenant_seal import TenantSeal
-from collectors.trace_split import TraceSplit
+from observer.collectors import trace_split
+from observer.collectors.budget import InflightBudget, Saturated, Slot
+from observer.collectors.signals import Signal
+from observer.collectors.spool import Entry, Spool
+from observer.collectors.tenancy import Authenticator, stamp
+from observer.collectors.tenant_seal import TenantSeal
+from observer.collectors.trace_split import TraceSplit
 from observer.core.authorization import DuplicateAuthorization
 from observer.core.bus import Output
 from observer.core.config import KafkaConfig, ReceiverConfig
@@ -212,7 +212,7 @@ class Intake:
 
     def account(self, slot: Slot, size: int) -> None:
         """Charge ``size`` more decoded bytes to ``slot``, or raise a retryable 429
-        :class:`Refusal` (:mod:`collectors.decoded_size` says what a body costs).
+        :class:`Refusal` (:mod:`observer.collectors.decoded_size` says what a body costs).
 
         A request bigger than the whole byte budget could never pass: 413, not retryable.
         """

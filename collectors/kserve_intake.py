@@ -29,10 +29,10 @@ import json
 from fastapi import Request, Response
 from prometheus_client import Counter
 
-from collectors.budget import Slot
-from collectors.cloud_events import CloudEvent, CloudEventError, events_from_http, to_kafka
-from collectors.intake import Intake, bad_request
-from collectors.otlp_http import Route, read_admitted
+from observer.collectors.budget import Slot
+from observer.collectors.cloud_events import CloudEvent, CloudEventError, events_from_http, to_kafka
+from observer.collectors.intake import Intake, bad_request
+from observer.collectors.otlp_http import Route, read_admitted
 from observer.core.bus import Output
 
 KSERVE_PATH = "/v1/kserve"
@@ -62,7 +62,7 @@ def stamp_tenant(event: CloudEvent, tenant: str) -> CloudEvent:
 
 
 def kserve_route(intake: Intake) -> Route:
-    """The handler for :func:`collectors.otlp_http.create_app`'s ``extra_routes``."""
+    """The handler for :func:`observer.collectors.otlp_http.create_app`'s ``extra_routes``."""
     topic = intake.topics.kserve_events
 
     async def accept(request: Request, tenant: str, slot: Slot) -> Response:

@@ -5,7 +5,7 @@ reach the same consumer) and pairs each request with its response by
 ``(tenant, namespace, inferenceservicename, component, ce-id)``, in either arrival order:
 KServe's logger sends through a worker pool, so a response can overtake its request. A pair
 becomes one :class:`~observer.core.records.Prediction` with the request's features as
-``inputs``, the response's as ``outputs`` (:mod:`collectors.inference_protocol`) and the
+``inputs``, the response's as ``outputs`` (:mod:`observer.collectors.inference_protocol`) and the
 latency between the two events' ``time`` attributes. An event whose partner has not come
 after ``pair_timeout_s`` (a logger in ``mode: request`` or ``response``, a failed inference:
 KServe logs only 200 responses) is written alone with ``paired: false``; past ``max_pending``
@@ -15,13 +15,13 @@ redelivery) is counted in ``observer_predictions_duplicates_total`` and dropped.
 Hostile events: names and ids are capped (:func:`observer.core.validate.text`), times outside
 int64 nanoseconds and negative latencies (a response stamped before its request) are left
 out (``None``, counted in ``observer_invalid_values_total{stage="predictions",field}``), and
-payload cells are finite scalars (:mod:`collectors.inference_protocol`). A message that is
+payload cells are finite scalars (:mod:`observer.collectors.inference_protocol`). A message that is
 not a CloudEvent or whose record still breaks a rule goes to the dead-letter topic.
 
 Pending events live in memory: a restart loses the ones waiting (their offsets were
 committed), like open traces in trace grouping.
 
->>> from collectors.trace_grouping import FakeClock
+>>> from observer.collectors.trace_grouping import FakeClock
 >>> from observer.core.config import KafkaConfig, KServeConfig
 >>> from observer.core.records import decode
 >>> clock = FakeClock()
@@ -49,10 +49,10 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
-from collectors.cloud_events import CloudEvent, CloudEventError, from_kafka, to_kafka  # noqa: F401 (doctest)
-from collectors.inference_protocol import Limits, Payload, PayloadError, Side, parse
-from collectors.kserve_intake import REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION, stamp_tenant
-from collectors.tenant_seal import BrokenSeal, TenantSeal
+from observer.collectors.cloud_events import CloudEvent, CloudEventError, from_kafka, to_kafka  # noqa: F401 (doctest)
+from observer.collectors.inference_protocol import Limits, Payload, PayloadError, Side, parse
+from observer.collectors.kserve_intake import REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION, stamp_tenant
+from observer.collectors.tenant_seal import BrokenSeal, TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import KServeConfig

@@ -2,9 +2,9 @@
 
 It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as the receiver or
 a Collector's kafka exporter writes it), decides what each span records with
-:mod:`collectors.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
+:mod:`observer.collectors.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
 ``observer.tools``, keyed by segment. Records carry counts, lengths and hashes of message
-content (:mod:`collectors.message_content`), never the text itself unless
+content (:mod:`observer.collectors.message_content`), never the text itself unless
 ``normalizer.content.capture`` is on.
 
 Every client value is checked where it enters a record (:mod:`observer.core.validate`; the
@@ -40,7 +40,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter
 
-from collectors.genai_mapping import (
+from observer.collectors.genai_mapping import (
     ATTRIBUTE_NAMES,
     LLM_FIELDS,
     TOOL_FIELDS,
@@ -48,16 +48,16 @@ from collectors.genai_mapping import (
     classify,
     lookup,
 )
-from collectors.message_content import CONTENT_PREFIXES, ContentCapture, measure
-from collectors.otlp_messages import (
+from observer.collectors.message_content import CONTENT_PREFIXES, ContentCapture, measure
+from observer.collectors.otlp_messages import (
     UndecodableMessage,
     parent_id,
     quarantine,
     span_identity_problem,
     trace_request,
 )
-from collectors.tenancy import TENANT_ATTRIBUTE
-from collectors.tenant_seal import TenantSeal
+from observer.collectors.tenancy import TENANT_ATTRIBUTE
+from observer.collectors.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter

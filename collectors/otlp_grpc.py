@@ -1,6 +1,6 @@
 """The OTLP/gRPC receiver: TraceService, MetricsService and LogsService ``Export`` on :4317.
 
-Every call goes through the same :class:`~collectors.intake.Intake` as OTLP/HTTP: bearer
+Every call goes through the same :class:`~observer.collectors.intake.Intake` as OTLP/HTTP: bearer
 token (``authorization`` metadata), in-flight budget, split, Kafka acknowledgement before the
 answer. Refusals follow the OTLP specification for gRPC:
 
@@ -32,9 +32,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter
 
-from collectors import decoded_size
-from collectors.intake import Intake, Refusal, bad_request
-from collectors.signals import SIGNALS, Signal
+from observer.collectors import decoded_size
+from observer.collectors.intake import Intake, Refusal, bad_request
+from observer.collectors.signals import SIGNALS, Signal
 from observer.core.tls import CertificateFiles, grpc_credentials
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ Behaviour follows the OTLP specification (``docs/specification.md``, OTLP/HTTP):
 - 429 with ``Retry-After`` when the in-flight budget (requests and decoded bytes, shared with
   the gRPC receiver) is spent: the receiver refuses instead of queueing. A body is charged
   its bytes as they arrive, then its estimated decoded size once whole
-  (:mod:`collectors.decoded_size`: JSON 16x, protobuf 8x), and only then takes a request
+  (:mod:`observer.collectors.decoded_size`: JSON 16x, protobuf 8x), and only then takes a request
   slot; 408 and the connection closed when headers or body do not arrive in
   ``header_timeout_s`` / ``body_timeout_s`` (:mod:`observer.core.http_deadlines`).
 - 400 with a ``google.rpc.Status`` (and ``BadRequest`` details) when the body does not parse.
@@ -21,7 +21,7 @@ Behaviour follows the OTLP specification (``docs/specification.md``, OTLP/HTTP):
   not retry.
 - Spans are regrouped per trace, and the traces bound for one partition packed into one
   ``ExportTraceServiceRequest`` keyed by the lowercase hex id of its first trace
-  (:mod:`collectors.trace_split`); metrics and logs per resource. They are written raw: prompts and
+  (:mod:`observer.collectors.trace_split`); metrics and logs per resource. They are written raw: prompts and
   other content pass untouched. The answer waits for Kafka's acknowledgement, so a 200 means
   the data is durable; when Kafka does not acknowledge in ``ack_timeout_s`` the answer is 503
   with ``Retry-After``, which OTLP clients retry.
@@ -47,11 +47,11 @@ from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from collectors import decoded_size, otlp_json
-from collectors.budget import Slot
-from collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
-from collectors.intake import Intake, Prepared, Refusal, bad_request, too_large
-from collectors.signals import SIGNALS, Signal
+from observer.collectors import decoded_size, otlp_json
+from observer.collectors.budget import Slot
+from observer.collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
+from observer.collectors.intake import Intake, Prepared, Refusal, bad_request, too_large
+from observer.collectors.signals import SIGNALS, Signal
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.http_deadlines import timed_out
 from observer.core.topics import Topics
@@ -96,7 +96,7 @@ def create_app(
     it with ``observer.core.http.ServerThread(app, receiver.host, receiver.http_port)`` or any
     ASGI server that runs lifespans. ``extra_routes`` adds POST routes that share the
     receiver's authentication and budget; each factory gets the intake and returns a handler
-    taking the request, its tenant and its in-flight slot (``collectors.kserve_intake``).
+    taking the request, its tenant and its in-flight slot (``observer.collectors.kserve_intake``).
     """
     owned = intake is None
     shared = intake if intake is not None else Intake(receiver, kafka, topics)
@@ -184,7 +184,7 @@ async def read_admitted(
 ) -> bytes:
     """The request body, then the request admitted: a 429 :class:`Refusal` as soon as the
     budget is spent. The bytes of the body are charged to ``slot`` as they arrive (what it
-    holds while arriving), the rest of its decoded size (:mod:`collectors.decoded_size`) once
+    holds while arriving), the rest of its decoded size (:mod:`observer.collectors.decoded_size`) once
     it is whole, at once, so that many bodies arriving together cannot each take a part and
     all be refused. Only a whole body takes one of the request slots, so slow senders (cut off
     by the server's ``body_timeout_s``) hold none."""

@@ -86,7 +86,7 @@ def decode(body: bytes | str, message_type: type[M]) -> M:
     >>> decode(b'{"resourceSpans": [{"scope\\\\ud800": {}}]}',
     ...        ExportTraceServiceRequest)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    collectors.otlp_json.OtlpJsonError: body has a string that is not valid Unicode: ...
+    observer.collectors.otlp_json.OtlpJsonError: body has a string that is not valid Unicode: ...
     """
     try:
         data = json.loads(body)

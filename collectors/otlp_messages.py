@@ -1,9 +1,9 @@
 """Read OTLP export requests back from ``otlp_*`` messages, one message at a time.
 
 Shared by every stage that consumes ``otlp_spans`` or ``otlp_metrics``: :func:`otlp_request`
-is the one place such a message is opened (:mod:`collectors.tenant_seal`: decrypted when a
+is the one place such a message is opened (:mod:`observer.collectors.tenant_seal`: decrypted when a
 receiver sealed it) and parsed, and where the tenant of a message that is not trusted is
-dropped. A sealed message that does not open raises :class:`~collectors.tenant_seal.BrokenSeal`
+dropped. A sealed message that does not open raises :class:`~observer.collectors.tenant_seal.BrokenSeal`
 (a dead letter, ``invalid_value``); one that does not parse (not protobuf, invalid UTF-8 in a
 string field, a tombstone) raises :class:`UndecodableMessage` (``decode_error``). The stage
 turns either into a dead letter (:func:`quarantine`): replaying it would fail the same way, so
@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import Counter
 
-from collectors.tenancy import stamp
-from collectors.tenant_seal import TenantSeal
+from observer.collectors.tenancy import stamp
+from observer.collectors.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter
@@ -62,7 +62,7 @@ def otlp_request(
     """The ``kind`` export request ``message`` holds: opened with ``seal`` (for ``stage``'s
     counters), parsed, and with the tenant its resources claim dropped unless it is trusted.
 
-    :class:`~collectors.tenant_seal.BrokenSeal` when it is sealed and does not open,
+    :class:`~observer.collectors.tenant_seal.BrokenSeal` when it is sealed and does not open,
     :class:`UndecodableMessage` when it holds no such request.
 
     >>> from pydantic import SecretStr
@@ -99,7 +99,7 @@ def trace_request(
     >>> trace_request(Message("otlp_spans", 0, 1, None, b"\\xff", 0))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    collectors.otlp_messages.UndecodableMessage: not an OTLP ExportTraceServiceRequest: ...
+    observer.collectors.otlp_messages.UndecodableMessage: not an OTLP ExportTraceServiceRequest: ...
     """
     return otlp_request(message, ExportTraceServiceRequest, seal, stage)
 

@@ -1,6 +1,6 @@
 """A serialised ``ExportTraceServiceRequest`` read through two reduced schemas.
 
-The receivers regroup a request's spans by trace (:mod:`collectors.trace_split`). That needs
+The receivers regroup a request's spans by trace (:mod:`observer.collectors.trace_split`). That needs
 each span's bytes and its ids; decoding every span into a Python object and re-encoding it
 costs several times the parse. Where the C pass (``collectors/_trace_split.c``) was not built,
 and for what it leaves to Python, protobuf's own C parser reads the client's bytes again

@@ -1,7 +1,7 @@
 """The three OTLP signals as data: messages, paths, topics, and how each is split for Kafka.
 
 Traces are grouped by trace and packed per partition (key: a hex trace id, see
-:mod:`collectors.trace_split`); metrics and
+:mod:`observer.collectors.trace_split`); metrics and
 logs per resource (key: a hash of the resource), which is what the README's topic table
 promises. Items that cannot be valid (a span with a bad id, a metric without a name, a log
 record with a malformed trace or span id) are dropped and counted for ``partial_success``.
@@ -41,7 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from collectors.trace_split import SPAN_ID_BYTES, TRACE_ID_BYTES, TraceSplit, split_by_trace
+from observer.collectors.trace_split import SPAN_ID_BYTES, TRACE_ID_BYTES, TraceSplit, split_by_trace
 from observer.core.topics import Topics
 
 

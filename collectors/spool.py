@@ -7,7 +7,7 @@ to this spool and wait for ``fsync`` before answering: the OpenTelemetry Collect
 persistent-queue pattern. One writer thread serves every waiting request with one ``write``
 and one ``fsync`` (group commit), so concurrent requests share the disk flush.
 
-On disk: segment files ``{seq:012d}.seg`` of records (:mod:`collectors.spool_records`:
+On disk: segment files ``{seq:012d}.seg`` of records (:mod:`observer.collectors.spool_records`:
 length, CRC, lz4-compressed payload; a spool that holds minutes of traffic while trace
 grouping holds traces takes several times less disk). A torn or corrupt tail (a crash
 mid-write, never acknowledged) is dropped at :meth:`Spool.open`. ``meta.json`` (replaced atomically)
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from collectors.spool_records import Entry, decode_all, encode
+from observer.collectors.spool_records import Entry, decode_all, encode
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The receiver spool's records on disk (:mod:`collectors.spool`): one acknowledged Kafka
+"""The receiver spool's records on disk (:mod:`observer.collectors.spool`): one acknowledged Kafka
 message framed as ``length (u32) | crc32 (u32) | payload``, the payload lz4-compressed.
 
 A crash mid-write leaves a torn or corrupt record at a segment's tail: :func:`decode_all`

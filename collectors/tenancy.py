@@ -4,7 +4,7 @@ The receiver stamps the tenant it authenticated as the resource attribute ``obse
 replacing whatever the client sent there, so a tenant cannot write under another's name; the
 normaliser and trace grouping copy it onto every record. Without tenancy the attribute is
 removed, so records carry the empty tenant. The stages believe the attribute only on messages
-a receiver sealed when a stamp key is in use (:mod:`collectors.tenant_seal`: always with the
+a receiver sealed when a stamp key is in use (:mod:`observer.collectors.tenant_seal`: always with the
 embedded broker and tenants); without one, messages an OpenTelemetry Collector writes to Kafka
 directly keep theirs: whoever can write to that Kafka is trusted.
 

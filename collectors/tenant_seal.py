@@ -1,6 +1,6 @@
 """The receivers' seal on what they write to Kafka: encrypted, and the only proof of a tenant.
 
-A receiver authenticates a request and stamps its tenant (:mod:`collectors.tenancy`), but the
+A receiver authenticates a request and stamps its tenant (:mod:`observer.collectors.tenancy`), but the
 stages read Kafka, and anything that can reach the broker can write a message claiming
 ``observer.tenant=b``, or read every tenant's raw spans (prompts). So when
 ``receiver.stamp_key`` is set (or generated at each start by :func:`with_seal_key`), every
@@ -17,14 +17,14 @@ value, byte for byte::
 - associated data: the format head, the topic, the Kafka key and every header (name and
   value, in order). A sealed message moved to another topic or given another key or header
   does not open. The partition and offset are not bound: a spooled message replayed after a
-  restart (:mod:`collectors.spool`, same kept key) lands elsewhere and still opens.
+  restart (:mod:`observer.collectors.spool`, same kept key) lands elsewhere and still opens.
 
 The value is prefixed rather than a header so that a dead letter (which keeps the original
 value and the key, not the headers) stays sealed on the dead-letter topic and can still be
 opened by whoever holds the key. No OTLP protobuf message and no JSON starts with a NUL byte.
 
 A stage opens each raw message before parsing it (:meth:`TenantSeal.open`, through
-:func:`collectors.otlp_messages.otlp_request`), and gets:
+:func:`observer.collectors.otlp_messages.otlp_request`), and gets:
 
 =============================  ==========================================================
 message                        outcome
@@ -45,7 +45,7 @@ exporter writes it.
 
 Values are not compressed before sealing: one export batch mixes many end users' prompts, and
 compressed lengths would tell a reader whether one user's text repeats another's (CRIME). So
-the receivers' producer does not compress sealed values either (:class:`collectors.intake.Intake`):
+the receivers' producer does not compress sealed values either (:class:`observer.collectors.intake.Intake`):
 ciphertext does not shrink. What stays readable: the Kafka key (a trace id), timestamps,
 sizes, and a KServe event's ``ce_*`` headers (ids, service, tenant; bound by the seal, not
 hidden). A genuine sealed message copied back into its topic opens again (a duplicate, not a
@@ -65,7 +65,7 @@ forgery). Not covered: a process running as observer's user can read the kept ke
 >>> seal.open(consumed(out, topic="elsewhere"), "doc")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-collectors.tenant_seal.BrokenSeal: sealed elsewhere message does not open: ...
+observer.collectors.tenant_seal.BrokenSeal: sealed elsewhere message does not open: ...
 >>> TenantSeal(None).open(consumed(Output("t", None, b"x")), "doc")  # no key: Kafka is trusted
 Opened(value=b'x', trusted=True)
 """

@@ -57,16 +57,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter, Gauge
 
-from collectors.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
-from collectors.normalizer import attribute_values, resource_names
-from collectors.otlp_messages import (
+from observer.collectors.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
+from observer.collectors.normalizer import attribute_values, resource_names
+from observer.collectors.otlp_messages import (
     UndecodableMessage,
     parent_id,
     quarantine,
     span_identity_problem,
     trace_request,
 )
-from collectors.tenant_seal import TenantSeal
+from observer.collectors.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter

@@ -45,7 +45,7 @@ from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collectors.otlp_wire import (
+from observer.collectors.otlp_wire import (
     SPAN_ID_BYTES,
     TRACE_ID_BYTES,
     ResourceView,
@@ -58,7 +58,7 @@ from collectors.otlp_wire import (
 from observer.core.partitioner import partition_indexes, row_partitions
 
 try:  # built by the install when a C compiler is at hand (pyproject.toml, ext-modules)
-    from collectors import _trace_split as native
+    from observer.collectors import _trace_split as native
 except ImportError:
     native = None
 
@@ -150,9 +150,9 @@ def split_by_trace(
 
     Spans failing :func:`valid_ids` are counted and dropped. In the usual case (every id of
     the right length, each partition's share under the limit) each partition gets one message
-    holding its spans in request order: written in C by :mod:`collectors._trace_split` in one
+    holding its spans in request order: written in C by :mod:`observer.collectors._trace_split` in one
     pass over the bytes, or, where that extension was not built, placed with numpy on the C
-    parser's reduced views of the bytes (:mod:`collectors.otlp_wire`), to the same bytes.
+    parser's reduced views of the bytes (:mod:`observer.collectors.otlp_wire`), to the same bytes.
     Otherwise traces are packed one by one (:func:`_by_trace`).
     """
     if raw is None:

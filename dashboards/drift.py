@@ -1,12 +1,12 @@
 """Drift and triggers: which features drift in which segment, and what observer did about it.
 
 Threshold lines come from the drift engine's default thresholds (``DriftConfig``), so a changed
-default changes the dashboard on the next ``python -m dashboards.build``.
+default changes the dashboard on the next ``python -m observer.dashboards.build``.
 """
 
 from __future__ import annotations
 
-from dashboards.spec import (
+from observer.dashboards.spec import (
     FILTERS,
     AnnotationSpec,
     DashboardSpec,

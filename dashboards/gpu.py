@@ -6,7 +6,7 @@ series read back from Prometheus); the formulas are in the README, "GPU economic
 
 from __future__ import annotations
 
-from dashboards.spec import FILTERS, DashboardSpec, PanelSpec, Query, RowSpec
+from observer.dashboards.spec import FILTERS, DashboardSpec, PanelSpec, Query, RowSpec
 
 C = FILTERS["cluster"]
 MODEL = f'{C}, scope="model", name=~"$model"'

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.spec import FILTERS, DashboardSpec, PanelSpec, Query, RowSpec
+from observer.dashboards.spec import FILTERS, DashboardSpec, PanelSpec, Query, RowSpec
 
 F = FILTERS["service"]
 RATE = "[$__rate_interval]"

@@ -40,7 +40,7 @@ from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
 # Packages whose modules define metrics: each is imported so its module-level series register.
-METRIC_PACKAGES = ("observer", "collectors", "drift", "triggers")
+METRIC_PACKAGES = ("observer",)
 ENV_PREFIX = "OBSERVER_"
 
 
@@ -285,15 +285,15 @@ def collect_metrics() -> list[MetricInfo]:
     take(REGISTRY, "(before import)", "admin")
     _import_all(METRIC_PACKAGES, lambda module: take(REGISTRY, module, "admin"))
 
-    from collectors.domain_metrics import DomainSeries
-    from collectors.gpu.metrics import GPUMetrics
+    from observer.collectors.domain_metrics import DomainSeries
+    from observer.collectors.gpu.metrics import GPUMetrics
 
     domain = CollectorRegistry()
     DomainSeries.create(domain)
-    take(domain, "collectors.domain_metrics", "admin (metrics stage)")
+    take(domain, "observer.collectors.domain_metrics", "admin (metrics stage)")
     gpu = CollectorRegistry()
     gpu.register(GPUMetrics())
-    take(gpu, "collectors.gpu.metrics", "collect-gpu")
+    take(gpu, "observer.collectors.gpu.metrics", "collect-gpu")
     return sorted(found.values(), key=lambda m: m.name)
 
 

@@ -10,13 +10,13 @@ What is stored, per stream (one segment and record type), all JSON with
   stream's *positions* (the last input offset it absorbed, per topic partition) and the open
   window's offset ranges, the window where the stream's current drift episode began
   (``episode_start``, ``null`` outside an episode), and the values fed to its degradation
-  detectors during the batch (:mod:`drift.degradation`; chunk 0 also has their state as the
+  detectors during the batch (:mod:`observer.drift.degradation`; chunk 0 also has their state as the
   window opened). The first chunk of a window (``seq`` 0) also carries the drift results
   emitted in that batch and, when the reference closed in it, the reference inline. Every
   chunk has a ``horizon_ms``: the earliest Unix ms at which a result that a replay from this
   chunk's positions could derive again may have been published (the batch's processing time,
   or earlier while the engine is still replaying what a killed predecessor had published;
-  :mod:`drift.published`).
+  :mod:`observer.drift.published`).
 
 One chunk per touched stream per batch, and only the new values: checkpoint bytes grow with
 the input, not with window size x batches. Every chunk is produced, and acknowledged, together
@@ -184,7 +184,7 @@ class RestoredStream:
     """Values fed to each degradation detector after that snapshot, in order."""
     marks: list[tuple[int | None, dict[TP, int]]] = field(default_factory=list)
     """Per chunk of the open window: its ``horizon_ms`` (``None`` when not written) and its
-    positions, to tell chunks of committed batches (see :mod:`drift.published`)."""
+    positions, to tell chunks of committed batches (see :mod:`observer.drift.published`)."""
     episode_start: int | None = None
     """The window where the stream's current drift episode began; ``None`` when the last
     scored window did not drift (or chunks written before episodes were checkpointed)."""

@@ -1,4 +1,4 @@
-"""``observer drift score``: the CLI face of :mod:`drift.offline`.
+"""``observer drift score``: the CLI face of :mod:`observer.drift.offline`.
 
 ``observer drift`` alone still runs the drift stage; ``observer drift score`` scores files
 offline and needs no Kafka.
@@ -56,7 +56,7 @@ def _list(text: str | None) -> list[str]:
 
 def run_command(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     """Run ``observer drift score``; returns the exit status."""
-    from drift.offline import ScoreOptions, run
+    from observer.drift.offline import ScoreOptions, run
 
     options = ScoreOptions(
         window_size=args.window_size,

@@ -2,7 +2,7 @@
 
 Drift statistics compare a window's distribution with a reference; a degradation signal
 follows one number record by record (an LLM error rate, a tool error rate, a latency) with a
-change detector (:mod:`drift.detectors`) and says when its level moved. Each
+change detector (:mod:`observer.drift.detectors`) and says when its level moved. Each
 ``DegradationSpec`` of ``drift.degradation[record_type]`` names the field, how a record becomes a
 value, the detector and its parameters:
 
@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drift.detectors import ADWIN, PageHinkley, make_detector
+from observer.drift.detectors import ADWIN, PageHinkley, make_detector
 from observer.core.config import DegradationSpec
 from observer.core.records import DegradationSignal, Record
 

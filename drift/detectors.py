@@ -5,7 +5,7 @@ that value completed a detected change; ``estimation`` is the detector's current
 After a detection the detector starts over on the new level (Page-Hinkley) or has already
 dropped the old part of its window (ADWIN). ``state()`` is a JSON-able snapshot and
 ``restore(state)`` continues from it exactly (floats round-trip through JSON unchanged), which
-is how the drift engine checkpoints them (:mod:`drift.degradation`).
+is how the drift engine checkpoints them (:mod:`observer.drift.degradation`).
 
 ========================  ================================================================
 :class:`PageHinkley`      cumulative deviation from the running mean: with

@@ -5,12 +5,12 @@ checkpointed to ``observer.drift-state``.
 
 For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model, or
 the record type's own in ``segment_keys_by_record_type``) and record type
-(:data:`drift.record_types.RECORD_TYPES`) the engine fills count windows of ``window_size``
+(:data:`observer.drift.record_types.RECORD_TYPES`) the engine fills count windows of ``window_size``
 rows: one per record, or one per instance when a feature reads a per-instance column of a
-prediction (``inputs.age``; :func:`drift.record_types.feature_rows`). The segment's
-reference comes first (``drift.reference``, :mod:`drift.reference`; by default its first
+prediction (``inputs.age``; :func:`observer.drift.record_types.feature_rows`). The segment's
+reference comes first (``drift.reference``, :mod:`observer.drift.reference`; by default its first
 ``reference_records`` records, and nothing is emitted for it). Every later window (1, 2, ...) is scored against that reference, feature by
-feature, with Evidently 0.7's statistics (:mod:`drift.scoring`), and one
+feature, with Evidently 0.7's statistics (:mod:`observer.drift.scoring`), and one
 :class:`~observer.core.records.DriftResult` keyed by the segment key is emitted to
 ``topics.drift``.
 
@@ -26,7 +26,7 @@ Values: a missing value (``None``) is skipped for numeric features; for categori
 the empty string ``""`` (e.g. no finish reason reported) is a category of its own, so a
 provider that stops reporting finish reasons shows up as drift.
 
-State and restarts (:mod:`drift.checkpoint`): with a checkpoint store, every processed batch
+State and restarts (:mod:`observer.drift.checkpoint`): with a checkpoint store, every processed batch
 also emits, per stream it touched, one checkpoint record with the values it added and the
 last input offset the stream absorbed per partition. The StageRunner produces them, with the
 results, before it commits the input offsets. When a partition shows up for the first time,
@@ -35,7 +35,7 @@ partition from the store, then skips every message a stream has already absorbed
 numbering therefore never restarts, and a killed engine resumes exactly where its last
 acknowledged batch ended: the same windows, the same results. A result whose acknowledgement
 was in doubt at the kill is checked against what already reached ``observer.drift``
-(:mod:`drift.published`) and only emitted when missing, so each result is published once.
+(:mod:`observer.drift.published`) and only emitted when missing, so each result is published once.
 
 Hostile records: a message that is not a valid record (not JSON, an unknown schema, a field
 outside its bounds such as a negative count or a NaN, which :mod:`observer.core.records`
@@ -44,7 +44,7 @@ rejects) or whose feature values are not finite goes to the dead-letter topic wi
 ``observer_drift_errors_total`` (``undecodable``, ``invalid_value``); it never reaches a
 window, and the batch goes on.
 
-Metrics (:mod:`drift.metrics`): ``observer_drift_statistic``, ``observer_drift_share``,
+Metrics (:mod:`observer.drift.metrics`): ``observer_drift_statistic``, ``observer_drift_share``,
 ``observer_drift_dataset_drift`` per segment; ``observer_drift_records_total``,
 ``observer_drift_windows_total``, ``observer_drift_errors_total``,
 ``observer_drift_replayed_total``, ``observer_drift_duplicates_suppressed_total`` per record
@@ -84,7 +84,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drift.checkpoint import (
+from observer.drift.checkpoint import (
     TP,
     CheckpointStore,
     KafkaCheckpointStore,
@@ -95,8 +95,8 @@ from drift.checkpoint import (
     reference_key,
     restore_streams,
 )
-from drift.degradation import DegradationTracker, check_specs
-from drift.metrics import (
+from observer.drift.degradation import DegradationTracker, check_specs
+from observer.drift.metrics import (
     CHECKPOINT_BYTES,
     DATASET_DRIFT,
     DEGRADATION_DETECTED,
@@ -112,8 +112,8 @@ from drift.metrics import (
     RESTORES,
     WINDOWS,
 )
-from drift.published import KafkaResultLog, ResultId, ResultLog
-from drift.record_types import (
+from observer.drift.published import KafkaResultLog, ResultId, ResultLog
+from observer.drift.record_types import (
     RECORD_TYPES,
     check_features,
     check_segment_keys,
@@ -122,12 +122,12 @@ from drift.record_types import (
     segment_keys,
     topics_by_type,
 )
-from drift.reference import ParquetReference, as_list, new_window
-from drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
-from drift.sketch import StateBudget, sketch_from_json, sketch_to_json
-from drift.sketch_scoring import sketched_scores
-from drift.stats import Prepared
-from drift.window import ClosedWindow, CountWindow, TimeWindow
+from observer.drift.reference import ParquetReference, as_list, new_window
+from observer.drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
+from observer.drift.sketch import StateBudget, sketch_from_json, sketch_to_json
+from observer.drift.sketch_scoring import sketched_scores
+from observer.drift.stats import Prepared
+from observer.drift.window import ClosedWindow, CountWindow, TimeWindow
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
@@ -149,7 +149,7 @@ log = logging.getLogger(__name__)
 RECORD_CLASSES: dict[str, type[Record]] = {
     name: rt.record_class for name, rt in RECORD_TYPES.items()
 }
-"""The record class of each record type (:data:`drift.record_types.RECORD_TYPES`)."""
+"""The record class of each record type (:data:`observer.drift.record_types.RECORD_TYPES`)."""
 
 
 @dataclass
@@ -225,7 +225,7 @@ class DriftEngine:
         Where checkpoints are read back from; ``None`` runs without checkpoints (offline).
     results
         Where already published results are read back from when a partition is restored, so
-        that a replay never publishes a result twice (:mod:`drift.published`); ``None``
+        that a replay never publishes a result twice (:mod:`observer.drift.published`); ``None``
         re-emits every result whose acknowledgement a checkpoint leaves in doubt.
     """
 
@@ -298,7 +298,7 @@ class DriftEngine:
     @property
     def inputs(self) -> list[str]:
         """The topics to consume: those of the record types with features configured
-        (:func:`drift.record_types.topics_by_type`)."""
+        (:func:`observer.drift.record_types.topics_by_type`)."""
         return list(self._record_types)
 
     @property

@@ -1,6 +1,6 @@
 """The drift engine's state on local disk, for the embedded broker (``kafka.embedded_durable``).
 
-The engine checkpoints to the compacted topic ``observer.drift-state`` (:mod:`drift.checkpoint`)
+The engine checkpoints to the compacted topic ``observer.drift-state`` (:mod:`observer.drift.checkpoint`)
 and publishes results to ``observer.drift``; on the memory-only embedded broker both vanish
 with the process. :class:`MirroredEngine` wraps the engine: every batch's checkpoint records
 (latest value per key, tombstones delete) and results are written to a local SQLite file
@@ -22,7 +22,7 @@ detector state, the drift episode) is kept as it was.
 
 Results are kept (the last :data:`KEEP_RESULTS` per stream) so that the trigger stage sees the
 ones it had not consumed at the crash; the ones it had are recognised as replays
-(:meth:`triggers.policy.PolicyTracker.is_replay`: same window, same close time).
+(:meth:`observer.triggers.policy.PolicyTracker.is_replay`: same window, same close time).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from drift.engine import DriftEngine
+from observer.drift.engine import DriftEngine
 from observer.core.broker import read_incarnation
 from observer.core.bus import Output, Processor
 from observer.core.config import DriftConfig, KafkaConfig

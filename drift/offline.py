@@ -4,7 +4,7 @@ REF and CUR are Parquet (``.parquet``/``.pq``) or CSV files. The current file is
 windows per segment: by count (``window_size`` rows, in file order; the last window may be
 shorter) or by time (tumbling windows of ``window`` aligned on the Unix epoch, over
 ``time_column``); without either, the whole current file is one window. Each window is scored
-against the segment's reference rows with :func:`drift.scoring.score_columns`, so the numbers
+against the segment's reference rows with :func:`observer.drift.scoring.score_columns`, so the numbers
 are the streaming engine's. Windows are numbered from 1 per segment (0 is the reference, as in
 the engine). The default method is ``auto``: Evidently 0.7's choice, so that scoring two files
 reproduces Evidently's ``DataDriftPreset`` column by column.
@@ -30,8 +30,8 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from drift.scoring import drift_share, prepare_columns, score_columns
-from drift.stats import AUTO, check_method
+from observer.drift.scoring import drift_share, prepare_columns, score_columns
+from observer.drift.stats import AUTO, check_method
 from observer.core.config import FeatureSpec
 
 
@@ -68,7 +68,7 @@ def parse_duration(text: str) -> float:
     >>> parse_duration("soon")
     Traceback (most recent call last):
     ...
-    drift.offline.ScoreError: bad duration 'soon'; use e.g. 30s, 15m, 1h, 1d or 1h30m
+    observer.drift.offline.ScoreError: bad duration 'soon'; use e.g. 30s, 15m, 1h, 1d or 1h30m
     """
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|min|s|m|h|d|w)", text.strip())
     if not parts or "".join(n + u for n, u in parts) != text.strip():
@@ -237,7 +237,7 @@ def score_frames(
 def _report(options: ScoreOptions, segment: dict[str, Any], window: dict[str, Any],
             ref: pd.DataFrame, rows: pd.DataFrame, features: list[Any]) -> str:
     """Write a drifted window's Evidently report; returns its path."""
-    from drift.reports import ReportError, write_window_report  # Evidently loads only if asked
+    from observer.drift.reports import ReportError, write_window_report  # Evidently loads only if asked
 
     try:
         path = write_window_report(options.report_dir or ".", segment, window, ref, rows,

@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from drift.record_types import segment_keys
-from drift.window import (
+from observer.drift.record_types import segment_keys
+from observer.drift.window import (
     TIME,
     ClosedWindow,
     CountWindow,

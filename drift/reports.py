@@ -55,8 +55,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from drift.record_types import event_time, feature_rows
-from drift.reference import ParquetReference
+from observer.drift.record_types import event_time, feature_rows
+from observer.drift.reference import ParquetReference
 from observer.core.config import (
     DriftConfig,
     DriftReportsConfig,

@@ -5,7 +5,7 @@ Which method decides a feature's verdict, first match wins:
 1. the feature's own ``method`` (``FeatureSpec.method``), when set;
 2. ``numeric_method`` or ``categorical_method`` by the feature's kind;
 3. ``auto`` in either place resolves per window with Evidently's rule
-   (:func:`drift.stats.choose_method`: KS, chi-square or Z-test for references of up to 1000
+   (:func:`observer.drift.stats.choose_method`: KS, chi-square or Z-test for references of up to 1000
    rows, Wasserstein or Jensen-Shannon above).
 
 Its threshold: the feature's ``threshold``, else ``thresholds[method]``, else Evidently's
@@ -39,8 +39,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drift.stats import AUTO, METHODS, check_method, choose_method
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats import AUTO, METHODS, check_method, choose_method
+from observer.drift.stats.prepared import Prepared, prepare
 from observer.core.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
@@ -90,7 +90,7 @@ def score_feature(
     reference, current
         Raw values; ``None`` (a missing value) is skipped. For a categorical feature the empty
         string ``""`` is a category of its own, not a missing value. Either side may also be
-        a :class:`~drift.stats.prepared.Prepared` column (see :func:`prepare_columns`).
+        a :class:`~observer.drift.stats.prepared.Prepared` column (see :func:`prepare_columns`).
     numeric_method, categorical_method
         The method deciding for each kind when the feature names none (``auto`` allowed).
     thresholds
@@ -133,7 +133,7 @@ def prepare_columns(
     """Each feature's column cleaned and sorted or counted, ready to score many windows.
 
     A reference scored against window after window is prepared once: each window then only
-    prepares its own values (:mod:`drift.stats.prepared`).
+    prepares its own values (:mod:`observer.drift.stats.prepared`).
 
     >>> ref = prepare_columns({"output_tokens": [3, 1, None, 2]},
     ...                       [FeatureSpec(name="output_tokens", kind="numeric")])

@@ -17,7 +17,7 @@ and window, a summary whose size does not grow with the window:
   (``drift.sketch_top_k``) and one ``other`` count for every later category.
 
 Drift is scored from these sketches, with an error bound against exact mode, in
-:mod:`drift.sketch_scoring`; :class:`StateBudget` chooses exact or sketch mode per stream.
+:mod:`observer.drift.sketch_scoring`; :class:`StateBudget` chooses exact or sketch mode per stream.
 
 Memory: about 8 bytes per occupied bucket (a numeric feature spanning three decades at
 ``a = 0.01`` holds about 350 buckets) plus ~60 bytes per tracked category, however many
@@ -47,7 +47,7 @@ DEFAULT_TOP_K = 64
 
 DISTINCT_CAP = 32
 """A numeric sketch keeps its exact values while it has at most this many distinct ones
-(above :data:`drift.stats.MAX_CATEGORY_VALUES`, so Evidently's per-value rule is decided
+(above :data:`observer.drift.stats.MAX_CATEGORY_VALUES`, so Evidently's per-value rule is decided
 exactly)."""
 
 ZERO_WIDTH = 1e-9
@@ -96,7 +96,7 @@ class NumericSketch:
     # -- updates -----------------------------------------------------------------------------
 
     def add(self, value: Any) -> None:
-        """Count one value; ``None``, NaN and +-inf are skipped (as :func:`drift.stats.clean`)."""
+        """Count one value; ``None``, NaN and +-inf are skipped (as :func:`observer.drift.stats.clean`)."""
         if _is_missing(value):
             return
         self._buffer.append(float(value))

@@ -1,4 +1,4 @@
-"""Drift scored from sketches (:mod:`drift.sketch`), with an error bound against exact mode.
+"""Drift scored from sketches (:mod:`observer.drift.sketch`), with an error bound against exact mode.
 
 Scoring (:func:`score_sketch`) returns the statistic and an *error bound* ``e``: the exact
 mode's statistic on the same records is guaranteed to lie in ``[statistic - e, statistic + e]``,
@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from drift.scoring import REPORTED, resolve_method
-from drift.sketch import (
+from observer.drift.scoring import REPORTED, resolve_method
+from observer.drift.sketch import (
     DEFAULT_RELATIVE_ACCURACY,
     DEFAULT_TOP_K,
     DISTINCT_CAP,
@@ -68,9 +68,9 @@ from drift.sketch import (
     Sketch,
     sketch_of,
 )
-from drift.stats import AUTO, METHODS, jensenshannon_of_shares, psi_of_shares
-from drift.stats.binning import MAX_CATEGORY_VALUES, ZERO_SHARE
-from drift.stats.methods import AUTO_REFERENCE_ROWS
+from observer.drift.stats import AUTO, METHODS, jensenshannon_of_shares, psi_of_shares
+from observer.drift.stats.binning import MAX_CATEGORY_VALUES, ZERO_SHARE
+from observer.drift.stats.methods import AUTO_REFERENCE_ROWS
 from observer.core.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
@@ -121,7 +121,7 @@ def distinct_count(reference: Sketch, current: Sketch) -> int:
 
 
 def choose_sketch_method(reference: Sketch, current: Sketch) -> str:
-    """Evidently's automatic choice (:func:`drift.stats.choose_method`) from two sketches.
+    """Evidently's automatic choice (:func:`observer.drift.stats.choose_method`) from two sketches.
 
     It needs the reference size (exact) and the distinct values of both sides (exact while
     they are few, which is the only case where the answer depends on their number).
@@ -152,7 +152,7 @@ def score_sketch(
     reference, current
         The sketches (same relative accuracy for numeric ones).
     method
-        A method name of :data:`drift.stats.METHODS`, or ``auto``.
+        A method name of :data:`observer.drift.stats.METHODS`, or ``auto``.
     threshold
         Default: the method's.
     """
@@ -426,7 +426,7 @@ def score_sketch_feature(
     categorical_method: str = "jensenshannon",
     thresholds: Mapping[str, float] | None = None,
 ) -> FeatureDrift:
-    """:func:`drift.scoring.score_feature` from sketches: the same method and threshold
+    """:func:`observer.drift.scoring.score_feature` from sketches: the same method and threshold
     resolution and reported statistics, plus ``error_bound`` for the deciding statistic.
 
     >>> from observer.core.config import FeatureSpec

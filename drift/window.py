@@ -14,7 +14,7 @@
   next record. Empty windows are skipped and do not take an index.
 
 Values are held by a *store*, chosen per stream: :class:`ExactValues` (raw values, the
-default) or :class:`SketchValues` (bounded sketches, :mod:`drift.sketch`). Sliding windows
+default) or :class:`SketchValues` (bounded sketches, :mod:`observer.drift.sketch`). Sliding windows
 keep one store per ``slide``-long pane and merge the panes of a window when it closes, so a
 record is stored once however many windows it belongs to.
 
@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drift.sketch import Sketch, new_sketch, sketch_from_json, sketch_to_json
+from observer.drift.sketch import Sketch, new_sketch, sketch_from_json, sketch_to_json
 
 TIME = "@t"
 """Name of the event-time column in checkpointed rows of time windows."""
@@ -108,7 +108,7 @@ class ExactValues:
 
 
 class SketchValues:
-    """One sketch per feature (:func:`drift.sketch.new_sketch`).
+    """One sketch per feature (:func:`observer.drift.sketch.new_sketch`).
 
     Parameters
     ----------

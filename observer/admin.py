@@ -9,12 +9,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from drift.reports import DriftReports, Episode, ReportError, ReportNotFound, episodes, report_id
+from observer.drift.reports import DriftReports, Episode, ReportError, ReportNotFound, episodes, report_id
 from observer.admin_guard import AdminGuard
 from observer.core.config import AdminConfig
 from observer.core.records import DriftResult, TriggerEvent
 from observer.views import TopicView
-from triggers.ledger import ApprovalConflict, UnknownEpisode
+from observer.triggers.ledger import ApprovalConflict, UnknownEpisode
 
 # A report is one self-contained page: forbid it any network access in the browser too.
 REPORT_HEADERS = {

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in STAGE_HELP.items():
         stage = sub.add_parser(name, help=text, description=text)
         if name == "drift":
-            from drift.commands import add_parsers as add_drift_parsers
+            from observer.drift.commands import add_parsers as add_drift_parsers
 
             add_drift_parsers(stage)  # `drift score`; plain `observer drift` runs the stage
     demo = sub.add_parser("demo", help="run the loop end to end on a synthetic agent")
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the loop")
     sub.add_parser("config", help="print the effective configuration as JSON (secrets masked)")
-    from triggers.commands import add_parsers as add_trigger_parsers
+    from observer.triggers.commands import add_parsers as add_trigger_parsers
 
     add_trigger_parsers(sub)  # pipeline render, triggers list
     gpu = sub.add_parser(
@@ -105,7 +105,7 @@ def _serve(cfg: ObserverConfig, stages: list[str]) -> int:
 
 
 def _collect_gpu(cfg: ObserverConfig, args: argparse.Namespace) -> int:
-    from collectors.gpu.run import run_collect_gpu
+    from observer.collectors.gpu.run import run_collect_gpu
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
@@ -141,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
-    from triggers.commands import COMMANDS as TRIGGER_COMMANDS
+    from observer.triggers.commands import COMMANDS as TRIGGER_COMMANDS
 
     if args.command in TRIGGER_COMMANDS:
-        from triggers.commands import run as run_trigger_command
+        from observer.triggers.commands import run as run_trigger_command
 
         return run_trigger_command(cfg, args)
     if args.command == "collect-gpu":
         return _collect_gpu(cfg, args)
     if args.command == "drift" and getattr(args, "drift_command", None) == "score":
-        from drift.commands import run_command as run_drift_command
+        from observer.drift.commands import run_command as run_drift_command
 
         return run_drift_command(cfg, args)
     if args.command == "demo":

@@ -5,10 +5,10 @@ At start, after the (new, empty) broker is up and its topics exist, and before a
 receiver runs, :meth:`Durability.open`:
 
 1. seeds ``observer.drift-state`` and ``observer.drift`` from the drift engine's local state
-   file (:mod:`drift.local_state`; checkpoints of an earlier broker incarnation are rebased:
+   file (:mod:`observer.drift.local_state`; checkpoints of an earlier broker incarnation are rebased:
    same reference, windows, detectors and episodes, no offsets), so the engine restores its
    reference instead of learning a new one from post-crash traffic;
-2. replays every unsettled spool entry (:mod:`collectors.spool`) to its topic and partition,
+2. replays every unsettled spool entry (:mod:`observer.collectors.spool`) to its topic and partition,
    in offset order, commits for each reading group the new offset of the first entry it had
    not settled (so a stage does not see again what it had settled and another had not), and
    rewrites the spool with the new offsets.
@@ -32,8 +32,8 @@ from pathlib import Path
 from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
-from collectors.spool import Entry, Spool
-from drift.local_state import STATE_FILE, LocalDriftState
+from observer.collectors.spool import Entry, Spool
+from observer.drift.local_state import STATE_FILE, LocalDriftState
 from observer.core.bus import make_consumer, make_producer
 from observer.core.config import KafkaConfig
 from observer.core.settle import TP, Flow, KafkaPositions, Settler

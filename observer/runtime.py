@@ -14,19 +14,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from collectors.domain_metrics import DomainMetrics
-from collectors.genai_metrics import GenAIMetricsNormalizer
-from collectors.normalizer import Normalizer
-from collectors.intake import Intake
-from collectors.kserve_intake import KSERVE_PATH, kserve_route
-from collectors.kserve_pairing import PredictionPairer
-from collectors.otlp_grpc import GrpcReceiver
-from collectors.otlp_http import create_app as create_otlp_http_app
-from collectors.tenant_seal import TenantSeal, with_seal_key
-from collectors.trace_grouping import TraceGrouper
-from drift.local_state import drift_stage
-from drift.record_types import segment_keys, topics_by_type
-from drift.reports import DriftReports
+from observer.collectors.domain_metrics import DomainMetrics
+from observer.collectors.genai_metrics import GenAIMetricsNormalizer
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.intake import Intake
+from observer.collectors.kserve_intake import KSERVE_PATH, kserve_route
+from observer.collectors.kserve_pairing import PredictionPairer
+from observer.collectors.otlp_grpc import GrpcReceiver
+from observer.collectors.otlp_http import create_app as create_otlp_http_app
+from observer.collectors.tenant_seal import TenantSeal, with_seal_key
+from observer.collectors.trace_grouping import TraceGrouper
+from observer.drift.local_state import drift_stage
+from observer.drift.record_types import segment_keys, topics_by_type
+from observer.drift.reports import DriftReports
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import KafkaProbe, Processor, StageRunner, ensure_topics
@@ -40,7 +40,7 @@ from observer.core.supervisor import RestartPolicy, Supervisor
 from observer.core.records import DriftResult, Record, TriggerEvent
 from observer.core.topics import Topics
 from observer.views import TopicView
-from triggers.stage import TriggerStage
+from observer.triggers.stage import TriggerStage
 
 log = logging.getLogger(__name__)
 

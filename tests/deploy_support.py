@@ -73,7 +73,7 @@ def admin_routes() -> set[str]:
 
 def gpu_collector_routes() -> set[str]:
     """Paths ``observer collect-gpu`` serves."""
-    from collectors.gpu.run import metrics_app
+    from observer.collectors.gpu.run import metrics_app
 
     return {r.path for r in metrics_app(CollectorRegistry(), threading.Event()).routes}
 

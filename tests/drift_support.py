@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from drift.checkpoint import MemoryCheckpointStore
-from drift.engine import DriftEngine
-from drift.offline import ScoreOptions, run
-from drift.published import MemoryResultLog
+from observer.drift.checkpoint import MemoryCheckpointStore
+from observer.drift.engine import DriftEngine
+from observer.drift.offline import ScoreOptions, run
+from observer.drift.published import MemoryResultLog
 from observer.core.bus import Message, Output, StageRunner, make_consumer
 from observer.core.config import DriftConfig, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode

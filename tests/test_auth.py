@@ -22,10 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import SecretStr
 
-from collectors.intake import Intake
-from collectors.kserve_intake import KSERVE_PATH, kserve_route
-from collectors.otlp_http import create_app
-from collectors.tenancy import Authenticator
+from observer.collectors.intake import Intake
+from observer.collectors.kserve_intake import KSERVE_PATH, kserve_route
+from observer.collectors.otlp_http import create_app
+from observer.collectors.tenancy import Authenticator
 from observer.core.config import ConfigError, KafkaConfig, ReceiverConfig, load_config
 from observer.core.http import ServerThread
 from observer.core.topics import Topics

@@ -47,7 +47,7 @@ from observer.core.http import ServerThread
 from observer.core.records import DriftResult, decode
 from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
 from observer.demo.run import CountingExporter
-from triggers.signing import generate_secret
+from observer.triggers.signing import generate_secret
 
 pytestmark = pytest.mark.e2e
 

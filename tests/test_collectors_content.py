@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import otlp_json
-from collectors.normalizer import Normalizer
+from observer.collectors import otlp_json
+from observer.collectors.normalizer import Normalizer
 from observer.core.bus import Message
 from observer.core.config import ContentConfig, KafkaConfig, load_config
 from observer.core.records import LLMCall, decode
@@ -72,7 +72,7 @@ def test_capture_stores_redacted_capped_content(convention: str) -> None:
 
 
 def test_builtin_redaction_and_openllmetry_roles() -> None:
-    from collectors.message_content import ContentCapture
+    from observer.collectors.message_content import ContentCapture
 
     attributes = {
         "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),

@@ -8,7 +8,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collectors.domain_metrics import OTHER, DomainMetrics, LabelCap, path_label
+from observer.collectors.domain_metrics import OTHER, DomainMetrics, LabelCap, path_label
 from observer.core.bus import Message
 from observer.core.config import KafkaConfig, MetricsConfig
 from observer.core.records import LLMCall, PathRecord, ToolCall, encode

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collectors import otlp_json
-from collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
-from collectors.normalizer import Normalizer
-from collectors.signals import SIGNALS
-from collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors import otlp_json
+from observer.collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.signals import SIGNALS
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import Message, ensure_topics
 from observer.core.config import KafkaConfig, PathsConfig

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from collectors import otlp_json
-from collectors.normalizer import Normalizer
-from collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors import otlp_json
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message
 from observer.core.config import KafkaConfig, PathsConfig
 from observer.core.records import decode

@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import StatusCode
 
-from collectors.normalizer import Normalizer
-from collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message
 from observer.core.config import KafkaConfig, PathsConfig
 from observer.core.http import ServerThread

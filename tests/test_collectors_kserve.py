@@ -18,19 +18,19 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 from pydantic import SecretStr
 
-from collectors.cloud_events import (
+from observer.collectors.cloud_events import (
     CloudEvent,
     CloudEventError,
     events_from_http,
     from_kafka,
     to_kafka,
 )
-from collectors.inference_protocol import Limits, PayloadError, parse
-from collectors.intake import Intake
-from collectors.kserve_intake import KSERVE_PATH, REQUEST_TYPE, RESPONSE_TYPE, kserve_route
-from collectors.kserve_pairing import PredictionPairer
-from collectors.otlp_http import create_app
-from collectors.trace_grouping import FakeClock
+from observer.collectors.inference_protocol import Limits, PayloadError, parse
+from observer.collectors.intake import Intake
+from observer.collectors.kserve_intake import KSERVE_PATH, REQUEST_TYPE, RESPONSE_TYPE, kserve_route
+from observer.collectors.kserve_pairing import PredictionPairer
+from observer.collectors.otlp_http import create_app
+from observer.collectors.trace_grouping import FakeClock
 from observer.core.bus import Message
 from observer.core.config import (
     AdminConfig,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collectors.genai_mapping import LEGACY_LLM, classify
+from observer.collectors.genai_mapping import LEGACY_LLM, classify
 
 OPENAI = {"gen_ai.system": "openai"}
 

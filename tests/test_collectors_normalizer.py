@@ -14,9 +14,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import REGISTRY
 
-from collectors.genai_mapping import ATTRIBUTE_NAMES
-from collectors.normalizer import Normalizer
-from collectors.otlp_http import TRACES_PATH, create_app
+from observer.collectors.genai_mapping import ATTRIBUTE_NAMES
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.otlp_http import TRACES_PATH, create_app
 from observer.core.bus import Message, Output, StageRunner, make_consumer
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.http import ServerThread

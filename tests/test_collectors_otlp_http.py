@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from collectors import otlp_json
-from collectors.otlp_http import JSON, PROTOBUF, TRACES_PATH, create_app
+from observer.collectors import otlp_json
+from observer.collectors.otlp_http import JSON, PROTOBUF, TRACES_PATH, create_app
 from observer.core.broker import EmbeddedBroker
 from observer.core.config import KafkaConfig, ReceiverConfig
 from observer.core.http import ServerThread

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 
-from collectors.normalizer import Normalizer
-from collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.normalizer import Normalizer
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message, StageRunner
 from observer.core.config import KafkaConfig, PathsConfig
 from observer.core.records import LLMCall, PathRecord, ToolCall, decode

@@ -20,9 +20,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collectors import trace_split
-from collectors.otlp_wire import resource_views, span_ids
-from collectors.trace_split import split_by_trace, valid_ids
+from observer.collectors import trace_split
+from observer.collectors.otlp_wire import resource_views, span_ids
+from observer.collectors.trace_split import split_by_trace, valid_ids
 from observer.core.partitioner import partition_indexes
 
 PATHS = ("C", "numpy")

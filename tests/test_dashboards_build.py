@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.build import DASHBOARDS, JSON_DIR, generate, main
-from dashboards.spec import VARIABLES
+from observer.dashboards.build import DASHBOARDS, JSON_DIR, generate, main
+from observer.dashboards.spec import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def test_committed_json_equals_generated() -> None:
     committed = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
     assert committed.keys() == files.keys()
     for name, text in files.items():
-        assert committed[name] == text, f"{name} is stale: run python -m dashboards.build"
+        assert committed[name] == text, f"{name} is stale: run python -m observer.dashboards.build"
 
 
 def test_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from tests.test_gpu_prometheus import PRICES, scraped  # noqa: F401  (scraped: t
 def test_every_gpu_panel_query_returns_data(scraped) -> None:  # noqa: F811
     prom, _, pipeline, _ = scraped
     # Idle dollars accrue over the interval before an idle sample: collect a second cycle.
-    from collectors.gpu.prometheus import PrometheusCollector
+    from observer.collectors.gpu.prometheus import PrometheusCollector
     from observer.core.config import GPUConfig
 
     time.sleep(1.5)

@@ -38,7 +38,7 @@ from observer.core.http import ServerThread
 from observer.demo.agent import BASELINE, DRIFTED, SupportAgent
 from observer.runtime import ALL_STAGES, Runtime
 from tests.dashboard_queries import dashboard_queries, expand, has_data
-from triggers.signing import generate_secret
+from observer.triggers.signing import generate_secret
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from drift.detectors import ADWIN, DETECTORS, ChangeDetector, PageHinkley, make_detector
+from observer.drift.detectors import ADWIN, DETECTORS, ChangeDetector, PageHinkley, make_detector
 
 
 def detections(detector: ChangeDetector, xs: list[float]) -> list[int]:

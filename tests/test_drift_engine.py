@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from drift.engine import DriftEngine
+from observer.drift.engine import DriftEngine
 from observer.core.bus import (
     Message,
     Output,
@@ -397,7 +397,7 @@ def test_degradation_detectors_survive_kills_exactly() -> None:
     uninterrupted run's signals, detections included."""
     import random
 
-    from drift.checkpoint import MemoryCheckpointStore
+    from observer.drift.checkpoint import MemoryCheckpointStore
 
     rng = np.random.default_rng(23)
     cfg = first_window_config(window_size=60, degradation={"tools": [

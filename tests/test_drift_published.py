@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drift.published import KafkaResultLog, MemoryResultLog, parse
+from observer.drift.published import KafkaResultLog, MemoryResultLog, parse
 from observer.core.bus import make_producer
 from observer.core.config import KafkaConfig
 from observer.core.records import DriftResult, OffsetRange, encode

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from drift.engine import DriftEngine
-from drift.record_types import RECORD_TYPES, feature_rows, topics_by_type
+from observer.drift.engine import DriftEngine
+from observer.drift.record_types import RECORD_TYPES, feature_rows, topics_by_type
 from observer.core.bus import Message, Output, make_producer, produce_all
 from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig, ObserverConfig
 from observer.core.records import (

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from drift.engine import DriftEngine
-from drift.reference import ParquetReference
-from drift.stats import METHODS
+from observer.drift.engine import DriftEngine
+from observer.drift.reference import ParquetReference
+from observer.drift.stats import METHODS
 from observer.core.bus import Message
 from observer.core.config import DriftConfig, FeatureSpec
 from observer.core.records import DriftResult, LLMCall, decode, encode

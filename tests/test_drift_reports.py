@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift.reports import (
+from observer.drift.reports import (
     DriftReports,
     ReportColumn,
     ReportError,
@@ -29,7 +29,7 @@ from drift.reports import (
     report_id,
     window_frame,
 )
-from drift.scoring import score_columns
+from observer.drift.scoring import score_columns
 from observer.admin import create_admin_app
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics, make_producer

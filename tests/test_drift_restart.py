@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 
-from drift.engine import DriftEngine
+from observer.drift.engine import DriftEngine
 from observer.core.bus import Message, Output, make_consumer, make_producer, produce_all
 from observer.core.config import DriftConfig, KafkaConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode

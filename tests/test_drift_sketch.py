@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drift.engine import DriftEngine
-from drift.sketch import (
+from observer.drift.engine import DriftEngine
+from observer.drift.sketch import (
     CategoricalSketch,
     NumericSketch,
     StateBudget,
@@ -16,8 +16,8 @@ from drift.sketch import (
     sketch_of,
     sketch_to_json,
 )
-from drift.sketch_scoring import score_sketch, sturges_edges
-from drift.stats import METHODS
+from observer.drift.sketch_scoring import score_sketch, sturges_edges
+from observer.drift.stats import METHODS
 from observer.core.bus import Message
 from observer.core.config import FeatureSpec
 from observer.core.records import LLMCall, decode, encode

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from drift.stats import (
+from observer.drift.stats import (
     MAX_CATEGORY_VALUES,
     METHODS,
     STATISTICS,
@@ -445,7 +445,7 @@ def test_config_names_every_method_the_statistics_implement() -> None:
     # The CLI and the config offer DriftMethod's names; drift.stats.METHODS implements them.
     from typing import get_args
 
-    from drift.stats import AUTO, METHODS
+    from observer.drift.stats import AUTO, METHODS
     from observer.core.config import DriftMethod
 
     assert set(get_args(DriftMethod)) == {AUTO, *METHODS}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drift.engine import DriftEngine
-from drift.record_types import event_time
-from drift.reference import store_factory
-from drift.window import CountWindow, TimeWindow
+from observer.drift.engine import DriftEngine
+from observer.drift.record_types import event_time
+from observer.drift.reference import store_factory
+from observer.drift.window import CountWindow, TimeWindow
 from observer.core.bus import Message
 from observer.core.config import DriftConfig, FeatureSpec
 from observer.core.records import LLMCall, decode, encode

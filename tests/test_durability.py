@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 
-from collectors.spool import SPOOL_DROPPED, Entry, Spool, encode
-from drift.checkpoint import MemoryCheckpointStore
-from drift.engine import DriftEngine
-from drift.local_state import LocalDriftState, MirroredEngine
-from drift.published import MemoryResultLog
+from observer.collectors.spool import SPOOL_DROPPED, Entry, Spool, encode
+from observer.drift.checkpoint import MemoryCheckpointStore
+from observer.drift.engine import DriftEngine
+from observer.drift.local_state import LocalDriftState, MirroredEngine
+from observer.drift.published import MemoryResultLog
 from observer.core.bus import Message, make_consumer, make_producer
 from observer.core.config import KafkaConfig
 from observer.core.settle import Flow, KafkaPositions, Settler
@@ -318,7 +318,7 @@ def test_one_state_directory_serves_one_observer_at_a_time(tmp_path: Path, free_
 def test_a_spool_that_cannot_write_makes_the_receiver_answer_503(
     tmp_path: Path, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    from collectors.intake import Intake, Refusal
+    from observer.collectors.intake import Intake, Refusal
     from observer.core.bus import Output
     from observer.core.config import ReceiverConfig
 
@@ -342,7 +342,7 @@ def test_a_spool_that_cannot_write_makes_the_receiver_answer_503(
 def test_the_spool_records_where_kafka_put_each_message(
     tmp_path: Path, kafka_config: KafkaConfig, topics: Topics, client: str
 ) -> None:
-    from collectors.intake import Intake
+    from observer.collectors.intake import Intake
     from observer.core.bus import Output
     from observer.core.config import ReceiverConfig
 

@@ -36,7 +36,7 @@ from observer.core.config import (
 from observer.core.http import ServerThread
 from observer.demo.agent import BASELINE, DRIFTED, SupportAgent
 from observer.runtime import ALL_STAGES, Runtime
-from triggers.signing import generate_secret
+from observer.triggers.signing import generate_secret
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.gpu.economics import figures, integrate_power
-from collectors.gpu.pipeline import GPUPipeline, ListSink
-from collectors.gpu.prices import PriceTable, mig_fraction
+from observer.collectors.gpu.economics import figures, integrate_power
+from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
+from observer.collectors.gpu.prices import PriceTable, mig_fraction
 from observer.core.config import ConfigError, GPUConfig, load_config
 from observer.core.records import GPUSample
 

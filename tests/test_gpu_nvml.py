@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.gpu.attribution import PodResolver, parse_cgroup
-from collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
-from collectors.gpu.pipeline import GPUPipeline, ListSink
+from observer.collectors.gpu.attribution import PodResolver, parse_cgroup
+from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
+from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
 from observer.core.config import GPUConfig
 from tests.fake_nvml import FakeGPU, FakeMig, FakeNVML
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collectors.gpu.pipeline import GPUPipeline, ListSink
-from collectors.gpu.prometheus import PrometheusCollector
+from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
+from observer.collectors.gpu.prometheus import PrometheusCollector
 from observer.core.config import GPUConfig
 from observer.core.records import GPUEconomics, GPUSample, ServingSample, decode, encode
 
@@ -258,7 +258,7 @@ def test_collect_gpu_command_reads_prometheus(scraped) -> None:
     """One cycle of `observer collect-gpu --source prometheus --stdout`, in process."""
     import io
 
-    from collectors.gpu.run import run_collect_gpu
+    from observer.collectors.gpu.run import run_collect_gpu
     from observer.core.config import AdminConfig, ObserverConfig
 
     prom = scraped[0]

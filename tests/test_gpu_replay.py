@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
-from collectors.gpu.pipeline import ListSink, record_key
-from collectors.gpu.replay import TraceError
-from collectors.gpu.run import replay, run_collect_gpu
+from observer.collectors.gpu.pipeline import ListSink, record_key
+from observer.collectors.gpu.replay import TraceError
+from observer.collectors.gpu.run import replay, run_collect_gpu
 from observer.core.config import GPUConfig, KafkaConfig, ObserverConfig
 from observer.core.records import GPUEconomics, GPUSample, decode
 from observer.core.topics import Topics

@@ -34,19 +34,19 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry
 
-from collectors.domain_metrics import DomainMetrics
-from collectors.genai_mapping import (
+from observer.collectors.domain_metrics import DomainMetrics
+from observer.collectors.genai_mapping import (
     ATTRIBUTE_NAMES,
     FINISH_REASONS,
     KIND_BY_ATTRIBUTE,
     OPERATIONS,
 )
-from collectors.genai_metrics import METRIC_FIELDS, GenAIMetricsNormalizer
-from collectors.kserve_pairing import PredictionPairer
-from collectors.message_content import CONVENTIONS, SYSTEM_INSTRUCTIONS
-from collectors.normalizer import _RESOURCE_ATTRIBUTES, Normalizer
-from collectors.trace_grouping import FakeClock, TraceGrouper
-from drift.engine import DriftEngine
+from observer.collectors.genai_metrics import METRIC_FIELDS, GenAIMetricsNormalizer
+from observer.collectors.kserve_pairing import PredictionPairer
+from observer.collectors.message_content import CONVENTIONS, SYSTEM_INSTRUCTIONS
+from observer.collectors.normalizer import _RESOURCE_ATTRIBUTES, Normalizer
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.drift.engine import DriftEngine
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.config import (
@@ -76,7 +76,7 @@ from observer.core.records import (
 )
 from observer.core.topics import Topics
 from tests.collectors_support import drain, sample, wait_for
-from triggers.stage import TriggerStage
+from observer.triggers.stage import TriggerStage
 
 TOPICS = Topics.from_config(KafkaConfig())
 INVALID_UTF8 = "\x01INVALID-UTF8\x01"

@@ -11,8 +11,8 @@ import yaml
 
 from observer.cli import main
 from observer.core.config import PipelineConfig, TriggerConfig
-from triggers.pipeline.render import FAILURE, SUCCESS, render
-from triggers.pipeline.validate import SchemaError, check_all, crd_files, validate_resource
+from observer.triggers.pipeline.render import FAILURE, SUCCESS, render
+from observer.triggers.pipeline.validate import SchemaError, check_all, crd_files, validate_resource
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))
@@ -107,7 +107,7 @@ def test_steps_run_in_order_with_gate_and_rollback() -> None:
     approve = wf["templates"][0]["steps"][1][0]
     assert approve["when"] == "{{workflow.parameters.approval}} == required"
     evaluate = next(t for t in wf["templates"] if t["name"] == "evaluate")
-    assert evaluate["container"]["command"][-1] == "triggers.pipeline.evaluate"
+    assert evaluate["container"]["command"][-1] == "observer.triggers.pipeline.evaluate"
     on_exit = next(t for t in wf["templates"] if t["name"] == wf["onExit"])
     assert on_exit["steps"][0][0]["template"] == "rollback"
 

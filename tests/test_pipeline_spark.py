@@ -17,8 +17,8 @@ from observer.core.bus import make_producer
 from observer.core.config import KafkaConfig
 from observer.core.records import LLMCall, OffsetRange, ToolCall, encode
 from observer.core.topics import Topics
-from triggers.export import ExportError, export_episode, export_uris
-from triggers.pipeline import evaluate, preprocess
+from observer.triggers.export import ExportError, export_episode, export_uris
+from observer.triggers.pipeline import evaluate, preprocess
 
 
 def produce(kafka: KafkaConfig, topic: str, records: list[Any]) -> list[OffsetRange]:

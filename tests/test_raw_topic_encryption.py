@@ -1,4 +1,4 @@
-"""With a stamp key, what the receivers write to Kafka is encrypted (:mod:`collectors.tenant_seal`).
+"""With a stamp key, what the receivers write to Kafka is encrypted (:mod:`observer.collectors.tenant_seal`).
 
 Anyone local can reach the embedded broker; with tenants or auth it gets a key per start, and
 a plain Kafka client reading ``otlp_spans`` sees ciphertext, while the stages open it. A sealed
@@ -31,13 +31,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from collectors.genai_metrics import GenAIMetricsNormalizer
-from collectors.kserve_pairing import PredictionPairer
-from collectors.normalizer import Normalizer
-from collectors import tenant_seal
-from collectors.spool import Entry, Spool
-from collectors.tenant_seal import HEAD, MAGIC, OVERHEAD, TenantSeal, with_seal_key
-from collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.genai_metrics import GenAIMetricsNormalizer
+from observer.collectors.kserve_pairing import PredictionPairer
+from observer.collectors.normalizer import Normalizer
+from observer.collectors import tenant_seal
+from observer.collectors.spool import Entry, Spool
+from observer.collectors.tenant_seal import HEAD, MAGIC, OVERHEAD, TenantSeal, with_seal_key
+from observer.collectors.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message, Output
 from observer.core.config import (
     AdminConfig,

@@ -27,8 +27,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from collectors.tenancy import TENANT_ATTRIBUTE
-from drift.record_types import RECORD_TYPES, segment_keys
+from observer.collectors.tenancy import TENANT_ATTRIBUTE
+from observer.drift.record_types import RECORD_TYPES, segment_keys
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics
 from observer.core.config import (

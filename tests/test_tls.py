@@ -26,9 +26,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from collectors.intake import Intake
-from collectors.otlp_grpc import GrpcReceiver
-from collectors.otlp_http import create_app
+from observer.collectors.intake import Intake
+from observer.collectors.otlp_grpc import GrpcReceiver
+from observer.collectors.otlp_http import create_app
 from observer.core.bus import Output, ensure_topics, make_consumer
 from observer.core.config import (
     AdminConfig,

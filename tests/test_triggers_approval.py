@@ -26,7 +26,7 @@ from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
 from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers
-from triggers.stage import TriggerStage
+from observer.triggers.stage import TriggerStage
 
 ADMIN_TOKEN = "admin-t0ken"
 TOPICS = Topics.from_config(KafkaConfig())

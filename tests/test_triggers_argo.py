@@ -24,10 +24,10 @@ from observer.core.config import (
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.argo_contract import ArgoContract
-from triggers.naming import EPISODE_LABEL, MODEL_LABEL, POLICY_LABEL, SEGMENT_LABEL, label_value
-from triggers.pipeline.render import workflow_template
-from triggers.stage import TriggerStage
+from observer.triggers.argo_contract import ArgoContract
+from observer.triggers.naming import EPISODE_LABEL, MODEL_LABEL, POLICY_LABEL, SEGMENT_LABEL, label_value
+from observer.triggers.pipeline.render import workflow_template
+from observer.triggers.stage import TriggerStage
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))

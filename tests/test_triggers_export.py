@@ -18,7 +18,7 @@ from observer.core.config import KafkaConfig, TriggerConfig
 from observer.core.records import DriftResult, LLMCall, OffsetRange, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from tests.triggers_support import ARGO_TOKEN, SECRET, Servers
-from triggers.stage import TriggerStage
+from observer.triggers.stage import TriggerStage
 
 def call(i: int, service: str, tokens: int) -> LLMCall:
     return LLMCall(service=service, model="gpt-4o", trace_id=f"t{i}", span_id=f"s{i}",

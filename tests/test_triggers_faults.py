@@ -32,7 +32,7 @@ from observer.core.config import KafkaConfig, TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers
-from triggers.stage import TriggerStage
+from observer.triggers.stage import TriggerStage
 
 TOPICS = Topics.from_config(KafkaConfig())
 
@@ -70,7 +70,7 @@ CHILD = textwrap.dedent("""
     from observer.core.bus import Message
     from observer.core.records import decode
     from observer.core.topics import Topics
-    from triggers.stage import TriggerStage
+    from observer.triggers.stage import TriggerStage
 
     cfg = TriggerConfig.model_validate(json.loads(sys.argv[1]))
     values = [bytes.fromhex(v) for v in json.loads(sys.argv[2])]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from triggers.ledger import ApprovalConflict, Ledger, NewDelivery, UnknownEpisode, delivery_id
-from triggers.policy import Decision, TrackerState, episode_id
+from observer.triggers.ledger import ApprovalConflict, Ledger, NewDelivery, UnknownEpisode, delivery_id
+from observer.triggers.policy import Decision, TrackerState, episode_id
 
 HOOK = "https://hooks.example.com/drift?token=s3cret"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from observer.core.config import PolicyConfig
 from observer.core.records import DriftResult
-from triggers.policy import Decision, PolicyTracker, episode_id
+from observer.triggers.policy import Decision, PolicyTracker, episode_id
 
 
 def window(
@@ -274,7 +274,7 @@ def test_engine_detections_become_one_decision() -> None:
     """The drift engine's own results: a tool error rate that jumps starts one episode."""
     import numpy as np
 
-    from drift.engine import DriftEngine
+    from observer.drift.engine import DriftEngine
     from observer.core.bus import Message
     from observer.core.config import DriftConfig, KafkaConfig
     from observer.core.records import ToolCall, decode, encode

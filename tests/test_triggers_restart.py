@@ -30,9 +30,9 @@ from observer.core.bus import (
 from observer.core.config import KafkaConfig, TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.ledger import Ledger
-from triggers.policy import episode_id
-from triggers.stage import TriggerStage
+from observer.triggers.ledger import Ledger
+from observer.triggers.policy import episode_id
+from observer.triggers.stage import TriggerStage
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = Topics.from_config(KafkaConfig())
@@ -75,7 +75,7 @@ CHILD = textwrap.dedent("""
     from observer.core.bus import Message
     from observer.core.config import KafkaConfig, TriggerConfig
     from observer.core.topics import Topics
-    from triggers.stage import TriggerStage
+    from observer.triggers.stage import TriggerStage
 
     cfg = TriggerConfig.model_validate(json.loads(sys.argv[1]))
     topics = Topics.from_config(KafkaConfig())
@@ -206,7 +206,7 @@ RUNNER_CHILD = textwrap.dedent("""
     from observer.core.bus import StageRunner
     from observer.core.config import KafkaConfig, TriggerConfig
     from observer.core.topics import Topics
-    from triggers.stage import TriggerStage
+    from observer.triggers.stage import TriggerStage
 
     cfg = TriggerConfig.model_validate(json.loads(sys.argv[1]))
     kafka = KafkaConfig.model_validate(json.loads(sys.argv[2]))

@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from triggers.signing import SignatureError, generate_secret, sign, signed_headers, verify
+from observer.triggers.signing import SignatureError, generate_secret, sign, signed_headers, verify
 
 BODY = b'{"type":"observer.drift.episode","data":{"x":1}}'
 

@@ -27,9 +27,9 @@ from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, Webho
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, LLMCall, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.signing import generate_secret
-from triggers.stage import TriggerStage
-from triggers.webhook import WebhookSender
+from observer.triggers.signing import generate_secret
+from observer.triggers.stage import TriggerStage
+from observer.triggers.webhook import WebhookSender
 
 SECRET = generate_secret()
 TOPICS = Topics.from_config(KafkaConfig())

@@ -19,9 +19,9 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from observer.core.config import WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, FeatureDrift
-from triggers.policy import Decision
-from triggers.signing import generate_secret
-from triggers.webhook import WebhookSender, backoff_delay, build_payload, classify
+from observer.triggers.policy import Decision
+from observer.triggers.signing import generate_secret
+from observer.triggers.webhook import WebhookSender, backoff_delay, build_payload, classify
 
 SECRET = generate_secret()
 

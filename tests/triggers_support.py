@@ -15,9 +15,9 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from observer.core.config import TriggerConfig
 from observer.core.http import ServerThread
-from triggers.argo_contract import ArgoContract
-from triggers.pipeline.render import workflow_template
-from triggers.signing import generate_secret
+from observer.triggers.argo_contract import ArgoContract
+from observer.triggers.pipeline.render import workflow_template
+from observer.triggers.signing import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(os.environ.get("OBSERVER_SCHEMAS", ROOT / "tests" / "schemas"))

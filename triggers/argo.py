@@ -50,8 +50,8 @@ from hera.workflows.models import (
 from hera.workflows.service import WorkflowsService
 
 from observer.core.config import ArgoConfig, PipelineConfig
-from triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
-from triggers.naming import (
+from observer.triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
+from observer.triggers.naming import (
     ARGO_COMPLETED_LABEL,
     EPISODE_LABEL,
     MODEL_LABEL,
@@ -60,7 +60,7 @@ from triggers.naming import (
     SEGMENT_LABEL,
     label_value,
 )
-from triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
+from observer.triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ArgoAction:
                     service_account=self.cfg.service_account or None,
                 ),
             )
-        from triggers.pipeline.render import workflow_spec
+        from observer.triggers.pipeline.render import workflow_spec
 
         spec = workflow_spec(self.pipeline, self.cfg)
         spec["arguments"] = {
@@ -320,11 +320,11 @@ def build_run(
 
     Everything a later attempt needs is here, so a restarted stage submits the same run:
     the episode-derived workflow name, labels' sources, and what to export where
-    (``export``: :func:`triggers.export.export_spec`). The run's ``approval`` parameter asks
+    (``export``: :func:`observer.triggers.export.export_spec`). The run's ``approval`` parameter asks
     for the Argo suspend step only with ``approval_mode: argo``; with ``ledger`` the decision
     was approved in observer's ledger before this run was ever submitted.
     """
-    from triggers.naming import workflow_name
+    from observer.triggers.naming import workflow_name
 
     run: dict[str, Any] = {
         "episode_id": decision.episode_id,

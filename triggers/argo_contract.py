@@ -28,8 +28,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from triggers.naming import ARGO_COMPLETED_LABEL
-from triggers.pipeline.validate import SchemaError, validate_argo, validate_argo_body
+from observer.triggers.naming import ARGO_COMPLETED_LABEL
+from observer.triggers.pipeline.validate import SchemaError, validate_argo, validate_argo_body
 
 # grpc codes of the answers (google.rpc.Code), as grpc-gateway puts them in error bodies.
 _GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 429: 8, 500: 13, 503: 14}

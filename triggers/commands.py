@@ -70,7 +70,7 @@ VERDICTS = {"approve": "approved", "reject": "rejected"}
 
 
 def _resolve(cfg: ObserverConfig, args: argparse.Namespace) -> int:
-    from triggers.ledger import ApprovalError, Ledger
+    from observer.triggers.ledger import ApprovalError, Ledger
 
     path = cfg.trigger.ledger_path
     if not path.exists():
@@ -96,11 +96,11 @@ def _resolve(cfg: ObserverConfig, args: argparse.Namespace) -> int:
 
 
 def _render(cfg: ObserverConfig, out: Path, schemas: Path | None, crds: list[Path]) -> int:
-    from triggers.pipeline.render import render, write
+    from observer.triggers.pipeline.render import render, write
 
     docs = render(cfg.trigger)
     if schemas is not None:
-        from triggers.pipeline.validate import SchemaError, check_all
+        from observer.triggers.pipeline.validate import SchemaError, check_all
 
         try:
             if not (schemas / "argo" / "schema.json").exists():
@@ -128,7 +128,7 @@ def _when(unix_s: float) -> str:
 
 
 def _list(cfg: ObserverConfig, args: argparse.Namespace) -> int:
-    from triggers.ledger import Ledger
+    from observer.triggers.ledger import Ledger
 
     path = cfg.trigger.ledger_path
     if not path.exists():

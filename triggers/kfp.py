@@ -3,7 +3,7 @@
 Kubeflow Pipelines does not refuse a repeated run name, so idempotency is checked here: the
 run's ``display_name`` is the episode's workflow name, and an attempt first lists runs with
 that display name (``GET /apis/v2beta1/runs?filter=...``); one found means "already
-submitted". Answers are classified like Argo's (:func:`triggers.argo.argo_verdict`).
+submitted". Answers are classified like Argo's (:func:`observer.triggers.argo.argo_verdict`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from observer.core.config import KfpConfig
-from triggers.argo import argo_verdict, run_parameters
-from triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
-from triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
+from observer.triggers.argo import argo_verdict, run_parameters
+from observer.triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
+from observer.triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 

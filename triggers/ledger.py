@@ -17,7 +17,7 @@ One SQLite file (WAL mode) holds four tables:
 * ``disabled_targets``: targets that answered 410; new deliveries to them are recorded as
   ``disabled`` and not attempted, until :meth:`Ledger.enable_target`.
 * ``tracker_state``: per policy, segment and record type, the
-  :class:`~triggers.policy.TrackerState` (last windows, open episode, clear count, last window
+  :class:`~observer.triggers.policy.TrackerState` (last windows, open episode, clear count, last window
   seen). It is written in the decision's transaction when there is one, and once per
   processed batch otherwise (:meth:`Ledger.save_states`), so trackers resume after a restart.
 
@@ -25,7 +25,7 @@ One connection behind a lock serves every thread (the stage writes, the admin AP
 each call is short. Other processes (``observer triggers approve``) open the same file.
 
 >>> import tempfile, pathlib
->>> from triggers.policy import Decision
+>>> from observer.triggers.policy import Decision
 >>> d = Decision(policy="p", segment_key="shop", record_type="llm", episode_id="e1",
 ...     kind="fired", reason="r", window_index=2, first_window_index=1, decided_at=10.0)
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -50,8 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from triggers.policy import Decision, TrackerState
-from triggers.redact import public_target
+from observer.triggers.policy import Decision, TrackerState
+from observer.triggers.redact import public_target
 
 SCHEMA_VERSION = 2
 

@@ -14,7 +14,7 @@ while receivers rotate.
 >>> verify(secret, headers, b'{"a":2}', now=1700000010)
 Traceback (most recent call last):
 ...
-triggers.signing.SignatureError: no matching signature
+observer.triggers.signing.SignatureError: no matching signature
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ keyed ``policy/segment_key``.
 A fired decision of a policy with ``actions`` also owes one run per action (``argo``: Argo
 Workflows through Hera, ``kfp``: Kubeflow Pipelines), written to the same outbox with a payload
 that fixes the episode-derived run name and the Parquet export of the drifted window
-(:func:`triggers.argo.build_run`).
+(:func:`observer.triggers.argo.build_run`).
 
 ``tick`` (after every poll) works through the ledger's due deliveries: one attempt each
 (:data:`TriggerStage.ACTIONS` picks the handler by the row's action), the outcome recorded, a
@@ -19,7 +19,7 @@ consumption by a bounded amount; the rest wait for the next tick. Because the ou
 SQLite, a restarted stage resumes undelivered webhooks.
 
 Tracker state (the last windows, open episodes, clear counts, the last window seen) is in the
-ledger (:meth:`~triggers.ledger.Ledger.save_states`): written in the decision's transaction,
+ledger (:meth:`~observer.triggers.ledger.Ledger.save_states`): written in the decision's transaction,
 and at the end of every batch; a restarted stage restores it and continues where it was.
 Input offsets are committed only after the batch's outputs are acknowledged, so a restarted
 stage is fed results it has counted already: the trackers ignore them (at or below the last
@@ -58,7 +58,7 @@ from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, Webho
 from observer.core.dead_letter import dead_letter
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from triggers.ledger import (
+from observer.triggers.ledger import (
     DEAD_LETTER,
     DELIVERED,
     DISABLED,
@@ -67,14 +67,14 @@ from triggers.ledger import (
     Ledger,
     NewDelivery,
 )
-from triggers.policy import Decision, DecisionKind, PolicyTracker
-from triggers.redact import public_target
-from triggers.signing import check_secret
-from triggers.webhook import AttemptResult, WebhookSender, build_payload
+from observer.triggers.policy import Decision, DecisionKind, PolicyTracker
+from observer.triggers.redact import public_target
+from observer.triggers.signing import check_secret
+from observer.triggers.webhook import AttemptResult, WebhookSender, build_payload
 
 if TYPE_CHECKING:
-    from triggers.argo import ArgoAction
-    from triggers.kfp import KfpAction
+    from observer.triggers.argo import ArgoAction
+    from observer.triggers.kfp import KfpAction
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class TriggerStage:
     """The :class:`~observer.core.bus.Processor` of the trigger stage.
 
     ``clock`` (Unix seconds) dates decisions and schedules retries; ``sender`` replaces the
-    default :class:`~triggers.webhook.WebhookSender`. ``kafka`` lets run actions read the
+    default :class:`~observer.triggers.webhook.WebhookSender`. ``kafka`` lets run actions read the
     drifted window back for the Parquet export (without it runs get no data parameters).
     :attr:`ledger` is open for readers (the admin API lists it).
     """
@@ -168,17 +168,17 @@ class TriggerStage:
         # Episode ids of the approval events handed out by the last tick (see the docstring).
         self._announcing: list[str] = []
         if ARGO in wanted:
-            from triggers.argo import ArgoAction
+            from observer.triggers.argo import ArgoAction
 
             self.argo = ArgoAction(cfg.argo, cfg.pipeline, exporter=exporter)
         if KFP in wanted:
-            from triggers.kfp import KfpAction
+            from observer.triggers.kfp import KfpAction
 
             self.kfp = KfpAction(cfg.kfp, exporter=exporter)
 
     def _export(self, run: dict[str, Any]) -> dict[str, int]:
         """Export the episode's windows (``run["export"]``), once per episode and process."""
-        from triggers.export import export_episode
+        from observer.triggers.export import export_episode
 
         assert self.kafka is not None
         spec = run["export"]
@@ -308,7 +308,7 @@ class TriggerStage:
     def _export_spec(self, decision: Decision, result: DriftResult) -> dict[str, Any] | None:
         if self.kafka is None or not self.cfg.export.uri:
             return None  # nothing to read the windows back from, or nowhere to put them
-        from triggers.export import export_spec
+        from observer.triggers.export import export_spec
 
         return export_spec(self.cfg.export.uri, decision.policy, decision.episode_id, result)
 
@@ -321,7 +321,7 @@ class TriggerStage:
     ) -> list[NewDelivery]:
         if not policy.actions:
             return []
-        from triggers.argo import build_run
+        from observer.triggers.argo import build_run
 
         run = build_run(
             decision=decision,

@@ -50,10 +50,10 @@ import httpx
 
 from observer.core.config import WebhookConfig
 from observer.core.records import DriftResult
-from triggers.ledger import DEAD_LETTER, DELIVERED, DISABLED, FAILED
-from triggers.policy import Decision
-from triggers.redact import public_target
-from triggers.signing import signed_headers
+from observer.triggers.ledger import DEAD_LETTER, DELIVERED, DISABLED, FAILED
+from observer.triggers.policy import Decision
+from observer.triggers.redact import public_target
+from observer.triggers.signing import signed_headers
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,12 @@ def build_payload(
     """The Standard Webhooks body for a decision: ``{type, timestamp, data}``, compact JSON.
 
     ``result`` is the window that completed the run. ``export`` (see
-    :func:`triggers.export.export_spec`) says where the drifted window and its reference are
+    :func:`observer.triggers.export.export_spec`) says where the drifted window and its reference are
     written as Parquet before the webhook is sent: ``data.export.current`` and
     ``data.export.reference``; ``data.export`` is null when nothing is exported.
 
     >>> from observer.core.records import DriftResult
-    >>> from triggers.policy import Decision
+    >>> from observer.triggers.policy import Decision
     >>> r = DriftResult(segment={"service": "shop"}, segment_key="shop", record_type="llm",
     ...     window_index=2, n_reference=500, n_current=400, features=[], drift_share=0.75,
     ...     dataset_drift=True, closed_at_unix_nano=0)

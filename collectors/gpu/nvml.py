@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.gpu.attribution import PodRef, PodResolver
-from collectors.gpu.prices import MIG_SLICES_PER_GPU, UNPARTITIONED, mig_fraction
+from observer.collectors.gpu.attribution import PodRef, PodResolver
+from observer.collectors.gpu.prices import MIG_SLICES_PER_GPU, UNPARTITIONED, mig_fraction
 from observer.core.config import GPUConfig
 from observer.core.records import GPUSample
 

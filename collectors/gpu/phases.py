@@ -14,8 +14,8 @@ import bisect
 from statistics import fmean
 from typing import Any
 
-from collectors.gpu.economics import figures, integrate_power, to_record
-from collectors.gpu.replay import TokenWindow
+from observer.collectors.gpu.economics import figures, integrate_power, to_record
+from observer.collectors.gpu.replay import TokenWindow
 from observer.core.records import GPUEconomics, GPUSample
 
 
@@ -90,7 +90,7 @@ def summarise_phases(samples: list[GPUSample]) -> list[dict[str, Any]]:
 def phase_economics(samples: list[GPUSample], windows: list[TokenWindow]) -> list[GPUEconomics]:
     """The economics of each token window, on the GPU the samples describe.
 
-    Cost per second is the priced samples' (see :class:`~collectors.gpu.pipeline.GPUPipeline`);
+    Cost per second is the priced samples' (see :class:`~observer.collectors.gpu.pipeline.GPUPipeline`);
     energy comes from :func:`energy_between`.
     """
     if not samples:

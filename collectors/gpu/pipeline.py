@@ -18,8 +18,8 @@ import json
 import logging
 from typing import IO, Protocol
 
-from collectors.gpu.metrics import GPUMetrics
-from collectors.gpu.prices import UNPARTITIONED, PriceTable
+from observer.collectors.gpu.metrics import GPUMetrics
+from observer.collectors.gpu.prices import UNPARTITIONED, PriceTable
 from observer.core.bus import Output, make_producer, produce_all
 from observer.core.config import GPUConfig, KafkaConfig
 from observer.core.records import GPUEconomics, GPUSample, Record, ServingSample, encode

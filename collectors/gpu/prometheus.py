@@ -17,8 +17,8 @@ from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 
-from collectors.gpu.economics import figures, to_record
-from collectors.gpu.prices import mig_fraction, normalise_capacity
+from observer.collectors.gpu.economics import figures, to_record
+from observer.collectors.gpu.prices import mig_fraction, normalise_capacity
 from observer.core.config import GPUConfig
 from observer.core.records import GPUEconomics, GPUSample, Record, ServingSample
 
@@ -118,7 +118,7 @@ def _hostname(labels: dict[str, str]) -> str:
 class PrometheusCollector:
     """Query Prometheus; return GPU samples, serving samples and economics records.
 
-    ``price`` is the pipeline's pricer (:meth:`collectors.gpu.pipeline.GPUPipeline.price`),
+    ``price`` is the pipeline's pricer (:meth:`observer.collectors.gpu.pipeline.GPUPipeline.price`),
     called with whether the GPU's pod processed tokens.
     """
 

@@ -1,6 +1,6 @@
 """``observer collect-gpu``: the live node collector (NVML), the cluster collector
 (Prometheus), and the replay of a recorded NVML trace, all through one
-:class:`~collectors.gpu.pipeline.GPUPipeline`.
+:class:`~observer.collectors.gpu.pipeline.GPUPipeline`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
-from collectors.gpu.phases import phase_economics, summarise_phases
-from collectors.gpu.pipeline import GPUPipeline, JsonLinesSink, KafkaSink, Sink, dumps_summary
-from collectors.gpu.prometheus import PrometheusCollector
-from collectors.gpu.replay import TraceError, read_token_phases, read_trace, token_windows
+from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
+from observer.collectors.gpu.phases import phase_economics, summarise_phases
+from observer.collectors.gpu.pipeline import GPUPipeline, JsonLinesSink, KafkaSink, Sink, dumps_summary
+from observer.collectors.gpu.prometheus import PrometheusCollector
+from observer.collectors.gpu.replay import TraceError, read_token_phases, read_trace, token_windows
 from observer.core.bus import ensure_topics
 from observer.core.config import ObserverConfig
 from observer.core.http import ServerThread

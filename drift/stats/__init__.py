@@ -1,7 +1,7 @@
 """Drift statistics with Evidently 0.7.23's exact rules.
 
 Every statistic takes two raw columns (reference, current) and a feature kind, cleans them
-(:mod:`drift.stats.columns`), and returns a float, or ``None`` when a side has no usable value.
+(:mod:`observer.drift.stats.columns`), and returns a float, or ``None`` when a side has no usable value.
 Larger means more different; drift is ``statistic >= threshold``.
 
 ==================  ===========================  =======================================
@@ -16,7 +16,7 @@ name                function                     applies to
 ==================  ===========================  =======================================
 
 Distances drift when ``statistic >= threshold``; p-values when they are small (the rule of
-each is in :data:`drift.stats.methods.METHODS`, with :func:`choose_method`, Evidently's
+each is in :data:`observer.drift.stats.methods.METHODS`, with :func:`choose_method`, Evidently's
 automatic choice).
 
 >>> STATISTICS["psi"](["a", "a", "b"], ["a", "b", "b"], "categorical") > 0
@@ -28,16 +28,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from drift.stats.binning import MAX_CATEGORY_VALUES, binned_shares, fill_zero_shares
-from drift.stats.chisquare import chisquare
-from drift.stats.columns import Kind, clean
-from drift.stats.jensenshannon import jensenshannon, jensenshannon_of_shares
-from drift.stats.ks import ks
-from drift.stats.methods import AUTO, METHODS, Method, check_method, choose_method
-from drift.stats.prepared import Prepared, prepare, sturges_edges
-from drift.stats.psi import psi, psi_of_shares
-from drift.stats.wasserstein import wasserstein_norm
-from drift.stats.ztest import ztest
+from observer.drift.stats.binning import MAX_CATEGORY_VALUES, binned_shares, fill_zero_shares
+from observer.drift.stats.chisquare import chisquare
+from observer.drift.stats.columns import Kind, clean
+from observer.drift.stats.jensenshannon import jensenshannon, jensenshannon_of_shares
+from observer.drift.stats.ks import ks
+from observer.drift.stats.methods import AUTO, METHODS, Method, check_method, choose_method
+from observer.drift.stats.prepared import Prepared, prepare, sturges_edges
+from observer.drift.stats.psi import psi, psi_of_shares
+from observer.drift.stats.wasserstein import wasserstein_norm
+from observer.drift.stats.ztest import ztest
 
 
 class Statistic(Protocol):

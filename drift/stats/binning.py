@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare, sturges_edges, union_counts
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare, sturges_edges, union_counts
 
 MAX_CATEGORY_VALUES = 20
 """A numeric reference with more distinct values than this is binned (Sturges' rule)."""
@@ -37,8 +37,8 @@ def binned_shares(
     Parameters
     ----------
     reference, current
-        Non-empty columns: raw, cleaned or :class:`~drift.stats.prepared.Prepared` (the sorted
-        form makes the histogram a few binary searches, see :mod:`drift.stats.prepared`).
+        Non-empty columns: raw, cleaned or :class:`~observer.drift.stats.prepared.Prepared` (the sorted
+        form makes the histogram a few binary searches, see :mod:`observer.drift.stats.prepared`).
     kind
         ``"numeric"`` or ``"categorical"``; only numeric columns are ever binned.
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare, union_counts
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare, union_counts
 
 
 def chisquare_of_counts(reference: np.ndarray, current: np.ndarray) -> float:

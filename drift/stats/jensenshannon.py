@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from scipy.spatial import distance
 
-from drift.stats.binning import binned_shares
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats.binning import binned_shares
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare
 
 
 def jensenshannon_of_shares(reference: np.ndarray, current: np.ndarray) -> float:

@@ -13,8 +13,8 @@ from typing import Any
 
 from scipy import stats
 
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare
 
 
 def ks(

@@ -44,14 +44,14 @@ from typing import Any, Literal
 
 import numpy as np  # noqa: F401  (the doctests use it)
 
-from drift.stats.chisquare import chisquare
-from drift.stats.columns import Kind
-from drift.stats.jensenshannon import jensenshannon
-from drift.stats.ks import ks
-from drift.stats.prepared import Prepared, n_unique, prepare
-from drift.stats.psi import psi
-from drift.stats.wasserstein import wasserstein_norm
-from drift.stats.ztest import ztest
+from observer.drift.stats.chisquare import chisquare
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.jensenshannon import jensenshannon
+from observer.drift.stats.ks import ks
+from observer.drift.stats.prepared import Prepared, n_unique, prepare
+from observer.drift.stats.psi import psi
+from observer.drift.stats.wasserstein import wasserstein_norm
+from observer.drift.stats.ztest import ztest
 
 Rule = Literal[">=", "<=", "<"]
 _RULES: dict[str, Callable[[float, float], bool]] = {

@@ -4,7 +4,7 @@
 Cleaning, sorting and hashing are nearly all of a window's scoring time; the statistics
 themselves then need only a few binary searches and sums over bins. A segment's reference
 stays the same for many windows, so the engine and the offline scorer prepare it once
-(:func:`drift.scoring.prepare_columns`) and each window prepares only its current side. Every
+(:func:`observer.drift.scoring.prepare_columns`) and each window prepares only its current side. Every
 statistic accepts raw values or a :class:`Prepared` column; a prepared one passes through
 :func:`prepare` unchanged.
 
@@ -16,7 +16,7 @@ numeric          the cleaned values, sorted; lazily their std (population, ``ddo
                  distinct count and run-length ``(values, counts)``
 categorical      the distinct cleaned values and their counts (one pandas hash pass over the
                  raw values; missing and infinite ones are dropped from the counts, which is
-                 :func:`drift.stats.columns.clean` followed by counting)
+                 :func:`observer.drift.stats.columns.clean` followed by counting)
 ===============  =========================================================================
 
 How the rest follows from sorted arrays, with the same results as the unsorted formulas:
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drift.stats.columns import Kind, clean
+from observer.drift.stats.columns import Kind, clean
 
 _INFINITIES = [math.inf, -math.inf]
 

@@ -2,7 +2,7 @@
 
 ``PSI = sum((r - c) * ln(r / c))`` over the reference shares ``r`` and current shares ``c`` of
 the same bins, with empty bins filled as Evidently 0.7.23 does (``stattests/psi.py``, see
-:func:`drift.stats.binning.fill_zero_shares`). Evidently's default threshold is 0.1.
+:func:`observer.drift.stats.binning.fill_zero_shares`). Evidently's default threshold is 0.1.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from drift.stats.binning import binned_shares, fill_zero_shares
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats.binning import binned_shares, fill_zero_shares
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare
 
 
 def psi_of_shares(reference: np.ndarray, current: np.ndarray) -> float:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats  # noqa: F401  (the doctest compares with SciPy)
 
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare
 
 MIN_NORM = 0.001
 """Floor of the reference standard deviation, so a constant reference does not divide by 0."""

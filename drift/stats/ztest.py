@@ -19,8 +19,8 @@ from typing import Any
 
 from scipy.stats import norm
 
-from drift.stats.columns import Kind
-from drift.stats.prepared import Prepared, prepare
+from observer.drift.stats.columns import Kind
+from observer.drift.stats.prepared import Prepared, prepare
 
 
 def ztest_of_proportions(ones_ref: int, n_ref: int, ones_cur: int, n_cur: int) -> float:

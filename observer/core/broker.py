@@ -14,8 +14,8 @@ Who can reach it: Tansu 0.6 cannot authenticate clients with its memory engine (
 users are stored, so ``--authentication`` would lock observer out too), so the broker only
 listens on loopback (:func:`loopback_listen`), and every local process can still connect.
 With tenants or a receiver token, observer makes a stamp key at start
-(:func:`collectors.tenant_seal.with_seal_key`) and the receivers seal what they write to the
-raw topics (AES-256-GCM, :mod:`collectors.tenant_seal`): a local reader gets ciphertext, and a
+(:func:`observer.collectors.tenant_seal.with_seal_key`) and the receivers seal what they write to the
+raw topics (AES-256-GCM, :mod:`observer.collectors.tenant_seal`): a local reader gets ciphertext, and a
 local writer cannot claim a tenant. Not covered: a process running as observer's user (it can
 read the kept key in ``state_dir``, mode 0600, or observer's memory), root, and the stages'
 output topics (``observer.llm`` ... carry message content only with

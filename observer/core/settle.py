@@ -13,7 +13,7 @@ B. Stages that hold input in memory across commits (open traces, unpaired events
    it yields at most ``hold_s`` later; after that, ``E1`` = the end offsets of the topics those
    stages write that the drift engine reads.
 C. Once the drift group has committed ``E1`` (the drift engine's checkpoint of those records
-   is on local disk before it commits, :mod:`drift.local_state`), ``E2`` = the end offsets of
+   is on local disk before it commits, :mod:`observer.drift.local_state`), ``E2`` = the end offsets of
    the topics the drift engine writes that the trigger stage reads (``observer.drift``).
 D. Once the trigger group has committed ``E2`` (its trackers' state is in the ledger before it
    commits), the lane has settled every spool entry below ``A``.
@@ -126,7 +126,7 @@ class Settler:
     :meth:`run` (or by a test, directly).
 
     ``settle(group, below, unread_topics)`` receives a lane's phase-A offsets once the chain
-    has passed them (the spool's :meth:`~collectors.spool.Spool.settle`); with ``group``
+    has passed them (the spool's :meth:`~observer.collectors.spool.Spool.settle`); with ``group``
     ``None`` when no stage here reads a received topic (only ``unread_topics`` settle).
     """
 

@@ -32,7 +32,7 @@ from observer.core.records import DriftResult, TriggerEvent
 from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
 from observer.demo.webhook_receiver import WebhookReceiver
 from observer.runtime import ALL_STAGES, Runtime
-from triggers.signing import generate_secret
+from observer.triggers.signing import generate_secret
 
 SPANS_PER_CONVERSATION = 4
 LLM_CALLS_PER_CONVERSATION = 2
@@ -306,7 +306,7 @@ def _run_phases(
 
 def _show_pipeline(cfg: ObserverConfig) -> dict[str, Any]:
     """Render the retraining workflow next to the demo's ledger and say what it runs."""
-    from triggers.pipeline.render import render, write
+    from observer.triggers.pipeline.render import render, write
 
     docs = render(cfg.trigger)
     out = cfg.trigger.ledger_path.parent / "pipeline"

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from triggers.signing import SignatureError, verify
+from observer.triggers.signing import SignatureError, verify
 
 
 @dataclass

@@ -6,7 +6,7 @@ means promote; 1 means the candidate is worse and the Argo step fails, which sto
 before anything is deployed; 2 means the input is unusable. Without serving metrics (the
 first model) the candidate passes.
 
-    python -m triggers.pipeline.evaluate --candidate s3://runs/r1/model/metrics.json \\
+    python -m observer.triggers.pipeline.evaluate --candidate s3://runs/r1/model/metrics.json \\
         --serving s3://models/current/metrics.json --metric accuracy --out /tmp/verdict.json
 
 >>> compare({"accuracy": 0.91}, {"accuracy": 0.90}, "accuracy")["verdict"]
@@ -75,7 +75,7 @@ def read_json(uri: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="triggers.pipeline.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="observer.triggers.pipeline.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--candidate", required=True, help="candidate metrics JSON (path or URI)")
     p.add_argument("--serving", default="", help="serving model's metrics JSON; empty: none")
     p.add_argument("--metric", required=True)

@@ -3,7 +3,7 @@
 ``observer pipeline render --out DIR`` writes :func:`render`'s documents as YAML, one document
 per file. The WorkflowTemplate runs, for one drift episode:
 
-1. ``preprocess``: a ``SparkApplication`` running :mod:`triggers.pipeline.preprocess` over the
+1. ``preprocess``: a ``SparkApplication`` running :mod:`observer.triggers.pipeline.preprocess` over the
    exported windows plus the history location; it succeeds on
    ``status.applicationState.state == COMPLETED`` and fails on ``FAILED``/``SUBMISSION_FAILED``;
 2. ``approve`` (when the run's ``approval`` parameter is ``required``): an Argo suspend step,
@@ -12,7 +12,7 @@ per file. The WorkflowTemplate runs, for one drift episode:
    Volcano or YuniKorn hooks (``pipeline.scheduler``). Argo's conditions cannot pick a list item
    by content, so a TrainJob (whose completion is only a ``conditions`` entry) is awaited on the
    JobSet the Trainer creates under the same name (``status.terminalState``);
-4. ``evaluate``: :mod:`triggers.pipeline.evaluate` compares the candidate's metrics with the
+4. ``evaluate``: :mod:`observer.triggers.pipeline.evaluate` compares the candidate's metrics with the
    serving model's and fails the run when the candidate is worse;
 5. ``canary``: a KServe ``InferenceService`` canary (Knative: ``canaryTrafficPercent``;
    Standard: ``spec.canary``), a soak (``canary-soak``), a health check, then ``promote``; the
@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from observer.core.config import ArgoConfig, PipelineConfig, TriggerConfig
-from triggers.naming import EPISODE_LABEL, POLICY_LABEL
+from observer.triggers.naming import EPISODE_LABEL, POLICY_LABEL
 
 WF = "{{workflow.name}}"
 NS = "{{workflow.namespace}}"
@@ -390,7 +390,7 @@ def _evaluate_template(p: PipelineConfig) -> dict[str, Any]:
         "name": "evaluate",
         "container": {
             "image": p.image,
-            "command": ["python", "-m", "triggers.pipeline.evaluate"],
+            "command": ["python", "-m", "observer.triggers.pipeline.evaluate"],
             "args": args,
         },
         "outputs": {"parameters": [{"name": "verdict", "valueFrom": {"path": "/tmp/verdict.json"}}]},
