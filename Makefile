@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-unit up install clean dashboards bench docs
 
 # The C extension is compiled by the install: rebuild when its source changes.
-$(STAMP): pyproject.toml collectors/_trace_split.c
+$(STAMP): pyproject.toml collectors/receiver/_trace_split.c
 	@# The tests start a real Prometheus (Debian's package); CI runs as root.
 	@test -x /usr/bin/prometheus || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
 	@# The deployment tests render deploy/kubernetes with `kubectl kustomize` (Debian's kubectl).
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml collectors/_trace_split.c
 	@command -v java >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y default-jre-headless; }
 	@# The drift report test opens a report in headless Chromium (Debian's chromium).
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
-	@# A C compiler and Python's headers build collectors._trace_split (the receivers' trace split).
+	@# A C compiler and Python's headers build collectors.receiver._trace_split (the receivers' trace split).
 	@command -v gcc >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc; }
 	@$(PYTHON) -c "import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-dev; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -209,11 +209,12 @@ def stage_state(metrics_url: str) -> dict[str, float]:
 
 def normaliser_rate(request: ExportTraceServiceRequest, rounds: int = 20) -> dict[str, float]:
     """Spans/s of the normaliser and of trace grouping on the receiver's messages, in-process."""
-    from observer.collectors.normalizer import Normalizer
-    from observer.collectors.trace_grouping import FakeClock, TraceGrouper
-    from observer.collectors.trace_split import split_by_trace
+    from observer.collectors.normalize.normalizer import Normalizer
+    from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
+    from observer.collectors.receiver.trace_split import split_by_trace
     from observer.core.bus import Message
-    from observer.core.config import KafkaConfig, PathsConfig
+    from observer.collectors.paths.config import PathsConfig
+    from observer.core.config import KafkaConfig
     from observer.core.topics import Topics
 
     kafka = KafkaConfig()

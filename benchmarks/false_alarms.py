@@ -21,7 +21,8 @@ import numpy as np
 
 from observer.drift.engine import DriftEngine
 from observer.core.bus import Message
-from observer.core.config import DriftConfig, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig
 from observer.core.records import DriftResult, LLMCall, decode, encode
 from observer.core.topics import Topics
 
@@ -52,7 +53,7 @@ def agent_messages(seed: int, conversations: int) -> list[Message]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from observer.collectors.normalizer import Normalizer
+    from observer.collectors.normalize.normalizer import Normalizer
     from observer.demo.agent import BASELINE, SupportAgent
 
     provider, exporter = TracerProvider(), InMemorySpanExporter()

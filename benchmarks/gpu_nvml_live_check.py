@@ -18,7 +18,7 @@ import time
 
 from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
 from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
-from observer.core.config import GPUConfig
+from observer.collectors.gpu.config import GPUConfig
 
 
 def matmul_load(stop: threading.Event, start_after_s: float) -> dict:

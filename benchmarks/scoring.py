@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from observer.drift.scoring import prepare_columns, score_columns
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 
 NUMERIC = [f"n{i}" for i in range(20)]
 CATEGORICAL = [f"c{i}" for i in range(5)]

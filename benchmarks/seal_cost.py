@@ -1,4 +1,4 @@
-"""What the raw-topic seal (:mod:`observer.collectors.tenant_seal`) costs, against the protobuf parse.
+"""What the raw-topic seal (:mod:`observer.collectors.common.tenant_seal`) costs, against the protobuf parse.
 
     .venv/bin/python -m benchmarks.seal_cost [--repeat 200]
 
@@ -23,8 +23,8 @@ from collections.abc import Callable
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import SecretStr
 
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.tenant_seal import TenantSeal
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core.bus import Message, Output
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics

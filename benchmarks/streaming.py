@@ -31,7 +31,8 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import LLMCall, encode
 from observer.core.topics import Topics
 

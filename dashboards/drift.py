@@ -14,7 +14,7 @@ from observer.dashboards.spec import (
     Query,
     RowSpec,
 )
-from observer.core.config import DriftConfig
+from observer.drift.config import DriftConfig
 
 S = FILTERS["segment"]
 C = FILTERS["cluster"]

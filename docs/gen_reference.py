@@ -3,13 +3,16 @@
 Run by ``mkdocs build`` through the ``gen-files`` plugin (``mkdocs.yml``), so nothing generated
 is committed and the pages always say what the code says:
 
-- ``reference/configuration.md``: every knob of :class:`observer.core.config.ObserverConfig`
+- ``reference/configuration.md``: every knob of :class:`observer.config.ObserverConfig`
   (dotted name, type, default, environment variable, the ``Field`` description). A knob
   without a description stops the build, naming it.
 - ``reference/metrics.md``: every ``observer_*`` Prometheus family the packages register.
 - ``reference/cli.md``: ``--help`` of ``observer`` and every subcommand, from argparse.
 - ``reference/records.md``: every record schema of :mod:`observer.core.records` and the Kafka
   topic table of :mod:`observer.core.topics`.
+- ``reference/stages.md``: every stage's spec (:mod:`observer.stages`): what it reads and
+  writes, its consumer group and section, which stages write and read each topic, and the
+  topology as a Mermaid diagram.
 
 ``python docs/gen_reference.py DIR`` writes the same pages into DIR (to read them without
 building the site).
@@ -40,7 +43,10 @@ from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
 # Packages whose modules define metrics: each is imported so its module-level series register.
-METRIC_PACKAGES = ("observer",)
+# The stage folders are mapped into observer (package-dir), so walking observer's own folder
+# does not reach them: each is walked from its own.
+METRIC_PACKAGES = ("observer", "observer.collectors", "observer.drift", "observer.triggers",
+                   "observer.dashboards")
 ENV_PREFIX = "OBSERVER_"
 
 
@@ -125,7 +131,7 @@ def config_knobs(model: type[BaseModel], prefix: str = "", env: str = ENV_PREFIX
     """Every knob under ``model``, depth first, in declaration order. A plain section (a
     model-valued field without a description of its own) is not a knob; its fields are.
 
-    >>> from observer.core.config import ObserverConfig
+    >>> from observer.config import ObserverConfig
     >>> knobs = {k.path: k for k in config_knobs(ObserverConfig)}
     >>> knobs["drift.window_size"].env, knobs["drift.window_size"].default
     ('OBSERVER_DRIFT__WINDOW_SIZE', '1000')
@@ -156,11 +162,25 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text.replace(chr(10), ' ')}{pad}{fence}"
 
 
+def _section_module(model: type[BaseModel], section: str) -> str:
+    """The module declaring section ``section`` of ``model`` ("" for a plain knob).
+
+    >>> from observer.config import ObserverConfig
+    >>> _section_module(ObserverConfig, "drift"), _section_module(ObserverConfig, "log_level")
+    ('observer.drift.config', '')
+    """
+    field = model.model_fields.get(section)
+    annotation = field.annotation if field is not None else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.__module__
+    return ""
+
+
 def configuration_page(model: type[BaseModel] | None = None) -> str:
     """The page for ``model`` (default: ``ObserverConfig``); raises
     :class:`MissingDescriptions` naming every knob without a description."""
     if model is None:
-        from observer.core.config import ObserverConfig as model
+        from observer.config import ObserverConfig as model
 
     knobs = list(config_knobs(model))
     missing = [k.path for k in knobs if not k.description]
@@ -171,7 +191,8 @@ def configuration_page(model: type[BaseModel] | None = None) -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `observer/core/config.py` when the site is built: every knob, its "
+        "Generated from `ObserverConfig` (`observer/config.py`, composed from the section "
+        "each stage declares beside its code) when the site is built: every knob, its "
         "type and default, the environment variable that sets it, and its description. "
         "Sources, from lowest to highest priority: these defaults, the YAML file (`--config` "
         "or `OBSERVER_CONFIG`), then `OBSERVER_*` variables (`__` between levels). How the "
@@ -187,8 +208,11 @@ def configuration_page(model: type[BaseModel] | None = None) -> str:
         top = knob.path.split(".")[0] if "." in knob.path else "(top level)"
         if top != section:
             section = top
-            out += ["", f"## {section}", "", "| knob | default | type and description |",
-                    "|---|---|---|"]
+            out += ["", f"## {section}", ""]
+            declared = _section_module(model, section)
+            if declared:
+                out += [f"Declared in `{declared}`.", ""]
+            out += ["| knob | default | type and description |", "|---|---|---|"]
         # The environment variable under the name: five columns do not fit the page.
         env = f"<br><small>{_code(knob.env)}</small>" if knob.env else ""
         out.append(f"| {_code(knob.path)}{env} | {_code(knob.default)} "
@@ -285,12 +309,12 @@ def collect_metrics() -> list[MetricInfo]:
     take(REGISTRY, "(before import)", "admin")
     _import_all(METRIC_PACKAGES, lambda module: take(REGISTRY, module, "admin"))
 
-    from observer.collectors.domain_metrics import DomainSeries
+    from observer.collectors.metrics.domain_metrics import DomainSeries
     from observer.collectors.gpu.metrics import GPUMetrics
 
     domain = CollectorRegistry()
     DomainSeries.create(domain)
-    take(domain, "observer.collectors.domain_metrics", "admin (metrics stage)")
+    take(domain, "observer.collectors.metrics.domain_metrics", "admin (metrics stage)")
     gpu = CollectorRegistry()
     gpu.register(GPUMetrics())
     take(gpu, "observer.collectors.gpu.metrics", "collect-gpu")
@@ -406,13 +430,14 @@ def records_page() -> str:
         "`kafka.otlp_topic_prefix` (default empty: the OpenTelemetry Collector kafka "
         "exporter's names).",
         "",
-        "| field of `Topics` | default name | prefix | compacted |",
-        "|---|---|---|---|",
+        "| default name | key | value | field of `Topics` | prefix | compacted |",
+        "|---|---|---|---|---|---|",
     ]
     for field, spec in TOPIC_TABLE.items():
         prefix = "kafka.topic_prefix" if spec.prefixed else "kafka.otlp_topic_prefix"
         default = ("observer." if spec.prefixed else "") + spec.suffix
-        out.append(f"| `{field}` | `{default}` | `{prefix}` | {'yes' if spec.compacted else 'no'} |")
+        out.append(f"| `{default}` | {_cell(spec.key)} | {_cell(spec.value)} | `{field}` | `{prefix}` "
+                   f"| {'yes' if spec.compacted else 'no'} |")
     classes = record_classes()
     registered = set(records.RECORD_TYPES.values())
     out += ["", "## Records", "", "| schema | class | decoded from topics |", "|---|---|---|"]
@@ -436,6 +461,103 @@ def records_page() -> str:
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------- stages and topics
+
+
+def _node(prefix: str, name: str) -> str:
+    """A Mermaid node id (letters, digits, underscores) for a stage, topic or endpoint.
+
+    >>> _node("t", "observer.drift-state"), _node("x", "/metrics")
+    ('t_observer_drift_state', 'x__metrics')
+    """
+    return prefix + "_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def topology(stages: Any, topics: Any, cfg: Any) -> list[str]:
+    """The Mermaid flowchart of ``stages`` (their specs): external sources and sinks,
+    stages, and the topics between them; a dotted edge is an input a configuration may add
+    (drift reads a record type's topic once it has features)."""
+    lines = ["flowchart LR"]
+    declared: dict[str, str] = {}
+
+    def node(prefix: str, name: str, shape: str) -> str:
+        ident = _node(prefix, name)
+        if ident not in declared:
+            declared[ident] = f"    {ident}{shape.format(json.dumps(name))}"
+            lines.append(declared[ident])
+        return ident
+
+    edges = []
+    for spec in stages:
+        stage = node("s", spec.name, "({})")
+        read = set(spec.input_topics(cfg, topics))
+        for source in spec.sources:
+            edges.append(f"    {node('x', source, '[/{}/]')} --> {stage}")
+        for topic in spec.topic_names(spec.inputs, topics):
+            arrow = "-->" if topic in read else "-.->"
+            edges.append(f"    {node('t', topic, '[({})]')} {arrow} {stage}")
+        for topic in spec.output_topics(topics):
+            edges.append(f"    {stage} --> {node('t', topic, '[({})]')}")
+        for sink in spec.sinks:
+            edges.append(f"    {stage} --> {node('x', sink, '[/{}/]')}")
+    return lines + edges
+
+
+def stages_page() -> str:
+    from observer.config import ObserverConfig
+    from observer.core.topics import TOPIC_TABLE, Topics
+    from observer.stages import STAGES
+
+    cfg = ObserverConfig()
+    topics = Topics.from_config(cfg.kafka)
+
+    def names(fields: Any) -> str:
+        return ", ".join(f"`{n}`" for n in fields) or "-"
+
+    out = [
+        "# Stages and topics",
+        "",
+        "Generated from each stage's spec (`StageSpec`, declared beside its code and listed in "
+        "`observer/stages.py`) when the site is built: the runtime, the CLI and the admin API "
+        "read the same specs. Topic names are the defaults (`kafka.topic_prefix` "
+        "`observer.`); dead letters, which every consuming stage may write, are left out.",
+        "",
+        "## Topology",
+        "",
+        "Rounded boxes are stages, cylinders topics, slanted boxes what lies outside Kafka. "
+        "A dotted arrow is an input the default configuration does not read.",
+        "",
+        "```mermaid",
+        *topology(STAGES, topics, cfg),
+        "```",
+        "",
+        "## Stages",
+        "",
+        "| stage | kind | reads | writes | consumer group | section | what it does |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec in STAGES:
+        reads = names([*spec.sources, *spec.topic_names(spec.inputs, topics)])
+        if spec.subscribe is not None:
+            reads += " (by default " + names(spec.input_topics(cfg, topics)) + ")"
+        writes = names([*spec.output_topics(topics), *spec.sinks])
+        group = f"`{spec.group_id(cfg)}`" if spec.group_id is not None else "-"
+        command = "" if spec.in_runtime else " Runs on its own, not in `observer up`."
+        out.append(f"| `{spec.name}` | {spec.kind} | {reads} | {writes} | {group} "
+                   f"| `{spec.config_section}` | {_cell(spec.help)}. "
+                   f"{_cell(spec.description)}{command} |")
+    out += ["", "## Topics", "", "| topic | written by | read by |", "|---|---|---|"]
+    for field in TOPIC_TABLE:
+        name = getattr(topics, field)
+        writers = [s.name for s in STAGES if field in s.outputs]
+        readers = [s.name for s in STAGES if field in s.inputs]
+        readers += [f"{s.name} (at a restart)" for s in STAGES if field in s.reads_back]
+        if field == "dead_letter":
+            writers = ["every consuming stage"]
+        out.append(f"| `{name}` | {', '.join(writers) or '-'} | {', '.join(readers) or '-'} |")
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------- entry points
 
 PAGES: dict[str, Callable[[], str]] = {
@@ -443,6 +565,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "reference/metrics.md": metrics_page,
     "reference/cli.md": cli_page,
     "reference/records.md": records_page,
+    "reference/stages.md": stages_page,
 }
 
 

@@ -13,6 +13,9 @@
 - :mod:`observer.drift.engine`: :class:`~observer.drift.engine.DriftEngine`, the consuming stage that reads
   the record topics with features configured and writes ``observer.drift``.
 - :mod:`observer.drift.metrics`: the Prometheus metrics the engine exports.
+- :mod:`observer.drift.stream`, :mod:`observer.drift.restore`, :mod:`observer.drift.duplicates`,
+  :mod:`observer.drift.published`: a stream's state and checkpoint records, its rebuild from
+  checkpoints after a restart or rebalance, and the suppression of results published twice.
 - :mod:`observer.drift.reports`: Evidently HTML reports, one per drift episode (admin
   ``/reports/{id}``, ``observer drift score --report-dir``).
 """

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
-from observer.core.config import DriftMethod, ObserverConfig
+from observer.drift.config import DriftMethod
+
+if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
+    from observer.config import ObserverConfig
 
 # The parser is built for every `observer` command: the statistics (scipy) load only when
 # `drift score` runs.

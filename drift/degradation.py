@@ -23,7 +23,7 @@ detector's level, and whether a change in the configured direction was detected 
 window. Detector state goes into the checkpoints incrementally
 (:meth:`DegradationTracker.checkpoint`), so a restarted engine continues bit for bit.
 
->>> from observer.core.config import DegradationSpec
+>>> from observer.drift.config import DegradationSpec
 >>> from observer.core.records import ToolCall
 >>> tracker = DegradationTracker([DegradationSpec(name="error_rate", field="status",
 ...                                               equals="error", clock=1)])
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from observer.drift.detectors import ADWIN, PageHinkley, make_detector
-from observer.core.config import DegradationSpec
+from observer.drift.config import DegradationSpec
 from observer.core.records import DegradationSignal, Record
 
 log = logging.getLogger(__name__)

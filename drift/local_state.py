@@ -37,7 +37,8 @@ from typing import Any
 from observer.drift.engine import DriftEngine
 from observer.core.broker import read_incarnation
 from observer.core.bus import Output, Processor
-from observer.core.config import DriftConfig, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig
 from observer.core.topics import Topics
 
 KEEP_RESULTS = 64

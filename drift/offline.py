@@ -30,9 +30,10 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
+from observer.core.extras import require
 from observer.drift.scoring import drift_share, prepare_columns, score_columns
 from observer.drift.stats import AUTO, check_method
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 
 
 class ScoreError(ValueError):
@@ -85,6 +86,8 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if not p.exists():
         raise ScoreError(f"{p}: no such file")
     suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):  # pandas reads Parquet through pyarrow
+        require("pyarrow", extra="parquet", feature="Parquet files in `observer drift score`")
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)

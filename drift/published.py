@@ -5,7 +5,7 @@ input offsets being committed (and, with them, without its checkpoints). The rep
 restart derives those results again. Kafka transactions would hide the first copy from
 ``read_committed`` readers, but the embedded broker does not honour them, so instead the
 engine asks, when it restores a partition, which results were already published since the
-last batch its checkpoints prove committed (:func:`observer.drift.engine.DriftEngine` computes that
+last batch its checkpoints prove committed (:meth:`observer.drift.duplicates.ReplayGuard.published` computes that
 time), and drops a re-derived result that is among them.
 
 A result is identified by ``(segment_key, record_type, window_index)``: window indices are

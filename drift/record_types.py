@@ -26,7 +26,7 @@ as 1/0) and turns anything else (text, lists, a missing key) into a missing valu
 categorical feature keeps text, numbers and booleans as they are and writes lists and maps
 as their JSON text, so every category is hashable and checkpointable.
 
->>> from observer.core.config import FeatureSpec
+>>> from observer.drift.config import FeatureSpec
 >>> from observer.core.records import Prediction
 >>> p = Prediction(service="s", model="m", request_id="r", protocol="v1", instances=2,
 ...                inputs={"age": [41, 17], "city": ["Oslo", "Rome"]})
@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from observer.core.config import DriftConfig, FeatureSpec
+from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import GPUSample, LLMCall, PathRecord, Prediction, Record, ToolCall
 from observer.core.topics import Topics
 
@@ -112,7 +112,7 @@ def segment_keys(cfg: DriftConfig, record_type: str) -> list[str]:
     >>> segment_keys(DriftConfig(), "gpu"), segment_keys(DriftConfig(), "llm")
     (['node', 'gpu_uuid', 'mig_instance'], ['service', 'model'])
     """
-    return list(cfg.segment_keys_by_record_type.get(record_type, cfg.segment_keys))
+    return cfg.keys_for(record_type)
 
 
 def _mapping_field(cls: type[Record], name: str) -> bool:

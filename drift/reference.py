@@ -23,7 +23,7 @@ stream built from the configuration.
 
 The reference is held exactly or as sketches, like the stream's windows (``drift.mode``).
 
->>> from observer.core.config import DriftConfig, FeatureSpec
+>>> from observer.drift.config import DriftConfig, FeatureSpec
 >>> cfg = DriftConfig(window_size=10, reference="first_n", reference_records=3)
 >>> w = new_window(cfg, [FeatureSpec(name="x", kind="numeric")])
 >>> [w.update({"x": v}, 0) for v in (1, 2, 3)][-1][0].columns, w.index
@@ -48,7 +48,9 @@ from observer.drift.window import (
     TimeWindow,
     _rows_to_columns,
 )
-from observer.core.config import DriftConfig, FeatureSpec, parse_instant
+from observer.core.config import parse_instant
+from observer.core.extras import require
+from observer.drift.config import DriftConfig, FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,8 @@ class ParquetReference:
     """
 
     def __init__(self, cfg: DriftConfig, features: Mapping[str, Sequence[FeatureSpec]]) -> None:
+        require("pyarrow", extra="parquet",
+                feature="Parquet drift references (drift.reference: parquet)")
         import pyarrow.parquet as pq
 
         path = Path(cfg.reference_path)

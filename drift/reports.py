@@ -57,13 +57,9 @@ import pandas as pd
 
 from observer.drift.record_types import event_time, feature_rows
 from observer.drift.reference import ParquetReference
-from observer.core.config import (
-    DriftConfig,
-    DriftReportsConfig,
-    FeatureSpec,
-    KafkaConfig,
-    parse_instant,
-)
+from observer.core.config import KafkaConfig, parse_instant
+from observer.drift.config import DriftConfig, DriftReportsConfig, FeatureSpec
+from observer.core.extras import require
 from observer.core.records import DriftResult, FeatureDrift, OffsetRange, Record
 from observer.core.windows import WindowReadError, read_window_timed
 
@@ -84,6 +80,11 @@ _ID = re.compile(r"^[a-z0-9_]{1,40}-w[0-9]{1,12}-[0-9a-f]{16}$")
 
 class ReportError(RuntimeError):
     """A report could not be rendered; the message says why."""
+
+
+def require_evidently() -> None:
+    """Raise :class:`~observer.core.extras.MissingExtra` unless Evidently (``reports``) imports."""
+    require("evidently", extra="reports", feature="HTML drift reports (drift.reports.enabled)")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def render_report(
         window...); both are HTML-escaped.
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")  # before Evidently loads: no usage telemetry
+    require_evidently()
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -411,6 +413,7 @@ class DriftReports:
         drift_share: float = 0.5,
         drift: DriftConfig | None = None,
     ) -> None:
+        require_evidently()  # reports on without the extra: fail at start, not per request
         self.cfg = cfg
         self.kafka = kafka
         self.drift_share = drift_share

@@ -18,7 +18,7 @@ drifted and does not count as scored. The window's drift share is drifted / scor
 (Evidently's ``share_of_drifted_columns``) and the dataset drifted when that share >=
 ``drift_share``.
 
->>> from observer.core.config import FeatureSpec
+>>> from observer.drift.config import FeatureSpec
 >>> ref = {"output_tokens": list(range(100)), "finish_reason": ["stop"] * 100}
 >>> cur = {"output_tokens": list(range(50, 150)), "finish_reason": ["stop"] * 100}
 >>> features = score_columns(ref, cur, [FeatureSpec(name="output_tokens", kind="numeric"),
@@ -41,7 +41,7 @@ from typing import Any
 
 from observer.drift.stats import AUTO, METHODS, check_method, choose_method
 from observer.drift.stats.prepared import Prepared, prepare
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
 NUMERIC_STATISTICS = ("wasserstein", "psi")

@@ -71,7 +71,7 @@ from observer.drift.sketch import (
 from observer.drift.stats import AUTO, METHODS, jensenshannon_of_shares, psi_of_shares
 from observer.drift.stats.binning import MAX_CATEGORY_VALUES, ZERO_SHARE
 from observer.drift.stats.methods import AUTO_REFERENCE_ROWS
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 from observer.core.records import FeatureDrift
 
 
@@ -429,7 +429,7 @@ def score_sketch_feature(
     """:func:`observer.drift.scoring.score_feature` from sketches: the same method and threshold
     resolution and reported statistics, plus ``error_bound`` for the deciding statistic.
 
-    >>> from observer.core.config import FeatureSpec
+    >>> from observer.drift.config import FeatureSpec
     >>> spec = FeatureSpec(name="finish_reason", kind="categorical")
     >>> f = score_sketch_feature(spec, sketch_of(["stop"] * 90 + ["length"] * 10, "categorical"),
     ...                          sketch_of(["stop"] * 50 + ["length"] * 50, "categorical"))

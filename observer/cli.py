@@ -21,31 +21,30 @@ import sys
 import threading
 from pathlib import Path
 
-from observer.core.config import ConfigError, ObserverConfig, load_config
+from observer.config import ObserverConfig, load_config
+from observer.core.config import ConfigError
+from observer.core.extras import MissingExtra
 
-STAGE_HELP = {
-    "up": "run every stage in one process (embedded broker unless Kafka is configured)",
-    "collect": "run the OTLP receivers (HTTP :4318, gRPC :4317) and the KServe logger intake",
-    "normalize": "run the normaliser (otlp_spans -> observer.llm, observer.tools)",
-    "paths": "run trace grouping (otlp_spans -> observer.paths)",
-    "genai-metrics": "normalise gen_ai.* metrics (otlp_metrics -> observer.genai-metrics)",
-    "predictions": "pair KServe logger events (observer.kserve-events -> observer.predictions)",
-    "drift": "run the drift engine (observer.llm, observer.tools -> observer.drift)",
-    "trigger": "run the trigger stage (observer.drift -> webhooks, ledger, observer.triggers)",
-    "metrics": "run the domain-metrics stage (observer.llm, .tools, .paths -> /metrics)",
-}
+UP_HELP = "run every stage in one process (embedded broker unless Kafka is configured)"
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Each stage's subcommand and help come from its spec (observer.stages), topics included.
+    from observer.core.config import KafkaConfig
+    from observer.core.topics import Topics
+    from observer.stages import STAGES
+
+    topics = Topics.from_config(KafkaConfig())  # the default names (topic_prefix "observer.")
     p = argparse.ArgumentParser(prog="observer", description="Drift-to-retraining for AI workloads.")
     p.add_argument("--config", type=Path, help="YAML configuration file (env: OBSERVER_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in STAGE_HELP.items():
-        stage = sub.add_parser(name, help=text, description=text)
-        if name == "drift":
-            from observer.drift.commands import add_parsers as add_drift_parsers
-
-            add_drift_parsers(stage)  # `drift score`; plain `observer drift` runs the stage
+    sub.add_parser("up", help=UP_HELP, description=UP_HELP)
+    for spec in STAGES:
+        text = spec.summary(topics)
+        stage = sub.add_parser(spec.name, help=text,
+                               description=f"{text}. {spec.description}".rstrip(". ") + ".")
+        if spec.add_arguments is not None:
+            spec.add_arguments(stage)
     demo = sub.add_parser("demo", help="run the loop end to end on a synthetic agent")
     demo.add_argument("--conversations", type=int, default=2000,
                       help="conversations per phase (baseline, then drifted)")
@@ -55,23 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     from observer.triggers.commands import add_parsers as add_trigger_parsers
 
     add_trigger_parsers(sub)  # pipeline render, triggers list
-    gpu = sub.add_parser(
-        "collect-gpu",
-        help="GPU and serving metrics and GPU economics (NVML on this node, or Prometheus)",
-        description="Sample GPUs through NVML (gpu.source=nvml, a DaemonSet) or read DCGM and "
-        "vLLM/SGLang series from Prometheus (gpu.source=prometheus); write observer.gpu and "
-        "serve /metrics on the admin address. --replay feeds a recorded NVML trace instead.",
-    )
-    gpu.add_argument("--replay", type=Path, metavar="CSV",
-                     help="replay a recorded NVML trace (t_s, phase, gpu_util_pct, power_mw...), then exit")
-    gpu.add_argument("--tokens", type=Path, metavar="JSON",
-                     help="with --replay: tokens per phase ({phases: [{phase, new_tokens, seconds}]})")
-    gpu.add_argument("--gpu-model", default="",
-                     help="with --replay: the device name, for the price table (e.g. 'NVIDIA H100 80GB HBM3')")
-    gpu.add_argument("--source", choices=["nvml", "prometheus"], help="override gpu.source")
-    gpu.add_argument("--stdout", action="store_true",
-                     help="write records as JSON lines to stdout instead of Kafka")
-    gpu.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     return p
 
 
@@ -104,23 +86,15 @@ def _serve(cfg: ObserverConfig, stages: list[str]) -> int:
         runtime.stop()
 
 
-def _collect_gpu(cfg: ObserverConfig, args: argparse.Namespace) -> int:
-    from observer.collectors.gpu.run import run_collect_gpu
-
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return run_collect_gpu(
-            cfg, replay_path=args.replay, tokens=args.tokens, gpu_model=args.gpu_model,
-            source=args.source, stdout=args.stdout, duration_s=args.duration, stop=stop,
-        )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MissingExtra as e:  # a feature asked for without its extra: one line, no traceback
+        print(f"observer: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -147,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         from observer.triggers.commands import run as run_trigger_command
 
         return run_trigger_command(cfg, args)
-    if args.command == "collect-gpu":
-        return _collect_gpu(cfg, args)
+    from observer.stages import BY_NAME
+
+    spec = BY_NAME.get(args.command)
+    if spec is not None and spec.command is not None:  # collect-gpu: runs on its own
+        return spec.command(cfg, args)
     if args.command == "drift" and getattr(args, "drift_command", None) == "score":
         from observer.drift.commands import run_command as run_drift_command
 
@@ -162,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = ALL_STAGES if args.command == "up" else [args.command]
     try:
         return _serve(cfg, stages)
+    except MissingExtra:
+        raise  # exit 2, as for a configuration error
     except Exception as e:  # start-up failures: say what, not a traceback
         print(f"observer: {e}", file=sys.stderr)
         return 1

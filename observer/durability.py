@@ -8,7 +8,7 @@ receiver runs, :meth:`Durability.open`:
    file (:mod:`observer.drift.local_state`; checkpoints of an earlier broker incarnation are rebased:
    same reference, windows, detectors and episodes, no offsets), so the engine restores its
    reference instead of learning a new one from post-crash traffic;
-2. replays every unsettled spool entry (:mod:`observer.collectors.spool`) to its topic and partition,
+2. replays every unsettled spool entry (:mod:`observer.collectors.receiver.spool`) to its topic and partition,
    in offset order, commits for each reading group the new offset of the first entry it had
    not settled (so a stage does not see again what it had settled and another had not), and
    rewrites the spool with the new offsets.
@@ -32,7 +32,7 @@ from pathlib import Path
 from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
-from observer.collectors.spool import Entry, Spool
+from observer.collectors.receiver.spool import Entry, Spool
 from observer.drift.local_state import STATE_FILE, LocalDriftState
 from observer.core.bus import make_consumer, make_producer
 from observer.core.config import KafkaConfig

@@ -10,128 +10,35 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from observer.collectors.domain_metrics import DomainMetrics
-from observer.collectors.genai_metrics import GenAIMetricsNormalizer
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.intake import Intake
-from observer.collectors.kserve_intake import KSERVE_PATH, kserve_route
-from observer.collectors.kserve_pairing import PredictionPairer
-from observer.collectors.otlp_grpc import GrpcReceiver
-from observer.collectors.otlp_http import create_app as create_otlp_http_app
-from observer.collectors.tenant_seal import TenantSeal, with_seal_key
-from observer.collectors.trace_grouping import TraceGrouper
-from observer.drift.local_state import drift_stage
-from observer.drift.record_types import segment_keys, topics_by_type
-from observer.drift.reports import DriftReports
+from observer import stages as registry
 from observer.admin import create_admin_app
+from observer.collectors.common.tenant_seal import with_seal_key
+from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
+from observer.collectors.receiver.intake import Intake
+from observer.collectors.receiver.otlp_grpc import GrpcReceiver
+from observer.collectors.receiver.otlp_http import create_app as create_otlp_http_app
+from observer.config import ObserverConfig
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import KafkaProbe, Processor, StageRunner, ensure_topics
-from observer.core.config import ObserverConfig
 from observer.core.http import ServerThread
+from observer.core.records import Record
 from observer.core.settle import Flow
-from observer.durability import Durability
-from observer.core.tls import certificate_files
-from observer.core.suspects import SuspectRanges
+from observer.core.stage import AdminContext, StageSpec
 from observer.core.supervisor import RestartPolicy, Supervisor
-from observer.core.records import DriftResult, Record, TriggerEvent
+from observer.core.suspects import SuspectRanges
+from observer.core.tls import certificate_files
 from observer.core.topics import Topics
+from observer.durability import Durability
 from observer.views import TopicView
-from observer.triggers.stage import TriggerStage
 
 log = logging.getLogger(__name__)
 
-
-def _seal(cfg: ObserverConfig) -> TenantSeal:
-    # The collector stages key their records by the drift segment (the tenant first with
-    # tenants: observer.core.config) and trust a tenant only under the receivers' seal.
-    return TenantSeal(cfg.receiver.stamp_key)
-
-
-@dataclass(frozen=True)
-class ConsumingStage:
-    """How to build one consuming stage from the configuration."""
-
-    build: Callable[[ObserverConfig, Topics], Processor]
-    group_id: Callable[[ObserverConfig], str]
-    inputs: Callable[[ObserverConfig, Topics], list[str]]
-    # The topics it writes (dead letters aside) and how long input may stay in its memory
-    # after its offset is committed: the settle watermark follows them (observer.core.settle).
-    outputs: Callable[[ObserverConfig, Topics], list[str]] = lambda _cfg, _t: []
-    hold_s: Callable[[ObserverConfig], float] = lambda _cfg: 0.0
-
-
-CONSUMING_STAGES: dict[str, ConsumingStage] = {
-    "normalize": ConsumingStage(
-        build=lambda cfg, t: Normalizer(
-            t, content=cfg.normalizer.content, segment_keys=cfg.drift.segment_keys, seal=_seal(cfg)
-        ),
-        group_id=lambda cfg: cfg.normalizer.group_id,
-        inputs=lambda _cfg, t: [t.spans],
-        outputs=lambda _cfg, t: [t.llm, t.tools],
-    ),
-    # Trace grouping: otlp_spans (keyed by trace id) -> observer.paths.
-    "paths": ConsumingStage(
-        build=lambda cfg, t: TraceGrouper(
-            t, cfg.paths, segment_keys=segment_keys(cfg.drift, "paths"), seal=_seal(cfg)
-        ),
-        group_id=lambda cfg: cfg.paths.group_id,
-        inputs=lambda _cfg, t: [t.spans],
-        outputs=lambda _cfg, t: [t.paths],
-        hold_s=lambda cfg: cfg.paths.timeout_s,  # open traces
-    ),
-    # gen_ai.* metric points from otlp_metrics -> observer.genai-metrics (as interval deltas).
-    "genai-metrics": ConsumingStage(
-        build=lambda cfg, t: GenAIMetricsNormalizer(
-            t, segment_keys=cfg.drift.segment_keys, seal=_seal(cfg)
-        ),
-        group_id=lambda cfg: cfg.normalizer.metrics_group_id,
-        inputs=lambda _cfg, t: [t.metrics],
-        outputs=lambda _cfg, t: [t.genai_metrics],
-    ),
-    # KServe logger events (keyed by ce-id) -> request/response pairs -> observer.predictions.
-    "predictions": ConsumingStage(
-        build=lambda cfg, t: PredictionPairer(
-            t, cfg.kserve, segment_keys=segment_keys(cfg.drift, "predictions"), seal=_seal(cfg)
-        ),
-        group_id=lambda cfg: cfg.kserve.group_id,
-        inputs=lambda _cfg, t: [t.kserve_events],
-        outputs=lambda _cfg, t: [t.predictions],
-        hold_s=lambda cfg: cfg.kserve.pair_timeout_s,  # unpaired events
-    ),
-    "drift": ConsumingStage(
-        # Mirrored to a local file in embedded durable mode (drift.local_state).
-        build=lambda cfg, t: drift_stage(cfg.drift, cfg.kafka, t),
-        group_id=lambda cfg: cfg.drift.group_id,
-        # The topics of the record types with drift features (drift.record_types).
-        inputs=lambda cfg, t: list(topics_by_type(cfg.drift, t)),
-        outputs=lambda _cfg, t: [t.drift, t.drift_state],
-    ),
-    "trigger": ConsumingStage(
-        build=lambda cfg, t: TriggerStage(cfg.trigger, t, kafka=cfg.kafka),
-        group_id=lambda cfg: cfg.trigger.group_id,
-        inputs=lambda _cfg, t: [t.drift],
-        outputs=lambda _cfg, t: [t.triggers],
-    ),
-    "metrics": ConsumingStage(
-        build=lambda cfg, t: DomainMetrics(cfg.metrics, t),
-        group_id=lambda cfg: cfg.metrics.group_id,
-        inputs=lambda _cfg, t: [t.llm, t.tools, t.paths],
-    ),
-}
-# "collect" is the OTLP receiver: an HTTP server, not a consumer.
-ALL_STAGES = ["collect", *CONSUMING_STAGES]
-
-
-def _drift_slot(r: Record) -> str:
-    return f"{r.segment_key}/{r.record_type}" if isinstance(r, DriftResult) else ""
-
-
-def _trigger_slot(r: Record) -> str:
-    return r.episode_id if isinstance(r, TriggerEvent) else ""
+# The consuming stages, from their specs (observer.stages): builds, groups, topics, hold times.
+CONSUMING_STAGES: dict[str, StageSpec] = registry.consumers()
+# "collect" is the OTLP receiver: an HTTP and a gRPC server, not a consumer.
+ALL_STAGES: list[str] = list(registry.RUNTIME_STAGES)
 
 
 class Runtime:
@@ -155,10 +62,9 @@ class Runtime:
         self.durability: Durability | None = None
         self.servers: dict[str, ServerThread] = {}
         self.supervisors: dict[str, Supervisor] = {}
-        self.drift_view: TopicView | None = None
+        self.views: dict[str, TopicView] = {}  # by topic: what the stages' admin routes read
         self.intake: Intake | None = None
         self.grpc: GrpcReceiver | None = None
-        self.trigger_view: TopicView | None = None
         self._threads: list[threading.Thread] = []
         self.stop_event = threading.Event()
 
@@ -188,20 +94,13 @@ class Runtime:
                 self.broker.incarnation,
             ).open()
 
-        self.drift_view = drift_view = TopicView(kafka, self.topics.drift, _drift_slot).start()
-        self.trigger_view = trigger_view = TopicView(kafka, self.topics.triggers, _trigger_slot).start()
         probe = KafkaProbe(kafka)
         admin = create_admin_app(
             self.cfg.admin,
             kafka_ready=probe.ready,
             stage_errors=self.errors,
             stage_states=self.stage_states,
-            drift_view=drift_view,
-            trigger_view=trigger_view,
-            decisions=self._ledger_decisions,
-            resolve=self._resolve_approval,
-            reports=DriftReports.from_config(self.cfg.drift, kafka)
-            if self.cfg.drift.reports.enabled else None,
+            routers=registry.admin_routers(self._admin_context),
         )
         self.servers["admin"] = ServerThread(
             admin, self.cfg.admin.host, self.cfg.admin.port, name="admin",
@@ -253,14 +152,15 @@ class Runtime:
             thread.start()
 
     def _runner(
-        self, spec: ConsumingStage, processor: Processor, suspects: SuspectRanges,
+        self, spec: StageSpec, processor: Processor, suspects: SuspectRanges,
         assigned: threading.Event,
     ) -> StageRunner:
         """One run of a stage: new Kafka clients, the supervisor's suspect ranges."""
         # Sharing the GIL with the receivers: give way to them while they are busy.
         yield_ms = self.cfg.receiver.stage_yield_ms
         return StageRunner(
-            self.cfg.kafka, processor, spec.group_id(self.cfg), spec.inputs(self.cfg, self.topics),
+            self.cfg.kafka, processor, spec.group_id(self.cfg),  # type: ignore[misc]
+            spec.input_topics(self.cfg, self.topics),
             yield_to=self.intake.busy if self.intake is not None and yield_ms else None,
             max_yield_s=yield_ms / 1000,
             dead_letter_topic=self.topics.dead_letter,
@@ -281,26 +181,33 @@ class Runtime:
     def _flows(self) -> dict[str, Flow]:
         """The consuming stages run here, as the settle watermark sees them."""
         return {
-            name: Flow(spec.group_id(self.cfg), tuple(spec.inputs(self.cfg, self.topics)),
-                       tuple(spec.outputs(self.cfg, self.topics)), spec.hold_s(self.cfg))
+            name: Flow(spec.group_id(self.cfg),  # type: ignore[misc]
+                       tuple(spec.input_topics(self.cfg, self.topics)),
+                       tuple(spec.output_topics(self.topics)), spec.hold_s(self.cfg))
             for name, spec in CONSUMING_STAGES.items() if name in self.stages
         }
 
-    def _ledger_decisions(self, limit: int) -> list[dict[str, Any]] | None:
-        """The trigger ledger's newest decisions, when the trigger stage runs here."""
-        stage = self.processors.get("trigger")
-        return stage.ledger.list_decisions(limit) if isinstance(stage, TriggerStage) else None
+    def _admin_context(self, spec: StageSpec) -> AdminContext:
+        """What one stage's admin routes get: this process's processor of it, and views."""
+        return AdminContext(self.cfg, self.topics,
+                            processor=lambda: self.processors.get(spec.name),
+                            topic_view=self._view)
 
-    def _resolve_approval(
-        self, episode_id: str, verdict: str, by: str, note: str
-    ) -> tuple[dict[str, Any], bool] | None:
-        """Approve or reject a held decision in the ledger, when the trigger stage runs here."""
-        stage = self.processors.get("trigger")
-        if not isinstance(stage, TriggerStage):
-            return None
-        return stage.ledger.resolve_approval(
-            episode_id, verdict, by=by, now=time.time(), note=note  # type: ignore[arg-type]
-        )
+    def _view(self, topic: str, slot: Callable[[Record], str]) -> TopicView:
+        """One started view per topic, stopped with the runtime."""
+        if topic not in self.views:
+            self.views[topic] = TopicView(self.cfg.kafka, topic, slot).start()
+        return self.views[topic]
+
+    @property
+    def drift_view(self) -> TopicView | None:
+        """The view of ``observer.drift`` (the drift stage's admin routes read it)."""
+        return self.views.get(self.topics.drift)
+
+    @property
+    def trigger_view(self) -> TopicView | None:
+        """The view of ``observer.triggers`` (the trigger stage's admin routes read it)."""
+        return self.views.get(self.topics.triggers)
 
     def _run_stage(self, supervisor: Supervisor) -> None:
         """Run a stage under its supervisor; only a permanent failure returns before the stop,
@@ -338,9 +245,8 @@ class Runtime:
         if self.durability is not None:
             self.durability.close()
             self.durability = None
-        for view in (self.drift_view, self.trigger_view):
-            if view is not None:
-                view.stop()
+        for view in self.views.values():
+            view.stop()  # kept: what they read stays readable after the stop
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

@@ -14,11 +14,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import REGISTRY
 
-from observer.collectors.intake import Intake
-from observer.collectors.otlp_grpc import GrpcReceiver
-from observer.collectors.otlp_http import create_app
+from observer.collectors.receiver.intake import Intake
+from observer.collectors.receiver.otlp_grpc import GrpcReceiver
+from observer.collectors.receiver.otlp_http import create_app
 from observer.core.bus import make_consumer
-from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
 

@@ -9,7 +9,7 @@ import threading
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from observer.core.config import ObserverConfig, load_config
+from observer.config import ObserverConfig, load_config
 
 ENV_PREFIX = "OBSERVER_"
 # Read by the shell itself rather than the settings model.
@@ -63,12 +63,27 @@ def load_with_env(env: dict[str, str]) -> ObserverConfig:
 def admin_routes() -> set[str]:
     """Paths the stages' admin API serves."""
     from observer.admin import create_admin_app
+    from observer.core.stage import AdminContext
+    from observer.core.topics import Topics
+    from observer.stages import admin_routers
 
-    app = create_admin_app(
-        ObserverConfig().admin, kafka_ready=lambda: True, stage_errors=dict,
-        drift_view=None, trigger_view=None,  # type: ignore[arg-type]  (routes only)
-    )
-    return {r.path for r in app.routes}
+    cfg = ObserverConfig()
+    # Routes only: no processor, no views (nothing is read).
+    context = AdminContext(cfg, Topics.from_config(cfg.kafka), processor=lambda: None,
+                           topic_view=lambda topic, slot: None)
+    app = create_admin_app(cfg.admin, kafka_ready=lambda: True, stage_errors=dict,
+                           routers=admin_routers(lambda spec: context))
+    return route_paths(app.routes)
+
+
+def route_paths(routes: list) -> set[str]:
+    """The paths of ``routes``, those of included routers too (FastAPI keeps an included
+    router as one entry that holds its routes)."""
+    paths: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        paths |= route_paths(included.routes) if included is not None else {route.path}
+    return paths
 
 
 def gpu_collector_routes() -> set[str]:

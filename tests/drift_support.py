@@ -25,7 +25,8 @@ from observer.drift.engine import DriftEngine
 from observer.drift.offline import ScoreOptions, run
 from observer.drift.published import MemoryResultLog
 from observer.core.bus import Message, Output, StageRunner, make_consumer
-from observer.core.config import DriftConfig, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
 

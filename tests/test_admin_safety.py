@@ -12,8 +12,11 @@ import httpx
 import pytest
 
 from observer.admin import create_admin_app
+from observer.drift.admin_routes import drift_router
+from observer.triggers.admin_routes import trigger_router
 from observer.admin_guard import AdminGuard
-from observer.core.config import AdminConfig, ConfigError, KafkaConfig, load_config
+from observer.config import load_config
+from observer.core.config import AdminConfig, ConfigError, KafkaConfig
 from observer.core.http import ServerThread
 from observer.views import TopicView
 
@@ -38,8 +41,9 @@ class Ledger:
 def admin(cfg: AdminConfig) -> Iterator[tuple[httpx.Client, Ledger]]:
     view = TopicView(KafkaConfig(), "unused", lambda r: "")  # never started: empty
     ledger = Ledger()
-    app = create_admin_app(cfg, kafka_ready=lambda: True, stage_errors=dict, drift_view=view,
-                           trigger_view=view, resolve=ledger.resolve)
+    app = create_admin_app(cfg, kafka_ready=lambda: True, stage_errors=dict,
+                           routers=[drift_router(view, None),
+                                    trigger_router(view, resolve=ledger.resolve)])
     with ServerThread(app, cfg.host) as server, httpx.Client(base_url=server.url, timeout=10) as c:
         yield c, ledger
 

@@ -22,11 +22,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import SecretStr
 
-from observer.collectors.intake import Intake
-from observer.collectors.kserve_intake import KSERVE_PATH, kserve_route
-from observer.collectors.otlp_http import create_app
-from observer.collectors.tenancy import Authenticator
-from observer.core.config import ConfigError, KafkaConfig, ReceiverConfig, load_config
+from observer.collectors.receiver.intake import Intake
+from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
+from observer.collectors.receiver.otlp_http import create_app
+from observer.collectors.common.tenancy import Authenticator
+from observer.config import load_config
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import ConfigError, KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
 from tests.collectors_support import drain, receivers

@@ -2,7 +2,7 @@
 
 Tansu 0.6 cannot authenticate clients with its memory engine (SCRAM users are not stored, no
 PLAIN), so the embedded broker is kept on loopback, and a tenant written to Kafka is believed
-only under the seal of a receiver of this deployment (:mod:`observer.collectors.tenant_seal`): a
+only under the seal of a receiver of this deployment (:mod:`observer.collectors.common.tenant_seal`): a
 direct write claiming a tenant is processed as the empty tenant, and a sealed message changed
 or forged is dead-lettered. The seal also encrypts: tests/test_raw_topic_encryption.py checks
 that a local reader of the broker sees no prompt.
@@ -25,23 +25,19 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from observer.collectors.cloud_events import CloudEvent, to_kafka
-from observer.collectors.kserve_intake import REQUEST_TYPE, RESPONSE_TYPE
-from observer.collectors.kserve_pairing import PredictionPairer
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.tenancy import TENANT_ATTRIBUTE
-from observer.collectors.tenant_seal import HEAD, KEY_FILE, OVERHEAD, TenantSeal, with_seal_key
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.kserve.cloud_events import CloudEvent, to_kafka
+from observer.collectors.kserve.intake import REQUEST_TYPE, RESPONSE_TYPE
+from observer.collectors.kserve.pairing import PredictionPairer
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.common.tenancy import TENANT_ATTRIBUTE
+from observer.collectors.common.tenant_seal import HEAD, KEY_FILE, OVERHEAD, TenantSeal, with_seal_key
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.core.broker import BrokerError, EmbeddedBroker
 from observer.core.bus import Message, Output
-from observer.core.config import (
-    ConfigError,
-    KafkaConfig,
-    KServeConfig,
-    ObserverConfig,
-    PathsConfig,
-    load_config,
-)
+from observer.config import ObserverConfig, load_config
+from observer.collectors.kserve.config import KServeConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.core.config import ConfigError, KafkaConfig
 from observer.core.records import LLMCall, PathRecord, Prediction, decode
 from observer.core.topics import Topics
 from tests.collectors_support import drain, receivers

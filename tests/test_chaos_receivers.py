@@ -24,9 +24,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from observer.collectors import otlp_json
-from observer.collectors.otlp_http import create_app
-from observer.collectors.signals import SIGNALS
+from observer.collectors.receiver import otlp_json
+from observer.collectors.receiver.otlp_http import create_app
+from observer.collectors.receiver.signals import SIGNALS
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
 from tests.collectors_support import drain, receivers, spans_of

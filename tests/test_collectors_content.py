@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from observer.collectors import otlp_json
-from observer.collectors.normalizer import Normalizer
+from observer.collectors.receiver import otlp_json
+from observer.collectors.normalize.normalizer import Normalizer
 from observer.core.bus import Message
-from observer.core.config import ContentConfig, KafkaConfig, load_config
+from observer.config import load_config
+from observer.collectors.normalize.config import ContentConfig
+from observer.core.config import KafkaConfig
 from observer.core.records import LLMCall, decode
 from observer.core.topics import Topics
 
@@ -72,7 +74,7 @@ def test_capture_stores_redacted_capped_content(convention: str) -> None:
 
 
 def test_builtin_redaction_and_openllmetry_roles() -> None:
-    from observer.collectors.message_content import ContentCapture
+    from observer.collectors.normalize.message_content import ContentCapture
 
     attributes = {
         "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),

@@ -8,9 +8,10 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from observer.collectors.domain_metrics import OTHER, DomainMetrics, LabelCap, path_label
+from observer.collectors.metrics.domain_metrics import OTHER, DomainMetrics, LabelCap, path_label
 from observer.core.bus import Message
-from observer.core.config import KafkaConfig, MetricsConfig
+from observer.collectors.metrics.config import MetricsConfig
+from observer.core.config import KafkaConfig
 from observer.core.records import LLMCall, PathRecord, ToolCall, encode
 from observer.core.topics import Topics
 

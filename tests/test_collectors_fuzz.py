@@ -19,14 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from observer.collectors import otlp_json
-from observer.collectors.inflate import BadEncoding, BodyTooLarge, BoundedBody
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.signals import SIGNALS
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.receiver import otlp_json
+from observer.collectors.receiver.inflate import BadEncoding, BodyTooLarge, BoundedBody
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.receiver.signals import SIGNALS
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import Message, ensure_topics
-from observer.core.config import KafkaConfig, PathsConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
 from tests.collectors_support import Receivers, receivers
 

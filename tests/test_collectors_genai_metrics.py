@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-from observer.collectors.genai_metrics import GenAIMetricsNormalizer
+from observer.collectors.metrics.genai_metrics import GenAIMetricsNormalizer
 from observer.core.bus import Message
 from observer.core.config import KafkaConfig
 from observer.core.records import GenAIMetric, decode

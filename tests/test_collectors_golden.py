@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from observer.collectors import otlp_json
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.receiver import otlp_json
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message
-from observer.core.config import KafkaConfig, PathsConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.core.config import KafkaConfig
 from observer.core.records import decode
 from observer.core.topics import Topics
 

@@ -24,10 +24,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import StatusCode
 
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message
-from observer.core.config import KafkaConfig, PathsConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.records import LLMCall, PathRecord, ToolCall, decode
 from observer.core.topics import Topics

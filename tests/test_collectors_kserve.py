@@ -18,27 +18,24 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 from pydantic import SecretStr
 
-from observer.collectors.cloud_events import (
+from observer.collectors.kserve.cloud_events import (
     CloudEvent,
     CloudEventError,
     events_from_http,
     from_kafka,
     to_kafka,
 )
-from observer.collectors.inference_protocol import Limits, PayloadError, parse
-from observer.collectors.intake import Intake
-from observer.collectors.kserve_intake import KSERVE_PATH, REQUEST_TYPE, RESPONSE_TYPE, kserve_route
-from observer.collectors.kserve_pairing import PredictionPairer
-from observer.collectors.otlp_http import create_app
-from observer.collectors.trace_grouping import FakeClock
+from observer.collectors.kserve.inference_protocol import Limits, PayloadError, parse
+from observer.collectors.receiver.intake import Intake
+from observer.collectors.kserve.intake import KSERVE_PATH, REQUEST_TYPE, RESPONSE_TYPE, kserve_route
+from observer.collectors.kserve.pairing import PredictionPairer
+from observer.collectors.receiver.otlp_http import create_app
+from observer.collectors.paths.trace_grouping import FakeClock
 from observer.core.bus import Message
-from observer.core.config import (
-    AdminConfig,
-    KafkaConfig,
-    KServeConfig,
-    ObserverConfig,
-    ReceiverConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.kserve.config import KServeConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.records import Prediction, decode
 from observer.core.topics import Topics

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from observer.collectors.genai_mapping import LEGACY_LLM, classify
+from observer.collectors.common.genai_mapping import LEGACY_LLM, classify
 
 OPENAI = {"gen_ai.system": "openai"}
 

@@ -14,11 +14,12 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import REGISTRY
 
-from observer.collectors.genai_mapping import ATTRIBUTE_NAMES
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.otlp_http import TRACES_PATH, create_app
+from observer.collectors.common.genai_mapping import ATTRIBUTE_NAMES
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.receiver.otlp_http import TRACES_PATH, create_app
 from observer.core.bus import Message, Output, StageRunner, make_consumer
-from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.records import LLMCall, Record, ToolCall, decode
 from observer.core.topics import Topics

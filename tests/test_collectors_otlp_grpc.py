@@ -42,9 +42,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 
-from observer.collectors.normalizer import Normalizer
-from observer.collectors.otlp_grpc import RETRY_INFO_TRAILER
-from observer.collectors.tenancy import TENANT_ATTRIBUTE
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.receiver.otlp_grpc import RETRY_INFO_TRAILER
+from observer.collectors.common.tenancy import TENANT_ATTRIBUTE
 from observer.core.bus import Message
 from observer.core.config import KafkaConfig
 from observer.core.records import decode

@@ -26,10 +26,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from observer.collectors import otlp_json
-from observer.collectors.otlp_http import JSON, PROTOBUF, TRACES_PATH, create_app
+from observer.collectors.receiver import otlp_json
+from observer.collectors.receiver.otlp_http import JSON, PROTOBUF, TRACES_PATH, create_app
 from observer.core.broker import EmbeddedBroker
-from observer.core.config import KafkaConfig, ReceiverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
 from tests.collectors_support import drain, drain_spans, spans_of, traces_by_placement
@@ -325,7 +326,7 @@ def test_trace_over_kafka_message_limit_is_413(
     huge = json_span(
         attributes=[{"key": "gen_ai.input.messages", "value": {"stringValue": "x" * (17 << 20)}}]
     )
-    # The budget charges JSON 16x its size (collectors.decoded_size): room for this one body.
+    # The budget charges JSON 16x its size (collectors.receiver.decoded_size): room for this one body.
     with receiver(
         kafka_config, topics, max_body_bytes=32 << 20, max_inflight_bytes=1 << 30,
         kafka_client=kafka_client,

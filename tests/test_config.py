@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from observer.core.config import ConfigError, ObserverConfig, load_config
+from observer.config import ObserverConfig, load_config
+from observer.core.config import ConfigError
 from observer.core.topics import Topics
 
 def test_defaults_work_on_one_machine() -> None:

@@ -17,7 +17,7 @@ def test_every_gpu_panel_query_returns_data(scraped) -> None:  # noqa: F811
     prom, _, pipeline, _ = scraped
     # Idle dollars accrue over the interval before an idle sample: collect a second cycle.
     from observer.collectors.gpu.prometheus import PrometheusCollector
-    from observer.core.config import GPUConfig
+    from observer.collectors.gpu.config import GPUConfig
 
     time.sleep(1.5)
     collector = PrometheusCollector(

@@ -23,17 +23,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_api_client import PrometheusConnect
 
-from observer.core.config import (
-    AdminConfig,
-    DriftConfig,
-    KafkaConfig,
-    ObserverConfig,
-    PathsConfig,
-    PolicyConfig,
-    ReceiverConfig,
-    TriggerConfig,
-    WebhookConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig
+from observer.drift.config import DriftConfig
+from observer.triggers.config import PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.demo.agent import BASELINE, DRIFTED, SupportAgent
 from observer.runtime import ALL_STAGES, Runtime

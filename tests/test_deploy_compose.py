@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from observer.core.config import AdminConfig, ReceiverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig
 from tests.deploy_support import cli_commands, env_field_problem, load_with_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ the image observer builds, its commands, its configuration knobs, ports, routes,
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tomllib
@@ -17,13 +18,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from observer.core.config import (
-    AdminConfig,
-    DriftConfig,
-    PipelineConfig,
-    ReceiverConfig,
-    load_config,
-)
+from observer.config import load_config
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig
+from observer.drift.config import DriftConfig
+from observer.triggers.config import PipelineConfig
 from observer.core.topics import Topics
 from tests.deploy_support import cli_commands, env_field_problem, load_with_env, routes_for
 
@@ -34,6 +33,26 @@ KEDA_CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml"
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of")
 WORKLOADS = ("Deployment", "DaemonSet")
 STAGES = {"collect", "normalize", "paths", "drift", "trigger", "metrics"}
+# What each command uses here beyond the core: the drift stage serves HTML reports, the trigger
+# stage exports windows (export.uri in the ConfigMap) and may start Argo runs.
+COMMAND_EXTRAS = {"drift": {"reports"}, "trigger": {"parquet", "argo"}, "collect-gpu": {"gpu"}}
+
+
+@cache
+def role_images() -> dict[str, set[str]]:
+    """Image -> its extras, from the Dockerfile: ``FROM runtime AS <role>`` copies the prefix of
+    ``install-<role>``, which installs the wheel with ``[extras]``; ``full`` is the pipeline's
+    image (trigger.pipeline.image), the others ``<that image>-<role>``."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    repo = PipelineConfig().image.rsplit(":", 1)[0]
+    images = {}
+    for role in re.findall(r"^FROM runtime AS (\S+)$", text, re.M):
+        install = re.search(rf"^FROM build AS install-{role}\n(RUN .*)$", text, re.M)
+        assert install, f"the Dockerfile has no install-{role} stage"
+        extras = re.search(r"\[([a-z,]+)\]\"?\s*$", install.group(1))
+        name = repo if role == "full" else f"{repo}-{role}"
+        images[name] = set(extras.group(1).split(",")) if extras else set()
+    return images
 
 
 @cache
@@ -125,10 +144,13 @@ def test_workload_refers_only_to_what_exists(w: dict[str, Any]) -> None:
     assert w["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (container,) = template["spec"]["containers"]
     image, tag = container["image"].rsplit(":", 1)
-    assert f"{image}:{tag}" == PipelineConfig().image, "the image observer's pipeline uses too"
+    roles = role_images()
+    assert image in roles, f"{image} is not an image the Dockerfile builds ({sorted(roles)})"
     assert tag == pyproject["project"]["version"]
     command = container["args"][0]
     assert command in cli_commands()
+    missing = COMMAND_EXTRAS.get(command, set()) - roles[image]
+    assert not missing, f"{command} runs on {image}, which lacks the extras {sorted(missing)}"
     env = {e["name"]: e.get("value", "x") for e in container.get("env", []) if e["name"].startswith("OBSERVER_")}
     assert [p for p in map(env_field_problem, env) if p] == []
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

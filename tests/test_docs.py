@@ -19,7 +19,7 @@ from types import ModuleType
 import pytest
 from pydantic import BaseModel, Field
 
-from observer.core.config import ObserverConfig
+from observer.config import ObserverConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import pytest
 
 from observer.drift.checkpoint import restore_streams
 from observer.core.bus import Message
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 from observer.core.records import LLMCall, encode
 from tests.drift_support import (
     TOPICS,

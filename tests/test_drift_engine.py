@@ -19,7 +19,8 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import DegradationSpec, DriftConfig, FeatureSpec, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DegradationSpec, DriftConfig, FeatureSpec
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
 from tests.drift_support import drain_results, engine_running, first_window_config

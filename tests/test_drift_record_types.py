@@ -15,7 +15,9 @@ from prometheus_client import REGISTRY
 from observer.drift.engine import DriftEngine
 from observer.drift.record_types import RECORD_TYPES, feature_rows, topics_by_type
 from observer.core.bus import Message, Output, make_producer, produce_all
-from observer.core.config import DriftConfig, FeatureSpec, KafkaConfig, ObserverConfig
+from observer.config import ObserverConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import (
     DriftResult,
     GPUSample,
@@ -150,11 +152,11 @@ def test_the_drift_stage_reads_the_topics_of_configured_record_types() -> None:
     cfg = ObserverConfig()
     topics = Topics.from_config(cfg.kafka)
     stage = CONSUMING_STAGES["drift"]
-    assert stage.inputs(cfg, topics) == [topics.llm, topics.tools, topics.paths]
+    assert stage.input_topics(cfg, topics) == [topics.llm, topics.tools, topics.paths]
     features = {"predictions": PREDICTION_FEATURES, "gpu": GPU_FEATURES}
     cfg = cfg.model_copy(update={"drift": DriftConfig(features=features)})
-    assert stage.inputs(cfg, topics) == [topics.predictions, topics.gpu]
-    assert stage.inputs(cfg, topics) == DriftEngine(cfg.drift, topics).inputs
+    assert stage.input_topics(cfg, topics) == [topics.predictions, topics.gpu]
+    assert stage.input_topics(cfg, topics) == DriftEngine(cfg.drift, topics).inputs
 
 
 # --- rows -------------------------------------------------------------------------------------

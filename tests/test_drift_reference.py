@@ -14,7 +14,7 @@ from observer.drift.engine import DriftEngine
 from observer.drift.reference import ParquetReference
 from observer.drift.stats import METHODS
 from observer.core.bus import Message
-from observer.core.config import DriftConfig, FeatureSpec
+from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import DriftResult, LLMCall, decode, encode
 from tests.drift_support import T0_MS, TOPICS, messages, uninterrupted, with_kills
 

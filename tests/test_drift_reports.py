@@ -31,15 +31,11 @@ from observer.drift.reports import (
 )
 from observer.drift.scoring import score_columns
 from observer.admin import create_admin_app
+from observer.drift.admin_routes import drift_router
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics, make_producer
-from observer.core.config import (
-    AdminConfig,
-    DriftConfig,
-    DriftReportsConfig,
-    FeatureSpec,
-    KafkaConfig,
-)
+from observer.core.config import AdminConfig, KafkaConfig
+from observer.drift.config import DriftConfig, DriftReportsConfig, FeatureSpec
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, LLMCall, OffsetRange, encode
 from observer.core.topics import Topics
@@ -195,7 +191,7 @@ def admin_over(kafka: KafkaConfig, results: int, report_dir: Path
             time.sleep(0.05)
         reports = DriftReports(DriftReportsConfig(dir=report_dir), kafka, drift_share=1.0)
         app = create_admin_app(AdminConfig(), kafka_ready=lambda: True, stage_errors=dict,
-                               drift_view=view, trigger_view=view, reports=reports)
+                               routers=[drift_router(view, reports)])
         with ServerThread(app) as server:
             yield server.url, reports, view
     finally:
@@ -261,7 +257,7 @@ def test_reports_need_the_admin_token(
 ) -> None:
     _, reports, view = admin
     app = create_admin_app(AdminConfig(auth_token="s3cret"), kafka_ready=lambda: True,
-                           stage_errors=dict, drift_view=view, trigger_view=view, reports=reports)
+                           stage_errors=dict, routers=[drift_router(view, reports)])
     rid = report_id(next(r for r in drifted if r.dataset_drift))
     with ServerThread(app) as server:
         assert httpx.get(f"{server.url}/reports/{rid}").status_code == 401

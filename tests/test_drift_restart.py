@@ -21,7 +21,8 @@ from kafka import KafkaAdminClient, TopicPartition
 
 from observer.drift.engine import DriftEngine
 from observer.core.bus import Message, Output, make_consumer, make_producer, produce_all
-from observer.core.config import DriftConfig, KafkaConfig
+from observer.core.config import KafkaConfig
+from observer.drift.config import DriftConfig
 from observer.core.records import DriftResult, LLMCall, ToolCall, decode, encode
 from observer.core.topics import Topics
 

@@ -19,7 +19,7 @@ from observer.drift.sketch import (
 from observer.drift.sketch_scoring import score_sketch, sturges_edges
 from observer.drift.stats import METHODS
 from observer.core.bus import Message
-from observer.core.config import FeatureSpec
+from observer.drift.config import FeatureSpec
 from observer.core.records import LLMCall, decode, encode
 from tests.drift_support import TOPICS, first_window_config, messages, uninterrupted, with_kills
 

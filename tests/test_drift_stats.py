@@ -446,6 +446,6 @@ def test_config_names_every_method_the_statistics_implement() -> None:
     from typing import get_args
 
     from observer.drift.stats import AUTO, METHODS
-    from observer.core.config import DriftMethod
+    from observer.drift.config import DriftMethod
 
     assert set(get_args(DriftMethod)) == {AUTO, *METHODS}

@@ -11,7 +11,7 @@ from observer.drift.record_types import event_time
 from observer.drift.reference import store_factory
 from observer.drift.window import CountWindow, TimeWindow
 from observer.core.bus import Message
-from observer.core.config import DriftConfig, FeatureSpec
+from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import LLMCall, decode, encode
 from tests.drift_support import TOPICS, first_window_config, messages, uninterrupted, with_kills
 

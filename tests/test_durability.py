@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 
-from observer.collectors.spool import SPOOL_DROPPED, Entry, Spool, encode
+from observer.collectors.receiver.spool import SPOOL_DROPPED, Entry, Spool, encode
 from observer.drift.checkpoint import MemoryCheckpointStore
 from observer.drift.engine import DriftEngine
 from observer.drift.local_state import LocalDriftState, MirroredEngine
@@ -318,9 +318,9 @@ def test_one_state_directory_serves_one_observer_at_a_time(tmp_path: Path, free_
 def test_a_spool_that_cannot_write_makes_the_receiver_answer_503(
     tmp_path: Path, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    from observer.collectors.intake import Intake, Refusal
+    from observer.collectors.receiver.intake import Intake, Refusal
     from observer.core.bus import Output
-    from observer.core.config import ReceiverConfig
+    from observer.collectors.receiver.config import ReceiverConfig
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
@@ -342,9 +342,9 @@ def test_a_spool_that_cannot_write_makes_the_receiver_answer_503(
 def test_the_spool_records_where_kafka_put_each_message(
     tmp_path: Path, kafka_config: KafkaConfig, topics: Topics, client: str
 ) -> None:
-    from observer.collectors.intake import Intake
+    from observer.collectors.receiver.intake import Intake
     from observer.core.bus import Output
-    from observer.core.config import ReceiverConfig
+    from observer.collectors.receiver.config import ReceiverConfig
 
     spool = Spool(tmp_path).open()
     intake = Intake(ReceiverConfig(kafka_client=client), kafka_config, topics, spool=spool).open()

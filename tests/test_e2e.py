@@ -22,17 +22,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from observer.core.config import (
-    AdminConfig,
-    DriftConfig,
-    DriftReportsConfig,
-    KafkaConfig,
-    ObserverConfig,
-    PolicyConfig,
-    ReceiverConfig,
-    TriggerConfig,
-    WebhookConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig
+from observer.drift.config import DriftConfig, DriftReportsConfig
+from observer.triggers.config import PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.demo.agent import BASELINE, DRIFTED, SupportAgent
 from observer.runtime import ALL_STAGES, Runtime

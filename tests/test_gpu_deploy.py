@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from observer.cli import _parser
-from observer.core.config import load_config
+from observer.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "deploy" / "kubernetes" / "gpu-economics.yaml"

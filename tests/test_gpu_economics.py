@@ -9,7 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from observer.collectors.gpu.economics import figures, integrate_power
 from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
 from observer.collectors.gpu.prices import PriceTable, mig_fraction
-from observer.core.config import ConfigError, GPUConfig, load_config
+from observer.config import load_config
+from observer.collectors.gpu.config import GPUConfig
+from observer.core.config import ConfigError
 from observer.core.records import GPUSample
 
 

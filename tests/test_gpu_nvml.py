@@ -12,7 +12,7 @@ import pytest
 from observer.collectors.gpu.attribution import PodResolver, parse_cgroup
 from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
 from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
-from observer.core.config import GPUConfig
+from observer.collectors.gpu.config import GPUConfig
 from tests.fake_nvml import FakeGPU, FakeMig, FakeNVML
 
 POD_UID = "1c8b8f0e-7a49-4b1c-9a31-2d0f1d0c5e11"

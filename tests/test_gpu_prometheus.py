@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from observer.collectors.gpu.pipeline import GPUPipeline, ListSink
 from observer.collectors.gpu.prometheus import PrometheusCollector
-from observer.core.config import GPUConfig
+from observer.collectors.gpu.config import GPUConfig
 from observer.core.records import GPUEconomics, GPUSample, ServingSample, decode, encode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
@@ -259,7 +259,8 @@ def test_collect_gpu_command_reads_prometheus(scraped) -> None:
     import io
 
     from observer.collectors.gpu.run import run_collect_gpu
-    from observer.core.config import AdminConfig, ObserverConfig
+    from observer.config import ObserverConfig
+    from observer.core.config import AdminConfig
 
     prom = scraped[0]
     cfg = ObserverConfig(

@@ -14,7 +14,9 @@ from kafka import KafkaConsumer
 from observer.collectors.gpu.pipeline import ListSink, record_key
 from observer.collectors.gpu.replay import TraceError
 from observer.collectors.gpu.run import replay, run_collect_gpu
-from observer.core.config import GPUConfig, KafkaConfig, ObserverConfig
+from observer.config import ObserverConfig
+from observer.collectors.gpu.config import GPUConfig
+from observer.core.config import KafkaConfig
 from observer.core.records import GPUEconomics, GPUSample, decode
 from observer.core.topics import Topics
 

@@ -34,35 +34,31 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry
 
-from observer.collectors.domain_metrics import DomainMetrics
-from observer.collectors.genai_mapping import (
+from observer.collectors.metrics.domain_metrics import DomainMetrics
+from observer.collectors.common.genai_mapping import (
     ATTRIBUTE_NAMES,
     FINISH_REASONS,
     KIND_BY_ATTRIBUTE,
     OPERATIONS,
 )
-from observer.collectors.genai_metrics import METRIC_FIELDS, GenAIMetricsNormalizer
-from observer.collectors.kserve_pairing import PredictionPairer
-from observer.collectors.message_content import CONVENTIONS, SYSTEM_INSTRUCTIONS
-from observer.collectors.normalizer import _RESOURCE_ATTRIBUTES, Normalizer
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.metrics.genai_metrics import METRIC_FIELDS, GenAIMetricsNormalizer
+from observer.collectors.kserve.pairing import PredictionPairer
+from observer.collectors.normalize.message_content import CONVENTIONS, SYSTEM_INSTRUCTIONS
+from observer.collectors.common.otlp_attributes import RESOURCE_ATTRIBUTES as _RESOURCE_ATTRIBUTES
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.drift.engine import DriftEngine
 from observer.core import validate
 from observer.core.bus import Message, Output
-from observer.core.config import (
-    AdminConfig,
-    ContentConfig,
-    DriftConfig,
-    FeatureSpec,
-    KafkaConfig,
-    KServeConfig,
-    MetricsConfig,
-    ObserverConfig,
-    PathsConfig,
-    PolicyConfig,
-    ReceiverConfig,
-    TriggerConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.kserve.config import KServeConfig
+from observer.collectors.metrics.config import MetricsConfig
+from observer.collectors.normalize.config import ContentConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig
+from observer.drift.config import DriftConfig, FeatureSpec
+from observer.triggers.config import PolicyConfig, TriggerConfig
 from observer.core.records import (
     DriftResult,
     GenAIMetric,

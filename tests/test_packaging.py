@@ -34,4 +34,4 @@ def test_wheel_has_one_top_level_package_and_every_module(tmp_path: Path) -> Non
                  if "__pycache__" not in p.parts}
     assert not expected - set(names), f"missing from the wheel: {sorted(expected - set(names))}"
     assert any(n.startswith("observer/dashboards/json/") for n in names)
-    assert any(n.startswith("observer/collectors/_trace_split") for n in names)
+    assert any(n.startswith("observer/collectors/receiver/_trace_split") for n in names)

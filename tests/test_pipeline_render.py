@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from observer.cli import main
-from observer.core.config import PipelineConfig, TriggerConfig
+from observer.triggers.config import PipelineConfig, TriggerConfig
 from observer.triggers.pipeline.render import FAILURE, SUCCESS, render
 from observer.triggers.pipeline.validate import SchemaError, check_all, crd_files, validate_resource
 

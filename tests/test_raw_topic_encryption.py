@@ -1,4 +1,4 @@
-"""With a stamp key, what the receivers write to Kafka is encrypted (:mod:`observer.collectors.tenant_seal`).
+"""With a stamp key, what the receivers write to Kafka is encrypted (:mod:`observer.collectors.common.tenant_seal`).
 
 Anyone local can reach the embedded broker; with tenants or auth it gets a key per start, and
 a plain Kafka client reading ``otlp_spans`` sees ciphertext, while the stages open it. A sealed
@@ -31,23 +31,20 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from observer.collectors.genai_metrics import GenAIMetricsNormalizer
-from observer.collectors.kserve_pairing import PredictionPairer
-from observer.collectors.normalizer import Normalizer
-from observer.collectors import tenant_seal
-from observer.collectors.spool import Entry, Spool
-from observer.collectors.tenant_seal import HEAD, MAGIC, OVERHEAD, TenantSeal, with_seal_key
-from observer.collectors.trace_grouping import FakeClock, TraceGrouper
+from observer.collectors.metrics.genai_metrics import GenAIMetricsNormalizer
+from observer.collectors.kserve.pairing import PredictionPairer
+from observer.collectors.normalize.normalizer import Normalizer
+from observer.collectors.common import tenant_seal
+from observer.collectors.receiver.spool import Entry, Spool
+from observer.collectors.common.tenant_seal import HEAD, MAGIC, OVERHEAD, TenantSeal, with_seal_key
+from observer.collectors.paths.trace_grouping import FakeClock, TraceGrouper
 from observer.core.bus import Message, Output
-from observer.core.config import (
-    AdminConfig,
-    ContentConfig,
-    KafkaConfig,
-    KServeConfig,
-    ObserverConfig,
-    PathsConfig,
-    ReceiverConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.kserve.config import KServeConfig
+from observer.collectors.normalize.config import ContentConfig
+from observer.collectors.paths.config import PathsConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig
 from observer.core.records import GenAIMetric, LLMCall, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime

@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from observer.collectors import otlp_json
-from observer.collectors.decoded_size import factor
+from observer.collectors.receiver import otlp_json
+from observer.collectors.receiver.decoded_size import factor
 from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
@@ -294,7 +294,7 @@ def test_client_hanging_up_mid_body_is_counted_not_a_traceback(
         uvicorn_log.removeHandler(caplog.handler)
     assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
     (line,) = [rec for rec in caplog.records if "disconnected" in rec.getMessage()]
-    assert line.levelno == logging.INFO and line.name == "observer.collectors.otlp_http"
+    assert line.levelno == logging.INFO and line.name == "observer.collectors.receiver.otlp_http"
 
 
 def test_every_server_thread_cuts_slow_requests_on_kept_alive_connections() -> None:

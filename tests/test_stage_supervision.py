@@ -20,17 +20,14 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
 from observer.core.bus import Message, Output, StageRunner, make_consumer, make_producer, produce_all
-from observer.core.config import (
-    AdminConfig,
-    KafkaConfig,
-    ObserverConfig,
-    ReceiverConfig,
-    SupervisorConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig, SupervisorConfig
 from observer.core.dead_letter import DEAD_LETTERS
 from observer.core.supervisor import STAGE_RESTARTS, RestartPolicy, Supervisor
 from observer.core.topics import Topics
-from observer.runtime import CONSUMING_STAGES, ConsumingStage, Runtime
+from observer.core.stage import StageSpec
+from observer.runtime import CONSUMING_STAGES, Runtime
 
 FAST = RestartPolicy(restart_initial_s=0.05, restart_max_s=0.5, max_build_failures=3)
 
@@ -265,10 +262,10 @@ class Switchable:
         return []
 
 
-def switchable_stage(fault: list[Exception | None]) -> ConsumingStage:
-    return ConsumingStage(build=lambda _cfg, _t: Switchable(fault),
-                          group_id=lambda _cfg: f"g-switch-{uuid.uuid4().hex[:6]}",
-                          inputs=lambda _cfg, t: [t.spans])
+def switchable_stage(fault: list[Exception | None]) -> StageSpec:
+    return StageSpec(name="normalize", help="switchable", config_section="normalizer",
+                     build=lambda _cfg, _t: Switchable(fault),
+                     group_id=lambda _cfg: f"g-switch-{uuid.uuid4().hex[:6]}", inputs=("spans",))
 
 
 def test_health_names_restarting_and_failed_stages(

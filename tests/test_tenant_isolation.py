@@ -27,23 +27,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from observer.collectors.tenancy import TENANT_ATTRIBUTE
+from observer.collectors.common.tenancy import TENANT_ATTRIBUTE
 from observer.drift.record_types import RECORD_TYPES, segment_keys
 from observer.core.broker import EmbeddedBroker
 from observer.core.bus import ensure_topics
-from observer.core.config import (
-    TENANTLESS_RECORD_TYPES,
-    AdminConfig,
-    DriftConfig,
-    DriftReportsConfig,
-    FeatureSpec,
-    KafkaConfig,
-    ObserverConfig,
-    PolicyConfig,
-    ReceiverConfig,
-    TriggerConfig,
-    load_config,
-)
+from observer.config import ObserverConfig, load_config
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import TENANTLESS_RECORD_TYPES, AdminConfig, KafkaConfig
+from observer.drift.config import DriftConfig, DriftReportsConfig, FeatureSpec
+from observer.triggers.config import PolicyConfig, TriggerConfig
 from observer.core.records import DriftResult, LLMCall, TriggerEvent, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime

@@ -26,17 +26,13 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from observer.collectors.intake import Intake
-from observer.collectors.otlp_grpc import GrpcReceiver
-from observer.collectors.otlp_http import create_app
+from observer.collectors.receiver.intake import Intake
+from observer.collectors.receiver.otlp_grpc import GrpcReceiver
+from observer.collectors.receiver.otlp_http import create_app
 from observer.core.bus import Output, ensure_topics, make_consumer
-from observer.core.config import (
-    AdminConfig,
-    KafkaConfig,
-    ObserverConfig,
-    ReceiverConfig,
-    TLSConfig,
-)
+from observer.config import ObserverConfig
+from observer.collectors.receiver.config import ReceiverConfig
+from observer.core.config import AdminConfig, KafkaConfig, TLSConfig
 from observer.core.http import ServerThread
 from observer.core.producers import LibrdkafkaProducer, librdkafka_config
 from observer.core.tls import CertificateFiles, TLSError

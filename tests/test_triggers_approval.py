@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from observer.core.bus import Message, Output, make_consumer, make_producer, produce_all
-from observer.core.config import AdminConfig, KafkaConfig, ObserverConfig, TriggerConfig
+from observer.config import ObserverConfig
+from observer.core.config import AdminConfig, KafkaConfig
+from observer.triggers.config import TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.runtime import Runtime

@@ -14,17 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from observer.core.bus import Message
-from observer.core.config import (
-    ArgoConfig,
-    KafkaConfig,
-    KfpConfig,
-    PolicyConfig,
-    TriggerConfig,
-)
+from observer.core.config import KafkaConfig
+from observer.triggers.config import ArgoConfig, KfpConfig, PolicyConfig, TriggerConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
-from observer.triggers.argo_contract import ArgoContract
+from tests.argo_contract import ArgoContract
 from observer.triggers.naming import EPISODE_LABEL, MODEL_LABEL, POLICY_LABEL, SEGMENT_LABEL, label_value
 from observer.triggers.pipeline.render import workflow_template
 from observer.triggers.stage import TriggerStage

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from observer.core.bus import Message, make_producer
-from observer.core.config import KafkaConfig, TriggerConfig
+from observer.core.config import KafkaConfig
+from observer.triggers.config import TriggerConfig
 from observer.core.records import DriftResult, LLMCall, OffsetRange, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from tests.triggers_support import ARGO_TOKEN, SECRET, Servers

@@ -28,7 +28,8 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import KafkaConfig, TriggerConfig
+from observer.core.config import KafkaConfig
+from observer.triggers.config import TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from tests.triggers_support import ARGO_TOKEN, ROOT, SECRET, Servers
@@ -66,7 +67,8 @@ def messages(*results: DriftResult) -> list[Message]:
 # The child: decide (ledger committed), optionally tick, then die without closing anything.
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
-    from observer.core.config import KafkaConfig, TriggerConfig
+    from observer.core.config import KafkaConfig
+    from observer.triggers.config import TriggerConfig
     from observer.core.bus import Message
     from observer.core.records import decode
     from observer.core.topics import Topics

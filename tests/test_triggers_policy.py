@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from observer.core.config import PolicyConfig
+from observer.triggers.config import PolicyConfig
 from observer.core.records import DriftResult
 from observer.triggers.policy import Decision, PolicyTracker, episode_id
 
@@ -276,7 +276,8 @@ def test_engine_detections_become_one_decision() -> None:
 
     from observer.drift.engine import DriftEngine
     from observer.core.bus import Message
-    from observer.core.config import DriftConfig, KafkaConfig
+    from observer.core.config import KafkaConfig
+    from observer.drift.config import DriftConfig
     from observer.core.records import ToolCall, decode, encode
     from observer.core.topics import Topics
 

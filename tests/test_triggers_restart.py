@@ -27,7 +27,8 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import KafkaConfig, TriggerConfig
+from observer.core.config import KafkaConfig
+from observer.triggers.config import TriggerConfig
 from observer.core.records import DriftResult, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.triggers.ledger import Ledger
@@ -73,7 +74,8 @@ def events(outputs: list[Output]) -> list[TriggerEvent]:
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     from observer.core.bus import Message
-    from observer.core.config import KafkaConfig, TriggerConfig
+    from observer.core.config import KafkaConfig
+    from observer.triggers.config import TriggerConfig
     from observer.core.topics import Topics
     from observer.triggers.stage import TriggerStage
 
@@ -204,7 +206,8 @@ def test_a_new_numbering_never_reuses_an_old_episode_id(tmp_path: Path) -> None:
 RUNNER_CHILD = textwrap.dedent("""
     import json, sys, threading
     from observer.core.bus import StageRunner
-    from observer.core.config import KafkaConfig, TriggerConfig
+    from observer.core.config import KafkaConfig
+    from observer.triggers.config import TriggerConfig
     from observer.core.topics import Topics
     from observer.triggers.stage import TriggerStage
 

@@ -23,13 +23,13 @@ from observer.core.bus import (
     make_producer,
     produce_all,
 )
-from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
+from observer.core.config import KafkaConfig
+from observer.triggers.config import PolicyConfig, TriggerConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, LLMCall, TriggerEvent, decode, encode
 from observer.core.topics import Topics
 from observer.triggers.signing import generate_secret
 from observer.triggers.stage import TriggerStage
-from observer.triggers.webhook import WebhookSender
 
 SECRET = generate_secret()
 TOPICS = Topics.from_config(KafkaConfig())
@@ -231,7 +231,7 @@ def test_restart_resumes_delivery_and_does_not_decide_again(
     clock = Clock()
     cfg = config(tmp_path, f"{server[0].url}/hook")
     results = messages(window(1, 0.9), window(2, 0.9))
-    stage = TriggerStage(cfg, TOPICS, clock=clock, sender=WebhookSender(rng=lambda: 1.0))
+    stage = TriggerStage(cfg, TOPICS, clock=clock, rng=lambda: 1.0)
     (fired,) = events(stage.process(results))
     (failed,) = events(stage.tick())
     assert (failed.status, failed.attempts, failed.reason) == (

@@ -16,12 +16,13 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from observer.core.config import WebhookConfig
+from observer.triggers.config import WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, FeatureDrift
 from observer.triggers.policy import Decision
 from observer.triggers.signing import generate_secret
-from observer.triggers.webhook import WebhookSender, backoff_delay, build_payload, classify
+from observer.triggers.retry import backoff_delay
+from observer.triggers.webhook import WebhookSender, build_payload, classify
 
 SECRET = generate_secret()
 

@@ -47,6 +47,9 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_drift_reports.py::"
     "test_offline_reports_render_without_network_and_a_cdn_reference_is_caught",  # Chromium
     "tests/test_durability.py::test_one_state_directory_serves_one_observer_at_a_time",
+    # A child process with the optional packages blocked (tests/extras_probe.py).
+    "tests/test_extras.py::test_the_core_stages_run_without_any_extra",
+    "tests/test_extras.py::test_a_feature_without_its_extra_fails_at_start_naming_it",
     "tests/test_gpu_nvml.py::test_without_nvml_it_says_so_and_exits_non_zero",
     "tests/test_gpu_replay.py::test_cli_replay_to_stdout",
     "tests/test_raw_topic_encryption.py::test_observer_up_with_tenants_seals_the_raw_topics",

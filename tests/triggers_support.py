@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from observer.core.config import TriggerConfig
+from observer.triggers.config import TriggerConfig
 from observer.core.http import ServerThread
-from observer.triggers.argo_contract import ArgoContract
+from tests.argo_contract import ArgoContract
 from observer.triggers.pipeline.render import workflow_template
 from observer.triggers.signing import generate_secret
 

@@ -1,56 +1,45 @@
 """Start a retraining run on Argo Workflows through Hera's ``WorkflowsService``.
 
-One call of :meth:`ArgoAction.attempt` is one delivery attempt of an ``argo`` outbox row:
+:class:`ArgoAction` is the ``argo`` :class:`~observer.triggers.action.Action`. One call of
+:meth:`ArgoAction.attempt` is one attempt of an ``argo`` outbox row:
 
 1. export the drifted window and its reference as Parquet (idempotent: same paths, same data);
 2. list the model's workflows that are not completed (label selector
    ``observer.dev/model=<m>,workflows.argoproj.io/completed!=true``): when one of them carries
-   this episode's label the run already exists; when ``max_concurrent_runs`` are in progress
-   the attempt waits (``busy``) and is tried again after ``busy_retry_s``;
+   this episode's label the run already exists (``already_done``); when
+   ``max_concurrent_runs`` are in progress the attempt waits (``wait``, not counted) and is
+   tried again after ``busy_retry_s``;
 3. submit from the WorkflowTemplate (``POST /api/v1/workflows/{ns}/submit``) or create the
    Workflow inline (``POST /api/v1/workflows/{ns}``), named after the episode, so that a
    repeat is answered 409 by Argo and counts as already submitted.
 
-How an answer is classified (:data:`ARGO_STATUS_TABLE`, first matching row wins):
-
-==============================  ==========  =============================================
-answer                          verdict     why
-==============================  ==========  =============================================
-2xx                             submitted   the run exists now
-409 Conflict                    submitted   a run with the episode's name exists already
-400 Bad Request                 rejected    the request is invalid: retrying cannot help
-401, 403                        retry       a token mid-rotation; bounded by max_attempts
-404 Not Found                   retry       the WorkflowTemplate may not be applied yet
-429, 5xx                        retry       transient; ``Retry-After`` is honoured
-other, connection errors        retry
-==============================  ==========  =============================================
-
->>> argo_verdict(200), argo_verdict(409), argo_verdict(400), argo_verdict(503)
-('submitted', 'submitted', 'rejected', 'retry')
+Answers are classified by :data:`observer.triggers.runs.RUN_STATUS_TABLE` (409 at submission:
+``already_done``; 400: ``permanent``; 401, 403, 404, 429, 5xx: ``retry``), and retried by the
+shared :class:`~observer.triggers.retry.RetryPolicy` with ``trigger.argo``'s ``max_attempts``
+and backoff.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import random
-from collections.abc import Callable
-from typing import Any, Literal
+import time
+from typing import Any, Self
 
-import requests
-from hera.exceptions import HeraException
-from hera.workflows.models import (
-    ObjectMeta,
-    SubmitOpts,
-    Workflow,
-    WorkflowCreateRequest,
-    WorkflowSpec,
-    WorkflowSubmitRequest,
+from observer.core.extras import require
+from observer.core.records import DriftResult
+from observer.triggers.action import (
+    ALREADY_DONE,
+    DELIVERED,
+    PERMANENT,
+    RETRY,
+    WAIT,
+    Exporter,
+    Outcome,
+    export_first,
+    unconfigured,
 )
-from hera.workflows.service import WorkflowsService
-
-from observer.core.config import ArgoConfig, PipelineConfig
-from observer.triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
+from observer.triggers.config import ArgoConfig, PipelineConfig, PolicyConfig, TriggerConfig
+from observer.triggers.ledger import Delivery, NewDelivery
 from observer.triggers.naming import (
     ARGO_COMPLETED_LABEL,
     EPISODE_LABEL,
@@ -60,28 +49,27 @@ from observer.triggers.naming import (
     SEGMENT_LABEL,
     label_value,
 )
-from observer.triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
+from observer.triggers.policy import Decision
+from observer.triggers.retry import RetryPolicy, parse_retry_after
+from observer.triggers.runs import build_run, run_parameters, run_payload, run_verdict
 
-log = logging.getLogger(__name__)
+# Hera (and requests, which it brings) is the `argo` extra. This module is imported only when a
+# policy lists the argo action (observer.triggers.action.ACTIONS), so a missing extra fails at
+# start, naming it; what KFP runs share with Argo's is in observer.triggers.runs.
+ARGO_FEATURE = "Argo Workflows runs (a trigger policy's 'argo' action)"
+require("hera", extra="argo", feature=ARGO_FEATURE)
 
-ArgoVerdict = Literal["submitted", "rejected", "retry"]
-
-ARGO_STATUS_TABLE: tuple[tuple[int, int, ArgoVerdict], ...] = (
-    (200, 299, "submitted"),
-    (409, 409, "submitted"),
-    (400, 400, "rejected"),
-    (401, 404, "retry"),
-    (429, 429, "retry"),
-    (500, 599, "retry"),
+import requests  # noqa: E402
+from hera.exceptions import HeraException  # noqa: E402
+from hera.workflows.models import (  # noqa: E402
+    ObjectMeta,
+    SubmitOpts,
+    Workflow,
+    WorkflowCreateRequest,
+    WorkflowSpec,
+    WorkflowSubmitRequest,
 )
-
-
-def argo_verdict(status_code: int) -> ArgoVerdict:
-    """The verdict for an Argo Server answer (see :data:`ARGO_STATUS_TABLE`)."""
-    for low, high, verdict in ARGO_STATUS_TABLE:
-        if low <= status_code <= high:
-            return verdict
-    return "retry"
+from hera.workflows.service import WorkflowsService  # noqa: E402
 
 
 class _TimedSession(requests.Session):
@@ -111,37 +99,23 @@ def run_labels(run: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def run_parameters(run: dict[str, Any]) -> dict[str, str]:
-    """The WorkflowTemplate parameters an episode fills in (names as in the template)."""
-    export = run.get("export") or {}
-    return {
-        "episode-id": run["episode_id"],
-        "policy": run["policy"],
-        "segment": run["segment_key"],
-        "record-type": run["record_type"],
-        "current-data": export.get("current", ""),
-        "reference-data": export.get("reference", ""),
-        "approval": "required" if run.get("approval") else "none",
-    }
-
-
 class ArgoAction:
-    """Submits runs to one Argo Server; the stage calls :meth:`attempt` for each due row."""
+    """Submits runs to one Argo Server (see the module docstring)."""
+
+    name = "argo"
 
     def __init__(
         self,
         cfg: ArgoConfig,
         pipeline: PipelineConfig | None = None,
         *,
-        exporter: Callable[[dict[str, Any]], dict[str, int]] | None = None,
-        rng: Callable[[], float] = random.random,
+        exporter: Exporter | None = None,
     ) -> None:
         if not cfg.server:
             raise ValueError("a policy lists the argo action but trigger.argo.server is empty")
         self.cfg = cfg
         self.pipeline = pipeline or PipelineConfig()
         self.exporter = exporter
-        self.rng = rng
         self.session = _TimedSession(cfg.timeout_s)
         verify: bool | str = cfg.ca_file or cfg.verify_ssl
         certs = (cfg.client_cert, cfg.client_key) if cfg.client_cert else None
@@ -153,6 +127,10 @@ class ArgoAction:
             client_certs=certs,
             session=self.session,
         )
+
+    @classmethod
+    def from_config(cls, cfg: TriggerConfig, exporter: Exporter | None = None) -> Self:
+        return cls(cfg.argo, cfg.pipeline, exporter=exporter)
 
     @property
     def target(self) -> str:
@@ -217,33 +195,46 @@ class ArgoAction:
             ),
         )
 
-    # -- one attempt ----------------------------------------------------------------------
+    # -- the action -----------------------------------------------------------------------
 
-    def attempt(self, run: dict[str, Any], attempts_before: int, now: float) -> AttemptResult:
+    def plan(
+        self,
+        policy: PolicyConfig,
+        decision: Decision,
+        result: DriftResult,
+        export: dict[str, Any] | None,
+    ) -> list[NewDelivery]:
+        """One run, named after the episode (:func:`observer.triggers.runs.build_run`)."""
+        run = build_run(decision=decision, result=result, policy=policy,
+                        name_prefix=self.cfg.name_prefix, export=export)
+        return [NewDelivery(self.target, run_payload(run), self.name)]
+
+    def cannot_attempt(self, delivery: Delivery) -> str | None:
+        return None if delivery.target == self.target else unconfigured(self.name, delivery.target)
+
+    def retry_policy(self, delivery: Delivery) -> RetryPolicy:
+        return RetryPolicy.of(self.cfg)
+
+    def attempt(self, delivery: Delivery) -> Outcome:
         """Export, check, submit; never raises for server or network failures."""
-        attempts = attempts_before + 1
+        run = json.loads(delivery.payload)
         name = run["workflow_name"]
-        step = "export"
+        failed = export_first(self.exporter, run.get("export"))
+        if failed is not None:
+            return failed
+        step = "list"
         try:
-            if self.exporter is not None and run.get("export"):
-                self.exporter(run)
-            step = "list"
             running = self.in_progress(run["model"])
             if any(r.get(EPISODE_LABEL) == label_value(run["episode_id"]) for r in running):
-                return self._done(attempts, None, f"workflow {name} already in progress")
+                return Outcome(ALREADY_DONE, f"workflow {name} already in progress")
             policy_max = int(run.get("max_concurrent_runs", 1))
             if len(running) >= policy_max:
                 names = ", ".join(sorted(r["name"] for r in running))
-                delay = self.cfg.busy_retry_s
-                # Waiting for a free slot is not a failure: the attempt does not count.
-                return AttemptResult(
-                    FAILED,
-                    attempts_before,
-                    now + delay,
-                    None,
-                    f"busy: {len(running)} run(s) in progress for model {run['model']!r}",
+                return Outcome(
+                    WAIT,
                     f"waiting: {len(running)} run(s) in progress for model {run['model']!r} "
-                    f"(max {policy_max}: {names}); checking again in {delay:g}s",
+                    f"(max {policy_max}: {names})",
+                    retry_after_s=self.cfg.busy_retry_s,
                 )
             step = "submit"
             request = self.submit_request(run)
@@ -251,51 +242,29 @@ class ArgoAction:
                 self.service.submit_workflow(request, namespace=self.cfg.namespace)
             else:
                 self.service.create_workflow(request, namespace=self.cfg.namespace)
-            return self._done(attempts, 200, f"workflow {name} submitted")
+            return Outcome(DELIVERED, f"workflow {name} submitted", 200)
         except HeraException as exc:
             code = int(getattr(exc, "status_code", 0) or self._last_code() or 0)
-            return self._answer(code, attempts, now, step, name, str(exc))
-        # Network errors, and the export's many failure types (Kafka, storage, credentials):
-        # all transient as far as we can tell, retried and bounded by max_attempts.
+            return self._answer(code, step, name, str(exc))
+        # Network errors: transient as far as we can tell, retried and bounded.
         except Exception as exc:  # noqa: BLE001
-            return self._retry(attempts, now, None, f"{step}: {type(exc).__name__}: {exc}"[:300])
+            return Outcome(RETRY, f"{step}: {type(exc).__name__}: {exc}"[:300])
 
     def _last_code(self) -> int | None:
         r = self.session.last_response
         return r.status_code if r is not None else None
 
-    def _answer(
-        self, code: int, attempts: int, now: float, step: str, name: str, message: str
-    ) -> AttemptResult:
+    def _answer(self, code: int, step: str, name: str, message: str) -> Outcome:
         real = self._last_code() or code  # Hera maps unknown codes (429, 503) to its base class
-        verdict = argo_verdict(real)
-        if verdict == "submitted" and step == "submit":
-            return self._done(attempts, real, f"workflow {name} already submitted (HTTP {real})")
-        if verdict == "rejected":
-            error = f"{step}: HTTP {real}: {_message(self.session.last_response, message)}"
-            return AttemptResult(
-                DEAD_LETTER, attempts, None, real, error, f"{error}; not retried (invalid request)"
-            )
-        return self._retry(attempts, now, real, f"{step}: HTTP {real}")
-
-    def _done(self, attempts: int, code: int | None, detail: str) -> AttemptResult:
-        log.info("argo: %s", detail)
-        return AttemptResult(DELIVERED, attempts, None, code, None, detail)
-
-    def _retry(self, attempts: int, now: float, code: int | None, error: str) -> AttemptResult:
-        if attempts >= self.cfg.max_attempts:
-            return AttemptResult(
-                DEAD_LETTER, attempts, None, code, error, f"{error}; gave up after {attempts} attempts"
-            )
-        delay = backoff_delay(attempts, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng)
+        kind = run_verdict(real)
+        if kind in (DELIVERED, ALREADY_DONE) and step == "submit":
+            return Outcome(ALREADY_DONE, f"workflow {name} already submitted (HTTP {real})", real)
+        if kind == PERMANENT:
+            detail = _message(self.session.last_response, message)
+            return Outcome(PERMANENT, f"{step}: HTTP {real}: {detail}", real)
         response = self.session.last_response
-        if response is not None and code is not None:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-        detail = f"{error}; attempt {attempts + 1} in {delay:.3g}s"
-        log.info("argo: %s", detail)
-        return AttemptResult(FAILED, attempts, now + delay, code, error, detail)
+        header = response.headers.get("retry-after") if response is not None else None
+        return Outcome(RETRY, f"{step}: HTTP {real}", real, parse_retry_after(header, time.time()))
 
 
 def _message(response: requests.Response | None, fallback: str) -> str:
@@ -306,39 +275,3 @@ def _message(response: requests.Response | None, fallback: str) -> str:
         except (ValueError, AttributeError):
             pass
     return fallback[:300]
-
-
-def build_run(
-    *,
-    decision: Any,
-    result: Any,
-    policy: Any,
-    name_prefix: str,
-    export: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The payload of a run action, fixed when the decision is recorded (the outbox row).
-
-    Everything a later attempt needs is here, so a restarted stage submits the same run:
-    the episode-derived workflow name, labels' sources, and what to export where
-    (``export``: :func:`observer.triggers.export.export_spec`). The run's ``approval`` parameter asks
-    for the Argo suspend step only with ``approval_mode: argo``; with ``ledger`` the decision
-    was approved in observer's ledger before this run was ever submitted.
-    """
-    from observer.triggers.naming import workflow_name
-
-    run: dict[str, Any] = {
-        "episode_id": decision.episode_id,
-        "policy": decision.policy,
-        "segment_key": decision.segment_key,
-        "segment": dict(result.segment),
-        "record_type": decision.record_type,
-        "model": result.segment.get(policy.model_field, ""),
-        "reason": decision.reason,
-        "window_index": decision.window_index,
-        "first_window_index": decision.first_window_index,
-        "workflow_name": workflow_name(name_prefix, decision.episode_id),
-        "approval": policy.approval and policy.approval_mode == "argo",
-        "max_concurrent_runs": policy.max_concurrent_runs,
-        "export": export,
-    }
-    return run

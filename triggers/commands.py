@@ -21,8 +21,10 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from observer.core.config import ObserverConfig
+if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
+    from observer.config import ObserverConfig
 
 COMMANDS = ("pipeline", "triggers")
 

@@ -28,9 +28,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+from observer.core.extras import require
+
+# pyarrow and fsspec are the `parquet` extra: the trigger stage imports this module at start
+# when trigger.export.uri is set, so a missing extra fails there, naming it.
+EXPORT_FEATURE = "Parquet exports of drifted windows (trigger.export.uri)"
+require("pyarrow", extra="parquet", feature=EXPORT_FEATURE)
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from observer.core.config import KafkaConfig
 from observer.core.records import OffsetRange, Record
@@ -127,7 +134,7 @@ def _filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[pafs.FileSys
             return pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # a scheme pyarrow does not know: fsspec may
-    import fsspec
+    fsspec = require("fsspec", extra="parquet", feature=EXPORT_FEATURE)
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)

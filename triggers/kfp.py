@@ -1,27 +1,38 @@
 """Start a retraining run on Kubeflow Pipelines (``POST /apis/v2beta1/runs``).
 
-Kubeflow Pipelines does not refuse a repeated run name, so idempotency is checked here: the
-run's ``display_name`` is the episode's workflow name, and an attempt first lists runs with
-that display name (``GET /apis/v2beta1/runs?filter=...``); one found means "already
-submitted". Answers are classified like Argo's (:func:`observer.triggers.argo.argo_verdict`).
+:class:`KfpAction` is the ``kfp`` :class:`~observer.triggers.action.Action`. Kubeflow
+Pipelines does not refuse a repeated run name, so idempotency is checked here: the run's
+``display_name`` is the episode's workflow name, and an attempt first lists runs with that
+display name (``GET /apis/v2beta1/runs?filter=...``); one found means ``already_done``.
+Answers are classified like Argo's (:data:`observer.triggers.runs.RUN_STATUS_TABLE`) and
+retried by the shared :class:`~observer.triggers.retry.RetryPolicy` (``trigger.kfp.max_attempts``,
+the backoff of :data:`BACKOFF_INITIAL_S` and :data:`BACKOFF_MAX_S`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import random
-from collections.abc import Callable
-from typing import Any
+import time
+from typing import Any, Self
 
 import httpx
 
-from observer.core.config import KfpConfig
-from observer.triggers.argo import argo_verdict, run_parameters
-from observer.triggers.ledger import DEAD_LETTER, DELIVERED, FAILED
-from observer.triggers.webhook import AttemptResult, backoff_delay, parse_retry_after
-
-log = logging.getLogger(__name__)
+from observer.core.records import DriftResult
+from observer.triggers.action import (
+    ALREADY_DONE,
+    DELIVERED,
+    PERMANENT,
+    RETRY,
+    Exporter,
+    Outcome,
+    export_first,
+    unconfigured,
+)
+from observer.triggers.config import KfpConfig, PolicyConfig, TriggerConfig
+from observer.triggers.ledger import Delivery, NewDelivery
+from observer.triggers.policy import Decision
+from observer.triggers.retry import RetryPolicy, parse_retry_after
+from observer.triggers.runs import build_run, run_parameters, run_payload, run_verdict
 
 # Backoff of KFP attempts: the same shape as Argo's defaults.
 BACKOFF_INITIAL_S, BACKOFF_MAX_S = 2.0, 600.0
@@ -54,22 +65,20 @@ def run_body(cfg: KfpConfig, run: dict[str, Any]) -> dict[str, Any]:
 
 
 class KfpAction:
-    """Creates runs on one Kubeflow Pipelines API server."""
+    """Creates runs on one Kubeflow Pipelines API server (see the module docstring)."""
+
+    name = "kfp"
 
     def __init__(
-        self,
-        cfg: KfpConfig,
-        *,
-        exporter: Callable[[dict[str, Any]], dict[str, int]] | None = None,
-        rng: Callable[[], float] = random.random,
+        self, cfg: KfpConfig, *, name_prefix: str = "retrain-", exporter: Exporter | None = None
     ) -> None:
         if not cfg.host:
             raise ValueError("a policy lists the kfp action but trigger.kfp.host is empty")
         if not (cfg.pipeline_id and cfg.pipeline_version_id):
             raise ValueError("trigger.kfp needs pipeline_id and pipeline_version_id")
         self.cfg = cfg
+        self.name_prefix = name_prefix
         self.exporter = exporter
-        self.rng = rng
         headers = {"authorization": f"Bearer {cfg.token.get_secret_value()}"} if cfg.token else {}
         self.client = httpx.Client(
             base_url=cfg.host.rstrip("/"),
@@ -78,6 +87,11 @@ class KfpAction:
             verify=cfg.verify_ssl,
             follow_redirects=False,
         )
+
+    @classmethod
+    def from_config(cls, cfg: TriggerConfig, exporter: Exporter | None = None) -> Self:
+        # Runs are named like Argo's (trigger.argo.name_prefix), whichever server starts them.
+        return cls(cfg.kfp, name_prefix=cfg.argo.name_prefix, exporter=exporter)
 
     @property
     def target(self) -> str:
@@ -100,51 +114,53 @@ class KfpAction:
         response.raise_for_status()
         return [r for r in response.json().get("runs") or [] if r.get("display_name") == display_name]
 
-    def attempt(self, run: dict[str, Any], attempts_before: int, now: float) -> AttemptResult:
-        attempts = attempts_before + 1
+    # -- the action -----------------------------------------------------------------------
+
+    def plan(
+        self,
+        policy: PolicyConfig,
+        decision: Decision,
+        result: DriftResult,
+        export: dict[str, Any] | None,
+    ) -> list[NewDelivery]:
+        """One run, named after the episode (:func:`observer.triggers.runs.build_run`)."""
+        run = build_run(decision=decision, result=result, policy=policy,
+                        name_prefix=self.name_prefix, export=export)
+        return [NewDelivery(self.target, run_payload(run), self.name)]
+
+    def cannot_attempt(self, delivery: Delivery) -> str | None:
+        return None if delivery.target == self.target else unconfigured(self.name, delivery.target)
+
+    def retry_policy(self, delivery: Delivery) -> RetryPolicy:
+        return RetryPolicy(self.cfg.max_attempts, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
+
+    def attempt(self, delivery: Delivery) -> Outcome:
+        """Export, look for the run, create it; never raises for server or network failures."""
+        run = json.loads(delivery.payload)
         name = run["workflow_name"]
-        step = "export"
+        failed = export_first(self.exporter, run.get("export"))
+        if failed is not None:
+            return failed
+        step = "list"
         try:
-            if self.exporter is not None and run.get("export"):
-                self.exporter(run)
-            step = "list"
             if self.existing(name):
-                return self._done(attempts, None, f"kfp run {name} already exists")
+                return Outcome(ALREADY_DONE, f"kfp run {name} already exists")
             step = "create"
             response = self.client.post("/apis/v2beta1/runs", json=run_body(self.cfg, run))
         except httpx.HTTPStatusError as exc:
-            return self._answer(exc.response, attempts, now, step, name)
-        except Exception as exc:  # noqa: BLE001  (network, export: retried, bounded)
-            return self._retry(attempts, now, None, f"{step}: {type(exc).__name__}: {exc}"[:300], None)
-        return self._answer(response, attempts, now, step, name)
+            return self._answer(exc.response, step, name)
+        except Exception as exc:  # noqa: BLE001  (network: retried, bounded)
+            return Outcome(RETRY, f"{step}: {type(exc).__name__}: {exc}"[:300])
+        return self._answer(response, step, name)
 
-    def _answer(
-        self, response: httpx.Response, attempts: int, now: float, step: str, name: str
-    ) -> AttemptResult:
+    def _answer(self, response: httpx.Response, step: str, name: str) -> Outcome:
         code = response.status_code
-        verdict = argo_verdict(code)
-        if verdict == "submitted" and step == "create":
-            return self._done(attempts, code, f"kfp run {name} created (HTTP {code})")
-        if verdict == "rejected":
-            error = f"{step}: HTTP {code}: {response.text[:300]}"
-            return AttemptResult(DEAD_LETTER, attempts, None, code, error, f"{error}; not retried")
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-        return self._retry(attempts, now, code, f"{step}: HTTP {code}", retry_after)
-
-    def _done(self, attempts: int, code: int | None, detail: str) -> AttemptResult:
-        log.info("kfp: %s", detail)
-        return AttemptResult(DELIVERED, attempts, None, code, None, detail)
-
-    def _retry(
-        self, attempts: int, now: float, code: int | None, error: str, retry_after: float | None
-    ) -> AttemptResult:
-        if attempts >= self.cfg.max_attempts:
-            return AttemptResult(
-                DEAD_LETTER, attempts, None, code, error, f"{error}; gave up after {attempts} attempts"
-            )
-        delay = backoff_delay(attempts, BACKOFF_INITIAL_S, BACKOFF_MAX_S, self.rng)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return AttemptResult(
-            FAILED, attempts, now + delay, code, error, f"{error}; attempt {attempts + 1} in {delay:.3g}s"
-        )
+        kind = run_verdict(code)
+        if kind == DELIVERED and step == "create":
+            return Outcome(DELIVERED, f"kfp run {name} created (HTTP {code})", code)
+        if kind == ALREADY_DONE and step == "create":
+            return Outcome(ALREADY_DONE, f"kfp run {name} already exists (HTTP {code})", code)
+        if kind == PERMANENT:
+            return Outcome(PERMANENT, f"{step}: HTTP {code}: {response.text[:300]}", code)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+        return Outcome(RETRY, f"{step}: HTTP {code}", code, retry_after)

@@ -26,7 +26,7 @@ the last one seen is the drift engine numbering again from scratch, not a replay
 starts afresh. :func:`episode_id` is a pure function of the run, so a run replayed without its
 state gets the id it had before and the ledger refuses to decide it twice.
 
->>> from observer.core.config import PolicyConfig
+>>> from observer.triggers.config import PolicyConfig
 >>> from observer.core.records import DriftResult
 >>> def window(i: int, share: float, n: int = 500) -> DriftResult:
 ...     return DriftResult(segment={"service": "shop"}, segment_key="shop", record_type="llm",
@@ -66,7 +66,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from observer.core.config import PolicyConfig
+from observer.triggers.config import PolicyConfig
 from observer.core.records import DriftResult
 
 DecisionKind = Literal["fired", "suppressed"]
@@ -221,7 +221,7 @@ class PolicyTracker:
     State round-trips through :class:`TrackerState`; a restored tracker decides exactly as the
     original would have:
 
-    >>> from observer.core.config import PolicyConfig
+    >>> from observer.triggers.config import PolicyConfig
     >>> from observer.core.records import DriftResult
     >>> def window(i: int, share: float) -> DriftResult:
     ...     return DriftResult(segment={"service": "shop"}, segment_key="shop",

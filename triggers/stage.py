@@ -1,22 +1,23 @@
 """The trigger stage: drift results in, recorded decisions and webhook deliveries out.
 
 ``process`` feeds every :class:`~observer.core.records.DriftResult` from ``observer.drift`` to
-every policy's tracker. A decision is written to the ledger, with one pending delivery per
-webhook of the policy when it fired, *before* anything is sent; then a ``fired`` or
+every policy's tracker. A decision is written to the ledger, with the outbox rows its
+actions owe when it fired, *before* anything is sent; then a ``fired`` or
 ``suppressed`` :class:`~observer.core.records.TriggerEvent` goes to ``observer.triggers``,
 keyed ``policy/segment_key``.
 
-A fired decision of a policy with ``actions`` also owes one run per action (``argo``: Argo
-Workflows through Hera, ``kfp``: Kubeflow Pipelines), written to the same outbox with a payload
-that fixes the episode-derived run name and the Parquet export of the drifted window
-(:func:`observer.triggers.argo.build_run`).
+The rows are planned by the policy's actions (:mod:`observer.triggers.action`: ``webhook``
+for its ``webhooks``, then each of its ``actions``, ``argo``: Argo Workflows through Hera,
+``kfp``: Kubeflow Pipelines), whose payloads fix the webhook body or the episode-derived run
+name and the Parquet export of the drifted window.
 
-``tick`` (after every poll) works through the ledger's due deliveries: one attempt each
-(:data:`TriggerStage.ACTIONS` picks the handler by the row's action), the outcome recorded, a
-``delivery`` event emitted. It attempts at most
+``tick`` (after every poll) works through the ledger's due deliveries: one attempt each by the
+action the row names, its outcome settled by the shared retry policy
+(:class:`~observer.triggers.retry.RetryPolicy`: backoff, ``Retry-After``, the dead letter
+after ``max_attempts``) and recorded, a ``delivery`` event emitted. It attempts at most
 ``max_deliveries_per_tick`` and starts none after ``tick_budget_s``, so a slow receiver delays
 consumption by a bounded amount; the rest wait for the next tick. Because the outbox is in
-SQLite, a restarted stage resumes undelivered webhooks.
+SQLite, a restarted stage resumes undelivered webhooks and unsubmitted runs.
 
 Tracker state (the last windows, open episodes, clear counts, the last window seen) is in the
 ledger (:meth:`~observer.triggers.ledger.Ledger.save_states`): written in the decision's transaction,
@@ -44,17 +45,19 @@ it sends.
 
 from __future__ import annotations
 
-import json
 import logging
+import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from prometheus_client import Counter
 
 from observer.core import validate
 from observer.core.bus import Message, Output
-from observer.core.config import KafkaConfig, PolicyConfig, TriggerConfig, WebhookConfig
+from observer.core.config import KafkaConfig
+from observer.triggers.action import Action, build_actions, policy_actions, unconfigured
+from observer.triggers.config import PolicyConfig, TriggerConfig
 from observer.core.dead_letter import dead_letter
 from observer.core.records import DriftResult, RecordError, TriggerEvent, decode, encode
 from observer.core.topics import Topics
@@ -69,12 +72,7 @@ from observer.triggers.ledger import (
 )
 from observer.triggers.policy import Decision, DecisionKind, PolicyTracker
 from observer.triggers.redact import public_target
-from observer.triggers.signing import check_secret
-from observer.triggers.webhook import AttemptResult, WebhookSender, build_payload
-
-if TYPE_CHECKING:
-    from observer.triggers.argo import ArgoAction
-    from observer.triggers.kfp import KfpAction
+from observer.triggers.retry import AttemptResult
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +94,17 @@ TRIGGER_ERRORS = Counter(
     "Messages on the drift topic that were not valid drift results (dead-lettered).",
 )
 
-WEBHOOK, ARGO, KFP = "webhook", "argo", "kfp"
+WEBHOOK = "webhook"
 EventKind = Literal["fired", "suppressed", "held", "approved", "rejected", "delivery"]
 
 
 class TriggerStage:
     """The :class:`~observer.core.bus.Processor` of the trigger stage.
 
-    ``clock`` (Unix seconds) dates decisions and schedules retries; ``sender`` replaces the
-    default :class:`~observer.triggers.webhook.WebhookSender`. ``kafka`` lets run actions read the
-    drifted window back for the Parquet export (without it runs get no data parameters).
-    :attr:`ledger` is open for readers (the admin API lists it).
+    ``clock`` (Unix seconds) dates decisions and schedules retries; ``rng`` draws the retries'
+    jitter. ``kafka`` lets actions read the drifted window back for the Parquet export
+    (without it they get no data locations). :attr:`ledger` is open for readers (the admin API
+    lists it); :attr:`actions` holds the actions some policy uses, by name.
     """
 
     name = "trigger"
@@ -117,7 +115,7 @@ class TriggerStage:
         topics: Topics,
         clock: Callable[[], float] = time.time,
         *,
-        sender: WebhookSender | None = None,
+        rng: Callable[[], float] = random.random,
         max_deliveries_per_tick: int = 4,
         tick_budget_s: float = 5.0,
         kafka: KafkaConfig | None = None,
@@ -132,8 +130,8 @@ class TriggerStage:
         self.clock = clock
         self.max_deliveries_per_tick = max_deliveries_per_tick
         self.tick_budget_s = tick_budget_s
+        self.rng = rng
         self.ledger = Ledger(cfg.ledger_path)
-        self.sender = sender or WebhookSender()
         self.trackers: list[PolicyTracker] = []
         for policy in cfg.policies:
             tracker = PolicyTracker(policy)
@@ -148,40 +146,28 @@ class TriggerStage:
                 TRIGGERS.labels(policy.name, kind)
         for outcome in (DELIVERED, FAILED, DEAD_LETTER, DISABLED):
             WEBHOOK_DELIVERIES.labels(outcome)
-        self._webhooks: dict[tuple[str, str], WebhookConfig] = {
-            (p.name, w.url): w for p in cfg.policies for w in p.webhooks
-        }
-        for (policy_name, url), webhook in self._webhooks.items():
-            try:
-                # Now rather than at the first delivery, where it would fail on every tick.
-                check_secret(webhook.secret.get_secret_value())
-            except ValueError as e:
-                raise ValueError(
-                    f"policy {policy_name}: webhook {public_target(url)}: {e}"
-                ) from None
         self.kafka = kafka
-        wanted = {a for p in cfg.policies for a in p.actions}
-        self.argo: ArgoAction | None = None
-        self.kfp: KfpAction | None = None
         exporter = self._export if kafka is not None and cfg.export.uri else None
+        if exporter is not None:
+            # Now rather than at the first drifted episode: without the `parquet` extra this
+            # fails naming it (observer.core.extras).
+            import observer.triggers.export  # noqa: F401
         self._exported: dict[str, dict[str, int]] = {}
         # Episode ids of the approval events handed out by the last tick (see the docstring).
         self._announcing: list[str] = []
-        if ARGO in wanted:
-            from observer.triggers.argo import ArgoAction
+        try:
+            # Now rather than at the first decision: a webhook secret that cannot sign, an
+            # argo action without a server or a missing extra fail at start.
+            self.actions: dict[str, Action] = build_actions(cfg, exporter)
+        except BaseException:
+            self.ledger.close()
+            raise
 
-            self.argo = ArgoAction(cfg.argo, cfg.pipeline, exporter=exporter)
-        if KFP in wanted:
-            from observer.triggers.kfp import KfpAction
-
-            self.kfp = KfpAction(cfg.kfp, exporter=exporter)
-
-    def _export(self, run: dict[str, Any]) -> dict[str, int]:
-        """Export the episode's windows (``run["export"]``), once per episode and process."""
+    def _export(self, spec: dict[str, Any]) -> dict[str, int]:
+        """Export the episode's windows (an export spec), once per episode and process."""
         from observer.triggers.export import export_episode
 
         assert self.kafka is not None
-        spec = run["export"]
         done = self._exported.get(spec["episode_id"])
         if done is None:
             export = self.cfg.export
@@ -194,10 +180,8 @@ class TriggerStage:
         return done
 
     def close(self) -> None:
-        self.sender.close()
-        for action in (self.argo, self.kfp):
-            if action is not None:
-                action.close()
+        for action in self.actions.values():
+            action.close()
         self.ledger.close()
 
     # -- decisions ----------------------------------------------------------------------
@@ -262,9 +246,8 @@ class TriggerStage:
         deliveries: list[NewDelivery] = []
         if decision.kind == "fired":
             export = self._export_spec(decision, result)
-            payload = build_payload(decision, result, export)
-            deliveries = [NewDelivery(w.url, payload, WEBHOOK) for w in policy.webhooks]
-            deliveries += self._run_deliveries(policy, decision, result, export)
+            for name in policy_actions(policy):
+                deliveries += self.actions[name].plan(policy, decision, result, export)
         hold = self._holds(policy, decision)
         # The tracker's state goes in the same transaction: after a crash either both the
         # decision and the state that led to it are stored, or neither is.
@@ -312,32 +295,6 @@ class TriggerStage:
 
         return export_spec(self.cfg.export.uri, decision.policy, decision.episode_id, result)
 
-    def _run_deliveries(
-        self,
-        policy: PolicyConfig,
-        decision: Decision,
-        result: DriftResult,
-        export: dict[str, Any] | None,
-    ) -> list[NewDelivery]:
-        if not policy.actions:
-            return []
-        from observer.triggers.argo import build_run
-
-        run = build_run(
-            decision=decision,
-            result=result,
-            policy=policy,
-            name_prefix=self.cfg.argo.name_prefix,
-            export=export,
-        )
-        payload = json.dumps(run, separators=(",", ":"), sort_keys=True).encode()
-        out = []
-        for name in policy.actions:
-            action = {ARGO: self.argo, KFP: self.kfp}[name]
-            assert action is not None
-            out.append(NewDelivery(action.target, payload, name))
-        return out
-
     def _decision_output(self, stored: dict[str, Any]) -> Output:
         if stored["approval"] is not None:
             # Announced as it was decided: held (its approval is an event of its own).
@@ -374,52 +331,21 @@ class TriggerStage:
             outputs += self._deliver(delivery)
         return outputs
 
-    def _attempter(self, delivery: Delivery) -> Callable[[float], AttemptResult] | str:
-        """How to make one attempt of this row, or why it can never be made."""
-        if delivery.action == WEBHOOK:
-            webhook = self._webhooks.get((delivery.policy, delivery.target))
-            if webhook is None:
-                # The configuration lost this target since the decision: without its secret
-                # the delivery can never be signed.
-                return "no webhook with this target in the policy's configuration any more"
-            return lambda now: self._send_webhook(webhook, delivery, now)
-        action = {ARGO: self.argo, KFP: self.kfp}.get(delivery.action)
-        if action is None or action.target != delivery.target:
-            return f"no {delivery.action} target {public_target(delivery.target)} configured any more"
-        run = json.loads(delivery.payload)
-        return lambda now: action.attempt(run, delivery.attempts, now)
-
-    def _send_webhook(self, webhook: WebhookConfig, delivery: Delivery, now: float) -> AttemptResult:
-        """Export the windows the payload points at (when it does), then POST it."""
-        export = json.loads(delivery.payload)["data"].get("export")
-        if export is not None and self.kafka is not None:
-            try:
-                self._export({"export": export})
-            # Kafka, storage, credentials: transient as far as we can tell; retried, bounded.
-            except Exception as exc:  # noqa: BLE001
-                error = f"export: {type(exc).__name__}: {exc}"[:300]
-                return self.sender.failure(webhook, delivery.attempts, now, error)
-        return self.sender.attempt(
-            webhook, delivery.delivery_id, delivery.payload, delivery.attempts, now
-        )
-
     def _deliver(self, delivery: Delivery) -> list[Output]:
         now = self.clock()
-        attempt = self._attempter(delivery)
-        if isinstance(attempt, str):
-            detail = attempt
-            self.ledger.record_attempt(
-                delivery.delivery_id,
-                status=DEAD_LETTER,
-                attempts=delivery.attempts,
-                next_attempt_at=None,
-                now=now,
-                error=detail,
-            )
-            self._count(delivery.action, DEAD_LETTER)
-            return [self._delivery_output(delivery, DEAD_LETTER, delivery.attempts, detail, now)]
-
-        result = attempt(now)
+        action = self.actions.get(delivery.action)
+        why = (
+            unconfigured(delivery.action, delivery.target)
+            if action is None
+            else action.cannot_attempt(delivery)
+        )
+        if why is not None:
+            # Its target left the configuration since the decision: it can never be made.
+            result = AttemptResult(DEAD_LETTER, delivery.attempts, None, None, why, why)
+        else:
+            assert action is not None
+            outcome = action.attempt(delivery)
+            result = action.retry_policy(delivery).settle(outcome, delivery.attempts, now, self.rng)
         done = self.clock()
         self.ledger.record_attempt(
             delivery.delivery_id,
@@ -431,6 +357,15 @@ class TriggerStage:
             status_code=result.status_code,
         )
         self._count(delivery.action, result.status)
+        # A dead letter stays in the ledger (``observer triggers list``) and is announced below.
+        log.log(
+            logging.WARNING if result.status == DEAD_LETTER else logging.INFO,
+            "%s %s to %s: %s",
+            delivery.action,
+            delivery.delivery_id,
+            public_target(delivery.target),
+            result.detail,
+        )
         outputs = [
             self._delivery_output(delivery, result.status, result.attempts, result.detail, done)
         ]

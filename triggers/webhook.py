@@ -1,16 +1,18 @@
-"""Webhook delivery: the payload, one signed attempt, and what its outcome means.
+"""Webhook delivery: the payload, one signed attempt, and what its answer means.
 
-:class:`WebhookSender` makes exactly one attempt per call and says what the ledger should
-record next; retries are the caller's loop over the ledger's due rows, so they survive
-restarts. The ``webhook-id`` is the ledger's delivery id, the same on every retry: receivers
-use it as their idempotency key. The signature timestamp is taken at each attempt (receivers
-reject timestamps older than five minutes), while the body, built once when the decision
-is recorded, is byte-for-byte the same on every attempt.
+:class:`WebhookAction` is the ``webhook`` :class:`~observer.triggers.action.Action`: one outbox
+row per webhook of a fired policy, one signed POST per attempt (:class:`WebhookSender`); the
+stage's loop over the ledger's due rows retries, so retries survive restarts, with the shared
+:class:`~observer.triggers.retry.RetryPolicy` of each webhook's ``max_attempts`` and backoff.
+The ``webhook-id`` is the ledger's delivery id, the same on every retry: receivers use it as
+their idempotency key. The signature timestamp is taken at each attempt (receivers reject
+timestamps older than five minutes), while the body, built once when the decision is
+recorded, is byte-for-byte the same on every attempt.
 
 How an answer is classified (:data:`STATUS_TABLE`, first matching row wins):
 
 ==========================  ===========  ================================================
-answer                      verdict      why
+answer                      outcome      why
 ==========================  ===========  ================================================
 2xx                         delivered    the receiver took the event
 410 Gone                    disabled     Standard Webhooks: the endpoint asks to be disabled
@@ -25,48 +27,42 @@ other 4xx                   retry        like Standard Webhooks senders (Svix) d
 timeout, connection error   retry        the receiver may be restarting
 ==========================  ===========  ================================================
 
-A retry waits an exponential backoff with full jitter (a uniform draw in
-``[0, min(backoff_max_s, backoff_initial_s * 2**(attempts-1))]``), or longer when the answer
-carried ``Retry-After``; a retry verdict on attempt ``max_attempts`` is final:
-``dead_letter``.
-
 >>> classify(204), classify(410), classify(503), classify(404)
 ('delivered', 'disabled', 'retry', 'retry')
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Self
 
 import httpx
 
-from observer.core.config import WebhookConfig
 from observer.core.records import DriftResult
-from observer.triggers.ledger import DEAD_LETTER, DELIVERED, DISABLED, FAILED
+from observer.triggers.action import (
+    RETRY,
+    Exporter,
+    Outcome,
+    OutcomeKind,
+    export_first,
+    unconfigured,
+)
+from observer.triggers.config import PolicyConfig, TriggerConfig, WebhookConfig
+from observer.triggers.ledger import Delivery, NewDelivery
 from observer.triggers.policy import Decision
 from observer.triggers.redact import public_target
-from observer.triggers.signing import signed_headers
-
-log = logging.getLogger(__name__)
+from observer.triggers.retry import AttemptResult, RetryPolicy, parse_retry_after
+from observer.triggers.signing import check_secret, signed_headers
 
 EVENT_TYPE = "observer.drift.episode"
 USER_AGENT = "observer-triggers/0.1"
-# A Retry-After beyond this is treated as this: a receiver's typo must not park an event
-# for months.
-RETRY_AFTER_CAP_S = 24 * 3600.0
 
-Verdict = Literal["delivered", "disabled", "retry"]
-
-# (lowest code, highest code, verdict): first matching row wins; see the module docstring.
-STATUS_TABLE: tuple[tuple[int, int, Verdict], ...] = (
+# (lowest code, highest code, outcome): first matching row wins; see the module docstring.
+STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
     (200, 299, "delivered"),
     (410, 410, "disabled"),
     (429, 429, "retry"),
@@ -76,52 +72,12 @@ STATUS_TABLE: tuple[tuple[int, int, Verdict], ...] = (
 )
 
 
-def classify(status_code: int) -> Verdict:
-    """The verdict for an HTTP status code (see :data:`STATUS_TABLE`)."""
+def classify(status_code: int) -> OutcomeKind:
+    """The outcome of an HTTP status code (see :data:`STATUS_TABLE`)."""
     for low, high, verdict in STATUS_TABLE:
         if low <= status_code <= high:
             return verdict
     return "retry"
-
-
-def backoff_delay(
-    attempts: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random
-) -> float:
-    """Seconds before the next try after ``attempts`` failed ones: exponential, full jitter.
-
-    >>> backoff_delay(1, 1.0, 300.0, rng=lambda: 1.0), backoff_delay(4, 1.0, 300.0, rng=lambda: 1.0)
-    (1.0, 8.0)
-    >>> backoff_delay(30, 1.0, 300.0, rng=lambda: 0.5)
-    150.0
-    """
-    exponent = min(max(attempts - 1, 0), 62)  # beyond this the cap has long won
-    return rng() * min(max_s, initial_s * (2.0**exponent))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date).
-
-    >>> parse_retry_after("7", now=0.0)
-    7.0
-    >>> parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now=30.0)
-    30.0
-    >>> parse_retry_after("soon", now=0.0) is None
-    True
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        seconds = float(text)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
 
 
 def iso8601(unix_s: float) -> str:
@@ -192,26 +148,12 @@ def build_payload(
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one attempt means for the ledger row."""
-
-    status: str
-    """Ledger status after it: delivered, failed (retry scheduled), dead_letter, disabled."""
-    attempts: int
-    next_attempt_at: float | None
-    status_code: int | None
-    error: str | None
-    detail: str
-    """One human line: the answer and what happens next (for events and logs)."""
-
-
 class WebhookSender:
     """Signs and POSTs one delivery attempt.
 
-    ``clock`` gives the signature timestamp (it must be real time: receivers compare it with
-    theirs); the ``now`` passed to :meth:`attempt` schedules the next try. ``rng`` draws the
-    jitter.
+    ``clock`` gives the signature timestamp and reads ``Retry-After`` dates (it must be real
+    time: receivers compare it with theirs); ``rng`` draws the retry jitter of
+    :meth:`attempt`.
     """
 
     def __init__(
@@ -233,17 +175,9 @@ class WebhookSender:
         if self._owns_client:
             self._client.close()
 
-    def attempt(
-        self,
-        webhook: WebhookConfig,
-        delivery_id: str,
-        payload: bytes,
-        attempts_before: int,
-        now: float,
-    ) -> AttemptResult:
-        """POST ``payload`` once; never raises for network or HTTP failures."""
-        attempts = attempts_before + 1
-        target = public_target(webhook.url)
+    def send(self, webhook: WebhookConfig, delivery_id: str, payload: bytes) -> Outcome:
+        """POST ``payload`` once and classify the answer; never raises for network or HTTP
+        failures."""
         headers = {
             "content-type": "application/json",
             # The only use of the secret: it is never logged or stored beside the payload.
@@ -251,9 +185,6 @@ class WebhookSender:
                 webhook.secret.get_secret_value(), delivery_id, int(self.clock()), payload
             ),
         }
-        status_code: int | None = None
-        retry_after: float | None = None
-        error: str | None
         try:
             # Streaming, and never reading the body: a receiver's answer is its status line.
             with self._client.stream(
@@ -263,65 +194,87 @@ class WebhookSender:
                 headers=headers,
                 timeout=httpx.Timeout(webhook.timeout_s),
             ) as response:
-                status_code = response.status_code
-                # An HTTP date is absolute: compare it with real time, not the scheduling clock.
+                code = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock())
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error = _describe(exc, webhook.url)
-            verdict: Verdict = "retry"
-        else:
-            verdict = classify(status_code)
-            error = None if verdict == "delivered" else f"HTTP {status_code}"
+            return Outcome(RETRY, _describe(exc, webhook.url))
+        kind = classify(code)
+        return Outcome(kind, f"HTTP {code}", code, retry_after if kind == RETRY else None)
 
-        if verdict == "delivered":
-            result = AttemptResult(
-                DELIVERED, attempts, None, status_code, None, f"HTTP {status_code}"
-            )
-        elif verdict == "disabled":
-            result = AttemptResult(
-                DISABLED, attempts, None, status_code, error, f"HTTP {status_code}: target disabled"
-            )
-        else:
-            result = self.failure(
-                webhook, attempts_before, now, error or "", status_code, retry_after
-            )
-        log.info("webhook %s to %s: %s", delivery_id, target, result.detail)
-        return result
-
-    def failure(
+    def attempt(
         self,
         webhook: WebhookConfig,
+        delivery_id: str,
+        payload: bytes,
         attempts_before: int,
         now: float,
-        error: str,
-        status_code: int | None = None,
-        retry_after: float | None = None,
     ) -> AttemptResult:
-        """A failed attempt: retried with backoff, or dead-lettered after ``max_attempts``.
+        """:meth:`send`, settled by the webhook's :class:`~observer.triggers.retry.RetryPolicy`
+        (``now`` schedules the next try): what the ledger records for the row."""
+        outcome = self.send(webhook, delivery_id, payload)
+        return RetryPolicy.of(webhook).settle(outcome, attempts_before, now, self.rng)
 
-        The stage uses it too when an attempt fails before the POST (the export).
-        """
-        attempts = attempts_before + 1
-        if attempts >= webhook.max_attempts:
-            return AttemptResult(
-                DEAD_LETTER,
-                attempts,
-                None,
-                status_code,
-                error,
-                f"{error}; gave up after {attempts} attempts",
-            )
-        delay = backoff_delay(attempts, webhook.backoff_initial_s, webhook.backoff_max_s, self.rng)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return AttemptResult(
-            FAILED,
-            attempts,
-            now + delay,
-            status_code,
-            error,
-            f"{error}; attempt {attempts + 1} in {delay:.3g}s",
-        )
+
+class WebhookAction:
+    """The ``webhook`` action: the policies' Standard Webhooks (see the module docstring)."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        webhooks: dict[tuple[str, str], WebhookConfig],
+        *,
+        sender: WebhookSender | None = None,
+        exporter: Exporter | None = None,
+    ) -> None:
+        for (policy_name, url), webhook in webhooks.items():
+            try:
+                # Now rather than at the first delivery, where it would fail on every tick.
+                check_secret(webhook.secret.get_secret_value())
+            except ValueError as e:
+                where = f"policy {policy_name}: webhook {public_target(url)}"
+                raise ValueError(f"{where}: {e}") from None
+        self.webhooks = webhooks
+        self.sender = sender or WebhookSender()
+        self.exporter = exporter
+
+    @classmethod
+    def from_config(cls, cfg: TriggerConfig, exporter: Exporter | None = None) -> Self:
+        """Every webhook of every policy, by ``(policy, url)``: the key of its outbox rows."""
+        hooks = {(p.name, w.url): w for p in cfg.policies for w in p.webhooks}
+        return cls(hooks, exporter=exporter)
+
+    def close(self) -> None:
+        self.sender.close()
+
+    def plan(
+        self,
+        policy: PolicyConfig,
+        decision: Decision,
+        result: DriftResult,
+        export: dict[str, Any] | None,
+    ) -> list[NewDelivery]:
+        """One row per webhook of the policy, all with the same body."""
+        payload = build_payload(decision, result, export)
+        return [NewDelivery(w.url, payload, self.name) for w in policy.webhooks]
+
+    def cannot_attempt(self, delivery: Delivery) -> str | None:
+        # Without its configuration (its secret) the delivery can never be signed.
+        if (delivery.policy, delivery.target) in self.webhooks:
+            return None
+        return unconfigured(self.name, delivery.target)
+
+    def retry_policy(self, delivery: Delivery) -> RetryPolicy:
+        return RetryPolicy.of(self.webhooks[(delivery.policy, delivery.target)])
+
+    def attempt(self, delivery: Delivery) -> Outcome:
+        """Export the windows the payload points at (when it does), then POST it."""
+        export = json.loads(delivery.payload)["data"].get("export")
+        failed = export_first(self.exporter, export)
+        if failed is not None:
+            return failed
+        webhook = self.webhooks[(delivery.policy, delivery.target)]
+        return self.sender.send(webhook, delivery.delivery_id, delivery.payload)
 
 
 def _describe(exc: BaseException, url: str) -> str:

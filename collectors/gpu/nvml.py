@@ -19,7 +19,8 @@ from typing import Any
 
 from observer.collectors.gpu.attribution import PodRef, PodResolver
 from observer.collectors.gpu.prices import MIG_SLICES_PER_GPU, UNPARTITIONED, mig_fraction
-from observer.core.config import GPUConfig
+from observer.collectors.gpu.config import GPUConfig
+from observer.core.extras import require
 from observer.core.records import GPUSample
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,8 @@ class NVMLSampler:
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> NVMLSampler:
         if self.nvml is None:
-            try:
-                import pynvml
-            except ImportError as e:  # the dependency is declared; this is a broken install
-                raise NVMLUnavailable(f"nvidia-ml-py is not installed: {e}") from None
-            self.nvml = pynvml
+            self.nvml = require("pynvml", extra="gpu",
+                                feature="NVML GPU sampling (collect-gpu, gpu.source: nvml)")
         n = self.nvml
         try:
             n.nvmlInit()

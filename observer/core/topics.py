@@ -13,29 +13,74 @@ from observer.core.config import KafkaConfig
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """One topic's facts, declared once: the documentation's topic table is generated from
+    these (docs/gen_reference.py), and which stage writes or reads each topic comes from the
+    stage specs (observer/stages.py)."""
+
     suffix: str
     prefixed: bool
+    key: str
+    value: str
     compacted: bool = False
 
 
-# One row per topic; key and value are documented in the README's topic table.
 TOPIC_TABLE: dict[str, TopicSpec] = {
-    "spans": TopicSpec("otlp_spans", prefixed=False),
-    "metrics": TopicSpec("otlp_metrics", prefixed=False),
-    "logs": TopicSpec("otlp_logs", prefixed=False),
-    "llm": TopicSpec("llm", prefixed=True),
-    "tools": TopicSpec("tools", prefixed=True),
-    "paths": TopicSpec("paths", prefixed=True),
-    "predictions": TopicSpec("predictions", prefixed=True),
-    # KServe inference logger CloudEvents as received (Kafka binary mode), key = ce-id.
-    "kserve_events": TopicSpec("kserve-events", prefixed=True),
-    "genai_metrics": TopicSpec("genai-metrics", prefixed=True),
-    "gpu": TopicSpec("gpu", prefixed=True),
-    "drift": TopicSpec("drift", prefixed=True),
-    "drift_state": TopicSpec("drift-state", prefixed=True, compacted=True),
-    "triggers": TopicSpec("triggers", prefixed=True),
-    # Records a stage could not process: the original bytes, stage, reason, source offset.
-    "dead_letter": TopicSpec("dead-letter", prefixed=True),
+    "spans": TopicSpec(
+        "otlp_spans", False, "trace id (hex)",
+        "OTLP `ExportTraceServiceRequest` protobuf (the Collector kafka exporter's `otlp_proto`): "
+        "whole traces; every trace in a message hashes to the key's partition; sealed "
+        "(AES-256-GCM) when a stamp key is in use",
+    ),
+    "metrics": TopicSpec(
+        "otlp_metrics", False, "resource hash",
+        "OTLP `ExportMetricsServiceRequest`, one per resource (read by the GenAI metrics stage)",
+    ),
+    "logs": TopicSpec(
+        "otlp_logs", False, "resource hash", "OTLP `ExportLogsServiceRequest`, one per resource"
+    ),
+    "llm": TopicSpec(
+        "llm", True,
+        "segment: its values (service, model; tenant first with tenancy) joined by a pipe",
+        "`observer.llm/v1`, one per LLM call",
+    ),
+    "tools": TopicSpec("tools", True, "segment", "`observer.tools/v1`, one per tool call"),
+    "paths": TopicSpec(
+        "paths", True, "segment", "`observer.paths/v1`, one per finished trace (trace grouping)"
+    ),
+    "predictions": TopicSpec(
+        "predictions", True, "segment",
+        "`observer.predictions/v1`, one per inference request (KServe pairing)",
+    ),
+    "kserve_events": TopicSpec(
+        "kserve-events", True, "`ce-id`",
+        "KServe inference logger CloudEvents as received, in CloudEvents' Kafka binary mode "
+        "(`ce_*` headers, the body unchanged)",
+    ),
+    "genai_metrics": TopicSpec(
+        "genai-metrics", True, "segment",
+        "`observer.genai-metrics/v1`, one per `gen_ai.*` metric data point and interval",
+    ),
+    "gpu": TopicSpec(
+        "gpu", True, "`node/gpu[/mig]`; model; `scope/name`",
+        "`observer.gpu/v1` samples, `observer.serving/v1` engine figures, "
+        "`observer.gpu-economics/v1`",
+    ),
+    "drift": TopicSpec("drift", True, "segment", "`observer.drift/v1`, one per scored window"),
+    "drift_state": TopicSpec(
+        "drift-state", True, "`{record_type}/{segment}/ref` or `.../{window}/{seq}`",
+        "`observer.drift-state/v1` engine checkpoints (references, open-window chunks), written "
+        "by the drift engine and read back at its restart",
+        compacted=True,
+    ),
+    "triggers": TopicSpec(
+        "triggers", True, "`policy/segment`",
+        "`observer.triggers/v1` decisions, delivery outcomes, approvals",
+    ),
+    "dead_letter": TopicSpec(
+        "dead-letter", True, "stage",
+        "`observer.dead-letter/v1`: a record a stage could not process (original bytes, stage, "
+        "reason, source topic/partition/offset)",
+    ),
 }
 
 

@@ -26,7 +26,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY
 
-from observer.core.config import ExportConfig, ObserverConfig, PolicyConfig, WebhookConfig
+from observer.config import ObserverConfig
+from observer.triggers.config import ExportConfig, PolicyConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent
 from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent

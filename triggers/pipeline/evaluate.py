@@ -65,7 +65,10 @@ def compare(
 
 def read_json(uri: str) -> dict[str, Any]:
     """A JSON object from a path or any fsspec URI."""
-    import fsspec
+    from observer.core.extras import require
+
+    fsspec = require("fsspec", extra="parquet",
+                     feature="The pipeline's evaluate step (metrics URIs)")
 
     with fsspec.open(uri, "rt") as f:
         data = json.load(f)

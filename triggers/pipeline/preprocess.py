@@ -69,7 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode", default="", help="episode id (recorded in the summary)")
     p.add_argument("--out", required=True, help="where the training dataset goes")
     args = p.parse_args(argv)
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as e:
+        # The Spark image runs this file on its own, without observer installed: the message
+        # of observer.core.extras.MissingExtra, written out here.
+        name = (e.name or "") if isinstance(e, ModuleNotFoundError) else ""
+        absent = name.partition(".")[0] == "pyspark"
+        raise SystemExit(
+            "The preprocessing job: the optional package pyspark "
+            f"{'is not installed' if absent else f'does not import ({e})'}; "
+            "install the extra: pip install 'observer[spark]'"
+        ) from None
 
     spark = SparkSession.builder.appName(f"observer-preprocess-{args.episode}").getOrCreate()
     try:

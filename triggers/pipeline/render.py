@@ -22,7 +22,7 @@ Integers in manifests (traffic share, node counts) come from the configuration, 
 parameters: Argo substitutes parameters as text, and a quoted number would fail the CRD's
 integer type.
 
->>> from observer.core.config import TriggerConfig
+>>> from observer.triggers.config import TriggerConfig
 >>> docs = render(TriggerConfig())
 >>> sorted(docs)[:3]
 ['manifests/inferenceservice-canary.yaml', 'manifests/inferenceservice-promote.yaml', 'manifests/inferenceservice-rollback.yaml']
@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from observer.core.config import ArgoConfig, PipelineConfig, TriggerConfig
+from observer.triggers.config import ArgoConfig, PipelineConfig, TriggerConfig
 from observer.triggers.naming import EPISODE_LABEL, POLICY_LABEL
 
 WF = "{{workflow.name}}"

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft4Validator, Draft202012Validator
+
+from observer.core.extras import require
+
+# jsonschema is the `argo` extra; `observer pipeline render --schemas` imports this module only
+# when asked to check.
+require("jsonschema", extra="argo",
+        feature="Schema checks of rendered manifests (pipeline render --validate)")
+from jsonschema import Draft4Validator, Draft202012Validator  # noqa: E402
 
 CORE_API_VERSIONS = ("v1", "rbac.authorization.k8s.io/v1")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}\s]+)\s*\}\}")

@@ -1,0 +1,282 @@
+"""LLM message content on spans: always measured, stored only when enabled.
+
+Three conventions carry prompts and completions (table :data:`CONVENTIONS`):
+
+- OpenTelemetry GenAI: ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON arrays of
+  ``{role, parts: [{type, content}]}``), ``gen_ai.system_instructions``;
+- OpenInference: ``llm.input_messages.<i>.message.role`` / ``.content`` (and
+  ``llm.output_messages.<i>...``);
+- OpenLLMetry: ``gen_ai.prompt.<i>.role`` / ``.content`` and ``gen_ai.completion.<i>...``.
+
+By default only a :class:`Measure` leaves the normaliser: message counts, character counts
+and a 16-hex sha256 of each side. With ``normalizer.content.capture`` on, the text is stored
+too, after redaction (built-in patterns for e-mail addresses and keys, then an optional hook
+``"package.module:function"`` taking and returning a string) and cut at ``max_chars`` per side.
+
+>>> attributes = {"gen_ai.prompt.0.role": "user",
+...               "gen_ai.prompt.0.content": "mail me at ann@example.com",
+...               "gen_ai.completion.0.content": "ok"}
+>>> measured = measure(attributes)
+>>> measured.input_messages, measured.input_chars, measured.output_chars
+(1, 26, 2)
+>>> capture = ContentCapture(ContentConfig(capture=True))
+>>> capture.stored(attributes)["input_content"]
+[{'role': 'user', 'content': 'mail me at [REDACTED:email]'}]
+>>> ContentCapture(ContentConfig()).stored(attributes)
+{}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from observer.core import validate
+from observer.collectors.normalize.config import ContentConfig
+
+Side = str  # "input" or "output"
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Where one convention puts a side's messages."""
+
+    json_attribute: str = ""
+    """One attribute holding a JSON array of messages."""
+    indexed_prefix: str = ""
+    """``<prefix>.<i>.<role_key>`` / ``<prefix>.<i>.<content_key>`` attributes."""
+    role_key: str = "role"
+    content_key: str = "content"
+
+
+# Side -> conventions, in priority order: the first that yields messages wins.
+CONVENTIONS: dict[Side, tuple[Convention, ...]] = {
+    "input": (
+        Convention(json_attribute="gen_ai.input.messages"),
+        Convention(indexed_prefix="llm.input_messages", role_key="message.role",
+                   content_key="message.content"),
+        Convention(indexed_prefix="gen_ai.prompt"),
+    ),
+    "output": (
+        Convention(json_attribute="gen_ai.output.messages"),
+        Convention(indexed_prefix="llm.output_messages", role_key="message.role",
+                   content_key="message.content"),
+        Convention(indexed_prefix="gen_ai.completion"),
+    ),
+}
+SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+# Attribute name prefixes that may hold content: the normaliser reads these, and only when
+# measuring or capturing.
+CONTENT_PREFIXES: tuple[str, ...] = (
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    SYSTEM_INSTRUCTIONS,
+    "llm.input_messages.",
+    "llm.output_messages.",
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+)
+
+# Built-in redaction: kind -> pattern. Keys first, so an e-mail inside a token stays one match.
+REDACTIONS: dict[str, re.Pattern[str]] = {
+    "key": re.compile(
+        r"\b(?:sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
+        r"|xox[abprs]-[A-Za-z0-9-]{10,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+)"
+    ),
+    "bearer": re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}"),
+    "secret": re.compile(
+        r"(?i)\b(?:api[_-]?key|secret|password|passwd|token)\b(\s*[:=]\s*)[^\s,;\"']+"
+    ),
+    "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
+}
+
+
+def redact_builtin(text: str) -> str:
+    """Replace e-mail addresses, API keys, bearer tokens and ``key=value`` secrets.
+
+    >>> redact_builtin("key sk-abcdefghijklmnopqrstuv, password: hunter2 to bo@x.org")
+    'key [REDACTED:key], [REDACTED:secret] to [REDACTED:email]'
+    """
+    for kind, pattern in REDACTIONS.items():
+        text = pattern.sub(f"[REDACTED:{kind}]", text)
+    return text
+
+
+def load_hook(path: str) -> Callable[[str], str]:
+    """The callable named ``"package.module:function"``; a clear ``ValueError`` otherwise.
+
+    >>> load_hook("collectors.normalize.message_content:redact_builtin")("a@b.io")
+    '[REDACTED:email]'
+    >>> load_hook("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: content redaction hook 'nope' must look like 'package.module:function'
+    """
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"content redaction hook {path!r} must look like 'package.module:function'")
+    try:
+        hook = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"content redaction hook {path!r} cannot be loaded: {e}") from None
+    if not callable(hook):
+        raise ValueError(f"content redaction hook {path!r} is not callable")  # noqa: TRY004 (a config error)
+    return hook  # type: ignore[no-any-return]
+
+
+MAX_INDEX_DIGITS = 6
+"""``gen_ai.prompt.<i>``: a longer index is not a message position (and ``int()`` of a
+thousand-digit index is slow)."""
+
+
+def _text(content: Any) -> str:
+    """A message's text: strings as they are, GenAI ``parts`` joined, bytes as UTF-8 (bad
+    bytes replaced), anything else as JSON."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
+    if isinstance(content, list):  # GenAI parts: [{type: text, content: ...}, ...]
+        return "\n".join(
+            _text(part.get("content", "")) if isinstance(part, dict) else _text(part)
+            for part in content
+        )
+    return json.dumps(content, sort_keys=True, default=str) if content is not None else ""
+
+
+def _role(message: dict[str, Any]) -> str:
+    role = message.get("role", "")
+    return validate.text(role if isinstance(role, str) else str(role))
+
+
+def _from_json(value: Any) -> Messages:
+    """Messages from a JSON attribute; text that is not JSON (or nested past what the
+    decoder takes) is one message of that text."""
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(items, list):
+            items = [items]
+        return [
+            {"role": _role(m), "content": _text(m.get("parts", m.get("content")))}
+            if isinstance(m, dict)
+            else {"role": "", "content": _text(m)}
+            for m in items
+        ]
+    except (ValueError, RecursionError):  # JSONDecodeError; too many digits; too deep
+        return [{"role": "", "content": value if isinstance(value, str) else _text(value)}]
+
+
+def _from_indexed(attributes: Mapping[str, Any], convention: Convention) -> Messages:
+    prefix = convention.indexed_prefix + "."
+    by_index: dict[int, dict[str, str]] = {}
+    for name, value in attributes.items():
+        if not name.startswith(prefix):
+            continue
+        index, _, key = name[len(prefix):].partition(".")
+        if not (index.isascii() and index.isdigit() and len(index) <= MAX_INDEX_DIGITS):
+            continue
+        if key not in (convention.role_key, convention.content_key):
+            continue
+        message = by_index.setdefault(int(index), {"role": "", "content": ""})
+        if key == convention.role_key:
+            message["role"] = validate.text(_text(value))
+        else:
+            message["content"] = _text(value)
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def messages(attributes: Mapping[str, Any], side: Side) -> Messages:
+    """The ``side`` ("input" or "output") messages of a span, from the first convention found."""
+    for convention in CONVENTIONS[side]:
+        if convention.json_attribute:
+            if convention.json_attribute in attributes:
+                found = _from_json(attributes[convention.json_attribute])
+            else:
+                continue
+        else:
+            found = _from_indexed(attributes, convention)
+        if found:
+            if side == "input" and SYSTEM_INSTRUCTIONS in attributes:
+                system = _from_json(attributes[SYSTEM_INSTRUCTIONS])
+                found = [{"role": "system", "content": "\n".join(m["content"] for m in system)},
+                         *found]
+            return found
+    return []
+
+
+def _digest(found: Messages) -> str:
+    canonical = json.dumps([[m["role"], m["content"]] for m in found], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What is kept of the content by default: counts, lengths, hashes."""
+
+    input_messages: int | None = None
+    input_chars: int | None = None
+    input_hash: str = ""
+    output_messages: int | None = None
+    output_chars: int | None = None
+    output_hash: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+
+
+def measure(attributes: Mapping[str, Any]) -> Measure:
+    """Counts, character lengths and hashes of both sides (None when a side is absent)."""
+    values: dict[str, Any] = {}
+    for side in ("input", "output"):
+        found = messages(attributes, side)
+        if found:
+            values[f"{side}_messages"] = len(found)
+            values[f"{side}_chars"] = sum(len(m["content"]) for m in found)
+            values[f"{side}_hash"] = _digest(found)
+    return Measure(**values)
+
+
+class ContentCapture:
+    """The content fields of a record under one :class:`ContentConfig` (empty when off)."""
+
+    def __init__(self, cfg: ContentConfig) -> None:
+        self.cfg = cfg
+        self.hook = load_hook(cfg.redact_hook) if cfg.redact_hook else None
+
+    def redact(self, text: str) -> str:
+        if self.cfg.redact_builtin:
+            text = redact_builtin(text)
+        if self.hook is not None:
+            text = str(self.hook(text))
+        return text
+
+    def stored(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        """``input_content`` / ``output_content`` (and ``content_truncated``), or nothing."""
+        if not self.cfg.capture:
+            return {}
+        out: dict[str, Any] = {}
+        for side in ("input", "output"):
+            found = messages(attributes, side)
+            if not found:
+                continue
+            budget = self.cfg.max_chars
+            kept: Messages = []
+            for message in found:
+                text = self.redact(message["content"])
+                if len(text) > budget:
+                    out["content_truncated"] = True
+                # Valid UTF-8 with no control characters but line breaks, at most the budget.
+                text = validate.text(text, max_chars=budget, newlines=True)
+                kept.append({"role": message["role"], "content": text})
+                budget -= len(text)
+                if budget <= 0 and message is not found[-1]:
+                    out["content_truncated"] = True
+                    break
+            out[f"{side}_content"] = kept
+        return out

@@ -1,0 +1,315 @@
+"""The normaliser stage: raw OTLP spans in, :class:`LLMCall` and :class:`ToolCall` records out.
+
+It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as the receiver or
+a Collector's kafka exporter writes it), decides what each span records with
+:mod:`observer.collectors.common.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
+``observer.tools``, keyed by segment. Records carry counts, lengths and hashes of message
+content (:mod:`observer.collectors.normalize.message_content`), never the text itself unless
+``normalizer.content.capture`` is on.
+
+Every client value is checked where it enters a record (:mod:`observer.core.validate`; the
+mapping table's column kinds): an invalid optional value is left out and counted in
+``observer_invalid_values_total{stage="normalizer",field}``; a span whose trace or span id is
+unusable gives no record, and its message goes to the dead-letter topic (``invalid_value``,
+the detail naming the field) next to the records of its other spans; a message that does not
+parse is dead-lettered whole (``decode_error``).
+
+>>> from opentelemetry.proto.trace.v1.trace_pb2 import Span
+>>> from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+>>> request = ExportTraceServiceRequest()
+>>> span = request.resource_spans.add().scope_spans.add().spans.add(
+...     trace_id=bytes([1] * 16), span_id=bytes([2] * 8), name="chat gpt-4o",
+...     start_time_unix_nano=0, end_time_unix_nano=250_000_000)
+>>> span.attributes.extend([
+...     KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value="chat")),
+...     KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o")),
+...     KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=12))])
+>>> [(r.model, r.input_tokens, r.latency_ms) for r in normalize_request(request)]
+[('gpt-4o', 12, 250.0)]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import Counter
+
+from observer.collectors.common.genai_mapping import (
+    ATTRIBUTE_NAMES,
+    LLM_FIELDS,
+    TOOL_FIELDS,
+    Classification,
+    classify,
+    lookup,
+)
+from observer.collectors.normalize.message_content import CONTENT_PREFIXES, ContentCapture, measure
+from observer.collectors.common.otlp_messages import (
+    UndecodableMessage,
+    parent_id,
+    quarantine,
+    span_identity_problem,
+    trace_request,
+)
+from observer.collectors.common.otlp_attributes import attribute_values, resource_names
+from observer.collectors.common.tenant_seal import TenantSeal
+from observer.core import validate
+from observer.core.bus import Message, Output
+from observer.core.dead_letter import dead_letter
+from observer.collectors.normalize.config import ContentConfig
+from observer.core.records import LLMCall, ToolCall, encode, segment_key
+from observer.core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+SPANS = Counter(
+    "observer_normalizer_spans_total", "Spans consumed by the normaliser, by kind.", ["kind"]
+)
+ERRORS = Counter(
+    "observer_normalizer_errors_total",
+    "Messages the normaliser could not use whole and dead-lettered.",
+)
+
+DEFAULT_SEGMENT_KEYS = ("service", "model")
+STAGE = "normalizer"
+
+
+@dataclass
+class _SpanView:
+    """One span with what the mapping read from it."""
+
+    span: Span
+    service: str
+    tenant: str
+    kind: Classification
+    attributes: dict[str, Any]
+    model: str
+    agent: str
+    problem: str | None = None
+    """Why the span's ids make it unusable (it then gives no record)."""
+
+
+def normalize_request(
+    request: ExportTraceServiceRequest, capture: ContentCapture | None = None
+) -> list[LLMCall | ToolCall]:
+    """The records of one export request, in span order; other spans are only counted.
+
+    A tool span's model is its own ``gen_ai.request.model`` (or another model attribute), else
+    the nearest ancestor's in this request, else that of an LLM span of the same trace in this
+    request, else "". The agent is the span's own or the nearest ancestor's. LLM calls carry
+    their messages' counts, lengths and hashes, and the (redacted) text when ``capture`` is
+    enabled.
+    """
+    views = list(_views(request))
+    by_id = {(v.span.trace_id, v.span.span_id): v for v in views}
+    trace_models: dict[bytes, str] = {}
+    for v in views:
+        if v.kind.kind == "llm" and v.model:
+            trace_models.setdefault(v.span.trace_id, v.model)
+
+    records: list[LLMCall | ToolCall] = []
+    for v in views:
+        SPANS.labels(v.kind.kind).inc()
+        if v.problem:
+            continue
+        if v.kind.kind == "llm":
+            records.append(
+                _llm_call(v, agent=v.agent or _inherited(v, by_id, "agent"), capture=capture)
+            )
+        elif v.kind.kind == "tool":
+            model = (
+                v.model or _inherited(v, by_id, "model") or trace_models.get(v.span.trace_id, "")
+            )
+            records.append(_tool_call(v, model, agent=v.agent or _inherited(v, by_id, "agent")))
+    return records
+
+
+# Fields a span may take from its ancestors when it does not carry them itself.
+_INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
+
+
+def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
+    for resource_spans in request.resource_spans:
+        service, tenant = resource_names(resource_spans.resource, STAGE)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
+                # Only the names, counted once below (lookup of the whole table).
+                named = lookup(attributes, _INHERITABLE)
+                yield _SpanView(
+                    span=span,
+                    service=service,
+                    tenant=tenant,
+                    kind=classify(span.name, attributes),
+                    attributes=attributes,
+                    model=named.get("model", ""),
+                    agent=named.get("agent", ""),
+                    problem=span_identity_problem(span),
+                )
+
+
+def _inherited(view: _SpanView, by_id: dict[tuple[bytes, bytes], _SpanView], field: str) -> str:
+    """The nearest ancestor's non-empty ``model`` or ``agent``, within this request."""
+    seen: set[bytes] = set()
+    parent = view.span.parent_span_id
+    while parent and parent not in seen:  # ``seen`` guards against malformed parent cycles
+        seen.add(parent)
+        ancestor = by_id.get((view.span.trace_id, parent))
+        if ancestor is None:
+            return ""
+        value: str = getattr(ancestor, field)
+        if value:
+            return value
+        parent = ancestor.span.parent_span_id
+    return ""
+
+
+def span_times(span: Span, stage: str) -> tuple[int, float | None]:
+    """``(start, latency_ms)``: start in int64 Unix ns (0 when past int64), and the duration
+    in milliseconds; None when the end is before the start, unset, or past int64 (a
+    clock-skewed or unfinished span has no meaningful duration), counted as invalid.
+
+    >>> span_times(Span(start_time_unix_nano=10, end_time_unix_nano=2_000_010), "doc")
+    (10, 2.0)
+    >>> span_times(Span(start_time_unix_nano=10, end_time_unix_nano=5), "doc")
+    (10, None)
+    """
+    start = validate.count(span.start_time_unix_nano, max=validate.MAX_UNIX_NANO)
+    end = validate.count(span.end_time_unix_nano, max=validate.MAX_UNIX_NANO)
+    if start is None:
+        validate.invalid(stage, "start_time_unix_nano")
+    latency = None
+    if start is not None and end is not None and end >= start:
+        latency = validate.finite((end - start) / 1e6, max=validate.MAX_DURATION_MS)
+    if latency is None:
+        validate.invalid(stage, "latency_ms")
+    return start or 0, latency
+
+
+def _common(view: _SpanView) -> dict[str, Any]:
+    span = view.span
+    start, latency = span_times(span, STAGE)
+    return {
+        "service": view.service,
+        "tenant": view.tenant,
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": parent_id(span, STAGE).hex(),
+        "start_time_unix_nano": start,
+        "latency_ms": latency,
+    }
+
+
+def _content_attributes(span: Span) -> dict[str, Any]:
+    """The span's attributes that may hold message content (the names alone are checked)."""
+    wanted = frozenset(kv.key for kv in span.attributes if kv.key.startswith(CONTENT_PREFIXES))
+    return attribute_values(span.attributes, wanted) if wanted else {}
+
+
+def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None) -> LLMCall:
+    fields = lookup(view.attributes, LLM_FIELDS, STAGE)
+    content = _content_attributes(view.span)
+    if content:
+        fields.update(measure(content).fields())
+        if capture is not None:
+            fields.update(capture.stored(content))
+    template = fields.pop("prompt_template", "")
+    fields.setdefault("prompt_id", template)
+    reasons: list[str] = fields.get("finish_reasons", [])
+    return LLMCall(
+        **_common(view),
+        **{**fields, "model": view.model, "agent": agent},
+        operation=view.kind.operation,
+        finish_reason=reasons[0] if reasons else "",
+        error=view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields,
+    )
+
+
+def _tool_call(view: _SpanView, model: str, agent: str) -> ToolCall:
+    fields = lookup(view.attributes, TOOL_FIELDS, STAGE)
+    failed = view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields
+    return ToolCall(
+        **_common(view),
+        **{
+            **fields,
+            # Untagged tools (an OpenInference TOOL span without tool.name) go by span name.
+            "tool_name": fields.get("tool_name") or validate.text(view.span.name) or "unknown",
+            "model": model,
+            "agent": agent,
+        },
+        status="error" if failed else "ok",
+    )
+
+
+class Normalizer:
+    """The normaliser as a :class:`observer.core.bus.Processor` (run it with ``StageRunner``).
+
+    A message that cannot be used whole (it does not parse, a span has unusable ids, a value
+    breaks a record's rule) goes to the dead-letter topic, counted in
+    ``observer_normalizer_errors_total``, and the batch goes on: replaying it would fail the
+    same way, so it must not stop the stage.
+    """
+
+    name = "normalizer"
+
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS,
+        content: ContentConfig | None = None,
+        seal: TenantSeal | None = None,
+    ) -> None:
+        self.topics = topics
+        self.segment_keys = list(segment_keys)
+        # A message's tenant counts only under a receiver's seal (collectors.common.tenant_seal).
+        self.seal = seal or TenantSeal(None)
+        # Off by default; a bad redaction hook fails here, at start, naming the hook.
+        self.capture = ContentCapture(content) if content is not None and content.capture else None
+
+    def process(self, messages: list[Message]) -> list[Output]:
+        outputs: list[Output] = []
+        for message in messages:
+            try:
+                outputs += self._message(message)
+            except (UndecodableMessage, *validate.REJECTED) as e:
+                outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
+        return outputs
+
+    def _message(self, message: Message) -> list[Output]:
+        """One message's records, and its dead letter when some of its spans gave none."""
+        # Opened (decrypted) here; an untrusted message's tenant is dropped.
+        request = trace_request(message, self.seal, self.name)
+        outputs = [self._output(r) for r in normalize_request(request, self.capture)]
+        problems = [
+            (i, problem)
+            for i, problem in enumerate(
+                span_identity_problem(span)
+                for resource_spans in request.resource_spans
+                for scope_spans in resource_spans.scope_spans
+                for span in scope_spans.spans
+            )
+            if problem
+        ]
+        if problems:
+            index, first = problems[0]
+            field = first.split(" ", 1)[0]
+            for _ in problems:
+                validate.invalid(self.name, field)
+            ERRORS.inc()
+            detail = (f"{len(problems)} span(s) gave no record, the others were normalised; "
+                      f"span {index}: {first}")
+            outputs.append(dead_letter(self.topics.dead_letter, self.name, message,
+                                       "invalid_value", detail))
+        return outputs
+
+    def tick(self) -> list[Output]:
+        return []
+
+    def _output(self, record: LLMCall | ToolCall) -> Output:
+        topic = self.topics.llm if isinstance(record, LLMCall) else self.topics.tools
+        return Output(topic, segment_key(record.segment_of(self.segment_keys)), encode(record))

@@ -1,0 +1,34 @@
+"""The normaliser stage (``observer normalize``), as the shell's registry sees it: :data:`SPEC`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from observer.core.stage import StageSpec
+from observer.core.topics import Topics
+
+if TYPE_CHECKING:
+    from observer.config import ObserverConfig
+
+
+def _build(cfg: ObserverConfig, topics: Topics) -> Any:
+    from observer.collectors.common.tenant_seal import TenantSeal
+    from observer.collectors.normalize.normalizer import Normalizer
+
+    # Records are keyed by the drift segment (the tenant first with tenants), and a tenant
+    # is trusted only under the receivers' seal.
+    return Normalizer(topics, content=cfg.normalizer.content,
+                      segment_keys=cfg.drift.segment_keys, seal=TenantSeal(cfg.receiver.stamp_key))
+
+
+SPEC = StageSpec(
+    name="normalize",
+    help="run the normaliser",
+    description="Turn GenAI spans (OpenTelemetry GenAI, OpenInference, OpenLLMetry) into "
+    "LLM-call and tool-call records.",
+    config_section="normalizer",
+    inputs=("spans",),
+    outputs=("llm", "tools"),
+    build=_build,
+    group_id=lambda cfg: cfg.normalizer.group_id,
+)

@@ -1,0 +1,2 @@
+"""The agent-path stage: whole traces from ``otlp_spans`` grouped into ``observer.paths`` records
+(:mod:`~observer.collectors.paths.trace_grouping`)."""

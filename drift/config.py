@@ -1,0 +1,254 @@
+"""The drift stage's configuration (the ``drift`` section): features and degradation signals
+per record type, windows, reference, exact or sketch mode, and the HTML reports.
+
+>>> DriftConfig().window_size, [f.name for f in DriftConfig().features["tools"]]
+(1000, ['tool_name', 'status'])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from observer.core.config import Section, parse_instant
+from observer.core.extras import available
+
+
+DriftMethod = Literal["wasserstein", "psi", "jensenshannon", "ks", "chisquare", "ztest", "auto"]
+
+
+class FeatureSpec(Section):
+    name: str = Field(
+        description="Field of the record, or field.key for a key of a mapping field "
+        "(inputs.age: one value per prediction instance)."
+    )
+    kind: Literal["numeric", "categorical"] = Field(
+        description="numeric (distributions of numbers) or categorical (shares of values)."
+    )
+    method: DriftMethod | None = Field(
+        None, description="Method deciding this feature's drift (default: by kind, see drift)."
+    )
+    threshold: float | None = Field(
+        None, description="This feature's threshold (default: drift.thresholds[method])."
+    )
+
+
+def _default_features() -> dict[str, list[FeatureSpec]]:
+    return {
+        "llm": [
+            FeatureSpec(name="input_tokens", kind="numeric"),
+            FeatureSpec(name="output_tokens", kind="numeric"),
+            FeatureSpec(name="latency_ms", kind="numeric"),
+            FeatureSpec(name="finish_reason", kind="categorical"),
+        ],
+        "tools": [
+            FeatureSpec(name="tool_name", kind="categorical"),
+            FeatureSpec(name="status", kind="categorical"),
+        ],
+        # A change in the path mix (which prompts and tools a trace takes) is itself drift.
+        "paths": [
+            FeatureSpec(name="loop_iterations", kind="numeric"),
+            FeatureSpec(name="llm_calls", kind="numeric"),
+            FeatureSpec(name="tool_errors", kind="numeric"),
+            FeatureSpec(name="duration_ms", kind="numeric"),
+            FeatureSpec(name="path_signature", kind="categorical"),
+        ],
+        # predictions (inputs.<feature>, outputs.<output>) and gpu are model- and
+        # fleet-specific: scored once features are configured for them.
+    }
+
+
+class DegradationSpec(Section):
+    """One degradation signal: a change detector fed one record field, per segment."""
+
+    name: str = Field(description="Signal name, unique per record type (results, metrics, policies).")
+    field: str = Field(description="Record field fed to the detector, one value per record.")
+    equals: str | None = Field(
+        None, description="Feed 1 when the field equals this (as text) and 0 otherwise: a rate. "
+        "Unset: the field's own value (numbers; booleans as 1/0; missing values skipped).",
+    )
+    detector: Literal["adwin", "page_hinkley"] = Field("adwin", description="Change detector.")
+    direction: Literal["up", "down", "both"] = Field(
+        "up", description="Changes that count: up = the rate or value rose (a degradation)."
+    )
+    delta: float | None = Field(
+        None, gt=0, description="adwin: confidence (default 0.002); page_hinkley: tolerated "
+        "change per value (default 0.005).",
+    )
+    threshold: float | None = Field(
+        None, gt=0, description="page_hinkley only: lambda, in the field's unit (default 50)."
+    )
+    min_instances: int | None = Field(
+        None, ge=1, description="page_hinkley only: values before any detection (default 30)."
+    )
+    clock: int | None = Field(
+        None, ge=1, description="adwin only: look for a change every this many values (default 32)."
+    )
+
+    @model_validator(mode="after")
+    def _params_fit_the_detector(self) -> DegradationSpec:
+        only = {"threshold": "page_hinkley", "min_instances": "page_hinkley", "clock": "adwin"}
+        wrong = [k for k, d in only.items() if getattr(self, k) is not None and d != self.detector]
+        if wrong:
+            raise ValueError(f"degradation signal {self.name!r}: {', '.join(wrong)} do not apply "
+                             f"to detector {self.detector}")
+        if self.detector == "adwin" and self.delta is not None and self.delta >= 1:
+            raise ValueError(f"degradation signal {self.name!r}: adwin delta must be < 1")
+        return self
+
+
+def _default_degradation() -> dict[str, list[DegradationSpec]]:
+    return {
+        "llm": [
+            DegradationSpec(name="error_rate", field="error"),
+            DegradationSpec(name="latency", field="latency_ms"),
+        ],
+        "tools": [DegradationSpec(name="error_rate", field="status", equals="error")],
+    }
+
+
+class DriftReportsConfig(Section):
+    """Evidently HTML reports, one per drift episode, served by the admin API at /reports/{id}."""
+
+    # Evidently is an extra: a core install serves no reports unless told to, and then fails
+    # at start naming the extra (observer.core.extras) rather than at the first report.
+    enabled: bool = Field(
+        default_factory=lambda: available("evidently"),
+        description="Serve /reports/{id} and link them in /api/v1/drift. Default: true when "
+        "the `reports` extra (Evidently) is installed, else false; true without it fails at "
+        "start.",
+    )
+    dir: Path = Field(
+        Path(".observer/reports"), description="Where rendered reports are cached (one file each)."
+    )
+    # A report embeds Evidently's JavaScript bundle (~3.7 MB), so the cache is bounded.
+    keep: int = Field(100, ge=1, description="Rendered reports kept on disk; the oldest go first.")
+    max_records: int = Field(
+        200_000, ge=1, description="Records read back from Kafka per window at most."
+    )
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="How long reading a window back from Kafka may take."
+    )
+
+
+class DriftConfig(Section):
+    group_id: str = Field("observer-drift", description="Consumer group.")
+    segment_keys: list[str] = Field(
+        default_factory=lambda: ["service", "model"], description="Record fields forming a segment."
+    )
+    # GPU samples carry no service or model. Per device, as the GPU collector keys them on
+    # Kafka: a segment then lives in one partition, which exactly-once restarts and
+    # scale-out need (README, "Record types and features").
+    segment_keys_by_record_type: dict[str, list[str]] = Field(
+        default_factory=lambda: {"gpu": ["node", "gpu_uuid", "mig_instance"]},
+        description="Per record type, the record fields forming a segment instead of segment_keys.",
+    )
+    # 1000 records against a 2000-record reference (first_n below): Evidently's auto choice
+    # then picks Wasserstein/Jensen-Shannon, which flagged 0-3.6% of same-distribution windows
+    # here; a one-window reference made it pick chi-square and Z-tests: 35.8% (README).
+    window_size: int = Field(1000, ge=10, description="Records per count window (per segment).")
+    numeric_method: DriftMethod = Field(
+        "auto", description="Method that decides drift for numeric features (auto: Evidently's)."
+    )
+    categorical_method: DriftMethod = Field(
+        "auto", description="Method that decides drift for categorical features (auto: Evidently)."
+    )
+    checkpoints: bool = Field(
+        True, description="Checkpoint engine state to the drift-state topic (exactly-once restarts)."
+    )
+    restore_lookback_s: float = Field(
+        60.0,
+        ge=0,
+        description="On restore, also read back results published this long before the last "
+        "committed batch (clock skew between engine hosts), to drop their replayed copies.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"wasserstein": 0.1, "psi": 0.1, "jensenshannon": 0.1},
+        description="Drift when statistic >= threshold (Evidently 0.7 defaults).",
+    )
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="Dataset drift when this share of features drifted."
+    )
+    features: dict[str, list[FeatureSpec]] = Field(
+        default_factory=_default_features, description="Features per record type."
+    )
+    degradation: dict[str, list[DegradationSpec]] = Field(
+        default_factory=_default_degradation,
+        description="Change detectors per record type: degradation signals per segment.",
+    )
+    window_kind: Literal["count", "tumbling", "sliding"] = Field(
+        "count",
+        description="count: window_size records; tumbling/sliding: by event time (the record's "
+        "start time, else its Kafka timestamp).",
+    )
+    window_duration_s: float = Field(3600.0, gt=0, description="Time windows: length.")
+    window_slide_s: float | None = Field(
+        None, gt=0, description="Sliding windows: step; must divide window_duration_s."
+    )
+    allowed_lateness_s: float = Field(
+        0.0,
+        ge=0,
+        description="Time windows close when event time passes their end + this; later "
+        "records for them are dropped.",
+    )
+    mode: Literal["exact", "sketch", "auto"] = Field(
+        "exact",
+        description="exact: raw values; sketch: bounded sketches; auto: exact while within "
+        "exact_budget_mb, sketches for the segments beyond.",
+    )
+    exact_budget_mb: float = Field(
+        256.0, gt=0, description="auto mode: memory for raw values across all segments."
+    )
+    sketch_relative_accuracy: float = Field(
+        0.01, gt=0, lt=0.5, description="Sketch mode: relative width of a numeric bucket."
+    )
+    sketch_top_k: int = Field(
+        64, ge=1, description="Sketch mode: categories counted exactly; the rest are 'other'."
+    )
+    reference: Literal["first_window", "first_n", "time_range", "parquet"] = Field(
+        "first_n",
+        description="Reference per segment: its first window, its first reference_records "
+        "records, the records in [reference_start, reference_end), or a Parquet dataset.",
+    )
+    reference_records: int = Field(2000, ge=1, description="first_n: records in the reference.")
+    reference_start: str = Field(
+        "", description="time_range: start (ISO 8601 or Unix seconds), inclusive."
+    )
+    reference_end: str = Field("", description="time_range: end (ISO 8601 or Unix seconds).")
+    reference_path: str = Field(
+        "", description="parquet: a Parquet file or directory (segment columns optional)."
+    )
+
+    @model_validator(mode="after")
+    def _coherent_drift(self) -> "DriftConfig":
+        if self.window_kind == "sliding":
+            if self.window_slide_s is None:
+                raise ValueError("window_kind sliding needs window_slide_s")
+            steps = self.window_duration_s / self.window_slide_s
+            if abs(steps - round(steps)) > 1e-9 or round(steps) < 1:
+                raise ValueError(
+                    f"window_slide_s ({self.window_slide_s}) must divide window_duration_s "
+                    f"({self.window_duration_s})"
+                )
+        if self.reference == "time_range":
+            start, end = parse_instant(self.reference_start), parse_instant(self.reference_end)
+            if start >= end:
+                raise ValueError("reference_start must be before reference_end")
+        if self.reference == "parquet" and not self.reference_path:
+            raise ValueError("reference parquet needs reference_path")
+        return self
+    reports: DriftReportsConfig = Field(
+        default_factory=DriftReportsConfig, description="HTML reports, one per drift episode."
+    )
+
+    def keys_for(self, record_type: str) -> list[str]:
+        """The record fields forming a segment of ``record_type``: its entry in
+        ``segment_keys_by_record_type``, else ``segment_keys``. The collector stages key
+        what they write by it, so they read it here (stages never import each other).
+
+        >>> DriftConfig().keys_for("gpu"), DriftConfig().keys_for("llm")
+        (['node', 'gpu_uuid', 'mig_instance'], ['service', 'model'])
+        """
+        return list(self.segment_keys_by_record_type.get(record_type, self.segment_keys))

@@ -1,0 +1,208 @@
+"""The trigger stage's configuration (the ``trigger`` section): policies, webhooks, Argo and
+Kubeflow Pipelines runs, the Parquet export and the rendered retraining pipeline.
+
+>>> TriggerConfig().policies[0].name, TriggerConfig().argo.workflow_template
+('default', 'observer-retrain')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from observer.core.config import Section
+from observer.core.extras import available
+
+
+class WebhookConfig(Section):
+    url: str = Field(description="Endpoint the signed webhook is POSTed to.")
+    secret: SecretStr = Field(description="Standard Webhooks secret, whsec_<base64>.")
+    timeout_s: float = Field(10.0, gt=0, description="Per delivery attempt.")
+    max_attempts: int = Field(
+        6, ge=1, description="Attempts before the delivery is dead-lettered in the ledger."
+    )
+    backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay (with jitter).")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith("whsec_"):
+            raise ValueError("webhook secret must look like whsec_<base64>")
+        return v
+
+
+class PolicyConfig(Section):
+    name: str = Field(
+        "default", description="Names the policy in the ledger, metrics and episode ids."
+    )
+    signal: Literal["drift_share", "dataset_drift", "feature_statistic", "degradation"] = Field(
+        "drift_share",
+        description="Window value compared with the threshold (feature_statistic: the "
+        "statistic of the feature named by `feature`; degradation: 1 when the detector of the "
+        "degradation signal named by `degradation` found a change during the window, else 0).",
+    )
+    feature: str | None = Field(None, description="Feature whose statistic is the signal.")
+    degradation: str | None = Field(
+        None, description="Degradation signal (a drift.degradation name) whose detections count."
+    )
+    threshold: float = Field(0.5, description="A window qualifies when signal >= threshold.")
+    consecutive_windows: int = Field(
+        2, ge=1, description="Qualifying windows (N) among the last `window_of` to fire."
+    )
+    window_of: int | None = Field(
+        None, ge=1, description="M of 'N of the last M windows'; None: M = N (N in a row)."
+    )
+    clear_windows: int = Field(
+        0,
+        ge=0,
+        description="After a decision, windows in a row below `clear_threshold` that end the "
+        "episode and re-arm the policy; 0 re-arms at once.",
+    )
+    clear_threshold: float | None = Field(
+        None, description="Signal below which a window counts towards clearing (None: threshold)."
+    )
+    min_samples: int = Field(100, ge=0, description="Windows with fewer records never qualify.")
+    cooldown_s: float = Field(3600.0, ge=0, description="Quiet time per segment after firing.")
+    record_types: list[str] = Field(
+        default_factory=lambda: ["llm", "tools"], description="Record types the policy watches."
+    )
+    segments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Segment field -> glob pattern; the policy watches matching segments only.",
+    )
+    actions: list[Literal["argo", "kfp"]] = Field(
+        default_factory=list, description="Runs to start when the policy fires (besides webhooks)."
+    )
+    model_field: str = Field("model", description="Segment field naming the model (concurrency).")
+    max_concurrent_runs: int = Field(
+        1, ge=1, description="Runs per model in progress at once; more wait for one to finish."
+    )
+    approval: bool = Field(
+        False, description="A fired decision needs approval before its actions (see approval_mode)."
+    )
+    approval_mode: Literal["ledger", "argo"] = Field(
+        "ledger",
+        description="ledger: the decision is held in observer's ledger, nothing is sent until "
+        "`observer triggers approve` or POST /api/v1/triggers/{episode}/approve; argo: "
+        "actions go out at once and the Argo run waits at a suspend step before training.",
+    )
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="Standard Webhooks to deliver when the policy fires."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "PolicyConfig":
+        if self.signal == "feature_statistic" and not self.feature:
+            raise ValueError("signal feature_statistic needs `feature` (the feature's name)")
+        if self.signal == "degradation" and not self.degradation:
+            raise ValueError("signal degradation needs `degradation` (a drift.degradation name)")
+        if self.window_of is not None and self.window_of < self.consecutive_windows:
+            raise ValueError(
+                f"window_of ({self.window_of}) must be >= consecutive_windows "
+                f"({self.consecutive_windows})"
+            )
+        return self
+
+
+class ArgoConfig(Section):
+    server: str = Field("", description="Argo Server URL (https://argo.example:2746).")
+    token: SecretStr | None = Field(None, description="Bearer token of the submitting account.")
+    namespace: str = Field("argo", description="Namespace the workflows run in.")
+    verify_ssl: bool = Field(True, description="Verify the server's TLS certificate.")
+    ca_file: str = Field("", description="CA bundle to verify the server with (PEM path).")
+    client_cert: str = Field("", description="Client certificate (PEM path) for mutual TLS.")
+    client_key: str = Field("", description="Client key (PEM path) for mutual TLS.")
+    mode: Literal["template", "inline"] = Field(
+        "template",
+        description="template: submit from the WorkflowTemplate; inline: create the Workflow.",
+    )
+    workflow_template: str = Field("observer-retrain", description="WorkflowTemplate name.")
+    name_prefix: str = Field("retrain-", description="Workflow name = prefix + episode id.")
+    service_account: str = Field("", description="Service account the workflow runs as.")
+    timeout_s: float = Field(30.0, gt=0, description="Per request.")
+    max_attempts: int = Field(10, ge=1, description="Attempts before dead-lettering.")
+    backoff_initial_s: float = Field(2.0, gt=0, description="First retry delay (full jitter).")
+    backoff_max_s: float = Field(600.0, gt=0, description="Longest retry delay.")
+    busy_retry_s: float = Field(
+        300.0, gt=0, description="Re-check after this when max_concurrent_runs are in progress."
+    )
+
+
+class KfpConfig(Section):
+    host: str = Field("", description="Kubeflow Pipelines API URL (https://kfp.example).")
+    token: SecretStr | None = Field(None, description="Bearer token.")
+    pipeline_id: str = Field("", description="Pipeline to run.")
+    pipeline_version_id: str = Field("", description="Its version.")
+    experiment_id: str = Field("", description="Experiment the runs belong to (optional).")
+    verify_ssl: bool = Field(True, description="Verify the server's TLS certificate.")
+    timeout_s: float = Field(30.0, gt=0, description="Per request.")
+    max_attempts: int = Field(10, ge=1, description="Attempts before dead-lettering.")
+
+
+class ExportConfig(Section):
+    # pyarrow is the `parquet` extra: a core install exports nothing unless told to, and then
+    # fails at start naming the extra (observer.core.extras).
+    uri: str = Field(
+        default_factory=lambda: ".observer/exports" if available("pyarrow") else "",
+        description="Where drifted windows go as Parquet: a path or a URI (s3://bucket/prefix). "
+        "Empty: no exports (webhooks and runs get no data locations). Default: "
+        "`.observer/exports` when the `parquet` extra (pyarrow) is installed, else empty.",
+    )
+    max_records: int = Field(200_000, ge=1, description="Records read back per window at most.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the URI's filesystem."
+    )
+
+
+class PipelineConfig(Section):
+    """What `observer pipeline render` writes; runs get episode values as parameters."""
+
+    image: str = Field("ghcr.io/observer/observer:0.1.0", description="observer's image.")
+    service_account: str = Field("observer-pipeline", description="The workflow's pods' account.")
+    spark_image: str = Field("ghcr.io/observer/observer-spark:0.1.0", description="Spark image.")
+    spark_version: str = Field("4.0.1", description="Spark version of the image.")
+    spark_executors: int = Field(2, ge=1, description="Spark executor instances.")
+    spark_memory: str = Field("2g", description="Driver and executor memory.")
+    history_uri: str = Field("", description="Earlier training data merged in (Parquet).")
+    output_uri: str = Field("s3://observer/runs", description="Base of each run's outputs.")
+    trainer: Literal["trainjob", "pytorchjob", "jobset"] = Field(
+        "trainjob", description="Training resource kind."
+    )
+    trainer_runtime: str = Field("torch-distributed", description="TrainJob runtimeRef name.")
+    train_image: str = Field("ghcr.io/observer/trainer:0.1.0", description="Training image.")
+    train_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "train"], description="Training command."
+    )
+    num_nodes: int = Field(1, ge=1, description="Training nodes (gang size).")
+    gpus_per_node: int = Field(1, ge=0, description="nvidia.com/gpu per node.")
+    scheduler: Literal["none", "kueue", "volcano", "yunikorn"] = Field(
+        "none", description="Gang scheduling hook."
+    )
+    queue: str = Field("default", description="Kueue LocalQueue, Volcano or YuniKorn queue.")
+    model_name: str = Field("support-agent", description="InferenceService name.")
+    model_format: str = Field("pytorch", description="predictor.model.modelFormat.name.")
+    serving_model_uri: str = Field("", description="storageUri of the model now serving.")
+    deployment_mode: Literal["Knative", "Standard"] = Field(
+        "Standard", description="KServe deployment mode of the canary."
+    )
+    canary_traffic_percent: int = Field(10, ge=1, le=99, description="Canary's traffic share.")
+    canary_soak: str = Field("10m", description="How long the canary serves before promotion.")
+    eval_metric: str = Field("accuracy", description="Metric the evaluation gate compares.")
+    eval_higher_is_better: bool = Field(True, description="Direction of the metric.")
+    eval_min_delta: float = Field(0.0, description="Candidate must beat serving by this much.")
+
+
+class TriggerConfig(Section):
+    group_id: str = Field("observer-trigger", description="Consumer group.")
+    ledger_path: Path = Field(Path(".observer/ledger.sqlite"), description="SQLite ledger file.")
+    policies: list[PolicyConfig] = Field(
+        default_factory=lambda: [PolicyConfig()],
+        description="Policies turning drift results into decisions and actions.",
+    )
+    argo: ArgoConfig = Field(default_factory=ArgoConfig)
+    kfp: KfpConfig = Field(default_factory=KfpConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
