@@ -42,6 +42,7 @@ dashboards: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.collectors_otlp
+	$(PY) -m benchmarks.seal_cost
 
 # The documentation site into site/; reference pages are generated from the code (docs/).
 docs: $(STAMP)
