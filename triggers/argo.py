@@ -26,7 +26,6 @@ import time
 from typing import Any, Self
 
 from observer.core.extras import require
-from observer.core.records import DriftResult
 from observer.triggers.action import (
     ALREADY_DONE,
     DELIVERED,
@@ -36,10 +35,9 @@ from observer.triggers.action import (
     Exporter,
     Outcome,
     export_first,
-    unconfigured,
 )
-from observer.triggers.config import ArgoConfig, PipelineConfig, PolicyConfig, TriggerConfig
-from observer.triggers.ledger import Delivery, NewDelivery
+from observer.triggers.config import ArgoConfig, PipelineConfig, TriggerConfig
+from observer.triggers.ledger import Delivery
 from observer.triggers.naming import (
     ARGO_COMPLETED_LABEL,
     EPISODE_LABEL,
@@ -49,9 +47,8 @@ from observer.triggers.naming import (
     SEGMENT_LABEL,
     label_value,
 )
-from observer.triggers.policy import Decision
 from observer.triggers.retry import RetryPolicy, parse_retry_after
-from observer.triggers.runs import build_run, run_parameters, run_payload, run_verdict
+from observer.triggers.runs import RunAction, run_parameters, run_verdict
 
 # Hera (and requests, which it brings) is the `argo` extra. This module is imported only when a
 # policy lists the argo action (observer.triggers.action.ACTIONS), so a missing extra fails at
@@ -99,7 +96,7 @@ def run_labels(run: dict[str, Any]) -> dict[str, str]:
     }
 
 
-class ArgoAction:
+class ArgoAction(RunAction):
     """Submits runs to one Argo Server (see the module docstring)."""
 
     name = "argo"
@@ -131,6 +128,10 @@ class ArgoAction:
     @classmethod
     def from_config(cls, cfg: TriggerConfig, exporter: Exporter | None = None) -> Self:
         return cls(cfg.argo, cfg.pipeline, exporter=exporter)
+
+    @property
+    def name_prefix(self) -> str:
+        return self.cfg.name_prefix
 
     @property
     def target(self) -> str:
@@ -196,21 +197,6 @@ class ArgoAction:
         )
 
     # -- the action -----------------------------------------------------------------------
-
-    def plan(
-        self,
-        policy: PolicyConfig,
-        decision: Decision,
-        result: DriftResult,
-        export: dict[str, Any] | None,
-    ) -> list[NewDelivery]:
-        """One run, named after the episode (:func:`observer.triggers.runs.build_run`)."""
-        run = build_run(decision=decision, result=result, policy=policy,
-                        name_prefix=self.cfg.name_prefix, export=export)
-        return [NewDelivery(self.target, run_payload(run), self.name)]
-
-    def cannot_attempt(self, delivery: Delivery) -> str | None:
-        return None if delivery.target == self.target else unconfigured(self.name, delivery.target)
 
     def retry_policy(self, delivery: Delivery) -> RetryPolicy:
         return RetryPolicy.of(self.cfg)

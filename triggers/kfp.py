@@ -17,7 +17,6 @@ from typing import Any, Self
 
 import httpx
 
-from observer.core.records import DriftResult
 from observer.triggers.action import (
     ALREADY_DONE,
     DELIVERED,
@@ -26,13 +25,11 @@ from observer.triggers.action import (
     Exporter,
     Outcome,
     export_first,
-    unconfigured,
 )
-from observer.triggers.config import KfpConfig, PolicyConfig, TriggerConfig
-from observer.triggers.ledger import Delivery, NewDelivery
-from observer.triggers.policy import Decision
+from observer.triggers.config import KfpConfig, TriggerConfig
+from observer.triggers.ledger import Delivery
 from observer.triggers.retry import RetryPolicy, parse_retry_after
-from observer.triggers.runs import build_run, run_parameters, run_payload, run_verdict
+from observer.triggers.runs import RunAction, run_parameters, run_verdict
 
 # Backoff of KFP attempts: the same shape as Argo's defaults.
 BACKOFF_INITIAL_S, BACKOFF_MAX_S = 2.0, 600.0
@@ -64,7 +61,7 @@ def run_body(cfg: KfpConfig, run: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class KfpAction:
+class KfpAction(RunAction):
     """Creates runs on one Kubeflow Pipelines API server (see the module docstring)."""
 
     name = "kfp"
@@ -115,21 +112,6 @@ class KfpAction:
         return [r for r in response.json().get("runs") or [] if r.get("display_name") == display_name]
 
     # -- the action -----------------------------------------------------------------------
-
-    def plan(
-        self,
-        policy: PolicyConfig,
-        decision: Decision,
-        result: DriftResult,
-        export: dict[str, Any] | None,
-    ) -> list[NewDelivery]:
-        """One run, named after the episode (:func:`observer.triggers.runs.build_run`)."""
-        run = build_run(decision=decision, result=result, policy=policy,
-                        name_prefix=self.name_prefix, export=export)
-        return [NewDelivery(self.target, run_payload(run), self.name)]
-
-    def cannot_attempt(self, delivery: Delivery) -> str | None:
-        return None if delivery.target == self.target else unconfigured(self.name, delivery.target)
 
     def retry_policy(self, delivery: Delivery) -> RetryPolicy:
         return RetryPolicy(self.cfg.max_attempts, BACKOFF_INITIAL_S, BACKOFF_MAX_S)

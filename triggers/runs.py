@@ -23,10 +23,16 @@ other, connection errors        retry
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from observer.triggers.action import OutcomeKind
+from observer.triggers.action import OutcomeKind, unconfigured
+from observer.triggers.ledger import Delivery, NewDelivery
 from observer.triggers.naming import workflow_name
+
+if TYPE_CHECKING:
+    from observer.core.records import DriftResult
+    from observer.triggers.config import PolicyConfig
+    from observer.triggers.policy import Decision
 
 RUN_STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
     (200, 299, "delivered"),
@@ -96,3 +102,29 @@ def build_run(
 def run_payload(run: dict[str, Any]) -> bytes:
     """The outbox row's payload: compact, sorted JSON (the same bytes for the same run)."""
     return json.dumps(run, separators=(",", ":"), sort_keys=True).encode()
+
+
+class RunAction:
+    """What the two run actions (Argo, KFP) share: one outbox row per decision, sent to the one
+    server the action is configured for, with a run named after the episode. Subclasses set
+    ``name``, ``target`` and ``name_prefix``."""
+
+    name: str
+    target: str
+    name_prefix: str
+
+    def plan(
+        self,
+        policy: PolicyConfig,
+        decision: Decision,
+        result: DriftResult,
+        export: dict[str, Any] | None,
+    ) -> list[NewDelivery]:
+        """One run, named after the episode (:func:`build_run`)."""
+        run = build_run(decision=decision, result=result, policy=policy,
+                        name_prefix=self.name_prefix, export=export)
+        return [NewDelivery(self.target, run_payload(run), self.name)]
+
+    def cannot_attempt(self, delivery: Delivery) -> str | None:
+        """A row owed to another server than the configured one can never be attempted."""
+        return None if delivery.target == self.target else unconfigured(self.name, delivery.target)

@@ -88,6 +88,7 @@ from prometheus_client import Counter
 from pydantic import SecretStr
 
 from observer.core.bus import Message, Output
+from observer.core.durable_files import write_atomically
 
 if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
     from observer.config import ObserverConfig
@@ -275,11 +276,5 @@ def _kept_key(directory: Path) -> str:
         pass
     directory.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, key.encode(), mode=0o600)
     return key

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from observer.core.durable_files import fsync_dir, write_atomically
 from observer.collectors.receiver.spool_records import Entry, decode_all, encode
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ SPOOL_DROPPED = Counter(
     "Bytes dropped at load from spool segments whose tail was torn or corrupt (a crash "
     "mid-write, never acknowledged to a client).",
 )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -213,7 +206,7 @@ class Spool:
 
     def _start_segment(self) -> None:
         self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.directory)  # the new file's name survives a crash too
+        fsync_dir(self.directory)  # the new file's name survives a crash too
         self._index[self._seq] = {}
         self._size = 0
 
@@ -299,15 +292,10 @@ class Spool:
                              "spool directory away to start without replaying it") from None
 
     def _write_meta(self) -> None:
-        tmp = self.directory / "meta.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"base": self._base,
-                       "settled": {g: [[t, p, o] for (t, p), o in sorted(w.items())]
-                                   for g, w in self._settled.items()}}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.directory / "meta.json")
-        _fsync_dir(self.directory)
+        meta = {"base": self._base,
+                "settled": {g: [[t, p, o] for (t, p), o in sorted(w.items())]
+                            for g, w in self._settled.items()}}
+        write_atomically(self.directory / "meta.json", json.dumps(meta).encode())
 
 
 def _settle_future(future: Future[None], error: BaseException | None) -> None:

@@ -29,7 +29,6 @@ import fcntl
 import ipaddress
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from observer.core.durable_files import write_atomically
 from observer.core.extras import require
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,8 @@ def write_incarnation(state_dir: Path) -> str:
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     incarnation = uuid.uuid4().hex
-    tmp = state_dir / (INCARNATION_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"incarnation": incarnation, "started_at": time.time()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / INCARNATION_FILE)
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    record = {"incarnation": incarnation, "started_at": time.time()}
+    write_atomically(state_dir / INCARNATION_FILE, json.dumps(record).encode())
     return incarnation
 
 
