@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from observer.collectors.receiver.intake import Intake
 from observer.collectors.receiver.otlp_grpc import GrpcReceiver
 from observer.collectors.receiver.otlp_http import create_app
-from observer.core.bus import make_consumer
+from observer.core.bus import Message, make_consumer
 from observer.collectors.receiver.config import ReceiverConfig
 from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
@@ -62,6 +62,11 @@ def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list
             got += records
     consumer.close()
     return got
+
+
+def messages_of(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list[Message]:
+    """:func:`drain`, as the :class:`Message` values a stage gets."""
+    return [Message.of(r) for r in drain(kafka, topic, n, timeout_s)]
 
 
 def drain_spans(kafka: KafkaConfig, topic: str, spans: int, timeout_s: float = 15) -> list[ConsumerRecord]:

@@ -40,7 +40,7 @@ from observer.core.http import ServerThread
 from observer.core.records import Prediction, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from tests.collectors_support import drain, sample
+from tests.collectors_support import drain, messages_of, sample
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -92,13 +92,6 @@ def intake_server(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterat
             yield server.url + KSERVE_PATH
     finally:
         intake.close()
-
-
-def messages_of(kafka: KafkaConfig, topic: str, n: int) -> list[Message]:
-    return [
-        Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers))
-        for r in drain(kafka, topic, n)
-    ]
 
 
 def pair(messages: list[Message], topics: Topics, **cfg: Any) -> tuple[list[Prediction], PredictionPairer, FakeClock]:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
@@ -48,7 +48,7 @@ from observer.core.config import AdminConfig, KafkaConfig
 from observer.core.records import GenAIMetric, LLMCall, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from tests.collectors_support import receivers
+from tests.collectors_support import drain, receivers
 from tests.test_broker_lockdown import _forged_spans, _kserve_message
 from tests.test_collectors_otlp_grpc import genai_metrics
 
@@ -74,21 +74,12 @@ def _prompt_spans(marker: str, traces: int = 1) -> list[ReadableSpan]:
 
 
 def _raw(servers: str, topic: str, n: int, timeout_s: float = 15) -> list[ConsumerRecord]:
-    """What any local process gets from the broker: a plain kafka-python consumer, no group."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=servers, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
-    got: list[ConsumerRecord] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n and time.monotonic() < deadline:
-        for records in consumer.poll(200).values():
-            got += records
-    consumer.close()
-    return got
+    """What any local process gets from the broker: a consumer with no group and no options."""
+    return drain(KafkaConfig(bootstrap_servers=servers), topic, n, timeout_s)
 
 
 def _messages(records: list[ConsumerRecord]) -> list[Message]:
-    return [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers))
-            for r in records]
+    return [Message.of(r) for r in records]
 
 
 def _sample(name: str, stage: str) -> float:
@@ -107,6 +98,14 @@ def _send_prompts(r, marker: str) -> None:  # noqa: ANN001 (tests.collectors_sup
     grpc.shutdown()
 
 
+def _send_metrics(r) -> None:  # noqa: ANN001 (tests.collectors_support.Receivers)
+    """GenAI metric points as tenant b, over OTLP/HTTP."""
+    metrics = OTLPMetricExporter(endpoint=f"{r.http}/v1/metrics",
+                                 headers={"authorization": "Bearer tok-b"})
+    assert metrics.export(genai_metrics()) is MetricExportResult.SUCCESS  # type: ignore[arg-type]
+    metrics.shutdown()
+
+
 # -- a local reader sees ciphertext; the stages see the prompts, under the right tenants ---------
 
 
@@ -116,11 +115,7 @@ def test_a_local_reader_of_the_broker_sees_no_prompt(
     marker = f"zebra-{uuid.uuid4().hex}"
     with receivers(kafka_config, topics, tenants=TENANTS, stamp_key=KEY) as r:
         _send_prompts(r, marker)
-        metrics = OTLPMetricExporter(endpoint=f"{r.http}/v1/metrics",
-                                     headers={"authorization": "Bearer tok-b"})
-        data = genai_metrics()
-        assert metrics.export(data) is MetricExportResult.SUCCESS  # type: ignore[arg-type]
-        metrics.shutdown()
+        _send_metrics(r)
     spans = _raw(kafka_config.servers, topics.spans, 2)  # one trace for each tenant
     assert len(spans) == 2
     for m in spans:
@@ -215,11 +210,7 @@ def test_sealed_messages_that_do_not_open_are_dead_lettered(
     marker = f"yak-{uuid.uuid4().hex}"
     with receivers(kafka_config, topics, tenants=TENANTS, stamp_key=KEY) as r:
         _send_prompts(r, marker)
-        metrics = OTLPMetricExporter(endpoint=f"{r.http}/v1/metrics",
-                                     headers={"authorization": "Bearer tok-b"})
-        data = genai_metrics()
-        assert metrics.export(data) is MetricExportResult.SUCCESS  # type: ignore[arg-type]
-        metrics.shutdown()
+        _send_metrics(r)
     genuine = _messages(_raw(kafka_config.servers, topics.spans, 2))
     assert len(genuine) == 2
     [metrics_message] = _messages(_raw(kafka_config.servers, topics.metrics, 1))

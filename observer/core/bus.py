@@ -81,6 +81,12 @@ class Message:
     headers: tuple[tuple[str, bytes], ...] = ()
     """Kafka record headers (CloudEvents' Kafka binding puts attributes here)."""
 
+    @classmethod
+    def of(cls, record: Any) -> "Message":
+        """The :class:`Message` of a kafka-python ``ConsumerRecord``."""
+        return cls(record.topic, record.partition, record.offset, record.key, record.value,
+                   record.timestamp, tuple(record.headers or ()))
+
 
 @dataclass(frozen=True)
 class Output:
@@ -377,14 +383,7 @@ class StageRunner:
                     # Before processing: a stage stuck in a long batch still shows its backlog.
                     next_lag = time.monotonic() + self.lag_interval_s
                     self._record_lag(consumer)
-                messages = [
-                    Message(
-                        r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
-                        tuple(r.headers or ()),
-                    )
-                    for records in polled.values()
-                    for r in records
-                ]
+                messages = [Message.of(r) for records in polled.values() for r in records]
                 if self.dead_letter_topic is not None and self.suspects:
                     suspect = [m for m in messages if self.suspects.holds(m)]
                     if suspect:
