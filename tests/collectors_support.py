@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import REGISTRY
 
+from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
 from observer.collectors.receiver.intake import Intake
 from observer.collectors.receiver.otlp_grpc import GrpcReceiver
 from observer.collectors.receiver.otlp_http import create_app
@@ -115,3 +116,17 @@ def wait_for(condition: Any, timeout_s: float = 15, what: str = "") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@contextmanager
+def intake_server(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterator[str]:
+    """The OTLP/HTTP app with the KServe route mounted, as the runtime serves it."""
+    receiver = ReceiverConfig(http_port=0, **settings)
+    intake = Intake(receiver, kafka, topics).open()
+    try:
+        app = create_app(receiver, kafka, topics, intake=intake,
+                         extra_routes={KSERVE_PATH: kserve_route})
+        with ServerThread(app) as server:
+            yield server.url + KSERVE_PATH
+    finally:
+        intake.close()

@@ -5,8 +5,6 @@ listener (OTLP/HTTP, OTLP/gRPC, the KServe intake), whatever the headers say."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -22,16 +20,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import SecretStr
 
-from observer.collectors.receiver.intake import Intake
-from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
-from observer.collectors.receiver.otlp_http import create_app
 from observer.collectors.common.tenancy import Authenticator
 from observer.config import load_config
-from observer.collectors.receiver.config import ReceiverConfig
 from observer.core.config import ConfigError, KafkaConfig
-from observer.core.http import ServerThread
 from observer.core.topics import Topics
-from tests.collectors_support import drain, receivers
+from tests.collectors_support import drain, intake_server, receivers
 from tests.test_collectors_otlp_grpc import sdk_spans
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -164,23 +157,10 @@ def test_real_exporters_with_one_token_still_work(
     assert len(drain(kafka_config, topics.spans, 2)) == 2
 
 
-@contextmanager
-def kserve_intake(kafka: KafkaConfig, topics: Topics, **settings: object) -> Iterator[str]:
-    receiver = ReceiverConfig(http_port=0, grpc_port=0, **settings)
-    intake = Intake(receiver, kafka, topics).open()
-    try:
-        app = create_app(receiver, kafka, topics, intake=intake,
-                         extra_routes={KSERVE_PATH: kserve_route})
-        with ServerThread(app) as server:
-            yield server.url + KSERVE_PATH
-    finally:
-        intake.close()
-
-
 def test_kserve_intake_refuses_two_authorization_headers(
     kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    with kserve_intake(kafka_config, topics, tenants={"acme": SecretStr("t-acme")}) as url:
+    with intake_server(kafka_config, topics, tenants={"acme": SecretStr("t-acme")}) as url:
         answer = httpx.post(url, content=b"{}", headers=[
             ("authorization", "Bearer t-acme"), ("authorization", "Bearer t-acme")])
     assert answer.status_code == 401 and "duplicate Authorization headers" in answer.text

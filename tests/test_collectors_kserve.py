@@ -5,8 +5,6 @@ then the pairing stage into ``observer.predictions/v1`` records."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,21 +24,18 @@ from observer.collectors.kserve.cloud_events import (
     to_kafka,
 )
 from observer.collectors.kserve.inference_protocol import Limits, PayloadError, parse
-from observer.collectors.receiver.intake import Intake
-from observer.collectors.kserve.intake import KSERVE_PATH, REQUEST_TYPE, RESPONSE_TYPE, kserve_route
+from observer.collectors.kserve.intake import REQUEST_TYPE, RESPONSE_TYPE
 from observer.collectors.kserve.pairing import PredictionPairer
-from observer.collectors.receiver.otlp_http import create_app
 from observer.collectors.paths.trace_grouping import FakeClock
 from observer.core.bus import Message
 from observer.config import ObserverConfig
 from observer.collectors.kserve.config import KServeConfig
 from observer.collectors.receiver.config import ReceiverConfig
 from observer.core.config import AdminConfig, KafkaConfig
-from observer.core.http import ServerThread
 from observer.core.records import Prediction, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from tests.collectors_support import drain, messages_of, sample
+from tests.collectors_support import drain, intake_server, messages_of, sample
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -78,20 +73,6 @@ def post(url: str, event: SdkEvent, mode: str = "binary", token: str | None = No
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return httpx.post(url, content=message.body, headers=headers, timeout=30)
-
-
-@contextmanager
-def intake_server(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterator[str]:
-    """The OTLP/HTTP app with the KServe route mounted, as the runtime serves it."""
-    receiver = ReceiverConfig(http_port=0, **settings)
-    intake = Intake(receiver, kafka, topics).open()
-    try:
-        app = create_app(receiver, kafka, topics, intake=intake,
-                         extra_routes={KSERVE_PATH: kserve_route})
-        with ServerThread(app) as server:
-            yield server.url + KSERVE_PATH
-    finally:
-        intake.close()
 
 
 def pair(messages: list[Message], topics: Topics, **cfg: Any) -> tuple[list[Prediction], PredictionPairer, FakeClock]:

@@ -19,7 +19,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
-from observer.core.bus import Message, Output, StageRunner, make_consumer, make_producer, produce_all
+from observer.core.bus import Message, Output, StageRunner, make_consumer, make_producer
 from observer.config import ObserverConfig
 from observer.collectors.receiver.config import ReceiverConfig
 from observer.core.config import AdminConfig, KafkaConfig, SupervisorConfig

@@ -31,7 +31,7 @@ parse is dead-lettered whole (``decode_error``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
