@@ -110,12 +110,15 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def wait_for(condition: Any, timeout_s: float = 15, what: str = "") -> None:
+def wait_for(condition: Any, timeout_s: float = 15, what: str = "", poll_s: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something true, and return that; AssertionError
+    naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not (result := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll_s)
+    return result
 
 
 @contextmanager

@@ -48,19 +48,13 @@ from observer.core.records import DriftResult, decode
 from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
 from observer.demo.run import CountingExporter
 from observer.triggers.signing import generate_secret
+from tests.collectors_support import wait_for
 
 pytestmark = pytest.mark.e2e
 
 WINDOW = 100  # LLM calls per window; a conversation makes 2
 REFERENCE = 200
 
-
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class Observer:

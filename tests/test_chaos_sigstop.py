@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +37,7 @@ from opentelemetry.trace import SpanKind
 from observer.core.bus import make_consumer
 from observer.core.config import KafkaConfig
 from observer.core.records import LLMCall, decode
+from tests.collectors_support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +45,6 @@ STOP_S = 35
 BURST = 5000
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return result
 
 
 def export_chats(endpoint: str, n: int, tag: str) -> set[str]:
@@ -122,19 +114,19 @@ def test_sigstop_past_the_kafka_timeouts_heals(tmp_path: Path, free_port: Callab
         return ids <= seen
 
     try:
-        wait_until(ready, 60, "observer up to be ready")
+        wait_for(ready, 60, "observer up to be ready")
         consumer = make_consumer(kafka, None, ["observer.llm"])
         # A burst, and the stop once the normaliser is on it: the stop catches the stages in
         # the middle of their work (a batch in hand, its outputs or its commit on the way).
         before = export_chats(traces, BURST, "before")
-        wait_until(lambda: normalised(set()) and seen, 60, "the normaliser at work")
+        wait_for(lambda: normalised(set()) and seen, 60, "the normaliser at work")
         os.kill(proc.pid, signal.SIGSTOP)  # observer only: its broker child keeps running
         time.sleep(STOP_S)
         os.kill(proc.pid, signal.SIGCONT)
 
         after = export_chats(traces, 30, "after")
-        wait_until(lambda: normalised(before | after), 60, "the spans sent after the stop")
-        wait_until(ready, 60, "ready again")
+        wait_for(lambda: normalised(before | after), 60, "the spans sent after the stop")
+        wait_for(ready, 60, "ready again")
         metrics = httpx.get(f"{admin}/metrics", timeout=10).text
         assert proc.poll() is None
     finally:

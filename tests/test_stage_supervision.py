@@ -28,17 +28,10 @@ from observer.core.supervisor import STAGE_RESTARTS, RestartPolicy, Supervisor
 from observer.core.topics import Topics
 from observer.core.stage import StageSpec
 from observer.runtime import CONSUMING_STAGES, Runtime
+from tests.collectors_support import wait_for
 
 FAST = RestartPolicy(restart_initial_s=0.05, restart_max_s=0.5, max_build_failures=3)
 
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 class Picky:
@@ -140,7 +133,7 @@ def test_poison_message_costs_one_restart_and_is_quarantined(
         # The stage goes on after the quarantine, without another restart.
         placed += send(kafka_config, topics.llm, [b"after%d" % i for i in range(5)])
         outputs = drain(kafka_config, topics.drift, 35)  # from the start again
-        wait_until(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
+        wait_for(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
                    what="the commits past every message, the poison included")
         status = sup.status()
 
@@ -167,7 +160,7 @@ def test_an_output_too_large_quarantines_its_input(kafka_config: KafkaConfig, to
     placed = send(kafka_config, topics.llm, [b"a", b"huge", b"b"])
     with supervised(kafka_config, topics, lambda: Picky(name, topics.drift, built, []), name) as (sup, _):
         [letter] = drain(kafka_config, topics.dead_letter, 1)
-        wait_until(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
+        wait_for(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
                    what="the commits")
         outputs = drain(kafka_config, topics.drift, 3, timeout_s=3)  # 2 or 3 there
     # At least once: an output sent before the failing one may be there twice.
@@ -186,7 +179,7 @@ def test_kafka_fault_restarts_without_quarantine(kafka_config: KafkaConfig, topi
     placed = send(kafka_config, topics.llm, values)
     with supervised(kafka_config, topics, lambda: Picky(name, topics.drift, built, faults), name) as (sup, _):
         outputs = drain(kafka_config, topics.drift, 20)
-        wait_until(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
+        wait_for(lambda: committed_to_end(kafka_config, f"g-{name}", topics.llm, placed),
                    what="the commits")
     assert sorted(r.value for r in outputs) == sorted(v.upper() for v in values)
     assert sup.restarts == 1 and len(built) == 2
@@ -287,7 +280,7 @@ def test_health_names_restarting_and_failed_stages(
             return httpx.get(f"{admin}/readyz", timeout=10)
 
         # A transient fault: not ready, named with its error and the next try; still alive.
-        r = wait_until(lambda: (r := readyz()).json()["stages"]["normalize"]["state"]
+        r = wait_for(lambda: (r := readyz()).json()["stages"]["normalize"]["state"]
                        == "restarting" and r, what="restarting")
         stage = r.json()["stages"]["normalize"]
         assert r.status_code == 503 and "broker away" in stage["last_error"]
@@ -295,7 +288,7 @@ def test_health_names_restarting_and_failed_stages(
         assert httpx.get(f"{admin}/healthz", timeout=10).status_code == 200
         # Healed: ready again.
         fault[0] = None
-        r = wait_until(lambda: (r := readyz()).status_code == 200 and r, what="ready")
+        r = wait_for(lambda: (r := readyz()).status_code == 200 and r, what="ready")
         assert r.json()["stages"]["normalize"]["state"] == "running" and r.json()["kafka"]
         # A permanent fault: liveness fails, naming the stage and why; the runtime stops.
         fault[0] = TopicAuthorizationFailedError("not authorised")

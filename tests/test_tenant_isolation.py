@@ -9,7 +9,6 @@ tenant b's name.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from observer.triggers.config import PolicyConfig, TriggerConfig
 from observer.core.records import DriftResult, LLMCall, TriggerEvent, decode
 from observer.core.topics import Topics
 from observer.runtime import Runtime
-from tests.collectors_support import drain
+from tests.collectors_support import drain, wait_for
 
 WINDOW = 20
 TOKENS = {"a": "tok-tenant-a", "b": "tok-tenant-b"}
@@ -117,13 +116,6 @@ def _forged_request(tenant: str, tokens: list[int]) -> bytes:
     return request.SerializeToString()
 
 
-def _wait_for(cond, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
 
 @pytest.fixture
 def one_partition(broker: EmbeddedBroker) -> KafkaConfig:
@@ -178,8 +170,8 @@ def test_one_tenants_shift_drifts_and_fires_only_its_own_segment(
             return {r.segment["tenant"]: r for r in runtime.drift_view.history()
                     if isinstance(r, DriftResult) and r.window_index == 1}
 
-        _wait_for(lambda: {"a", "b"} <= set(results()), "window 1 of both tenants")
-        _wait_for(lambda: runtime.trigger_view.history(), "tenant a's trigger")
+        wait_for(lambda: {"a", "b"} <= set(results()), 60, "window 1 of both tenants")
+        wait_for(lambda: runtime.trigger_view.history(), 60, "tenant a's trigger")
         triggers = [t for t in runtime.trigger_view.history() if isinstance(t, TriggerEvent)]
     finally:
         runtime.stop()
