@@ -1,7 +1,7 @@
 """GPU economics: how busy the GPUs are, what they cost, and what that buys in tokens.
 
 Series come from ``observer collect-gpu`` (NVML on each node, or DCGM exporter and vLLM/SGLang
-series read back from Prometheus); the formulas are in the README, "GPU economics".
+series read back from Prometheus); the formulas are in docs/stages/collect-gpu.md, "Formulas".
 """
 
 from __future__ import annotations

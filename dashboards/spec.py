@@ -2,7 +2,7 @@
 
 A dashboard is a :class:`DashboardSpec` (rows of :class:`PanelSpec`); :func:`render` turns it
 into a Grafana dashboard with ``grafana-foundation-sdk``. Every panel names the question it
-answers (its description), so the README and Grafana say the same thing.
+answers (its description), so the documentation (docs/dashboards.md) and Grafana say the same thing.
 
 Template variables: ``datasource`` (any Prometheus), then ``cluster``, ``service``, ``model``
 and ``segment`` as regex multi-selects whose "All" is ``.*``; :data:`FILTERS` holds the label

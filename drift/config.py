@@ -140,14 +140,14 @@ class DriftConfig(Section):
     )
     # GPU samples carry no service or model. Per device, as the GPU collector keys them on
     # Kafka: a segment then lives in one partition, which exactly-once restarts and
-    # scale-out need (README, "Record types and features").
+    # scale-out need (docs/stages/drift.md, "Record types and features").
     segment_keys_by_record_type: dict[str, list[str]] = Field(
         default_factory=lambda: {"gpu": ["node", "gpu_uuid", "mig_instance"]},
         description="Per record type, the record fields forming a segment instead of segment_keys.",
     )
     # 1000 records against a 2000-record reference (first_n below): Evidently's auto choice
     # then picks Wasserstein/Jensen-Shannon, which flagged 0-3.6% of same-distribution windows
-    # here; a one-window reference made it pick chi-square and Z-tests: 35.8% (README).
+    # here; a one-window reference made it pick chi-square and Z-tests: 35.8% (docs/stages/drift.md, "Why `auto` over 2000 reference records").
     window_size: int = Field(1000, ge=10, description="Records per count window (per segment).")
     numeric_method: DriftMethod = Field(
         "auto", description="Method that decides drift for numeric features (auto: Evidently's)."

@@ -1,6 +1,6 @@
 """The receivers' split of a trace export into otlp_spans messages, checked against the contract.
 
-The contract (README, topics): every trace is whole in one message, on the partition Kafka's
+The contract (TOPIC_TABLE, otlp_spans): every trace is whole in one message, on the partition Kafka's
 default murmur2 placement gives its hex id; a message's key is one of its trace ids; spans and
 their resource and scope wrappers are the client's; invalid ids are dropped and counted.
 """

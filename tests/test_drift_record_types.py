@@ -218,7 +218,7 @@ def test_predictions_gpu_and_paths_drift_on_the_broker(
     # Predictions: 200 requests x 3 instances per window; the population changes at window 3.
     preds = predictions(rng, 600) + predictions(rng, 400, drifted=True)
     outputs = [Output(topics.predictions, "credit|xgb", encode(p)) for p in preds]
-    # Segments by GPU model, keyed so (one partition each: README); only the H100s get busy.
+    # Segments by GPU model, keyed so (one partition each: docs/stages/drift.md); only the H100s get busy.
     # Serving figures share the topic and are skipped.
     gpus = (gpu_samples(rng, 1800, H100) + gpu_samples(rng, 1200, H100, busy=True)
             + gpu_samples(rng, 1800, A100))

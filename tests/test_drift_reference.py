@@ -43,7 +43,7 @@ def test_first_window_reference() -> None:
 
 def test_default_reference_is_the_first_2000_records_and_auto_picks_wasserstein() -> None:
     # Evidently's automatic choice over more than 1000 reference rows: Wasserstein for a
-    # numeric feature with more than 5 values (README, "What is scored").
+    # numeric feature with more than 5 values (docs/stages/drift.md, "What is scored").
     cfg = DriftConfig(features=FEATURES)
     assert (cfg.reference, cfg.reference_records, cfg.window_size) == ("first_n", 2000, 1000)
     assert (cfg.numeric_method, cfg.categorical_method) == ("auto", "auto")

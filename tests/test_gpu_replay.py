@@ -45,7 +45,7 @@ def test_nvml_trace_phases_are_visible() -> None:
     phases = {p["phase"]: p for p in summary["phases"]}
     assert list(phases) == ["idle0", "matmul", "copy", "hold40g", "idle1"]
     idle, matmul, copy, hold = phases["idle0"], phases["matmul"], phases["copy"], phases["hold40g"]
-    # The README of the recording: idle ~74 W; matmul ~700 W at 100%; copy ~405 W with memory
+    # The recording's notes (tests/fixtures/gpu/H100_RECORDINGS.md): idle ~74 W; matmul ~700 W at 100%; copy ~405 W with memory
     # utilisation 100%; 40 GiB held with no kernels at ~134 W and 0% utilisation.
     assert (
         idle["utilization_pct_mean"] == 0

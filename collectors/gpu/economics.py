@@ -1,6 +1,6 @@
 """GPU economics: tokens, dollars and joules over a window, at any scope.
 
-Definitions (README, "GPU economics"), for a window of ``window_s`` seconds in which
+Definitions (docs/stages/collect-gpu.md, "Formulas"), for a window of ``window_s`` seconds in which
 ``tokens`` tokens were processed on GPU shares costing ``cost_per_s`` dollars per second in
 total and drawing ``energy_j`` joules:
 

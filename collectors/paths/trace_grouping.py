@@ -237,7 +237,7 @@ class TraceGrouper:
 
     ``clock`` (seconds, monotonic) decides when traces close; tests pass a :class:`FakeClock`.
     Open traces live in memory: a restart of the stage loses the ones not yet closed (their
-    offsets were committed), which the README lists under "Not yet".
+    offsets were committed) with a real Kafka; docs/guarantees.md lists it under "Not yet".
     """
 
     name = "paths"

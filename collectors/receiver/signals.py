@@ -1,9 +1,8 @@
 """The three OTLP signals as data: messages, paths, topics, and how each is split for Kafka.
 
 Traces are grouped by trace and packed per partition (key: a hex trace id, see
-:mod:`observer.collectors.receiver.trace_split`); metrics and
-logs per resource (key: a hash of the resource), which is what the README's topic table
-promises. Items that cannot be valid (a span with a bad id, a metric without a name, a log
+:mod:`observer.collectors.receiver.trace_split`); metrics and logs per resource (key: a
+hash of the resource), which is what ``observer.core.topics.TOPIC_TABLE`` promises. Items that cannot be valid (a span with a bad id, a metric without a name, a log
 record with a malformed trace or span id) are dropped and counted for ``partial_success``.
 
 >>> from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric

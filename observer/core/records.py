@@ -452,7 +452,7 @@ class ServingSample(Record):
 class GPUEconomics(Record):
     """Tokens, dollars and joules over one window, for a GPU, a pod or a model.
 
-    Formulas: README, "GPU economics". An idle GPU has ``tokens_per_dollar == 0`` and its
+    Formulas: docs/stages/collect-gpu.md, "Formulas". An idle GPU has ``tokens_per_dollar == 0`` and its
     cost in ``idle_cost_per_s``: waste, not an absent series.
     """
 
