@@ -112,6 +112,54 @@ class LLMCall(Record):
     content_truncated: bool = False
 
 
+class EmbeddingRecord(Record):
+    """The prompt and response embeddings of one LLM call (or one embedding span).
+
+    Computed by the normaliser's embedder from message content (the content itself is not
+    kept), or taken as sent from vectors that arrive in traces. Vectors from different
+    embedders or dimensions are never compared: ``embedder`` is a segment key of this record
+    type, so a new embedding model starts a new stream with its own reference.
+    """
+
+    schema_id: ClassVar[str] = "observer.embeddings/v1"
+    schema_: Literal["observer.embeddings/v1"] = Field("observer.embeddings/v1", alias="schema")
+    tenant: str = ""
+    service: str
+    model: str
+    prompt_version: str = ""
+    trace_id: str
+    span_id: str
+    start_time_unix_nano: int = UnixNano()
+    embedder: str = Field(
+        description="What made the vectors: the configured embedder's id (hashing-ngram-v1/256, "
+        "fastembed:<name>/<dim>) or trace:<embedding model>/<dim> for vectors sent in traces."
+    )
+    dimension: int = Field(ge=1, le=65536, description="Length of every vector of this record.")
+    source: Literal["content", "trace"] = Field(
+        description="content: embedded from message content; trace: vectors sent in the trace."
+    )
+    prompt_embedding: list[float] | None = Field(
+        None, description="The prompt (input messages) embedding; None when the span had none."
+    )
+    response_embedding: list[float] | None = Field(
+        None, description="The response (output messages) embedding; None when none."
+    )
+    prompt_snippet: str | None = Field(
+        None, description="The start of the prompt text, only under normalizer.content.capture "
+        "(redacted like captured content): shown as evidence of a drifted window.",
+    )
+    response_snippet: str | None = Field(
+        None, description="The start of the response text, only under content capture.",
+    )
+
+    @field_validator("prompt_embedding", "response_embedding")
+    @classmethod
+    def _finite_vector(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError("embedding values must be finite")
+        return v
+
+
 class ToolCall(Record):
     """One tool execution, normalised from an ``execute_tool`` span."""
 
@@ -277,11 +325,43 @@ class GenAIMetric(Record):
         return counts
 
 
+class UnlikeRecord(BaseModel):
+    """A current record most unlike the reference (evidence of an embedding feature's drift)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trace_id: str
+    span_id: str
+    score: float = Field(description="How unlike the reference: the domain classifier's "
+                         "probability that the record is from the current window.")
+    snippet: str | None = Field(None, description="Its text's start, only under content capture.")
+
+
+class NovelCluster(BaseModel):
+    """A cluster of the current window that the reference lacks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share_current: float = Field(description="Share of the current window's records in it.")
+    share_reference: float = Field(description="Share of the reference's records in it.")
+    size: int = Field(description="Current records in it.")
+    examples: list[UnlikeRecord] = Field(default_factory=list, description="A few of them.")
+
+
+class EmbeddingEvidence(BaseModel):
+    """Why an embedding feature drifted: the records and clusters behind the verdict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unlike: list[UnlikeRecord] = Field(default_factory=list)
+    novel_clusters: list[NovelCluster] = Field(default_factory=list)
+
+
 class FeatureDrift(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical", "embedding"]
     method: str = Field(description="Statistic that decided the verdict.")
     statistic: float | None = Field(description="None when the window had no values.")
     threshold: float
@@ -293,6 +373,9 @@ class FeatureDrift(BaseModel):
         None,
         description="Sketch mode: the exact statistic lies within this of `statistic` (None: "
         "exact mode).",
+    )
+    evidence: EmbeddingEvidence | None = Field(
+        None, description="Embedding features that drifted: the records and clusters behind it."
     )
 
 
@@ -495,7 +578,7 @@ def _scalar_cell(cell: Any) -> bool:
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.schema_id: cls
-    for cls in (LLMCall, ToolCall, PathRecord, Prediction, GenAIMetric, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
+    for cls in (LLMCall, EmbeddingRecord, ToolCall, PathRecord, Prediction, GenAIMetric, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
 }
 
 

@@ -43,6 +43,10 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
         "segment: its values (service, model; tenant first with tenancy) joined by a pipe",
         "`observer.llm/v1`, one per LLM call",
     ),
+    "embeddings": TopicSpec(
+        "embeddings", True, "segment",
+        "`observer.embeddings/v1`, the prompt and response vectors of one LLM call (no content)",
+    ),
     "tools": TopicSpec("tools", True, "segment", "`observer.tools/v1`, one per tool call"),
     "paths": TopicSpec(
         "paths", True, "segment", "`observer.paths/v1`, one per finished trace (trace grouping)"
@@ -96,6 +100,7 @@ class Topics:
     metrics: str
     logs: str
     llm: str
+    embeddings: str
     tools: str
     paths: str
     predictions: str
