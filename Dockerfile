@@ -35,7 +35,7 @@ RUN pip install --no-cache-dir --prefix=/install /wheels/observer-*.whl
 
 FROM build AS install-stages
 RUN wheel=$(ls /wheels/observer-*.whl) \
-    && pip install --no-cache-dir --prefix=/install "${wheel}[reports,parquet,argo]"
+    && pip install --no-cache-dir --prefix=/install "${wheel}[reports,parquet,argo,armada]"
 
 FROM build AS install-gpu
 RUN wheel=$(ls /wheels/observer-*.whl) \
@@ -43,7 +43,7 @@ RUN wheel=$(ls /wheels/observer-*.whl) \
 
 FROM build AS install-full
 RUN wheel=$(ls /wheels/observer-*.whl) \
-    && pip install --no-cache-dir --prefix=/install "${wheel}[reports,parquet,gpu,argo,embedded]"
+    && pip install --no-cache-dir --prefix=/install "${wheel}[reports,parquet,gpu,argo,embedded,embeddings,armada]"
 
 # What every role shares: the user, the state volume, ports, health check, entry point.
 FROM python:3.11-slim AS runtime

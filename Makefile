@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.collectors_otlp
 	$(PY) -m benchmarks.seal_cost
+	$(PY) -m benchmarks.normalizer_semantic
 
 # The documentation site into site/; reference pages are generated from the code (docs/).
 docs: $(STAMP)

@@ -15,6 +15,7 @@ from observer.dashboards.spec import (
     RowSpec,
 )
 from observer.drift.config import DriftConfig
+from observer.drift.embedding.methods import DEFAULT_METHOD, EMBEDDING_METHODS
 
 S = FILTERS["segment"]
 C = FILTERS["cluster"]
@@ -32,6 +33,42 @@ def _statistic_panel(method: str) -> PanelSpec:
                "{{segment}} {{record_type}}.{{feature}}")],
         unit="short", width=8, thresholds=[THRESHOLDS[method]], min=0,
     )
+
+
+# The default features the normaliser's text descriptors feed (llm records with content).
+DESCRIPTORS = "|".join(f.name for f in DriftConfig().features["llm"] if f.name.endswith(
+    ("_words", "_sentences", "_non_letter_share", "_links")))
+
+
+def _semantic_row() -> RowSpec:
+    """Meaning: the embedding features' statistic per segment, and what feeds them."""
+    method = EMBEDDING_METHODS[DEFAULT_METHOD]
+    return RowSpec("Meaning (embeddings and text descriptors)", [
+        PanelSpec(
+            f"Embedding drift ({DEFAULT_METHOD})",
+            f"Did what users ask or what the model answers change in meaning (statistic of the "
+            f"default method, {DEFAULT_METHOD}, per segment and feature; drift above "
+            f"{method.default_threshold})?",
+            [Query(f'observer_drift_statistic{{{S}, record_type="embeddings", '
+                   f'method="{DEFAULT_METHOD}"}}', "{{segment}} {{feature}}")],
+            unit="short", width=8, thresholds=[method.default_threshold], min=0, max=1,
+        ),
+        PanelSpec(
+            "Text descriptors (Wasserstein)",
+            "Did the answers' and prompts' words, sentences or non-letter share move?",
+            [Query(f'observer_drift_statistic{{{S}, record_type="llm", '
+                   f'feature=~"{DESCRIPTORS}", method="wasserstein"}}',
+                   "{{segment}} {{feature}}")],
+            unit="short", width=8, thresholds=[THRESHOLDS["wasserstein"]], min=0,
+        ),
+        PanelSpec(
+            "Embedded calls per minute",
+            "Are calls with content arriving to be embedded (per record type of the engine)?",
+            [Query(f'sum by (record_type) (rate(observer_drift_records_total{{{C}, '
+                   f'record_type="embeddings"}}{RATE})) * 60', "{{record_type}}")],
+            unit="short", width=8,
+        ),
+    ])
 
 
 def _new_events(counter: str) -> str:
@@ -65,6 +102,7 @@ DASHBOARD = DashboardSpec(
         ]),
         RowSpec("Statistics per feature",
                 [_statistic_panel(m) for m in ("psi", "wasserstein", "jensenshannon") if m in THRESHOLDS]),
+        _semantic_row(),
         RowSpec("Windows and triggers", [
             PanelSpec("Windows closed", "Is the engine scoring (count windows per minute)?",
                       [Query(f"sum by (record_type) (rate(observer_drift_windows_total{{{C}}}{RATE})) * 60",

@@ -16,6 +16,9 @@ from observer.core.config import Section, parse_instant
 from observer.core.extras import available
 
 
+EMBEDDER_KEY = "embedder"
+"""The segment key every ``embeddings`` stream has (vectors of one embedder only)."""
+
 DriftMethod = Literal["wasserstein", "psi", "jensenshannon", "ks", "chisquare", "ztest", "auto"]
 
 
@@ -24,11 +27,15 @@ class FeatureSpec(Section):
         description="Field of the record, or field.key for a key of a mapping field "
         "(inputs.age: one value per prediction instance)."
     )
-    kind: Literal["numeric", "categorical"] = Field(
-        description="numeric (distributions of numbers) or categorical (shares of values)."
+    kind: Literal["numeric", "categorical", "embedding"] = Field(
+        description="numeric (distributions of numbers), categorical (shares of values) or "
+        "embedding (vectors, e.g. prompt_embedding of embeddings records)."
     )
-    method: DriftMethod | None = Field(
-        None, description="Method deciding this feature's drift (default: by kind, see drift)."
+    # A str, not a Literal: embedding methods come from a table (drift.embedding.methods),
+    # and the engine checks every name against its kind at start.
+    method: str | None = Field(
+        None, description="Method deciding this feature's drift (default: by kind, see drift; "
+        "embedding features: a method of drift.embedding_method's table)."
     )
     threshold: float | None = Field(
         None, description="This feature's threshold (default: drift.thresholds[method])."
@@ -42,6 +49,15 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
             FeatureSpec(name="output_tokens", kind="numeric"),
             FeatureSpec(name="latency_ms", kind="numeric"),
             FeatureSpec(name="finish_reason", kind="categorical"),
+            # Text descriptors (collectors/normalize/text_descriptors.py): None on spans
+            # without content, and a feature with no values is not scored, so traffic
+            # without content is scored as before. Only those that vary in most traffic:
+            # a flag or script that is constant (no refusals, never JSON, one language)
+            # would count as an undrifted feature and dilute the dataset drift share; add
+            # output_refusal, output_json_valid, output_script... where they vary.
+            FeatureSpec(name="output_words", kind="numeric"),
+            FeatureSpec(name="output_non_letter_share", kind="numeric"),
+            FeatureSpec(name="input_words", kind="numeric"),
         ],
         "tools": [
             FeatureSpec(name="tool_name", kind="categorical"),
@@ -54,6 +70,12 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
             FeatureSpec(name="tool_errors", kind="numeric"),
             FeatureSpec(name="duration_ms", kind="numeric"),
             FeatureSpec(name="path_signature", kind="categorical"),
+        ],
+        # Vectors only exist when content or vectors arrived (issue 15), so scoring them by
+        # default costs nothing otherwise.
+        "embeddings": [
+            FeatureSpec(name="prompt_embedding", kind="embedding"),
+            FeatureSpec(name="response_embedding", kind="embedding"),
         ],
         # predictions (inputs.<feature>, outputs.<output>) and gpu are model- and
         # fleet-specific: scored once features are configured for them.
@@ -133,6 +155,27 @@ class DriftReportsConfig(Section):
     )
 
 
+class OnlineDriftConfig(Section):
+    """The online detectors (embedding methods ``online_mmd`` and ``online_lsdd``, Cobb et al.
+    2022): thresholds calibrated so that, with no change, a false detection comes once per
+    ``ert`` records."""
+
+    ert: float = Field(
+        1000.0, gt=1, description="Expected run time: mean records between false detections "
+        "when nothing changed (the chance of one in a window of m records is about "
+        "1 - (1 - 1/ert)^m).",
+    )
+    window_size: int = Field(
+        50, ge=2, description="Records in the detector's sliding test window; the reference "
+        "needs at least 6 times as many rows (online_lsdd: 100 more).",
+    )
+    n_bootstraps: int = Field(
+        4000, ge=100, description="Simulated no-change streams the thresholds are calibrated "
+        "on (once per reference); more makes them steadier and calibration slower.",
+    )
+    seed: int = Field(0, description="Seeds the reference split and the calibration streams.")
+
+
 class DriftConfig(Section):
     group_id: str = Field("observer-drift", description="Consumer group.")
     segment_keys: list[str] = Field(
@@ -154,6 +197,11 @@ class DriftConfig(Section):
     )
     categorical_method: DriftMethod = Field(
         "auto", description="Method that decides drift for categorical features (auto: Evidently)."
+    )
+    embedding_method: str = Field(
+        "model", description="Method that decides drift for embedding features (a name of "
+        "drift.embedding.methods: model, mmd, ratio, distance, ...); its threshold: "
+        "drift.thresholds[method], else the method's default.",
     )
     checkpoints: bool = Field(
         True, description="Checkpoint engine state to the drift-state topic (exactly-once restarts)."
@@ -207,6 +255,10 @@ class DriftConfig(Section):
     sketch_top_k: int = Field(
         64, ge=1, description="Sketch mode: categories counted exactly; the rest are 'other'."
     )
+    sketch_embedding_rows: int = Field(
+        512, ge=2, description="Sketch mode: embedding rows kept per window (and reference) "
+        "of an embedding feature, a seeded uniform sample of its records.",
+    )
     reference: Literal["first_window", "first_n", "time_range", "parquet"] = Field(
         "first_n",
         description="Reference per segment: its first window, its first reference_records "
@@ -242,6 +294,10 @@ class DriftConfig(Section):
     reports: DriftReportsConfig = Field(
         default_factory=DriftReportsConfig, description="HTML reports, one per drift episode."
     )
+    online: OnlineDriftConfig = Field(
+        default_factory=OnlineDriftConfig,
+        description="The online embedding detectors (methods online_mmd and online_lsdd).",
+    )
 
     def keys_for(self, record_type: str) -> list[str]:
         """The record fields forming a segment of ``record_type``: its entry in
@@ -250,5 +306,17 @@ class DriftConfig(Section):
 
         >>> DriftConfig().keys_for("gpu"), DriftConfig().keys_for("llm")
         (['node', 'gpu_uuid', 'mig_instance'], ['service', 'model'])
+        >>> DriftConfig().keys_for("embeddings")  # the llm keys plus the embedder
+        ['service', 'model', 'embedder']
         """
-        return list(self.segment_keys_by_record_type.get(record_type, self.segment_keys))
+        by_type = self.segment_keys_by_record_type
+        if record_type == "embeddings" and record_type not in by_type:
+            record_type_keys = by_type.get("llm", self.segment_keys)  # an LLM call's vectors
+        else:
+            record_type_keys = by_type.get(record_type, self.segment_keys)
+        keys = list(record_type_keys)
+        if record_type == "embeddings" and EMBEDDER_KEY not in keys:
+            # Vectors of two embedders (or dimensions) are never compared: a new embedder
+            # starts a new stream with its own reference, whatever the keys configured.
+            keys.append(EMBEDDER_KEY)
+        return keys

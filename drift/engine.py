@@ -1,7 +1,7 @@
 """The streaming drift engine: a consuming stage from the record topics (``observer.llm``,
-``observer.tools``, ``observer.paths``, ``observer.predictions``, ``observer.gpu``: those of
-the record types with features configured) to ``observer.drift``, with its state
-checkpointed to ``observer.drift-state``.
+``observer.tools``, ``observer.paths``, ``observer.predictions``, ``observer.gpu``,
+``observer.embeddings``: those of the record types with features configured) to
+``observer.drift``, with its state checkpointed to ``observer.drift-state``.
 
 For each segment (the record fields ``DriftConfig.segment_keys``, e.g. service and model, or
 the record type's own in ``segment_keys_by_record_type``) and record type
@@ -21,6 +21,18 @@ the checkpointed state, so a restart inside one continues it.
 
 A result is a pure function of the stream's records: ``closed_at_unix_nano`` is the Kafka
 timestamp of the record that closed the window, so a replay reproduces it.
+
+Embedding features (``kind: embedding``; by default ``prompt_embedding`` and
+``response_embedding`` of ``embeddings`` records, segmented by the ``llm`` keys plus
+``embedder``): each row keeps the vector (float32) with its record's trace and span ids, a
+window is scored with ``drift.embedding_method`` (default ``model``, Evidently's domain
+classifier; :mod:`observer.drift.embedding.features`), and a drifted feature carries its
+evidence. A new embedder (or dimension) is a new stream with its own reference
+(``observer_drift_streams_started_total``, an INFO log), never a drift; a vector of another
+dimension than its stream's is counted (``observer_drift_errors_total{reason=
+"dimension_mismatch"}``) and left out. Sketch mode keeps a seeded sample of
+``sketch_embedding_rows`` rows per window. Checkpoint records over 256 kB (vectors) go out
+in parts (:mod:`observer.drift.state_parts`).
 
 Values: a missing value (``None``) is skipped for numeric features; for categorical features
 the empty string ``""`` (e.g. no finish reason reported) is a category of its own, so a
@@ -85,6 +97,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from observer.drift.checkpoint import (
     TP,
     CheckpointStore,
@@ -105,8 +119,11 @@ from observer.drift.metrics import (
     ERRORS,
     RECORDS,
     REPLAYED,
+    STREAMS_STARTED,
     WINDOWS,
 )
+from observer.drift.embedding.columns import VectorRow, state_values
+from observer.drift.embedding.features import score_embedding
 from observer.drift.duplicates import ReplayGuard
 from observer.drift.published import KafkaResultLog, ResultLog
 from observer.drift.record_types import (
@@ -121,6 +138,7 @@ from observer.drift.record_types import (
 from observer.drift.reference import ParquetReference, as_list, new_window
 from observer.drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from observer.drift.sketch import StateBudget
+from observer.drift.state_parts import StateParts
 from observer.drift.sketch_scoring import sketched_scores
 from observer.drift.restore import Restorer
 from observer.drift.stream import Pending, Stream, held_records, reference_value, state_output
@@ -201,7 +219,8 @@ class DriftEngine:
             specs = list(cfg.features.get(record_type, []))
             check_features(record_type, specs)
             for spec in specs:
-                resolve_method(spec, cfg.numeric_method, cfg.categorical_method)
+                resolve_method(spec, cfg.numeric_method, cfg.categorical_method,
+                               cfg.embedding_method)
             self._features[record_type] = specs
             check_specs(record_type, cls, cfg.degradation.get(record_type, []))
             self._segment_keys[record_type] = segment_keys(cfg, record_type)
@@ -217,6 +236,10 @@ class DriftEngine:
             # A stage subscribed to no topic would idle forever: say so at start.
             raise ValueError("drift.features configures no feature for any record type "
                              f"({', '.join(RECORD_TYPES)}): nothing to score")
+        # Per record type, its embedding features (vectors checked per record, drift.embedding).
+        self._embeddings: dict[str, list[str]] = {
+            t: [s.name for s in specs if s.kind == "embedding"] for t, specs in self._features.items()
+        }
         self._streams: dict[tuple[str, str], Stream] = {}
         self._next_offset: dict[TP, int] = {}
         self._pending: list[Pending] = []
@@ -228,6 +251,8 @@ class DriftEngine:
             ParquetReference(cfg, self._features) if cfg.reference == "parquet" else None
         )
         self._restorer = Restorer(cfg, topics, self._features, self._budget, self._parquet)
+        # Checkpoint records over a few hundred kB go out in parts (embedding vectors).
+        self._parts = StateParts(topics.drift_state)
 
     @classmethod
     def for_kafka(cls, cfg: DriftConfig, kafka: KafkaConfig, topics: Topics) -> DriftEngine:
@@ -271,7 +296,7 @@ class DriftEngine:
         self._quarantined = []
         if self.store is not None:
             outputs += self._checkpoint(at_ms)
-        return outputs
+        return self._parts.split(outputs)
 
     def tick(self) -> list[Output]:
         # tick() ends a StageRunner iteration; being called again means everything produced
@@ -289,7 +314,10 @@ class DriftEngine:
             outputs.append(p.output)
         self._pending = keep
         self._iteration += 1
-        return outputs
+        # Parts superseded by writes confirmed now (drift.state_parts); taken before the
+        # split below, whose own supersessions wait for the next tick.
+        ready = self._parts.confirmed()
+        return self._parts.split(outputs) + ready
 
     # -- records -----------------------------------------------------------------------------
 
@@ -329,6 +357,13 @@ class DriftEngine:
         stream = self._streams.get((key, record_type))
         if stream is None:
             stream = self._new_stream(segment, key, record_type, features)
+        if self._embeddings[record_type]:
+            problem = self._check_vectors(stream, record, rows)
+            if problem is not None:
+                ERRORS.labels(record_type, "invalid_value").inc()
+                self._quarantined.append(dead_letter(
+                    self.topics.dead_letter, self.name, message, "invalid_value", problem))
+                return []
         tp = (message.topic, message.partition)
         if self.store is not None and message.offset <= stream.positions.get(tp, -1):
             REPLAYED.labels(record_type).inc()
@@ -354,7 +389,7 @@ class DriftEngine:
         """A stream's windows in exact or sketch mode (the budget decides), and its reference
         when it comes from a dataset."""
         records = held_records(self.cfg)
-        sketch = not self._budget.admit(len(features), records)
+        sketch = not self._budget.admit(state_values([f.kind for f in features]), records)
         reference = (
             self._parquet.reference(record_type, segment, sketch) if self._parquet else None
         )
@@ -366,7 +401,33 @@ class DriftEngine:
             stream.reference = reference
             stream.new_reference = True
         self._streams[(key, record_type)] = stream
+        # A new segment, or for embeddings a new embedder or dimension: a stream of its own
+        # with its own reference, never a drift of the old one (issue 15).
+        STREAMS_STARTED.labels(record_type).inc()
+        log.info("drift stream started: %s %s (%s)", record_type, key,
+                 ", ".join(f"{k}={v}" for k, v in segment.items()))
         return stream
+
+    def _check_vectors(self, stream: Stream, record: Record, rows: list[dict[str, Any]]) -> str | None:
+        """Embedding rows: a vector that is not finite as float32 is an invalid message (its
+        text); one of another dimension than the stream's is counted and left out."""
+        declared = getattr(record, "dimension", None)
+        for row in rows:
+            for name in self._embeddings[stream.record_type]:
+                vector = row.get(name)
+                if not isinstance(vector, VectorRow):
+                    continue
+                if not np.isfinite(vector.vector).all():
+                    return f"feature value {name} is not finite as float32"
+                if stream.dimension is None:
+                    stream.dimension = declared or len(vector.vector)
+                if len(vector.vector) != stream.dimension or (declared and declared != stream.dimension):
+                    ERRORS.labels(stream.record_type, "dimension_mismatch").inc()
+                    log.debug("drift %s %s: %s of dimension %d skipped (stream: %d)",
+                              stream.record_type, stream.key, name, len(vector.vector),
+                              stream.dimension)
+                    row[name] = None
+        return None
 
     def _closed(self, stream: Stream, closed: ClosedWindow, message: Message) -> DriftResult | None:
         """A window closed: it becomes the reference, or is scored against it."""
@@ -410,25 +471,34 @@ class DriftEngine:
         degradation: list[DegradationSignal] | None = None,
     ) -> DriftResult:
         key, record_type = stream.key, stream.record_type
+        specs = self._features[record_type]
+        tabular = [s for s in specs if s.kind != "embedding"]
         # Sketch mode (either side sketched) has its own scorer; None means both are exact.
         sketched = sketched_scores(
-            reference, current, self._features[record_type],
+            reference, current, tabular,
             numeric_method=self.cfg.numeric_method, categorical_method=self.cfg.categorical_method,
             thresholds=self.cfg.thresholds, relative_accuracy=self.cfg.sketch_relative_accuracy,
             top_k=self.cfg.sketch_top_k,
         )
         if sketched is None and (stream.prepared is None or stream.prepared[0] is not reference):
-            stream.prepared = (
-                reference, prepare_columns(reference.columns, self._features[record_type])
-            )
-        features = sketched if sketched is not None else score_columns(
+            stream.prepared = (reference, prepare_columns(reference.columns, tabular))
+        scored = sketched if sketched is not None else score_columns(
             stream.prepared[1],
             current.columns,
-            self._features[record_type],
+            tabular,
             numeric_method=self.cfg.numeric_method,
             categorical_method=self.cfg.categorical_method,
             thresholds=self.cfg.thresholds,
         )
+        by_name = {f.name: f for f in scored}
+        for spec in specs:
+            if spec.kind == "embedding":  # vectors: drift.embedding.features
+                by_name[spec.name] = score_embedding(
+                    spec, _vectors(reference, spec.name), _vectors(current, spec.name),
+                    method=self.cfg.embedding_method, thresholds=self.cfg.thresholds,
+                    online=self.cfg.online,
+                )
+        features = [by_name[s.name] for s in specs]
         share = drift_share(features)
         result = DriftResult(
             segment=stream.segment,
@@ -530,9 +600,18 @@ class DriftEngine:
         store (:mod:`observer.drift.restore`); returns the results to re-emit and the
         checkpoint repairs."""
         assert self.store is not None
-        done = self._restorer.restore(self.store.load(), partitions, starts, self._guard,
+        values = self.store.load()
+        self._parts.learn(values)
+        done = self._restorer.restore(values, partitions, starts, self._guard,
                                       self.results, set(self._streams))
         self._streams.update(done.streams)
         self._pending += [Pending(self._iteration, output, stream, window)
                           for stream, window, output in done.rewrites]
         return done.outputs
+
+
+def _vectors(window: ClosedWindow, name: str) -> list[Any]:
+    """An embedding feature's rows of a window: its raw column, or its reservoir's sample."""
+    if window.sketches is not None:
+        return list(getattr(window.sketches.get(name), "rows", []))
+    return window.columns.get(name, [])

@@ -62,7 +62,9 @@ WINDOWS = Counter(
 )
 ERRORS = Counter(
     "observer_drift_errors_total",
-    "Messages skipped: undecodable, a record of the wrong type for its topic, or an unknown topic.",
+    "Messages skipped: undecodable, a record of the wrong type for its topic, or an unknown "
+    "topic; dimension_mismatch counts embedding vectors skipped (another dimension than the "
+    "stream's).",
     ["record_type", "reason"],
 )
 REPLAYED = Counter(
@@ -77,6 +79,12 @@ RESTORES = Counter(
 CHECKPOINT_BYTES = Counter(
     "observer_drift_checkpoint_bytes_total",
     "Bytes of checkpoint records written to observer.drift-state.",
+)
+STREAMS_STARTED = Counter(
+    "observer_drift_streams_started_total",
+    "Streams (segment x record type) the engine started, each with its own reference: a new "
+    "segment, or for embeddings a new embedder or dimension (never scored as drift).",
+    ["record_type"],
 )
 DUPLICATES = Counter(
     "observer_drift_duplicates_suppressed_total",

@@ -5,15 +5,16 @@ topic it arrives on, and which field holds its event time. The engine, the runti
 topics the drift stage subscribes to) and the HTML reports all read it, so a record type is
 added in one place.
 
-===============  ==============  ========================  ========================
-record type      record class    topic                     event time
-===============  ==============  ========================  ========================
-``llm``          ``LLMCall``     ``observer.llm``          ``start_time_unix_nano``
-``tools``        ``ToolCall``    ``observer.tools``        ``start_time_unix_nano``
-``paths``        ``PathRecord``  ``observer.paths``        ``start_time_unix_nano``
-``predictions``  ``Prediction``  ``observer.predictions``  ``time_unix_nano``
-``gpu``          ``GPUSample``   ``observer.gpu`` (shared) ``time_unix_nano``
-===============  ==============  ========================  ========================
+================  ===================  =========================  ========================
+record type       record class         topic                      event time
+================  ===================  =========================  ========================
+``llm``           ``LLMCall``          ``observer.llm``           ``start_time_unix_nano``
+``tools``         ``ToolCall``         ``observer.tools``         ``start_time_unix_nano``
+``paths``         ``PathRecord``       ``observer.paths``         ``start_time_unix_nano``
+``predictions``   ``Prediction``       ``observer.predictions``   ``time_unix_nano``
+``gpu``           ``GPUSample``        ``observer.gpu`` (shared)  ``time_unix_nano``
+``embeddings``    ``EmbeddingRecord``  ``observer.embeddings``    ``start_time_unix_nano``
+================  ===================  =========================  ========================
 
 Feature names: a record field (``output_tokens``), or ``field.key`` for a key of a mapping
 field (``inputs.age`` reads ``record.inputs["age"]``; ``profiling.DCGM_FI_PROF_SM_ACTIVE``
@@ -24,7 +25,9 @@ contributes one row per instance, the record's plain fields repeated on each of 
 Values are coerced to what the statistics accept: a numeric feature keeps numbers (booleans
 as 1/0) and turns anything else (text, lists, a missing key) into a missing value; a
 categorical feature keeps text, numbers and booleans as they are and writes lists and maps
-as their JSON text, so every category is hashable and checkpointable.
+as their JSON text, so every category is hashable and checkpointable; an embedding feature
+(``prompt_embedding``) keeps the vector as float32 with the record's trace and span ids
+(:class:`observer.drift.embedding.columns.VectorRow`), so a drifted window can name its records.
 
 >>> from observer.drift.config import FeatureSpec
 >>> from observer.core.records import Prediction
@@ -46,7 +49,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from observer.drift.config import DriftConfig, FeatureSpec
-from observer.core.records import GPUSample, LLMCall, PathRecord, Prediction, Record, ToolCall
+from observer.core.records import (
+    EmbeddingRecord,
+    GPUSample,
+    LLMCall,
+    PathRecord,
+    Prediction,
+    Record,
+    ToolCall,
+)
+from observer.drift.embedding.columns import embedding_value
 from observer.core.topics import Topics
 
 
@@ -79,6 +91,8 @@ RECORD_TYPES: dict[str, RecordType] = {
     "predictions": RecordType(Prediction, "predictions", "time_unix_nano"),
     # observer.gpu also carries serving figures and GPU economics (collectors.gpu).
     "gpu": RecordType(GPUSample, "gpu", "time_unix_nano", shared_topic=True),
+    # Prompt and response vectors (issue 15); segments also key on the embedder.
+    "embeddings": RecordType(EmbeddingRecord, "embeddings", "start_time_unix_nano"),
 }
 """Record type -> record class, topic and event-time field."""
 
@@ -93,7 +107,7 @@ def topics_by_type(cfg: DriftConfig, topics: Topics) -> dict[str, str]:
     >>> from observer.core.config import KafkaConfig
     >>> topics = Topics.from_config(KafkaConfig())
     >>> sorted(topics_by_type(DriftConfig(), topics).values())
-    ['llm', 'paths', 'tools']
+    ['embeddings', 'llm', 'paths', 'tools']
     >>> list(topics_by_type(DriftConfig(features={"gpu": [FeatureSpec(name="power_w",
     ...     kind="numeric")]}), topics))
     ['observer.gpu']
@@ -183,7 +197,7 @@ def _categorical(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-_COERCE = {"numeric": _numeric, "categorical": _categorical}
+_COERCE = {"numeric": _numeric, "categorical": _categorical, "embedding": lambda v: v}
 
 
 def feature_rows(record: Record, specs: Sequence[FeatureSpec]) -> list[dict[str, Any]]:
@@ -199,6 +213,9 @@ def feature_rows(record: Record, specs: Sequence[FeatureSpec]) -> list[dict[str,
     scalars: dict[str, Any] = {}
     columns: dict[str, list[Any]] = {}
     for spec in specs:
+        if spec.kind == "embedding":
+            scalars[spec.name] = embedding_value(record, spec.name)
+            continue
         head, sep, key = spec.name.partition(FIELD_SEPARATOR)
         value = getattr(record, head, None)
         if sep:

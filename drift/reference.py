@@ -63,7 +63,8 @@ def store_factory(cfg: DriftConfig, specs: Sequence[FeatureSpec], sketch: bool) 
     if not sketch:
         return lambda: ExactValues(names)
     kinds = {s.name: s.kind for s in specs}
-    return lambda: SketchValues(kinds, cfg.sketch_relative_accuracy, cfg.sketch_top_k)
+    return lambda: SketchValues(kinds, cfg.sketch_relative_accuracy, cfg.sketch_top_k,
+                                cfg.sketch_embedding_rows)
 
 
 class ReferenceFirst:

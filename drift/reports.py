@@ -62,6 +62,7 @@ from observer.drift.config import DriftConfig, DriftReportsConfig, FeatureSpec
 from observer.core.extras import require
 from observer.core.records import DriftResult, FeatureDrift, OffsetRange, Record
 from observer.core.windows import WindowReadError, read_window_timed
+from observer.drift.embedding.report import embedding_section, standalone, with_section
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +475,13 @@ class DriftReports:
     def render(self, result: DriftResult) -> Rendered:
         """Read both windows of ``result`` back (from Kafka; the reference from the Parquet
         dataset when the result names no reference offsets) and render their report."""
-        columns = [ReportColumn.of(f) for f in result.features if f.statistic is not None]
+        # Embedding features are vectors, which Evidently cannot render: they get a section
+        # of their own from the result (drift.embedding.report).
+        columns = [ReportColumn.of(f) for f in result.features
+                   if f.statistic is not None and f.kind != "embedding"]
+        section = embedding_section(result.features)
+        if section and not columns:
+            return self._embedding_only(result, section)
         current_span = None
         if result.window_start_unix_nano is not None and result.window_end_unix_nano is not None:
             current_span = (result.window_start_unix_nano, result.window_end_unix_nano)
@@ -496,8 +503,28 @@ class DriftReports:
             "observer drift share": f"{result.drift_share:.3f}",
         }
         title = f"Drift: {result.segment_key} {result.record_type} window {result.window_index}"
-        return render_report(frames["reference"], frames["current"], columns,
-                             drift_share=self.drift_share, title=title, details=details)
+        rendered = render_report(frames["reference"], frames["current"], columns,
+                                 drift_share=self.drift_share, title=title, details=details)
+        if not section:
+            return rendered
+        return Rendered(with_section(rendered.html, section), rendered.statistics,
+                        rendered.drift_share)
+
+    def _embedding_only(self, result: DriftResult, section: str) -> Rendered:
+        """A window whose features are all embeddings: the section alone, no read-back."""
+        details = {
+            "segment": ", ".join(f"{k}={v}" for k, v in result.segment.items()),
+            "record type": result.record_type,
+            "window": result.window_index,
+            "drift episode": f"began at window {result.episode_start_window}"
+            if result.episode_start_window is not None else "(not recorded)",
+            "reference records": result.n_reference,
+            "current records": result.n_current,
+            "observer drift share": f"{result.drift_share:.3f}",
+        }
+        title = f"Drift: {result.segment_key} {result.record_type} window {result.window_index}"
+        statistics = {f.name: f.statistic for f in result.features if f.statistic is not None}
+        return Rendered(standalone(title, details, section), statistics, result.drift_share)
 
     def _read(self, side: str, result: DriftResult, ranges: Sequence[OffsetRange],
               span: tuple[int, int] | None, columns: Sequence[ReportColumn]) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from observer.drift.reference import ParquetReference, new_window
 from observer.drift.sketch import StateBudget, sketch_from_json
 from observer.drift.stream import Stream, held_records, state_output
 from observer.drift.window import ClosedWindow
+from observer.drift.embedding.columns import first_dimension, state_values
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,12 @@ class Restorer:
         """One stream from its checkpointed state, in the mode it was checkpointed in."""
         ref = state.reference
         # Keep the checkpointed mode: a sketched reference stays sketched.
+        cost = state_values([f.kind for f in features])
         if ref is not None and ("sketches" in ref or ref.get("external") is None):
             sketch = "sketches" in ref
-            self.budget.admit(len(features), 0 if sketch else held_records(self.cfg))
+            self.budget.admit(cost, 0 if sketch else held_records(self.cfg))
         else:
-            sketch = not self.budget.admit(len(features), held_records(self.cfg))
+            sketch = not self.budget.admit(cost, held_records(self.cfg))
         reference: ClosedWindow | None = None
         if ref is not None and ref.get("external") == "parquet" and self.parquet is not None:
             reference = self.parquet.reference(state.record_type, state.segment, sketch)
@@ -153,6 +155,8 @@ class Restorer:
             stream.touched = True  # checkpoint the fresh start with the next batch
             return stream
         stream.open_ranges = {tp: list(r) for tp, r in state.open_ranges.items()}
+        # Embedding streams: the dimension their restored vectors have.
+        stream.dimension = first_dimension(state.columns, ref)
         stream.episode_start = state.episode_start
         stream.chunks = state.chunks
         stream.saved = len(window)

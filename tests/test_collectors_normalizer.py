@@ -139,6 +139,9 @@ def test_current_genai_names() -> None:
         input_chars=len(SECRET),
         input_hash=hashlib.sha256(json.dumps([["user", SECRET]], separators=(",", ":")).encode())
         .hexdigest()[:16],
+        # Its text descriptors (tests/test_text_descriptors.py): 8 words, 16 digits of 30.
+        input_words=8, input_sentences=1, input_non_letter_share=16 / 30, input_refusal=False,
+        input_json_valid=False, input_links=0, input_script="latin",
     )
 
 

@@ -57,7 +57,7 @@ def test_the_registry_is_the_one_list_of_actions() -> None:
     assert set(get_args(listed)) | {"webhook"} == set(ACTIONS)
     for name in ACTIONS:
         assert factory(name).__self__.name == name  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="unknown action 'ftp'; known: argo, kfp, webhook"):
+    with pytest.raises(ValueError, match="unknown action 'ftp'; known: argo, armada, kfp, webhook"):
         factory("ftp")
 
 

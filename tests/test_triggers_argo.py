@@ -209,9 +209,11 @@ def test_max_concurrent_runs_per_model(tmp_path: Path, argo: Any) -> None:
     assert stage.tick() == []  # busy_retry_s is 60
     contract.complete("argo", contract.created[0])
     clock.advance(31)
-    (out,) = events(stage.tick())
+    out, *followed = events(stage.tick())
     assert (out.status, out.attempts) == ("delivered", 1)
     assert len(contract.created) == 2
+    # Meanwhile the first run was polled (observer.triggers.tracking): it started and ended.
+    assert [e.event for e in followed] == ["run_started", "run_succeeded"]
     stage.close()
 
 

@@ -104,6 +104,7 @@ def test_listing_is_plain_and_redacted(tmp_path: Path) -> None:
             "approval_at",
             "approval_note",
             "deliveries",
+            "runs",
         }
         assert d["approval"] is None  # the policy has no approval gate
         (delivery,) = d["deliveries"]

@@ -47,6 +47,9 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_drift_reports.py::"
     "test_offline_reports_render_without_network_and_a_cdn_reference_is_caught",  # Chromium
     "tests/test_durability.py::test_one_state_directory_serves_one_observer_at_a_time",
+    "tests/test_embedders.py::test_same_vectors_in_another_process",  # a Python child
+    # A Python child with collectors.normalize._text_scan blocked.
+    "tests/test_text_scan.py::test_without_the_extension_the_stage_runs_the_same",
     # A child process with the optional packages blocked (tests/extras_probe.py).
     "tests/test_extras.py::test_the_core_stages_run_without_any_extra",
     "tests/test_extras.py::test_a_feature_without_its_extra_fails_at_start_naming_it",

@@ -29,7 +29,7 @@ disabled        the target asks to be disabled (a webhook's 410)
 ==============  ===============================================================
 
 >>> sorted(ACTIONS)
-['argo', 'kfp', 'webhook']
+['argo', 'armada', 'kfp', 'webhook']
 >>> from observer.triggers.config import PolicyConfig, WebhookConfig
 >>> hook = WebhookConfig(url="http://h/x", secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 >>> policy_actions(PolicyConfig(webhooks=[hook], actions=["kfp"]))
@@ -66,6 +66,7 @@ ACTIONS: dict[str, str] = {
     "webhook": "observer.triggers.webhook:WebhookAction",
     "argo": "observer.triggers.argo:ArgoAction",
     "kfp": "observer.triggers.kfp:KfpAction",
+    "armada": "observer.triggers.armada:ArmadaAction",
 }
 
 
@@ -120,7 +121,7 @@ def factory(name: str) -> ActionFactory:
     >>> factory("ftp")
     Traceback (most recent call last):
     ...
-    ValueError: unknown action 'ftp'; known: argo, kfp, webhook
+    ValueError: unknown action 'ftp'; known: argo, armada, kfp, webhook
     """
     if name not in ACTIONS:
         raise ValueError(f"unknown action {name!r}; known: {', '.join(sorted(ACTIONS))}")

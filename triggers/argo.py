@@ -49,6 +49,15 @@ from observer.triggers.naming import (
 )
 from observer.triggers.retry import RetryPolicy, parse_retry_after
 from observer.triggers.runs import RunAction, run_parameters, run_verdict
+from observer.triggers.tracking.phases import (
+    PollError,
+    RunStatus,
+    argo_failed_step,
+    outcome_of,
+    unix,
+    why_of,
+)
+from observer.triggers.tracking.store import TrackedRun
 
 # Hera (and requests, which it brings) is the `argo` extra. This module is imported only when a
 # policy lists the argo action (observer.triggers.action.ACTIONS), so a missing extra fails at
@@ -235,6 +244,41 @@ class ArgoAction(RunAction):
         # Network errors: transient as far as we can tell, retried and bounded.
         except Exception as exc:  # noqa: BLE001
             return Outcome(RETRY, f"{step}: {type(exc).__name__}: {exc}"[:300])
+
+    # -- tracking (observer.triggers.tracking) --------------------------------------------
+
+    def run_url(self, run: TrackedRun) -> str:
+        """The workflow's ``GET`` endpoint."""
+        return f"{self.cfg.server.rstrip('/')}/api/v1/workflows/{self.cfg.namespace}/{run.name}"
+
+    def poll(self, run: TrackedRun) -> RunStatus:
+        """The workflow's phase, and the step that failed (``GET /api/v1/workflows/{ns}/{name}``);
+        404: not found; no answer: :class:`~observer.triggers.tracking.phases.PollError`."""
+        try:
+            workflow = self.service.get_workflow(run.name, namespace=self.cfg.namespace)
+        # Hera's errors, network errors, answers that are not a Workflow (Hera fails reading
+        # an error body without `message` too): the status line decides; polled again later.
+        except Exception as exc:  # noqa: BLE001
+            code = self._last_code()
+            if code == 404:
+                return RunStatus.missing()
+            if code is not None and not 200 <= code < 300:
+                detail = _message(self.session.last_response, str(exc))
+                raise PollError(f"HTTP {code}: {detail}") from None
+            raise PollError(f"{type(exc).__name__}: {exc}"[:300]) from None
+        status = workflow.model_dump(mode="json", by_alias=True, exclude_none=True).get("status") or {}
+        phase = status.get("phase")[:64] if isinstance(status.get("phase"), str) else ""
+        outcome = outcome_of("argo", phase)
+        step, message = argo_failed_step(status) if outcome == "failed" else ("", "")
+        return RunStatus(
+            found=True,
+            phase=phase,
+            outcome=outcome,
+            failed_step=step,
+            message=message or (why_of("argo", phase) if outcome == "failed" else ""),
+            started_at=unix(status.get("startedAt")),
+            finished_at=unix(status.get("finishedAt")),
+        )
 
     def _last_code(self) -> int | None:
         r = self.session.last_response

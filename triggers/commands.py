@@ -1,6 +1,6 @@
 """The trigger-related subcommands of ``observer``: ``pipeline render`` and ``triggers ...``.
 
-    observer pipeline render --out DIR [--validate SCHEMAS_DIR]
+    observer pipeline render --out DIR [--validate SCHEMAS_DIR] [--serving llminferenceservice]
     observer triggers list [--limit N] [--policy P] [--segment S] [--kind fired]
                            [--approval held] [--json]
     observer triggers approve EPISODE_ID [--by NAME] [--note TEXT]
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
     from observer.config import ObserverConfig
+    from observer.triggers.config import TriggerConfig
 
 COMMANDS = ("pipeline", "triggers")
 
@@ -41,6 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                              "(argo/schema.json, crds/*.yaml)")
     render.add_argument("--crd", type=Path, action="append", default=[], metavar="FILE",
                         help="with --validate: another CRD file to validate against (repeatable)")
+    render.add_argument("--serving", choices=["inferenceservice", "llminferenceservice"],
+                        help="how the candidate is served (default: pipeline.serving): a KServe "
+                             "InferenceService canary or a multi-node LLMInferenceService")
     triggers = sub.add_parser("triggers", help="the trigger ledger")
     tsub = triggers.add_subparsers(dest="triggers_command", required=True)
     lst = tsub.add_parser("list", help="decisions and their deliveries, newest first")
@@ -61,7 +65,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def run(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     if args.command == "pipeline":
-        return _render(cfg, args.out, args.validate, args.crd)
+        trigger = cfg.trigger
+        if args.serving:
+            pipeline = trigger.pipeline.model_copy(update={"serving": args.serving})
+            trigger = trigger.model_copy(update={"pipeline": pipeline})
+        return _render(trigger, args.out, args.validate, args.crd)
     if args.triggers_command in VERDICTS:
         return _resolve(cfg, args)
     return _list(cfg, args)
@@ -97,10 +105,10 @@ def _resolve(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _render(cfg: ObserverConfig, out: Path, schemas: Path | None, crds: list[Path]) -> int:
+def _render(trigger: TriggerConfig, out: Path, schemas: Path | None, crds: list[Path]) -> int:
     from observer.triggers.pipeline.render import render, write
 
-    docs = render(cfg.trigger)
+    docs = render(trigger)
     if schemas is not None:
         from observer.triggers.pipeline.validate import SchemaError, check_all
 

@@ -7,6 +7,7 @@ Kubeflow Pipelines runs, the Parquet export and the rendered retraining pipeline
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +74,7 @@ class PolicyConfig(Section):
         default_factory=dict,
         description="Segment field -> glob pattern; the policy watches matching segments only.",
     )
-    actions: list[Literal["argo", "kfp"]] = Field(
+    actions: list[Literal["argo", "kfp", "armada"]] = Field(
         default_factory=list, description="Runs to start when the policy fires (besides webhooks)."
     )
     model_field: str = Field("model", description="Segment field naming the model (concurrency).")
@@ -91,6 +92,11 @@ class PolicyConfig(Section):
     )
     webhooks: list[WebhookConfig] = Field(
         default_factory=list, description="Standard Webhooks to deliver when the policy fires."
+    )
+    run_webhooks: list[WebhookConfig] = Field(
+        default_factory=list,
+        description="Standard Webhooks (type observer.run.completed) delivered when a run this "
+        "policy started ends: succeeded, failed, lost or timed out (trigger.runs).",
     )
 
     @model_validator(mode="after")
@@ -142,6 +148,69 @@ class KfpConfig(Section):
     max_attempts: int = Field(10, ge=1, description="Attempts before dead-lettering.")
 
 
+class RunsConfig(Section):
+    """How submitted runs (Argo, KFP) are followed to their end (observer.triggers.tracking)."""
+
+    poll_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between two status polls of one run in progress."
+    )
+    timeout_s: float = Field(
+        86400.0,
+        gt=0,
+        description="A run not finished this long after its submission is reported "
+        "run_timed_out and no longer polled (it is not stopped upstream).",
+    )
+    lost_after_polls: int = Field(
+        2,
+        ge=1,
+        description="Polls in a row answered 404 before a submitted run is reported run_lost.",
+    )
+    max_polls_per_tick: int = Field(
+        8, ge=1, description="Status polls per tick at most; the rest wait for the next tick."
+    )
+
+
+class ArmadaConfig(Section):
+    """Training jobs submitted to an Armada queue (observer.triggers.armada)."""
+
+    server: str = Field("", description="Armada server's gRPC address (host:port).")
+    use_tls: bool = Field(False, description="Connect with TLS (system CA bundle or ca_file).")
+    ca_file: str = Field("", description="CA bundle (PEM path) to verify the server with.")
+    token: SecretStr | None = Field(
+        None, description="Bearer token sent as gRPC `authorization` metadata (OIDC)."
+    )
+    queue: str = Field("observer", description="Armada queue the jobs are submitted to.")
+    namespace: str = Field("default", description="Kubernetes namespace the job pods run in.")
+    priority: float = Field(1.0, ge=0, description="Job priority within the queue.")
+    priority_class: str = Field(
+        "", description="Pod priorityClassName (one the Armada server allows); empty: none."
+    )
+    cpu: str = Field("4", description="CPU of each pod (requests = limits, as Armada asks).")
+    memory: str = Field("16Gi", description="Memory of each pod (requests = limits).")
+    gang_node_uniformity_label: str = Field(
+        "",
+        description="Node label the pods of a multi-node job must share "
+        "(armadaproject.io/gangNodeUniformityLabel); empty: none.",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Per gRPC call.")
+    max_attempts: int = Field(10, ge=1, description="Attempts before dead-lettering.")
+    backoff_initial_s: float = Field(2.0, gt=0, description="First retry delay (full jitter).")
+    backoff_max_s: float = Field(600.0, gt=0, description="Longest retry delay.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, v: str, info: Any) -> str:
+        # Armada would refuse the job (permanently) on every episode: refuse it at start.
+        if not _QUANTITY.fullmatch(v):
+            raise ValueError(f"trigger.armada.{info.field_name}: {v!r} is not a Kubernetes "
+                             "quantity (4, 500m, 16Gi)")
+        return v
+
+
+# Kubernetes' resource.Quantity: a decimal number and an optional SI/binary suffix or exponent.
+_QUANTITY = re.compile(r"\+?(\d+(\.\d*)?|\.\d+)([numkMGTPE]|[KMGTPE]i|[eE][+-]?\d+)?")
+
+
 class ExportConfig(Section):
     # pyarrow is the `parquet` extra: a core install exports nothing unless told to, and then
     # fails at start naming the extra (observer.core.extras).
@@ -189,6 +258,29 @@ class PipelineConfig(Section):
         "Standard", description="KServe deployment mode of the canary."
     )
     canary_traffic_percent: int = Field(10, ge=1, le=99, description="Canary's traffic share.")
+    serving: Literal["inferenceservice", "llminferenceservice"] = Field(
+        "inferenceservice",
+        description="How the candidate is served: a KServe InferenceService canary, or a KServe "
+        "LLMInferenceService (multi-node LLM serving on a LeaderWorkerSet): the candidate as "
+        "its own `<model_name>-candidate` service, promoted into `model_name` once Ready "
+        "(`observer pipeline render --serving` overrides this).",
+    )
+    llm_pipeline_parallel: int = Field(
+        2, ge=1, description="LLMInferenceService: nodes per replica (spec.parallelism.pipeline, "
+        "the LeaderWorkerSet group size: one leader, the rest workers)."
+    )
+    llm_tensor_parallel: int = Field(
+        1, ge=1, description="LLMInferenceService: GPUs per node (spec.parallelism.tensor)."
+    )
+    llm_replicas: int = Field(1, ge=1, description="LLMInferenceService: serving replicas.")
+    kubectl_image: str = Field(
+        "registry.k8s.io/kubectl:v1.34.1",
+        description="Image of the step that waits for the LLMInferenceService candidate to be "
+        "Ready (kubectl wait).",
+    )
+    llm_ready_timeout: str = Field(
+        "30m", description="LLMInferenceService: how long the candidate may take to be Ready."
+    )
     canary_soak: str = Field("10m", description="How long the canary serves before promotion.")
     eval_metric: str = Field("accuracy", description="Metric the evaluation gate compares.")
     eval_higher_is_better: bool = Field(True, description="Direction of the metric.")
@@ -204,5 +296,7 @@ class TriggerConfig(Section):
     )
     argo: ArgoConfig = Field(default_factory=ArgoConfig)
     kfp: KfpConfig = Field(default_factory=KfpConfig)
+    armada: ArmadaConfig = Field(default_factory=ArmadaConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

@@ -12,6 +12,7 @@ the backoff of :data:`BACKOFF_INITIAL_S` and :data:`BACKOFF_MAX_S`).
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Self
 
@@ -30,6 +31,20 @@ from observer.triggers.config import KfpConfig, TriggerConfig
 from observer.triggers.ledger import Delivery
 from observer.triggers.retry import RetryPolicy, parse_retry_after
 from observer.triggers.runs import RunAction, run_parameters, run_verdict
+from observer.triggers.tracking.phases import (
+    PollError,
+    RunStatus,
+    kfp_failed_step,
+    kfp_started_at,
+    outcome_of,
+    unix,
+    why_of,
+)
+from observer.triggers.tracking.store import TrackedRun
+
+# What a run id may look like before it goes into a URL path (KFP's are UUIDs); another
+# answer is not trusted, and the run is found by its display name again.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 # Backoff of KFP attempts: the same shape as Argo's defaults.
 BACKOFF_INITIAL_S, BACKOFF_MAX_S = 2.0, 600.0
@@ -134,6 +149,51 @@ class KfpAction(RunAction):
         except Exception as exc:  # noqa: BLE001  (network: retried, bounded)
             return Outcome(RETRY, f"{step}: {type(exc).__name__}: {exc}"[:300])
         return self._answer(response, step, name)
+
+    # -- tracking (observer.triggers.tracking) --------------------------------------------
+
+    def run_url(self, run: TrackedRun) -> str:
+        """The run's ``GET`` endpoint (by display name until its id is known)."""
+        if run.run_id:
+            return f"{self.target}/{run.run_id}"
+        return f"{self.target}?display_name={run.name}"
+
+    def poll(self, run: TrackedRun) -> RunStatus:
+        """The run's ``state``, and the task that failed: ``GET /apis/v2beta1/runs/{run_id}``
+        once its id is known, before that the run listed under its display name; 404 or no
+        such run: not found; no answer: :class:`~observer.triggers.tracking.phases.PollError`."""
+        try:
+            if run.run_id:
+                response = self.client.get(f"/apis/v2beta1/runs/{run.run_id}")
+                if response.status_code == 404:
+                    return RunStatus.missing()
+                response.raise_for_status()
+                body = response.json()
+            else:
+                found = self.existing(run.name)
+                if not found:
+                    return RunStatus.missing()
+                body = found[0]
+        except httpx.HTTPStatusError as exc:
+            raise PollError(f"HTTP {exc.response.status_code}: {exc.response.text[:200]}") from None
+        except Exception as exc:  # noqa: BLE001  (network, a body that is not JSON)
+            raise PollError(f"{type(exc).__name__}: {exc}"[:300]) from None
+        if not isinstance(body, dict):
+            raise PollError("the answer is not a run object")
+        state = body.get("state")[:64] if isinstance(body.get("state"), str) else ""
+        outcome = outcome_of("kfp", state)
+        step, message = kfp_failed_step(body) if outcome == "failed" else ("", "")
+        run_id = body.get("run_id")
+        return RunStatus(
+            found=True,
+            phase=state,
+            outcome=outcome,
+            failed_step=step,
+            message=message or why_of("kfp", state),
+            started_at=kfp_started_at(body),
+            finished_at=unix(body.get("finished_at")),
+            run_id=run_id if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) else "",
+        )
 
     def _answer(self, response: httpx.Response, step: str, name: str) -> Outcome:
         code = response.status_code

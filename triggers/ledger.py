@@ -1,6 +1,6 @@
 """The durable ledger: every decision, an outbox of the actions it owes, and the policies' state.
 
-One SQLite file (WAL mode) holds four tables:
+One SQLite file (WAL mode) holds these tables:
 
 * ``decisions``: one row per episode. ``episode_id`` is unique, so a run replayed after a
   restart cannot be decided twice: :meth:`Ledger.record_decision` answers ``False``. A
@@ -20,6 +20,8 @@ One SQLite file (WAL mode) holds four tables:
   :class:`~observer.triggers.policy.TrackerState` (last windows, open episode, clear count, last window
   seen). It is written in the decision's transaction when there is one, and once per
   processed batch otherwise (:meth:`Ledger.save_states`), so trackers resume after a restart.
+* ``runs`` and ``run_events``: every submitted run (Argo, KFP) followed to its end, and the
+  ``run_*`` events it went through (:mod:`observer.triggers.tracking`).
 
 One connection behind a lock serves every thread (the stage writes, the admin API reads);
 each call is short. Other processes (``observer triggers approve``) open the same file.
@@ -143,6 +145,41 @@ CREATE TABLE IF NOT EXISTS tracker_state (
     updated_at     REAL NOT NULL,
     PRIMARY KEY (policy, segment_key, record_type)
 )""",
+    # Submitted runs followed to their end (observer.triggers.tracking): one row per run
+    # delivery, written in the transaction that records the delivery as delivered. Added
+    # without a schema bump: older code ignores the tables.
+    """
+CREATE TABLE IF NOT EXISTS runs (
+    delivery_id   TEXT PRIMARY KEY REFERENCES deliveries (delivery_id),
+    name          TEXT NOT NULL,  -- the workflow's name, the KFP run's display name
+    run_id        TEXT,           -- the server's id when it is not the name (KFP)
+    phase         TEXT NOT NULL DEFAULT '',  -- last upstream phase seen
+    outcome       TEXT NOT NULL CHECK (outcome IN
+                  ('submitted', 'running', 'succeeded', 'failed', 'lost', 'timed_out')),
+    failed_step   TEXT,
+    message       TEXT,
+    submitted_at  REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    polls         INTEGER NOT NULL DEFAULT 0,
+    misses        INTEGER NOT NULL DEFAULT 0,  -- 404 answers in a row
+    last_error    TEXT,                        -- the last poll that got no answer
+    next_poll_at  REAL,                        -- NULL once final
+    updated_at    REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS runs_due ON runs (next_poll_at)",
+    """
+CREATE TABLE IF NOT EXISTS run_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL REFERENCES runs (delivery_id),
+    event       TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    at          REAL NOT NULL,
+    -- 0 while its event is not yet known to be on observer.triggers
+    announced   INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX IF NOT EXISTS run_events_unannounced ON run_events (announced, id)",
 ]
 
 # Schema 1 -> 2: the approval columns, and two more delivery statuses (SQLite cannot change a
@@ -190,6 +227,16 @@ class NewDelivery:
     target: str
     payload: bytes
     action: str = "webhook"
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A submitted run to follow (:mod:`observer.triggers.tracking`), written with the outcome
+    of the attempt that submitted it."""
+
+    name: str
+    submitted_at: float
+    next_poll_at: float
 
 
 @dataclass(frozen=True)
@@ -559,8 +606,20 @@ class Ledger:
         by_episode: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for row in deliveries:
             by_episode[row["episode_id"]].append(_public_delivery(row))
+        # The runs its deliveries submitted, as far as they were followed.
+        runs = self._query(
+            "SELECT d.episode_id, r.delivery_id, d.action, r.name, r.run_id, r.outcome, r.phase,"
+            " r.failed_step, r.message, r.submitted_at, r.started_at, r.finished_at, r.polls,"
+            " r.last_error FROM runs r JOIN deliveries d ON d.delivery_id = r.delivery_id"
+            f" WHERE d.episode_id IN ({marks}) ORDER BY r.rowid",
+            ids,
+        )
+        runs_of: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for row in runs:
+            runs_of[row["episode_id"]].append({k: row[k] for k in row.keys() if k != "episode_id"})
         for d in decisions:
             d["deliveries"] = by_episode[d["episode_id"]]
+            d["runs"] = runs_of[d["episode_id"]]
         return decisions
 
     def last_fired(self, policy: str) -> dict[tuple[str, str], float]:
@@ -609,11 +668,22 @@ class Ledger:
         now: float,
         error: str | None = None,
         status_code: int | None = None,
+        run: NewRun | None = None,
     ) -> None:
-        """Store the outcome of one attempt (final statuses clear ``next_attempt_at``)."""
+        """Store the outcome of one attempt (final statuses clear ``next_attempt_at``).
+
+        ``run``: the attempt submitted a run, followed from now on; written in the same
+        transaction, so a delivered run is never left untracked by a crash.
+        """
         if status not in (*OPEN_STATUSES, *FINAL_STATUSES):
             raise ValueError(f"unknown delivery status {status!r}")
         with self._tx() as conn:
+            if run is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO runs (delivery_id, name, outcome, submitted_at,"
+                    " next_poll_at, updated_at) VALUES (?, ?, 'submitted', ?, ?, ?)",
+                    (delivery_id, run.name, run.submitted_at, run.next_poll_at, now),
+                )
             conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
                 " last_error = ?, last_status_code = ?, updated_at = ? WHERE delivery_id = ?",

@@ -36,6 +36,12 @@ announcement is marked done at the next ``tick``: the :class:`~observer.core.bus
 calls ``tick`` again only after the previous outputs were acknowledged (a failed produce ends
 the runner), so an approval's event is published at least once.
 
+Runs: an Argo or KFP delivery recorded ``delivered`` starts a row in the ledger's ``runs``
+(in the same transaction), and every ``tick`` then polls the runs whose poll is due
+(:class:`~observer.triggers.tracking.tracker.RunTracker`, ``trigger.runs``), emitting
+``run_started``, ``run_succeeded``, ``run_failed``, ``run_lost`` and ``run_timed_out``
+events, and planning the policy's ``run_webhooks`` (action ``run_webhook``) when a run ends.
+
 Exports: when a decision has data to export (``kafka`` given, ``trigger.export.uri`` set,
 the result names its records), every action's payload carries the Parquet locations
 (webhook ``data.export``, Argo/KFP ``current-data``/``reference-data``), and each action
@@ -45,6 +51,7 @@ it sends.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -69,10 +76,13 @@ from observer.triggers.ledger import (
     Delivery,
     Ledger,
     NewDelivery,
+    NewRun,
 )
 from observer.triggers.policy import Decision, DecisionKind, PolicyTracker
 from observer.triggers.redact import public_target
 from observer.triggers.retry import AttemptResult
+from observer.triggers.tracking.store import RunEvent
+from observer.triggers.tracking.tracker import RUN_WEBHOOK, RunTracker, Trackable
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +105,10 @@ TRIGGER_ERRORS = Counter(
 )
 
 WEBHOOK = "webhook"
-EventKind = Literal["fired", "suppressed", "held", "approved", "rejected", "delivery"]
+EventKind = Literal[
+    "fired", "suppressed", "held", "approved", "rejected", "delivery",
+    "run_started", "run_succeeded", "run_failed", "run_lost", "run_timed_out",
+]
 
 
 class TriggerStage:
@@ -159,9 +172,18 @@ class TriggerStage:
             # Now rather than at the first decision: a webhook secret that cannot sign, an
             # argo action without a server or a missing extra fail at start.
             self.actions: dict[str, Action] = build_actions(cfg, exporter)
+            hooks = {(p.name, w.url): w for p in cfg.policies for w in p.run_webhooks}
+            if hooks:
+                from observer.triggers.webhook import WebhookAction
+
+                # Completion webhooks: outbox rows of their own action, signed and retried
+                # like every webhook (their secrets are checked now, as the policy's are).
+                self.actions[RUN_WEBHOOK] = WebhookAction(hooks)  # type: ignore[assignment]
         except BaseException:
             self.ledger.close()
             raise
+        # Submitted runs followed to their end; resumes from the ledger after a restart.
+        self.runs = RunTracker(cfg, self.ledger, self.actions, clock)
 
     def _export(self, spec: dict[str, Any]) -> dict[str, int]:
         """Export the episode's windows (an export spec), once per episode and process."""
@@ -329,7 +351,35 @@ class TriggerStage:
             if i and time.monotonic() - started > self.tick_budget_s:
                 break  # the rest are still due next tick; consumption goes on meanwhile
             outputs += self._deliver(delivery)
+
+        def budget_left() -> bool:
+            return time.monotonic() - started <= self.tick_budget_s
+
+        # Then the runs in progress: polls share the tick's budget.
+        outputs += [self._run_output(event) for event in self.runs.tick(budget_left)]
         return outputs
+
+    def _run_output(self, event: RunEvent) -> Output:
+        """A ``run_*`` event: its target is where the run's status is read."""
+        run = event.run
+        action = self.actions.get(run.action)
+        url = action.run_url(run) if isinstance(action, Trackable) else run.target
+        decision = {
+            "policy": run.policy,
+            "segment_key": run.segment_key,
+            "record_type": run.record_type,
+            "episode_id": run.episode_id,
+            "window_index": run.window_index,
+        }
+        return self._event(
+            decision,
+            event.event,  # type: ignore[arg-type]  # run_* names, checked by TriggerEvent
+            event.reason,
+            action=run.action,
+            target=public_target(url),
+            status=event.phase,
+            at=event.at,
+        )
 
     def _deliver(self, delivery: Delivery) -> list[Output]:
         now = self.clock()
@@ -347,6 +397,11 @@ class TriggerStage:
             outcome = action.attempt(delivery)
             result = action.retry_policy(delivery).settle(outcome, delivery.attempts, now, self.rng)
         done = self.clock()
+        run = None
+        if result.status == DELIVERED and isinstance(action, Trackable):
+            # Submitted (or found submitted): followed from now on, recorded with the outcome.
+            name = json.loads(delivery.payload)["workflow_name"]
+            run = NewRun(name, submitted_at=done, next_poll_at=self.runs.next_poll(done))
         self.ledger.record_attempt(
             delivery.delivery_id,
             status=result.status,
@@ -355,6 +410,7 @@ class TriggerStage:
             now=done,
             error=result.error,
             status_code=result.status_code,
+            run=run,
         )
         self._count(delivery.action, result.status)
         # A dead letter stays in the ledger (``observer triggers list``) and is announced below.
@@ -383,7 +439,7 @@ class TriggerStage:
 
     @staticmethod
     def _count(action: str, outcome: str) -> None:
-        if action == WEBHOOK:
+        if action in (WEBHOOK, RUN_WEBHOOK):
             WEBHOOK_DELIVERIES.labels(outcome).inc()
         else:
             RUN_SUBMISSIONS.labels(action, outcome).inc()

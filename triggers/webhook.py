@@ -138,6 +138,9 @@ def build_payload(
                     "statistic": f.statistic,
                     "threshold": f.threshold,
                     "drifted": f.drifted,
+                    # A drifted embedding feature: the records and clusters behind it.
+                    **({"evidence": f.evidence.model_dump(mode="json")}
+                       if f.evidence is not None else {}),
                 }
                 for f in result.features
             ],

@@ -1,12 +1,20 @@
 """LLM message content on spans: always measured, stored only when enabled.
 
-Three conventions carry prompts and completions (table :data:`CONVENTIONS`):
+These conventions carry prompts and completions (table :data:`CONVENTIONS`, first found
+wins per side):
 
 - OpenTelemetry GenAI: ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON arrays of
   ``{role, parts: [{type, content}]}``), ``gen_ai.system_instructions``;
 - OpenInference: ``llm.input_messages.<i>.message.role`` / ``.content`` (and
-  ``llm.output_messages.<i>...``);
-- OpenLLMetry: ``gen_ai.prompt.<i>.role`` / ``.content`` and ``gen_ai.completion.<i>...``.
+  ``llm.output_messages.<i>...``), else ``input.value`` / ``output.value`` taken as one
+  message of that text (JSON under ``application/json`` too, as is);
+- OpenLLMetry: ``gen_ai.prompt.<i>.role`` / ``.content`` and ``gen_ai.completion.<i>...``;
+- the older OpenTelemetry GenAI span events (table :data:`EVENTS`): ``gen_ai.system.message``,
+  ``gen_ai.user.message``, ``gen_ai.assistant.message``, ``gen_ai.tool.message`` (a
+  ``content`` attribute, or a JSON ``body``), ``gen_ai.choice`` (``message`` or ``content``),
+  and semconv 1.27's ``gen_ai.content.prompt`` / ``gen_ai.content.completion``.
+
+:func:`texts` gives each side's text as one string (for descriptors and embedders).
 
 By default only a :class:`Measure` leaves the normaliser: message counts, character counts
 and a 16-hex sha256 of each side. With ``normalizer.content.capture`` on, the text is stored
@@ -32,7 +40,7 @@ import hashlib
 import importlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +48,7 @@ from observer.core import validate
 from observer.collectors.normalize.config import ContentConfig
 
 Side = str  # "input" or "output"
+SIDES: tuple[Side, ...] = ("input", "output")
 Messages = list[dict[str, str]]
 
 
@@ -53,6 +62,8 @@ class Convention:
     """``<prefix>.<i>.<role_key>`` / ``<prefix>.<i>.<content_key>`` attributes."""
     role_key: str = "role"
     content_key: str = "content"
+    value_attribute: str = ""
+    """One attribute whose whole text is one message (OpenInference ``input.value``)."""
 
 
 # Side -> conventions, in priority order: the first that yields messages wins.
@@ -62,14 +73,31 @@ CONVENTIONS: dict[Side, tuple[Convention, ...]] = {
         Convention(indexed_prefix="llm.input_messages", role_key="message.role",
                    content_key="message.content"),
         Convention(indexed_prefix="gen_ai.prompt"),
+        Convention(value_attribute="input.value"),
     ),
     "output": (
         Convention(json_attribute="gen_ai.output.messages"),
         Convention(indexed_prefix="llm.output_messages", role_key="message.role",
                    content_key="message.content"),
         Convention(indexed_prefix="gen_ai.completion"),
+        Convention(value_attribute="output.value"),
     ),
 }
+
+# Older GenAI span events: event name -> (side, role, attribute holding the content). The
+# attribute is a string, a {role, content} map, or JSON of either (a whole array for the
+# semconv 1.27 content events); ``body`` is the log-record shape some bridges copy onto spans.
+EVENTS: dict[str, tuple[Side, str, tuple[str, ...]]] = {
+    "gen_ai.system.message": ("input", "system", ("content", "body")),
+    "gen_ai.user.message": ("input", "user", ("content", "body")),
+    "gen_ai.assistant.message": ("input", "assistant", ("content", "body")),
+    "gen_ai.tool.message": ("input", "tool", ("content", "body")),
+    "gen_ai.choice": ("output", "assistant", ("message", "content", "body")),
+    "gen_ai.content.prompt": ("input", "", ("gen_ai.prompt",)),
+    "gen_ai.content.completion": ("output", "", ("gen_ai.completion",)),
+}
+Event = tuple[str, Mapping[str, Any]]
+"""A span event: its name and its attributes (values as :mod:`otlp_attributes` reads them)."""
 SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 # Attribute name prefixes that may hold content: the normaliser reads these, and only when
 # measuring or capturing.
@@ -81,6 +109,8 @@ CONTENT_PREFIXES: tuple[str, ...] = (
     "llm.output_messages.",
     "gen_ai.prompt.",
     "gen_ai.completion.",
+    "input.value",
+    "output.value",
 )
 
 # Built-in redaction: kind -> pattern. Keys first, so an e-mail inside a token stays one match.
@@ -191,14 +221,56 @@ def _from_indexed(attributes: Mapping[str, Any], convention: Convention) -> Mess
     return [by_index[i] for i in sorted(by_index)]
 
 
-def messages(attributes: Mapping[str, Any], side: Side) -> Messages:
-    """The ``side`` ("input" or "output") messages of a span, from the first convention found."""
+def _from_event(name: str, attributes: Mapping[str, Any]) -> Messages:
+    """The messages of one older GenAI span event (none when it carries no content)."""
+    _, role, keys = EVENTS[name]
+    for key in keys:
+        if key not in attributes:
+            continue
+        value = attributes[key]
+        if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):  # not JSON after all: the text itself
+                pass
+        if isinstance(value, dict) and isinstance(value.get("message"), dict):
+            value = value["message"]  # a gen_ai.choice body: {index, finish_reason, message}
+        if isinstance(value, (dict, list)):
+            found = _from_json(value if isinstance(value, list) else [value])
+        else:
+            found = [{"role": "", "content": _text(value)}]
+        # A {role, content} map without content (tool calls only) is no text.
+        return [{"role": m["role"] or role, "content": m["content"]} for m in found
+                if m["content"]]
+    return []
+
+
+def _from_events(events: Sequence[Event], side: Side) -> Messages:
+    found: Messages = []
+    for name, attributes in events:
+        if name in EVENTS and EVENTS[name][0] == side:
+            found += _from_event(name, attributes)
+    return found
+
+
+def messages(attributes: Mapping[str, Any], side: Side,
+             events: Sequence[Event] | None = None) -> Messages:
+    """The ``side`` ("input" or "output") messages of a span, from the first convention found;
+    the older span events (:data:`EVENTS`) when no attribute carries any.
+
+    >>> messages({"input.value": "hi"}, "input")
+    [{'role': '', 'content': 'hi'}]
+    >>> messages({}, "output", [("gen_ai.choice", {"message": '{"role": "assistant", "content": "ok"}'})])
+    [{'role': 'assistant', 'content': 'ok'}]
+    """
     for convention in CONVENTIONS[side]:
-        if convention.json_attribute:
-            if convention.json_attribute in attributes:
-                found = _from_json(attributes[convention.json_attribute])
-            else:
+        if convention.json_attribute or convention.value_attribute:
+            name = convention.json_attribute or convention.value_attribute
+            if name not in attributes:
                 continue
+            value = attributes[name]
+            found = (_from_json(value) if convention.json_attribute
+                     else [{"role": "", "content": _text(value)}])
         else:
             found = _from_indexed(attributes, convention)
         if found:
@@ -207,7 +279,36 @@ def messages(attributes: Mapping[str, Any], side: Side) -> Messages:
                 found = [{"role": "system", "content": "\n".join(m["content"] for m in system)},
                          *found]
             return found
-    return []
+    return _from_events(events, side) if events else []
+
+
+def texts(attributes: Mapping[str, Any], events: Sequence[Event] | None = None) -> dict[Side, str]:
+    """Each side's text, its messages' contents joined by newlines; a side without messages
+    is absent.
+
+    >>> texts({"gen_ai.prompt.0.content": "hi", "gen_ai.prompt.1.content": "there"})
+    {'input': 'hi\\nthere'}
+    >>> texts({}, [("gen_ai.user.message", {"content": "q"}), ("gen_ai.choice", {"content": "a"})])
+    {'input': 'q', 'output': 'a'}
+    """
+    return joined(sides(attributes, events))
+
+
+def sides(attributes: Mapping[str, Any], events: Sequence[Event] | None = None
+          ) -> dict[Side, Messages]:
+    """Both sides' messages, read once; a side without messages is absent.
+
+    >>> sides({"output.value": "ok"})
+    {'output': [{'role': '', 'content': 'ok'}]}
+    """
+    found = {side: messages(attributes, side, events) for side in SIDES}
+    return {side: side_messages for side, side_messages in found.items() if side_messages}
+
+
+def joined(found: Mapping[Side, Messages]) -> dict[Side, str]:
+    """Each side's text from :func:`sides`: its messages' contents joined by newlines."""
+    return {side: "\n".join(m["content"] for m in side_messages)
+            for side, side_messages in found.items()}
 
 
 def _digest(found: Messages) -> str:
@@ -230,15 +331,18 @@ class Measure:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
 
-def measure(attributes: Mapping[str, Any]) -> Measure:
+def measure(attributes: Mapping[str, Any], events: Sequence[Event] | None = None) -> Measure:
     """Counts, character lengths and hashes of both sides (None when a side is absent)."""
+    return measured(sides(attributes, events))
+
+
+def measured(found: Mapping[Side, Messages]) -> Measure:
+    """The :class:`Measure` of the sides' messages from :func:`sides`."""
     values: dict[str, Any] = {}
-    for side in ("input", "output"):
-        found = messages(attributes, side)
-        if found:
-            values[f"{side}_messages"] = len(found)
-            values[f"{side}_chars"] = sum(len(m["content"]) for m in found)
-            values[f"{side}_hash"] = _digest(found)
+    for side, side_messages in found.items():
+        values[f"{side}_messages"] = len(side_messages)
+        values[f"{side}_chars"] = sum(len(m["content"]) for m in side_messages)
+        values[f"{side}_hash"] = _digest(side_messages)
     return Measure(**values)
 
 
@@ -256,15 +360,17 @@ class ContentCapture:
             text = str(self.hook(text))
         return text
 
-    def stored(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    def stored(self, attributes: Mapping[str, Any],
+               events: Sequence[Event] | None = None) -> dict[str, Any]:
         """``input_content`` / ``output_content`` (and ``content_truncated``), or nothing."""
+        return self.stored_sides(sides(attributes, events)) if self.cfg.capture else {}
+
+    def stored_sides(self, sides_found: Mapping[Side, Messages]) -> dict[str, Any]:
+        """:meth:`stored` of the sides' messages from :func:`sides`."""
         if not self.cfg.capture:
             return {}
         out: dict[str, Any] = {}
-        for side in ("input", "output"):
-            found = messages(attributes, side)
-            if not found:
-                continue
+        for side, found in sides_found.items():
             budget = self.cfg.max_chars
             kept: Messages = []
             for message in found:

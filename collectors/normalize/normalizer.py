@@ -47,7 +47,17 @@ from observer.collectors.common.genai_mapping import (
     classify,
     lookup,
 )
-from observer.collectors.normalize.message_content import CONTENT_PREFIXES, ContentCapture, measure
+from observer.collectors.normalize.message_content import (
+    CONTENT_PREFIXES,
+    EVENTS,
+    ContentCapture,
+    Event,
+    joined,
+    measured,
+    sides,
+)
+from observer.collectors.normalize import text_descriptors
+from observer.collectors.normalize.text_descriptors import TextDescriptors
 from observer.collectors.common.otlp_messages import (
     UndecodableMessage,
     parent_id,
@@ -60,7 +70,8 @@ from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter
-from observer.collectors.normalize.config import ContentConfig
+from observer.collectors.normalize.config import ContentConfig, EmbeddingsConfig
+from observer.collectors.normalize.embedders.emit import EmbeddingEmitter
 from observer.core.records import LLMCall, ToolCall, encode, segment_key
 from observer.core.topics import Topics
 
@@ -75,6 +86,7 @@ ERRORS = Counter(
 )
 
 DEFAULT_SEGMENT_KEYS = ("service", "model")
+DEFAULT_DESCRIPTORS = TextDescriptors()
 STAGE = "normalizer"
 
 
@@ -94,7 +106,9 @@ class _SpanView:
 
 
 def normalize_request(
-    request: ExportTraceServiceRequest, capture: ContentCapture | None = None
+    request: ExportTraceServiceRequest, capture: ContentCapture | None = None,
+    descriptors: TextDescriptors | None = None,
+    texts: dict[tuple[bytes, bytes], dict[str, str]] | None = None,
 ) -> list[LLMCall | ToolCall]:
     """The records of one export request, in span order; other spans are only counted.
 
@@ -102,7 +116,9 @@ def normalize_request(
     the nearest ancestor's in this request, else that of an LLM span of the same trace in this
     request, else "". The agent is the span's own or the nearest ancestor's. LLM calls carry
     their messages' counts, lengths and hashes, and the (redacted) text when ``capture`` is
-    enabled.
+    enabled, and the text descriptors of their content under ``descriptors``. ``texts``, when
+    given, gets each LLM span's content as ``{"input": ..., "output": ...}`` by (trace id, span
+    id), for the embedder: the content is read once.
     """
     views = list(_views(request))
     by_id = {(v.span.trace_id, v.span.span_id): v for v in views}
@@ -118,7 +134,8 @@ def normalize_request(
             continue
         if v.kind.kind == "llm":
             records.append(
-                _llm_call(v, agent=v.agent or _inherited(v, by_id, "agent"), capture=capture)
+                _llm_call(v, agent=v.agent or _inherited(v, by_id, "agent"), capture=capture,
+                          descriptors=descriptors, texts=texts)
             )
         elif v.kind.kind == "tool":
             model = (
@@ -210,13 +227,31 @@ def _content_attributes(span: Span) -> dict[str, Any]:
     return attribute_values(span.attributes, wanted) if wanted else {}
 
 
-def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None) -> LLMCall:
+def _content_events(span: Span) -> list[Event]:
+    """The span's older GenAI content events (message_content.EVENTS), with their attributes."""
+    return [
+        (event.name, attribute_values(event.attributes, frozenset(kv.key for kv in event.attributes)))
+        for event in span.events
+        if event.name in EVENTS
+    ]
+
+
+def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None,
+              descriptors: TextDescriptors | None = None,
+              texts: dict[tuple[bytes, bytes], dict[str, str]] | None = None) -> LLMCall:
     fields = lookup(view.attributes, LLM_FIELDS, STAGE)
     content = _content_attributes(view.span)
-    if content:
-        fields.update(measure(content).fields())
+    events = _content_events(view.span) if view.span.events else []
+    found = sides(content, events) if content or events else {}
+    if found:
+        fields.update(measured(found).fields())
+        side_texts = joined(found) if descriptors is not None or texts is not None else {}
+        if descriptors is not None:  # computed with or without capture: numbers, not content
+            fields.update(descriptors.fields(side_texts))
         if capture is not None:
-            fields.update(capture.stored(content))
+            fields.update(capture.stored_sides(found))
+        if texts is not None:  # for the embedder (embedders/emit.py)
+            texts[view.span.trace_id, view.span.span_id] = side_texts
     template = fields.pop("prompt_template", "")
     fields.setdefault("prompt_id", template)
     reasons: list[str] = fields.get("finish_reasons", [])
@@ -263,6 +298,8 @@ class Normalizer:
         segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS,
         content: ContentConfig | None = None,
         seal: TenantSeal | None = None,
+        embeddings: EmbeddingsConfig | None = None,
+        descriptors: TextDescriptors | None = DEFAULT_DESCRIPTORS,
     ) -> None:
         self.topics = topics
         self.segment_keys = list(segment_keys)
@@ -270,21 +307,43 @@ class Normalizer:
         self.seal = seal or TenantSeal(None)
         # Off by default; a bad redaction hook fails here, at start, naming the hook.
         self.capture = ContentCapture(content) if content is not None and content.capture else None
+        # Text descriptors of content on every LLM record (None: off, normalizer.descriptors).
+        self.descriptors = descriptors
+        # Prompt/response vectors to observer.embeddings, one embedder call per batch; a
+        # fastembed model that does not load fails here, at start.
+        self.embeddings = (
+            EmbeddingEmitter(embeddings, topics.embeddings, self.segment_keys, self.capture)
+            if embeddings is not None and embeddings.enabled else None
+        )
+        if text_descriptors.native is None and (descriptors or self.embeddings):
+            log.warning(
+                "normalizer: collectors.normalize._text_scan (C) is not built, so text "
+                "descriptors and the hashing embedder run in Python, several times slower; "
+                "reinstall observer where a C compiler is available")
 
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
+        if self.embeddings is not None:
+            self.embeddings.clear()  # a batch that failed midway is processed again whole
         for message in messages:
             try:
                 outputs += self._message(message)
             except (UndecodableMessage, *validate.REJECTED) as e:
                 outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
+        if self.embeddings is not None:
+            outputs += self.embeddings.flush()
         return outputs
 
     def _message(self, message: Message) -> list[Output]:
         """One message's records, and its dead letter when some of its spans gave none."""
         # Opened (decrypted) here; an untrusted message's tenant is dropped.
         request = trace_request(message, self.seal, self.name)
-        outputs = [self._output(r) for r in normalize_request(request, self.capture)]
+        texts: dict[tuple[bytes, bytes], dict[str, str]] | None = (
+            {} if self.embeddings is not None else None)
+        records = normalize_request(request, self.capture, self.descriptors, texts)
+        outputs = [self._output(r) for r in records]
+        if self.embeddings is not None:
+            self.embeddings.add(request, records, texts)
         problems = [
             (i, problem)
             for i, problem in enumerate(

@@ -14,21 +14,25 @@ if TYPE_CHECKING:
 def _build(cfg: ObserverConfig, topics: Topics) -> Any:
     from observer.collectors.common.tenant_seal import TenantSeal
     from observer.collectors.normalize.normalizer import Normalizer
+    from observer.collectors.normalize.text_descriptors import TextDescriptors
 
     # Records are keyed by the drift segment (the tenant first with tenants), and a tenant
     # is trusted only under the receivers' seal.
     return Normalizer(topics, content=cfg.normalizer.content,
-                      segment_keys=cfg.drift.segment_keys, seal=TenantSeal(cfg.receiver.stamp_key))
+                      segment_keys=cfg.drift.segment_keys, seal=TenantSeal(cfg.receiver.stamp_key),
+                      embeddings=cfg.normalizer.embeddings,
+                      descriptors=TextDescriptors(cfg.normalizer.refusal_patterns)
+                      if cfg.normalizer.descriptors else None)
 
 
 SPEC = StageSpec(
     name="normalize",
     help="run the normaliser",
     description="Turn GenAI spans (OpenTelemetry GenAI, OpenInference, OpenLLMetry) into "
-    "LLM-call and tool-call records.",
+    "LLM-call and tool-call records, and prompt and response embeddings.",
     config_section="normalizer",
     inputs=("spans",),
-    outputs=("llm", "tools"),
+    outputs=("llm", "tools", "embeddings"),
     build=_build,
     group_id=lambda cfg: cfg.normalizer.group_id,
 )

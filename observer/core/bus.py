@@ -152,14 +152,10 @@ def ensure_topics(cfg: KafkaConfig, topics: Topics) -> list[str]:
     admin = KafkaAdminClient(**_common(cfg))
     try:
         existing = set(admin.list_topics())
+        configs = topics.configs(cfg)  # compaction, retention (observer.embeddings: its own)
         wanted = [
-            NewTopic(
-                name,
-                cfg.partitions,
-                cfg.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
-            )
-            for name, spec in topics.all().items()
+            NewTopic(name, cfg.partitions, cfg.replication_factor, topic_configs=configs[name])
+            for name in topics.all()
             if name not in existing
         ]
         if wanted:

@@ -60,6 +60,12 @@ class KafkaConfig(Section):
     partitions: int = Field(4, ge=1, description="Partitions for topics observer creates.")
     replication_factor: int = Field(1, ge=1, description="Replication for topics observer creates.")
     create_topics: bool = Field(True, description="Create missing topics at start.")
+    topic_retention_ms: dict[str, int] = Field(
+        default_factory=dict,
+        description="retention.ms of topics observer creates, by topic (the topic table's key, "
+        "e.g. {embeddings: 86400000}); overrides the table's default (observer.embeddings: 7 "
+        "days; the others: the broker's). -1 keeps forever. Applies when a topic is created.",
+    )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "lz4",
         description="Compression of every batch observer writes (receivers and stages). "
@@ -91,6 +97,20 @@ class KafkaConfig(Section):
         True
         """
         return self.embedded_state_dir if self.embedded and self.embedded_durable else None
+
+    @field_validator("topic_retention_ms")
+    @classmethod
+    def _known_topics(cls, retention: dict[str, int]) -> dict[str, int]:
+        from observer.core.topics import TOPIC_TABLE  # topics imports this module
+
+        unknown = sorted(set(retention) - set(TOPIC_TABLE))
+        if unknown:
+            raise ValueError(f"unknown topic(s) {', '.join(unknown)}; the topics are "
+                             f"{', '.join(TOPIC_TABLE)}")
+        bad = sorted(k for k, v in retention.items() if v < -1 or v == 0)
+        if bad:
+            raise ValueError(f"retention of {', '.join(bad)} must be positive ms, or -1 (forever)")
+        return retention
 
     @field_validator("embedded_listen")
     @classmethod

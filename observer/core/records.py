@@ -15,8 +15,9 @@ import json
 import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from observer.core import vectors
 from observer.core.validate import MAX_COUNT, MAX_DURATION_MS, MAX_UNIX_NANO
 
 SEGMENT_SEPARATOR = "|"
@@ -38,6 +39,17 @@ def UnixNano(default: Any = 0, **kw: Any) -> Any:  # noqa: N802
 def Millis(default: Any = 0.0, **kw: Any) -> Any:  # noqa: N802
     """A duration field: finite milliseconds, ``0 <= ms <= MAX_DURATION_MS``."""
     return Field(default, ge=0, le=MAX_DURATION_MS, allow_inf_nan=False, **kw)
+
+
+def Share(default: Any = None, **kw: Any) -> Any:  # noqa: N802
+    """A share: finite, ``0 <= x <= 1``."""
+    return Field(default, ge=0, le=1, allow_inf_nan=False, **kw)
+
+
+SCRIPT_DESCRIPTION = (
+    "Dominant Unicode script of the side's letters (latin, cyrillic, han, kana...), mixed, "
+    "or none (no letters)."
+)
 
 
 def Finite(default: Any = None, **kw: Any) -> Any:  # noqa: N802
@@ -103,6 +115,22 @@ class LLMCall(Record):
     output_messages: int | None = Count()
     output_chars: int | None = Count()
     output_hash: str = Field("", description="sha256 (16 hex) of the output messages.")
+    # Text descriptors of each side's content (collectors/normalize/text_descriptors.py),
+    # whether or not content is captured; None when the side carries no content.
+    input_words: int | None = Count()
+    input_sentences: int | None = Count()
+    input_non_letter_share: float | None = Share()
+    input_refusal: bool | None = None
+    input_json_valid: bool | None = None
+    input_links: int | None = Count()
+    input_script: str | None = Field(None, max_length=32, description=SCRIPT_DESCRIPTION)
+    output_words: int | None = Count()
+    output_sentences: int | None = Count()
+    output_non_letter_share: float | None = Share()
+    output_refusal: bool | None = None
+    output_json_valid: bool | None = None
+    output_links: int | None = Count()
+    output_script: str | None = Field(None, max_length=32, description=SCRIPT_DESCRIPTION)
     input_content: list[dict[str, str]] | None = Field(
         None, description="[{role, content}] when content capture is enabled."
     )
@@ -139,7 +167,9 @@ class EmbeddingRecord(Record):
         description="content: embedded from message content; trace: vectors sent in the trace."
     )
     prompt_embedding: list[float] | None = Field(
-        None, description="The prompt (input messages) embedding; None when the span had none."
+        None, description="The prompt (input messages) embedding; None when the span had none. "
+        "In JSON: base64 of little-endian float32 (observer.core.vectors); a list of numbers "
+        "is accepted too."
     )
     response_embedding: list[float] | None = Field(
         None, description="The response (output messages) embedding; None when none."
@@ -152,12 +182,22 @@ class EmbeddingRecord(Record):
         None, description="The start of the response text, only under content capture.",
     )
 
+    @field_validator("prompt_embedding", "response_embedding", mode="before")
+    @classmethod
+    def _from_base64(cls, v: Any) -> Any:
+        # On the topic a vector is base64 of float32 (observer.core.vectors); lists too.
+        return vectors.from_base64(v) if isinstance(v, str) else v
+
     @field_validator("prompt_embedding", "response_embedding")
     @classmethod
     def _finite_vector(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
             raise ValueError("embedding values must be finite")
         return v
+
+    @field_serializer("prompt_embedding", "response_embedding", when_used="json")
+    def _to_base64(self, v: Any) -> str | None:
+        return None if v is None else vectors.to_base64(v)
 
 
 class ToolCall(Record):
@@ -455,10 +495,15 @@ class TriggerEvent(Record):
     segment_key: str
     record_type: str
     episode_id: str
-    event: Literal["fired", "suppressed", "held", "approved", "rejected", "delivery"] = Field(
+    event: Literal[
+        "fired", "suppressed", "held", "approved", "rejected", "delivery",
+        "run_started", "run_succeeded", "run_failed", "run_lost", "run_timed_out",
+    ] = Field(
         description="fired/suppressed: a decision; held: fired, its actions wait for approval; "
         "approved/rejected: the approval of a held decision (reason says who); delivery: "
-        "one action's outcome."
+        "one action's outcome; run_*: a submitted run (Argo, KFP) started, succeeded, failed "
+        "(reason names the failed step), disappeared (lost) or outlived trigger.runs.timeout_s "
+        "(target: the run's URL, status: its upstream phase)."
     )
     reason: str
     action: str = ""

@@ -22,6 +22,9 @@ class TopicSpec:
     key: str
     value: str
     compacted: bool = False
+    retention_ms: int | None = None
+    """``retention.ms`` given to the topic when observer creates it (None: the broker's
+    default); ``kafka.topic_retention_ms`` overrides it per topic."""
 
 
 TOPIC_TABLE: dict[str, TopicSpec] = {
@@ -45,7 +48,9 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
     ),
     "embeddings": TopicSpec(
         "embeddings", True, "segment",
-        "`observer.embeddings/v1`, the prompt and response vectors of one LLM call (no content)",
+        "`observer.embeddings/v1`, the prompt and response vectors of one LLM call (no content); "
+        "kept 7 days unless `kafka.topic_retention_ms` says otherwise",
+        retention_ms=7 * 24 * 3600 * 1000,
     ),
     "tools": TopicSpec("tools", True, "segment", "`observer.tools/v1`, one per tool call"),
     "paths": TopicSpec(
@@ -124,3 +129,21 @@ class Topics:
     def all(self) -> dict[str, TopicSpec]:
         """Resolved name -> spec, for topic creation."""
         return {getattr(self, field): spec for field, spec in TOPIC_TABLE.items()}
+
+    def configs(self, cfg: KafkaConfig) -> dict[str, dict[str, str]]:
+        """Resolved name -> the topic configs observer creates it with: compaction, and the
+        retention of the topic table or ``cfg.topic_retention_ms`` (keyed by table key).
+
+        >>> cfg = KafkaConfig(topic_retention_ms={"embeddings": 3600000})
+        >>> topics = Topics.from_config(cfg)
+        >>> topics.configs(cfg)["observer.embeddings"], topics.configs(cfg)["observer.llm"]
+        ({'retention.ms': '3600000'}, {})
+        """
+        out: dict[str, dict[str, str]] = {}
+        for field, spec in TOPIC_TABLE.items():
+            configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+            retention = cfg.topic_retention_ms.get(field, spec.retention_ms)
+            if retention is not None:
+                configs["retention.ms"] = str(retention)
+            out[getattr(self, field)] = configs
+        return out

@@ -16,7 +16,9 @@ per file. The WorkflowTemplate runs, for one drift episode:
    serving model's and fails the run when the candidate is worse;
 5. ``canary``: a KServe ``InferenceService`` canary (Knative: ``canaryTrafficPercent``;
    Standard: ``spec.canary``), a soak (``canary-soak``), a health check, then ``promote``; the
-   exit handler rolls back to the serving model when any step failed.
+   exit handler rolls back to the serving model when any step failed. With
+   ``pipeline.serving: llminferenceservice`` the candidate is a KServe ``LLMInferenceService``
+   on a LeaderWorkerSet instead (:mod:`observer.triggers.pipeline.llm_serving`).
 
 Integers in manifests (traffic share, node counts) come from the configuration, not from
 parameters: Argo substitutes parameters as text, and a quoted number would fail the CRD's
@@ -40,6 +42,7 @@ import yaml
 
 from observer.triggers.config import ArgoConfig, PipelineConfig, TriggerConfig
 from observer.triggers.naming import EPISODE_LABEL, POLICY_LABEL
+from observer.triggers.pipeline import llm_serving
 
 WF = "{{workflow.name}}"
 NS = "{{workflow.namespace}}"
@@ -397,6 +400,60 @@ def _evaluate_template(p: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def _soak() -> dict[str, Any]:
+    return {"name": "soak", "suspend": {"duration": "{{workflow.parameters.canary-soak}}"}}
+
+
+def _isvc_deploy(p: PipelineConfig) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """InferenceService canary, soak, health, promote (+ the exit handler's rollback)."""
+    templates = [
+        _resource("canary", "apply", inference_service(p, "canary"), "InferenceService"),
+        _soak(),
+        _resource("canary-health", "get", {
+            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": p.model_name, "namespace": NS}}, "InferenceService"),
+        _resource("promote", "apply", inference_service(p, "promote"), "InferenceService"),
+        _resource("rollback", "apply", inference_service(p, "rollback")),
+    ]
+    names = ("canary", "soak", "canary-health", "promote")
+    return templates, [_step(n, n) for n in names]
+
+
+def llm_inference_service(p: PipelineConfig, phase: str) -> dict[str, Any]:
+    """The ``LLMInferenceService`` of a deploy phase (:mod:`~.llm_serving`)."""
+    return llm_serving.llm_inference_service(
+        p, phase, model_uri=MODEL, serving_uri="{{workflow.parameters.serving-model-uri}}",
+        namespace=NS, labels=_labels(),
+    )
+
+
+def _llmisvc_deploy(p: PipelineConfig) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """LLMInferenceService candidate, soak, Ready wait, promote, retire (+ rollback)."""
+    candidate = llm_serving.reference(p, NS, llm_serving.candidate_name(p))
+    templates = [
+        _resource("canary", "create", llm_inference_service(p, "canary")),
+        _soak(),
+        llm_serving.ready_wait(p, NS),
+        _resource("promote", "apply", llm_inference_service(p, "promote")),
+        _resource("retire-candidate", "delete", candidate),
+        _resource("rollback", "apply", llm_inference_service(p, "rollback")),
+    ]
+    names = ("canary", "soak", "canary-health", "promote", "retire-candidate")
+    return templates, [_step(n, n) for n in names]
+
+
+# pipeline.serving -> the deploy templates and steps after the evaluation gate.
+DEPLOYS = {"inferenceservice": _isvc_deploy, "llminferenceservice": _llmisvc_deploy}
+
+
+def serving_manifests(p: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """The deploy phases' manifests, by the file they are written to."""
+    build, kind = ((inference_service, "inferenceservice") if p.serving == "inferenceservice"
+                   else (llm_inference_service, "llminferenceservice"))
+    return {f"manifests/{kind}-{phase}.yaml": build(p, phase)
+            for phase in ("canary", "promote", "rollback")}
+
+
 def workflow_spec(p: PipelineConfig, argo: ArgoConfig | None = None) -> dict[str, Any]:
     """The ``spec`` shared by the WorkflowTemplate and inline Workflows."""
     trainer = TRAINERS[p.trainer](p)
@@ -424,21 +481,9 @@ def workflow_spec(p: PipelineConfig, argo: ArgoConfig | None = None) -> dict[str
         steps.append(_step("train", "train"))
     templates.append(_evaluate_template(p))
     steps.append(_step("evaluate", "evaluate"))
-    templates += [
-        _resource("canary", "apply", inference_service(p, "canary"), "InferenceService"),
-        {"name": "soak", "suspend": {"duration": "{{workflow.parameters.canary-soak}}"}},
-        _resource("canary-health", "get", {
-            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": p.model_name, "namespace": NS}}, "InferenceService"),
-        _resource("promote", "apply", inference_service(p, "promote"), "InferenceService"),
-        _resource("rollback", "apply", inference_service(p, "rollback")),
-    ]
-    steps += [
-        _step("canary", "canary"),
-        _step("soak", "soak"),
-        _step("canary-health", "canary-health"),
-        _step("promote", "promote"),
-    ]
+    deploy_templates, deploy_steps = DEPLOYS[p.serving](p)
+    templates += deploy_templates
+    steps += deploy_steps
     templates.insert(0, {"name": "retrain", "steps": steps})
     # Roll back only when a canary may exist and there is a serving model to go back to.
     templates.append({
@@ -485,7 +530,11 @@ def executor_rules(p: PipelineConfig) -> list[dict[str, Any]]:
         ("sparkoperator.k8s.io", "sparkapplications", ["create", "get", "list", "watch"]),
         (train[0], train[1], ["create", "get", "list", "watch"]),
         ("serving.kserve.io", "inferenceservices",
-         ["create", "get", "list", "watch", "patch", "update"]),
+         ["create", "get", "list", "watch", "patch", "update"])
+        if p.serving == "inferenceservice" else
+        # The candidate is created, waited for (kubectl wait: get, list, watch) and deleted.
+        ("serving.kserve.io", "llminferenceservices",
+         ["create", "get", "list", "watch", "patch", "update", "delete"]),
         # The Spark driver runs as this account too: it creates its executors.
         ("", "pods", ["create", "get", "list", "watch", "delete", "deletecollection"]),
         ("", "services", ["create", "get", "delete", "deletecollection"]),
@@ -548,9 +597,7 @@ def render(cfg: TriggerConfig) -> dict[str, dict[str, Any]]:
         "workflowtemplate.yaml": workflow_template(p, argo),
         "manifests/sparkapplication.yaml": spark_application(p),
         f"manifests/{trainer['kind'].lower()}.yaml": trainer,
-        "manifests/inferenceservice-canary.yaml": inference_service(p, "canary"),
-        "manifests/inferenceservice-promote.yaml": inference_service(p, "promote"),
-        "manifests/inferenceservice-rollback.yaml": inference_service(p, "rollback"),
+        **serving_manifests(p),
     }
     if p.scheduler == "volcano" and p.trainer == "jobset":
         docs["manifests/podgroup.yaml"] = pod_group(p)

@@ -118,7 +118,9 @@ def validate_resource(doc: dict[str, Any], crds: list[Path]) -> None:
     """Check a custom resource against the CRD among ``crds`` that defines its kind."""
     group, _, version = str(doc.get("apiVersion", "")).rpartition("/")
     key = (group, version, doc.get("kind", ""))
-    for path in crds:
+    # Upstream CRD files are named <group>_<plural>.yaml: those of the document's group first,
+    # so that the large ones of other groups (KServe's are megabytes) are not parsed for it.
+    for path in sorted(crds, key=lambda c: not Path(c).name.startswith(f"{group}_")):
         validator = _crd_validators(str(path)).get(key)  # type: ignore[arg-type]
         if validator is not None:
             _errors(validator, doc, f"{key[2]} {doc.get('metadata', {}).get('name', '')!r}")
