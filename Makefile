@@ -44,6 +44,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.collectors_otlp
 	$(PY) -m benchmarks.seal_cost
 	$(PY) -m benchmarks.normalizer_semantic
+	$(PY) -m benchmarks.semantic_detection
+	$(PY) -m benchmarks.semantic_state
+	$(PY) -m benchmarks.online_drift
+	$(PY) -m benchmarks.embedding_methods_cost
 
 # The documentation site into site/; reference pages are generated from the code (docs/).
 docs: $(STAMP)

@@ -20,6 +20,7 @@ thresholds are reported too (their false-alarm rate and power as shipped).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class _NannyML:
         self._fitted: tuple[int, object] | None = None
 
     def __call__(self, ref: np.ndarray, cur: np.ndarray) -> tuple[float, bool]:
+        os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # no analytics calls
         import nannyml as nml
 
         columns = [f"e{i}" for i in range(ref.shape[1])]

@@ -71,6 +71,16 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
             FeatureSpec(name="duration_ms", kind="numeric"),
             FeatureSpec(name="path_signature", kind="categorical"),
         ],
+        # Retrieval quality (issue 16): falling scores or margins, fewer documents, another
+        # mix of top documents or sources. Only traces with retrieval spans produce records.
+        "retrievals": [
+            FeatureSpec(name="score_max", kind="numeric"),
+            FeatureSpec(name="score_mean", kind="numeric"),
+            FeatureSpec(name="score_margin", kind="numeric"),
+            FeatureSpec(name="k", kind="numeric"),
+            FeatureSpec(name="top1_document_id", kind="categorical"),
+            FeatureSpec(name="data_source", kind="categorical"),
+        ],
         # Vectors only exist when content or vectors arrived (issue 15), so scoring them by
         # default costs nothing otherwise.
         "embeddings": [
@@ -271,6 +281,11 @@ class DriftConfig(Section):
     reference_end: str = Field("", description="time_range: end (ISO 8601 or Unix seconds).")
     reference_path: str = Field(
         "", description="parquet: a Parquet file or directory (segment columns optional)."
+    )
+    reference_history_values: int = Field(
+        2, ge=0, le=100,
+        description="Older reference versions per segment whose values are kept with the "
+        "checkpoints (their metadata is always kept); 0 keeps only the current one's.",
     )
 
     @model_validator(mode="after")

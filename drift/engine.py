@@ -136,6 +136,8 @@ from observer.drift.record_types import (
     topics_by_type,
 )
 from observer.drift.reference import ParquetReference, as_list, new_window
+from observer.drift.reference_commands import ReferenceCommands, WindowReader, announcement, kafka_reader
+from observer.drift.references import first_version
 from observer.drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from observer.drift.sketch import StateBudget
 from observer.drift.state_parts import StateParts
@@ -203,8 +205,11 @@ class DriftEngine:
         clock: Callable[[], int] = time.time_ns,
         store: CheckpointStore | None = None,
         results: ResultLog | None = None,
+        reader: WindowReader | None = None,
     ) -> None:
         self.cfg = cfg
+        # Reads a scored window's records back (rebaseline --from-window); None: offline.
+        self.reader = reader
         self.topics = topics
         self.clock = clock
         self.store = store
@@ -244,6 +249,10 @@ class DriftEngine:
         self._next_offset: dict[TP, int] = {}
         self._pending: list[Pending] = []
         self._quarantined: list[Output] = []
+        # Reference states to publish (observer.references), and commands for streams not
+        # held yet (a restart restores a stream with its partition's first batch).
+        self._announced: dict[tuple[str, str], Stream] = {}
+        self._commands = ReferenceCommands(self)
         self._iteration = 0
         # Exact or sketch per stream, references from a dataset (drift.sketch, drift.reference).
         self._budget = StateBudget(cfg.mode, cfg.exact_budget_mb * 1e6)
@@ -260,13 +269,13 @@ class DriftEngine:
         if not cfg.checkpoints:
             return cls(cfg, topics)
         return cls(cfg, topics, store=KafkaCheckpointStore(kafka, topics.drift_state),
-                   results=KafkaResultLog(kafka, topics.drift))
+                   results=KafkaResultLog(kafka, topics.drift), reader=kafka_reader(kafka))
 
     @property
     def inputs(self) -> list[str]:
         """The topics to consume: those of the record types with features configured
-        (:func:`observer.drift.record_types.topics_by_type`)."""
-        return list(self._record_types)
+        (:func:`observer.drift.record_types.topics_by_type`), and the reference commands."""
+        return [*self._record_types, self.topics.drift_commands]
 
     @property
     def streams(self) -> int:
@@ -283,7 +292,8 @@ class DriftEngine:
             first: dict[TP, int] = {}
             for m in messages:
                 first.setdefault((m.topic, m.partition), m.offset)
-            moved = {tp for tp, o in first.items() if self._next_offset.get(tp) != o}
+            moved = {tp for tp, o in first.items() if self._next_offset.get(tp) != o
+                     and tp[0] != self.topics.drift_commands}
             if moved:
                 outputs += self._restore(moved, first)
         for message in messages:
@@ -294,6 +304,8 @@ class DriftEngine:
             self._guard.passed(tp, message.offset)
         outputs += self._quarantined
         self._quarantined = []
+        outputs += [announcement(self.topics, s) for s in self._announced.values()]
+        self._announced = {}
         if self.store is not None:
             outputs += self._checkpoint(at_ms)
         return self._parts.split(outputs)
@@ -322,6 +334,9 @@ class DriftEngine:
     # -- records -----------------------------------------------------------------------------
 
     def _consume(self, message: Message) -> list[DriftResult]:
+        if message.topic == self.topics.drift_commands:
+            self._commands.receive(message)
+            return []
         record_type = self._record_types.get(message.topic)
         RECORDS.labels(record_type or "unknown").inc()
         if record_type is None:
@@ -400,7 +415,11 @@ class DriftEngine:
         if reference is not None:
             stream.reference = reference
             stream.new_reference = True
+            stream.versions.current = first_version("parquet", reference.n, at=self.clock(),
+                                                    detail={"path": str(self.cfg.reference_path)})
+            self._announced[(key, record_type)] = stream
         self._streams[(key, record_type)] = stream
+        self._commands.stream_appeared(stream)
         # A new segment, or for embeddings a new embedder or dimension: a stream of its own
         # with its own reference, never a drift of the old one (issue 15).
         STREAMS_STARTED.labels(record_type).inc()
@@ -437,11 +456,14 @@ class DriftEngine:
         # Degradation signals report on the records since the previous window closed.
         signals = stream.degradation.close_window()
         self._forget_chunks(stream, closed.index)
-        if stream.reference is None:
-            stream.reference = closed
-            stream.reference_ranges = ranges
-            stream.new_reference = True
-            log.info("drift reference set for %s %s (%d records)", record_type, key, closed.n)
+        collecting = stream.versions.collecting
+        if stream.reference is None or (collecting is not None
+                                        and closed.index == collecting["window"]):
+            at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
+            self._commands.reference_closed(stream, closed, ranges, at)
+            log.info("drift reference v%d set for %s %s (%d records)",
+                     stream.versions.current.version if stream.versions.current else 0,
+                     record_type, key, closed.n)
             return None
         closed_at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock()
         result = self._score(stream, stream.reference, closed, ranges, closed_at, signals)
@@ -516,6 +538,9 @@ class DriftEngine:
             window_start_unix_nano=current.start,
             window_end_unix_nano=current.end,
             degradation=degradation or [],
+            reference_version=(
+                None if stream.versions.current is None else stream.versions.current.version
+            ),
         )
         for d in result.degradation:
             DEGRADATION_DETECTED.labels(key, record_type, d.name).set(1 if d.detected else 0)
@@ -563,6 +588,8 @@ class DriftEngine:
                 "horizon_ms": self._guard.horizon_ms(stream.positions, at_ms),
                 "episode_start": stream.episode_start,
             }
+            if stream.versions.collecting is not None:
+                value["collecting"] = stream.versions.collecting  # rebaseline --next
             if stream.degradation:
                 value["degradation"] = stream.degradation.checkpoint(stream.chunks == 0)
             if window_state is not None:
@@ -605,6 +632,9 @@ class DriftEngine:
         done = self._restorer.restore(values, partitions, starts, self._guard,
                                       self.results, set(self._streams))
         self._streams.update(done.streams)
+        for stream in done.streams.values():
+            self._announced[(stream.key, stream.record_type)] = stream
+            self._commands.stream_appeared(stream)
         self._pending += [Pending(self._iteration, output, stream, window)
                           for stream, window, output in done.rewrites]
         return done.outputs

@@ -10,6 +10,7 @@ record type       record class         topic                      event time
 ================  ===================  =========================  ========================
 ``llm``           ``LLMCall``          ``observer.llm``           ``start_time_unix_nano``
 ``tools``         ``ToolCall``         ``observer.tools``         ``start_time_unix_nano``
+``retrievals``    ``RetrievalRecord``  ``observer.retrievals``    ``start_time_unix_nano``
 ``paths``         ``PathRecord``       ``observer.paths``         ``start_time_unix_nano``
 ``predictions``   ``Prediction``       ``observer.predictions``   ``time_unix_nano``
 ``gpu``           ``GPUSample``        ``observer.gpu`` (shared)  ``time_unix_nano``
@@ -56,6 +57,7 @@ from observer.core.records import (
     PathRecord,
     Prediction,
     Record,
+    RetrievalRecord,
     ToolCall,
 )
 from observer.drift.embedding.columns import embedding_value
@@ -87,6 +89,8 @@ class RecordType:
 RECORD_TYPES: dict[str, RecordType] = {
     "llm": RecordType(LLMCall, "llm", "start_time_unix_nano"),
     "tools": RecordType(ToolCall, "tools", "start_time_unix_nano"),
+    # Retrieval and rerank steps (issue 16): a retriever whose scores fall drifts.
+    "retrievals": RecordType(RetrievalRecord, "retrievals", "start_time_unix_nano"),
     "paths": RecordType(PathRecord, "paths", "start_time_unix_nano"),
     "predictions": RecordType(Prediction, "predictions", "time_unix_nano"),
     # observer.gpu also carries serving figures and GPU economics (collectors.gpu).
@@ -107,7 +111,7 @@ def topics_by_type(cfg: DriftConfig, topics: Topics) -> dict[str, str]:
     >>> from observer.core.config import KafkaConfig
     >>> topics = Topics.from_config(KafkaConfig())
     >>> sorted(topics_by_type(DriftConfig(), topics).values())
-    ['embeddings', 'llm', 'paths', 'tools']
+    ['embeddings', 'llm', 'paths', 'retrievals', 'tools']
     >>> list(topics_by_type(DriftConfig(features={"gpu": [FeatureSpec(name="power_w",
     ...     kind="numeric")]}), topics))
     ['observer.gpu']

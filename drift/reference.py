@@ -86,6 +86,10 @@ class ReferenceFirst:
         ``time_range``: the event-time range, Unix ns.
     journal
         Keep rows for checkpoints.
+    base
+        The index the reference is collected at (0 for a stream's first; a rebaseline
+        collects at a later index, never reusing one); the windows after it start at
+        ``base + 1``.
     """
 
     def __init__(
@@ -98,9 +102,11 @@ class ReferenceFirst:
         start: int | None = None,
         end: int | None = None,
         journal: bool = True,
+        base: int = 0,
     ) -> None:
         self.regular = regular
-        self.regular.index = 1
+        self.base = base
+        self.regular.index = base + 1
         self.features = list(features)
         self._factory = store
         self._records, self._start, self._end = records, start, end
@@ -114,7 +120,7 @@ class ReferenceFirst:
 
     @property
     def index(self) -> int:
-        return 0 if self.collecting else self.regular.index
+        return self.base if self.collecting else self.regular.index
 
     @property
     def late(self) -> int:
@@ -146,7 +152,7 @@ class ReferenceFirst:
 
     def _finish(self) -> ClosedWindow:
         assert self._store is not None
-        closed = self._store.close(0, self._start, self._end)
+        closed = self._store.close(self.base, self._start, self._end)
         self._store = None
         self._journal = []
         return closed
@@ -161,7 +167,7 @@ class ReferenceFirst:
     def restore(
         self, index: int, columns: Mapping[str, Sequence[Any]], state: Any = None
     ) -> None:
-        if index > 0:
+        if index > self.base:
             self._store = None
             self.regular.restore(index, columns, state)
             return

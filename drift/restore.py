@@ -28,6 +28,8 @@ from observer.drift.duplicates import ReplayGuard, StreamId, committed
 from observer.drift.metrics import DUPLICATES, RESTORES
 from observer.drift.published import ResultLog
 from observer.drift.reference import ParquetReference, new_window
+from observer.drift.reference_commands import collector
+from observer.drift.references import INITIAL_SOURCES, Versions, first_version
 from observer.drift.sketch import StateBudget, sketch_from_json
 from observer.drift.stream import Stream, held_records, state_output
 from observer.drift.window import ClosedWindow
@@ -134,8 +136,16 @@ class Restorer:
             )
         window = new_window(self.cfg, features, sketch=sketch, journal=True,
                             external_reference=reference is not None and reference.external is not None)
+        versions = restored_versions(self.cfg, ref)
+        collecting = (state.first_chunk or {}).get("collecting")
+        if reference is not None and collecting and collecting.get("window") == state.window:
+            # A rebaseline --next was collecting its records in the open window.
+            window = collector(self.cfg, features, sketch, int(collecting["records"]),
+                               state.window, journal=True)
+            versions.collecting = dict(collecting)
         stream = Stream(state.segment, state.segment_key, state.record_type, window, sketch=sketch)
         stream.positions = dict(state.positions)
+        stream.versions = versions
         stream.degradation = DegradationTracker(self.cfg.degradation.get(state.record_type, []))
         stream.degradation.restore(state.degradation_snapshot, state.degradation_values)
         try:
@@ -164,3 +174,16 @@ class Restorer:
             stream.reference = reference
             stream.reference_ranges = [OffsetRange(**r) for r in (ref or {}).get("ranges", [])]
         return stream
+
+
+def restored_versions(cfg: DriftConfig, ref: dict | None) -> Versions:
+    """The versions a reference record carries; a record written before references were
+    versioned holds version 1 of the configured source."""
+    if ref is None:
+        return Versions()
+    versions = Versions.from_json(ref.get("versions"))
+    if versions.current is None:
+        source = "parquet" if ref.get("external") == "parquet" else INITIAL_SOURCES.get(
+            cfg.reference, "first_window")
+        versions.current = first_version(source, int(ref.get("n", 0)), at=0)
+    return versions

@@ -20,6 +20,7 @@ from observer.core.records import DriftResult, OffsetRange
 from observer.drift.checkpoint import TP, encode_state
 from observer.drift.config import DriftConfig
 from observer.drift.degradation import DegradationTracker
+from observer.drift.references import Versions
 from observer.drift.metrics import CHECKPOINT_BYTES
 from observer.drift.sketch import sketch_to_json
 from observer.drift.stats import Prepared
@@ -58,6 +59,8 @@ class Stream:
     # Embedding streams: the vectors' dimension (the first record's); vectors of another
     # dimension are counted and skipped (drift.engine), never compared.
     dimension: int | None = None
+    # The reference's version, provenance, pin and history (drift.references).
+    versions: Versions = field(default_factory=Versions)
 
     def track(self, message: Message) -> None:
         span = self.open_ranges.setdefault((message.topic, message.partition), [message.offset] * 2)
@@ -96,14 +99,21 @@ def state_output(topic: str, key: str, value: dict[str, Any]) -> Output:
 
 
 def reference_value(stream: Stream) -> dict[str, Any]:
-    """What a reference record stores of the stream's reference."""
-    ref = stream.reference
-    assert ref is not None
+    """What a reference record stores of the stream's reference, with its versions
+    (:mod:`observer.drift.references`)."""
+    assert stream.reference is not None
+    value = window_values(stream.reference, stream.reference_ranges)
+    value["versions"] = stream.versions.to_json()
+    return value
+
+
+def window_values(ref: ClosedWindow, ranges: list[OffsetRange]) -> dict[str, Any]:
+    """A reference window's values as a checkpoint stores them."""
     value: dict[str, Any] = {
         "n": ref.n,
         # A dataset's reference is read again from the dataset, sketches stored as such.
         "columns": ref.columns if ref.sketches is None and ref.external is None else {},
-        "ranges": [r.model_dump() for r in stream.reference_ranges],
+        "ranges": [r.model_dump() for r in ranges],
     }
     if ref.external is not None:
         value["external"] = ref.external

@@ -152,8 +152,8 @@ def test_the_drift_stage_reads_the_topics_of_configured_record_types() -> None:
     cfg = ObserverConfig()
     topics = Topics.from_config(cfg.kafka)
     stage = CONSUMING_STAGES["drift"]
-    assert stage.input_topics(cfg, topics) == [topics.llm, topics.tools, topics.paths,
-                                               topics.embeddings]
+    assert stage.input_topics(cfg, topics) == [topics.llm, topics.tools, topics.retrievals,
+                                               topics.paths, topics.embeddings]
     features = {"predictions": PREDICTION_FEATURES, "gpu": GPU_FEATURES}
     cfg = cfg.model_copy(update={"drift": DriftConfig(features=features)})
     assert stage.input_topics(cfg, topics) == [topics.predictions, topics.gpu]

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # surrogates, NUL, characters whose lowercase is longer (İ), and link and JSON openers.
 SPECIAL = (" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000.!?…。！？؟।_-’'\"{}[]`:/w"
            "aZé\u0300\u093f\u0915ж你かカ한ʼ١²½𠀀𪚥😀\ud800\udfff\x00İǅß")
-TEXT = st.text(st.one_of(st.sampled_from(SPECIAL), st.characters(codec=None)), max_size=80)
+TEXT = (st.text(st.sampled_from(SPECIAL), max_size=200)
+        | st.text(st.sampled_from(SPECIAL) | st.characters(codec=None), max_size=80))
 TEXTS = st.lists(TEXT, max_size=6)
 MULTILINGUAL = [*KNOWN, "I'm sorry, but I can't help with that.", "申し訳ありませんが、できません。",
                 "Hello.\tWorld!\x1cAgain?  ", "a . . ", "x\u3000", "𠀀𠀁 abc 你好", "İstanbul"]
@@ -87,13 +88,42 @@ def test_multilingual_vectors_are_bit_identical() -> None:
         assert embedder.embed(MULTILINGUAL * 30).tobytes() == in_c.tobytes()
 
 
+@settings(max_examples=300, deadline=None)
+@given(TEXT, st.lists(st.text(st.sampled_from(SPECIAL), max_size=4), max_size=12))
+def test_starts_in_finds_what_in_finds(text: str, starts: list[str]) -> None:
+    found = text_descriptors.native.starts_in(text, tuple(starts))
+    assert found == [i for i, start in enumerate(starts) if start in text]
+
+
+REFUSALS = ["I'm sorry, but I can't help with that.", "Lo siento, pero no puedo hacerlo.",
+            "申し訳ありませんが、その質問にはお答えできません。", "Ich kann Ihnen dabei nicht helfen.",
+            "As an AI, I cannot", "Sure! Here it is.", "Извините, но я не могу помочь."]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(REFUSALS) | TEXT, max_size=3).map(" ".join))
+def test_c_and_python_refusal_agree(text: str) -> None:
+    refusal = text_descriptors.DEFAULT_REFUSAL
+    assert refusal.scan
+    in_c = refusal.search(text)
+    with python_path():
+        assert refusal.search(text) == in_c
+
+
+def test_a_refusal_table_past_the_c_limit_is_searched_in_python() -> None:
+    many = {"xx": [f"zz{i} no" for i in range(text_descriptors.native.MAX_STARTS)] + ["i refuse"]}
+    refusal = text_descriptors.Refusal(many)
+    assert not refusal.scan and refusal.search("Well, I refuse.")
+
+
 def test_hostile_text_is_scanned_never_a_crash() -> None:
     native = text_descriptors.native
-    table, scripts = text_descriptors._scan_table(), len(text_descriptors.SCRIPT_NAMES)
+    table, names = text_descriptors._scan_table(), text_descriptors.SCRIPT_NAMES
     huge = "word. \x00\ud800𠀀 " * 1_000_000  # 10 million characters, every kind of them
-    tokens, _, sentences, visible, letters, counts = native.shape(huge, table, scripts)
+    tokens, _, sentences, visible, letters, counts = native.shape(huge, table, names)
     assert (tokens, sentences, visible) == (2_000_000, 1_000_001, 8_000_000)
-    assert counts is not None and letters == 5_000_000 == sum(counts)
+    assert counts is not None and letters == 5_000_000 == sum(counts.values())
+    assert native.starts_in(huge, ("zz", "\ud800𠀀", "", "𠀀 w", "s")) == [1, 2, 3]
     rows = np.empty((2, 8), dtype=np.float32)
     native.ngram_rows([huge, ""], hashing._WORD_BYTES, (3, 9, 27, 81), (1, 3, 5, 7, 9), 8,
                       0.5, 1.0, rows)
@@ -102,9 +132,12 @@ def test_hostile_text_is_scanned_never_a_crash() -> None:
 
 
 @pytest.mark.parametrize("call, problem", [
-    (lambda n: n.shape("x", b"short", 20), "65536 bytes"),
-    (lambda n: n.shape(b"x", bytes(65536), 20), "str"),
-    (lambda n: n.shape("x", bytes(65536), 500), "65536 bytes"),
+    (lambda n: n.shape("x", b"short", ("latin",)), "65536 bytes"),
+    (lambda n: n.starts_in("x", ("a", b"b")), "str"),
+    (lambda n: n.starts_in("x", ("a",) * (n.MAX_STARTS + 1)), "more than"),
+    (lambda n: n.shape(b"x", bytes(65536), ("latin",)), "str"),
+    (lambda n: n.shape("x", bytes(65536), ("latin",) * 500), "65536 bytes"),
+    (lambda n: n.shape("x", bytes(65536), ["latin"]), "tuple"),
     (lambda n: n.ngram_rows(["x"], bytes(65536), (1, 1, 1, 1), (1, 1, 1, 1, 1), 4, 0.5, 1.0,
                             np.empty(3, np.float32)), "output size"),
     (lambda n: n.ngram_rows(["x"], bytes(65536), (1, 1, 1), (1, 1, 1, 1, 1), 4, 0.5, 1.0,

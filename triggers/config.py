@@ -68,7 +68,9 @@ class PolicyConfig(Section):
     min_samples: int = Field(100, ge=0, description="Windows with fewer records never qualify.")
     cooldown_s: float = Field(3600.0, ge=0, description="Quiet time per segment after firing.")
     record_types: list[str] = Field(
-        default_factory=lambda: ["llm", "tools"], description="Record types the policy watches."
+        default_factory=lambda: ["llm", "tools"],
+        description="Record types the policy watches (add embeddings to act on meaning: semantic "
+        "drift of prompts and answers).",
     )
     segments: dict[str, str] = Field(
         default_factory=dict,

@@ -3,16 +3,18 @@
  * exactly what their pure-Python versions give (tests/test_text_scan.py compares them): the
  * Python modules stay the definition and the fallback, and pass their tables in.
  *
- * shape(text, table, scripts) -> (tokens, word_runs, sentences, visible, letters, script_counts | None)
+ * shape(text, table, names) -> (tokens, word_runs, sentences, visible, letters, scripts | None)
  *
  *   text     a side's text, already cut to MAX_DESCRIBED_CHARS (right-stripped here)
  *   table    bytes(65536): per BMP code point, its class (text_descriptors: 0 space, 1 other,
  *            2 combining mark, 3 + i script i of SCRIPT_NAMES), | 0x80 when the character is
  *            part of a non-CJK word (text_descriptors._NON_CJK_WORD). Past the BMP a code
  *            point has the class of U+FFFF, but the astral Han planes, which are Han.
- *   scripts  len(SCRIPT_NAMES)
+ *   names    SCRIPT_NAMES
  *
- *   script_counts is None when the right-stripped text is ASCII (then its letters are Latin).
+ *   tokens are split() words, word_runs the runs of non-CJK word characters; scripts is a
+ *   dict, script name -> letters (those with any), None when the right-stripped text is
+ *   ASCII (then its letters are Latin).
  *
  * starts_in(text, starts) -> list of the indexes of the strs of starts found in text
  *
@@ -52,13 +54,67 @@ static int is_single_end(Py_UCS4 c) {
     return c == 0x3002 || c == 0xFF01 || c == 0xFF1F || c == 0x061F || c == 0x0964;
 }
 
+/* What one pass over a text counts (see shape()). */
+typedef struct {
+    Py_ssize_t counts[MAX_CLASSES];  /* characters per class */
+    Py_ssize_t tokens, word_runs, ascii_ends, ends;
+    Py_UCS4 top;                     /* every code point or-ed: < 128 for an ASCII text */
+} Scan;
+
+/* The class of a code point, | WORD_FLAG (a BMP one from the table). */
+static inline uint8_t class_of(Py_UCS4 c, const uint8_t *classes, uint8_t han, uint8_t astral) {
+    if (c < 0x10000)
+        return classes[c];
+    return (uint8_t)((c >= ASTRAL_HAN_FIRST && c <= ASTRAL_HAN_LAST ? han : astral)
+                     | (Py_UNICODE_ISALNUM(c) ? WORD_FLAG : 0));
+}
+
+/* The pass, once per str kind (a plain array read per character). A sentence end is counted
+ * at the character after its mark: ASCII texts (bytes.translate in _shape_python), a mark
+ * before any white space; others (_ENDS), before " " or "\n" inside the body, or one of the
+ * one-character ends inside the body. */
+#define SCAN_LOOP(TYPE)                                                                    \
+    do {                                                                                   \
+        const TYPE *chars = data;                                                          \
+        int was_space = 1, was_word = 0, was_mark = 0;                                     \
+        for (Py_ssize_t i = 0; i < end; i++) {                                             \
+            Py_UCS4 c = chars[i];                                                          \
+            scan->top |= c;                                                                \
+            uint8_t cls = class_of(c, classes, han, astral);                               \
+            int base = cls & 0x7F, space = base == SPACE, word = (cls & WORD_FLAG) != 0;    \
+            scan->counts[base]++;                                                          \
+            scan->tokens += was_space && !space;                                           \
+            scan->word_runs += word && !was_word;                                          \
+            if (was_mark) {                                                                \
+                scan->ascii_ends += space && c < 128;                                      \
+                scan->ends += i < body_end && (c == ' ' || c == '\n');                     \
+            }                                                                              \
+            if (c >= 0x061F && i < body_end && is_single_end(c))                           \
+                scan->ends++;                                                              \
+            was_space = space, was_word = word;                                            \
+            was_mark = c == '.' || c == '!' || c == '?';                                   \
+        }                                                                                  \
+    } while (0)
+
+static void scan_text(Scan *scan, int kind, const void *data, Py_ssize_t end,
+                      Py_ssize_t body_end, const uint8_t *classes, uint8_t han,
+                      uint8_t astral) {
+    if (kind == PyUnicode_1BYTE_KIND)
+        SCAN_LOOP(Py_UCS1);
+    else if (kind == PyUnicode_2BYTE_KIND)
+        SCAN_LOOP(Py_UCS2);
+    else
+        SCAN_LOOP(Py_UCS4);
+}
+#undef SCAN_LOOP
+
 static PyObject *shape(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *text;
+    PyObject *text, *names;
     Py_buffer table;
-    Py_ssize_t scripts;
-    if (!PyArg_ParseTuple(args, "Uy*n", &text, &table, &scripts))
+    if (!PyArg_ParseTuple(args, "Uy*O!", &text, &table, &PyTuple_Type, &names))
         return NULL;
+    Py_ssize_t scripts = PyTuple_GET_SIZE(names);
     if (table.len != 0x10000 || scripts < 1 || FIRST_SCRIPT + scripts > MAX_CLASSES) {
         PyBuffer_Release(&table);
         PyErr_SetString(PyExc_ValueError, "shape: the table must be 65536 bytes, scripts 1..124");
@@ -71,90 +127,48 @@ static PyObject *shape(PyObject *self, PyObject *args) {
     const uint8_t *classes = table.buf;
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
-    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
     uint8_t han = classes[0x4E00] & 0x7F;  /* U+4E00 is a Han letter */
     uint8_t astral = classes[0xFFFF] & 0x7F;
 
-#define CLASS_OF(c) ((c) < 0x10000 ? classes[(c)] \
-    : (uint8_t)(((c) >= ASTRAL_HAN_FIRST && (c) <= ASTRAL_HAN_LAST ? han : astral) \
-                | (Py_UNICODE_ISALNUM(c) ? WORD_FLAG : 0)))
-
     /* text.rstrip(), then body: the text less its closing sentence marks (_TERMINAL). */
-    Py_ssize_t end = length;
-    while (end > 0) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, end - 1);
-        if ((CLASS_OF(c) & 0x7F) != SPACE)
-            break;
+    Py_ssize_t end = PyUnicode_GET_LENGTH(text);
+    while (end > 0 && (class_of(PyUnicode_READ(kind, data, end - 1), classes, han, astral) & 0x7F)
+                          == SPACE)
         end--;
-    }
     Py_ssize_t body_end = end;
     while (body_end > 0 && is_terminal(PyUnicode_READ(kind, data, body_end - 1)))
         body_end--;
 
-    Py_ssize_t counts[MAX_CLASSES] = {0};
-    Py_ssize_t tokens = 0, word_runs = 0, ascii_ends = 0, ends = 0, first_visible = end;
-    int in_token = 0, in_word = 0;
-    Py_UCS4 top = 0;
-    Py_UCS4 next = end > 0 ? PyUnicode_READ(kind, data, 0) : 0;
-    for (Py_ssize_t i = 0; i < end; i++) {
-        Py_UCS4 c = next;
-        next = i + 1 < end ? PyUnicode_READ(kind, data, i + 1) : 0;
-        top |= c;
-        uint8_t cls = CLASS_OF(c);
-        uint8_t base = cls & 0x7F;
-        counts[base]++;
-        if (base == SPACE) {
-            in_token = 0;
-        } else {
-            if (!in_token)
-                tokens++;
-            in_token = 1;
-            if (first_visible == end)
-                first_visible = i;
-        }
-        int word = (cls & WORD_FLAG) != 0;
-        word_runs += word && !in_word;
-        in_word = word;
-        if (c == '.' || c == '!' || c == '?') {
-            /* ASCII texts: a mark before any white space (bytes.translate in _shape); others:
-             * before " " or "\n" (_ENDS), both inside the body. */
-            if (i + 1 < end && next < 128 && (classes[next] & 0x7F) == SPACE)
-                ascii_ends++;
-            if (i + 1 < body_end && (next == ' ' || next == '\n'))
-                ends++;
-        } else if (i < body_end && is_single_end(c)) {
-            ends++;
-        }
-    }
-#undef CLASS_OF
+    Scan scan;
+    memset(&scan, 0, sizeof scan);
+    scan_text(&scan, kind, data, end, body_end, classes, han, astral);
     PyBuffer_Release(&table);
 
-    Py_ssize_t visible = end - counts[SPACE];
-    Py_ssize_t letters = counts[MARK];
+    Py_ssize_t visible = end - scan.counts[SPACE];
+    Py_ssize_t letters = scan.counts[MARK];
     for (Py_ssize_t s = 0; s < scripts; s++)
-        letters += counts[FIRST_SCRIPT + s];
-    int ascii = top < 128;
-    Py_ssize_t sentences_found = first_visible < body_end ? (ascii ? ascii_ends : ends) + 1 : 0;
-    PyObject *script_counts;
+        letters += scan.counts[FIRST_SCRIPT + s];
+    int ascii = scan.top < 128;
+    /* The body holds a visible character when more are visible than its closing marks. */
+    Py_ssize_t sentences = visible > end - body_end ? (ascii ? scan.ascii_ends : scan.ends) + 1 : 0;
+    PyObject *found;
     if (ascii) {
-        script_counts = Py_NewRef(Py_None);
+        found = Py_NewRef(Py_None);
     } else {
-        script_counts = PyTuple_New(scripts);
-        if (script_counts == NULL)
-            return NULL;
-        for (Py_ssize_t s = 0; s < scripts; s++) {
-            PyObject *n = PyLong_FromSsize_t(counts[FIRST_SCRIPT + s]);
-            if (n == NULL) {
-                Py_DECREF(script_counts);
-                return NULL;
-            }
-            PyTuple_SET_ITEM(script_counts, s, n);
+        found = PyDict_New();
+        for (Py_ssize_t s = 0; found != NULL && s < scripts; s++) {
+            if (!scan.counts[FIRST_SCRIPT + s])
+                continue;
+            PyObject *n = PyLong_FromSsize_t(scan.counts[FIRST_SCRIPT + s]);
+            if (n == NULL || PyDict_SetItem(found, PyTuple_GET_ITEM(names, s), n) < 0)
+                Py_CLEAR(found);
+            Py_XDECREF(n);
         }
+        if (found == NULL)
+            return NULL;
     }
-    /* Words need the kana count: the caller knows which script is kana, so it gets the two
-     * word counts (split() words, and non-CJK word runs) and picks. */
-    return Py_BuildValue("(nnnnnN)", tokens, word_runs, sentences_found, visible, letters,
-                         script_counts);
+    return Py_BuildValue("(nnnnnN)", scan.tokens, scan.word_runs, sentences, visible, letters,
+                         found);
 }
 
 static inline uint64_t splitmix64(uint64_t x) {
@@ -317,10 +331,15 @@ static PyObject *starts_in(PyObject *self, PyObject *args) {
     }
     if (READY(text) < 0)
         return NULL;
-    /* Chains of the starts by their first character: ASCII ones by character, the rest in
-     * one chain tried at every non-ASCII position. */
-    int16_t first_of[129], next_of[MAX_STARTS];
+    /* Chains of the starts by their first character: ASCII ones by character, the rest by
+     * their first character's low 7 bits (so compared from their first character on). */
+    int16_t first_of[256], next_of[MAX_STARTS];
     char found[MAX_STARTS];
+    /* Per start: its length, second character (most candidates fail on it) and data. */
+    Py_ssize_t length_of[MAX_STARTS];
+    Py_UCS4 second_of[MAX_STARTS];
+    int kind_of[MAX_STARTS];
+    const void *data_of[MAX_STARTS];
     memset(first_of, -1, sizeof first_of);
     PyObject *result = PyList_New(0);
     if (result == NULL)
@@ -338,8 +357,12 @@ static PyObject *starts_in(PyObject *self, PyObject *args) {
             found[j] = 1;
             continue;
         }
+        length_of[j] = PyUnicode_GET_LENGTH(start);
+        kind_of[j] = PyUnicode_KIND(start);
+        data_of[j] = PyUnicode_DATA(start);
+        second_of[j] = length_of[j] > 1 ? PyUnicode_READ(kind_of[j], data_of[j], 1) : 0;
         Py_UCS4 c = PyUnicode_READ_CHAR(start, 0);
-        int bucket = c < 128 ? (int)c : 128;
+        int bucket = c < 128 ? (int)c : 128 + (int)(c & 127);
         next_of[j] = first_of[bucket];
         first_of[bucket] = (int16_t)j;
     }
@@ -348,17 +371,14 @@ static PyObject *starts_in(PyObject *self, PyObject *args) {
     Py_ssize_t length = PyUnicode_GET_LENGTH(text);
     for (Py_ssize_t i = 0; i < length; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        for (int j = first_of[c < 128 ? c : 128]; j >= 0; j = next_of[j]) {
-            if (found[j])
+        for (int j = first_of[c < 128 ? c : 128 + (c & 127)]; j >= 0; j = next_of[j]) {
+            Py_ssize_t n = length_of[j];
+            if (found[j] || n > length - i
+                || (n > 1 && second_of[j] != PyUnicode_READ(kind, data, i + 1)))
                 continue;
-            PyObject *start = PyTuple_GET_ITEM(starts, j);
-            Py_ssize_t n = PyUnicode_GET_LENGTH(start);
-            if (n > length - i)
-                continue;
-            int skind = PyUnicode_KIND(start);
-            const void *sdata = PyUnicode_DATA(start);
             Py_ssize_t k = 0;
-            while (k < n && PyUnicode_READ(skind, sdata, k) == PyUnicode_READ(kind, data, i + k))
+            while (k < n && PyUnicode_READ(kind_of[j], data_of[j], k)
+                                == PyUnicode_READ(kind, data, i + k))
                 k++;
             found[j] = k == n;
         }

@@ -3,7 +3,8 @@
 It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as the receiver or
 a Collector's kafka exporter writes it), decides what each span records with
 :mod:`observer.collectors.common.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
-``observer.tools``, keyed by segment. Records carry counts, lengths and hashes of message
+``observer.tools``, keyed by segment; retrieval and rerank steps go to ``observer.retrievals``
+(:mod:`observer.collectors.normalize.retrievals`). Records carry counts, lengths and hashes of message
 content (:mod:`observer.collectors.normalize.message_content`), never the text itself unless
 ``normalizer.content.capture`` is on.
 
@@ -57,6 +58,8 @@ from observer.collectors.normalize.message_content import (
     sides,
 )
 from observer.collectors.normalize import text_descriptors
+from observer.collectors.common.retrieval_mapping import retrieval_operation
+from observer.collectors.normalize.retrievals import retrieval_fields
 from observer.collectors.normalize.text_descriptors import TextDescriptors
 from observer.collectors.common.otlp_messages import (
     UndecodableMessage,
@@ -72,7 +75,7 @@ from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter
 from observer.collectors.normalize.config import ContentConfig, EmbeddingsConfig
 from observer.collectors.normalize.embedders.emit import EmbeddingEmitter
-from observer.core.records import LLMCall, ToolCall, encode, segment_key
+from observer.core.records import LLMCall, RetrievalRecord, ToolCall, encode, segment_key
 from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -109,7 +112,7 @@ def normalize_request(
     request: ExportTraceServiceRequest, capture: ContentCapture | None = None,
     descriptors: TextDescriptors | None = None,
     texts: dict[tuple[bytes, bytes], dict[str, str]] | None = None,
-) -> list[LLMCall | ToolCall]:
+) -> list[LLMCall | ToolCall | RetrievalRecord]:
     """The records of one export request, in span order; other spans are only counted.
 
     A tool span's model is its own ``gen_ai.request.model`` (or another model attribute), else
@@ -127,7 +130,7 @@ def normalize_request(
         if v.kind.kind == "llm" and v.model:
             trace_models.setdefault(v.span.trace_id, v.model)
 
-    records: list[LLMCall | ToolCall] = []
+    records: list[LLMCall | ToolCall | RetrievalRecord] = []
     for v in views:
         SPANS.labels(v.kind.kind).inc()
         if v.problem:
@@ -142,6 +145,12 @@ def normalize_request(
                 v.model or _inherited(v, by_id, "model") or trace_models.get(v.span.trace_id, "")
             )
             records.append(_tool_call(v, model, agent=v.agent or _inherited(v, by_id, "agent")))
+        elif (operation := retrieval_operation(
+                v.attributes, (e.name for e in v.span.events))) is not None:
+            # The app's LLM, not the span's own model (an embedder's, a reranker's).
+            model = trace_models.get(v.span.trace_id) or _inherited(v, by_id, "model")
+            records.append(RetrievalRecord(**_common(v), model=model,
+                                           **retrieval_fields(v.span, operation, STAGE)))
     return records
 
 
@@ -369,6 +378,8 @@ class Normalizer:
     def tick(self) -> list[Output]:
         return []
 
-    def _output(self, record: LLMCall | ToolCall) -> Output:
-        topic = self.topics.llm if isinstance(record, LLMCall) else self.topics.tools
+    def _output(self, record: LLMCall | ToolCall | RetrievalRecord) -> Output:
+        topic = (self.topics.llm if isinstance(record, LLMCall)
+                 else self.topics.retrievals if isinstance(record, RetrievalRecord)
+                 else self.topics.tools)
         return Output(topic, segment_key(record.segment_of(self.segment_keys)), encode(record))

@@ -29,10 +29,10 @@ SPEC = StageSpec(
     name="normalize",
     help="run the normaliser",
     description="Turn GenAI spans (OpenTelemetry GenAI, OpenInference, OpenLLMetry) into "
-    "LLM-call and tool-call records, and prompt and response embeddings.",
+    "LLM-call, tool-call and retrieval records, and prompt and response embeddings.",
     config_section="normalizer",
     inputs=("spans",),
-    outputs=("llm", "tools", "embeddings"),
+    outputs=("llm", "tools", "retrievals", "embeddings"),
     build=_build,
     group_id=lambda cfg: cfg.normalizer.group_id,
 )

@@ -230,14 +230,14 @@ def _shape(text: str) -> tuple[int, int, float, str]:
     """``(words, sentences, non_letter_share, script)``, in one C pass when it is built."""
     if native is None:
         return _shape_python(text)
-    tokens, runs, sentences, visible, letters, counts = native.shape(
-        text, _scan_table(), len(SCRIPT_NAMES))
-    if counts is None:  # an ASCII text: its letters are a-z and A-Z
+    tokens, runs, sentences, visible, letters, scripts = native.shape(
+        text, _scan_table(), SCRIPT_NAMES)
+    if scripts is None:  # an ASCII text: its letters are a-z and A-Z
         words, script = tokens, ("latin" if letters else "none")
     else:
-        cjk = counts[_HAN - _FIRST_SCRIPT] + counts[_KANA - _FIRST_SCRIPT]
+        cjk = scripts.get("han", 0) + scripts.get("kana", 0)
         words = cjk + runs if cjk else tokens
-        script = _dominant({name: n for name, n in zip(SCRIPT_NAMES, counts) if n})
+        script = _dominant(scripts)
     share = (visible - letters) / visible if visible else 0.0
     return words, sentences, share, script
 

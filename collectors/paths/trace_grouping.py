@@ -12,7 +12,9 @@ mapping table names are read) and held per trace until it closes:
 
 A closed trace yields its agent loop (``loop_iterations``: one per chat/completion call, the
 "model decides, tools run" turn), tool sequence with errors, totals, and a prompt path: the
-ordered steps ``llm[:<prompt>@<version>]`` and ``tool:<name>``. Its hash, ``path_signature``,
+ordered steps ``llm[:<prompt>@<version>]``, ``tool:<name>``, and the retrieval steps
+``retrieve:<source>`` and ``rerank:<model>`` (:mod:`observer.collectors.common.retrieval_mapping`:
+a retriever that starts reading another index changes the path). Its hash, ``path_signature``,
 is a categorical feature whose mix drifts when agents start taking other routes. Traces with
 more than ``max_loop_iterations`` turns are flagged ``loop_bound_exceeded``. Spans arriving
 for a trace already closed are counted (``observer_paths_late_spans_total``) and dropped.
@@ -59,6 +61,11 @@ from prometheus_client import Counter, Gauge
 
 from observer.collectors.common.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
 from observer.collectors.common.otlp_attributes import attribute_values, resource_names
+from observer.collectors.common.retrieval_mapping import (
+    NAMES as RETRIEVAL_NAMES,
+    retrieval_operation,
+    source_name,
+)
 from observer.collectors.common.otlp_messages import (
     UndecodableMessage,
     parent_id,
@@ -151,9 +158,17 @@ def _summarise(span: Span, service: str, tenant: str) -> _Step:
         tenant=tenant,
         error=span.status.code == Status.STATUS_CODE_ERROR,
     )
+    operation = retrieval_operation(attributes, (e.name for e in span.events)) \
+        if kind.kind == "other" else None
     if kind.kind == "tool":
         fields = lookup(attributes, TOOL_FIELDS, STAGE)
         step.tool = fields.get("tool_name") or name or "unknown"
+    elif operation is not None:
+        # A retrieval step of the path: retrieve:<source> or rerank:<model>.
+        step.kind = operation
+        step.tool = source_name(operation, attribute_values(span.attributes, RETRIEVAL_NAMES),
+                                span.name) or "unknown"
+        fields = {}
     else:
         fields = lookup(attributes, LLM_FIELDS, STAGE)
         if kind.kind == "llm":
@@ -189,7 +204,7 @@ def build_path(
     tools = [s for s in steps if s.kind == "tool"]
     iterations = sum(1 for s in llm if s.operation in LOOP_OPERATIONS)
     prompt_path = [
-        (f"llm:{s.prompt}" if s.prompt else "llm") if s.kind == "llm" else f"tool:{s.tool}"
+        (f"llm:{s.prompt}" if s.prompt else "llm") if s.kind == "llm" else f"{s.kind}:{s.tool}"
         for s in steps
         if s.kind != "other"
     ]

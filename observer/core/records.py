@@ -21,6 +21,10 @@ from observer.core import vectors
 from observer.core.validate import MAX_COUNT, MAX_DURATION_MS, MAX_UNIX_NANO
 
 SEGMENT_SEPARATOR = "|"
+MAX_SCORE = 1e12
+"""Bound of a retrieval score's magnitude (similarities, logits, negated distances)."""
+MAX_TOPK_IDS = 20
+"""Document ids a retrieval record keeps, best first."""
 
 
 # Field constraints of the records built from client values (observer.core.validate has the
@@ -223,6 +227,60 @@ class ToolCall(Record):
     error_type: str = ""
 
 
+class RetrievalRecord(Record):
+    """One retrieval or rerank step of a RAG app, normalised from a span (``observer.retrievals``).
+
+    Carries the scores' statistics and document ids, never the query or the documents' text:
+    the query is kept as its hash. ``model`` is the app's LLM when the trace names one.
+    """
+
+    schema_id: ClassVar[str] = "observer.retrievals/v1"
+    schema_: Literal["observer.retrievals/v1"] = Field("observer.retrievals/v1", alias="schema")
+    tenant: str = ""
+    service: str
+    model: str = Field("", description="The app's LLM (an LLM call of the same trace), or \"\".")
+    trace_id: str
+    span_id: str
+    parent_span_id: str = ""
+    start_time_unix_nano: int = UnixNano()
+    latency_ms: float | None = Millis(
+        description="None when the span's end is before its start (or unset)."
+    )
+    operation: Literal["retrieve", "rerank"] = Field(
+        "retrieve", description="retrieve: documents fetched for a query; rerank: reordered."
+    )
+    data_source: str = Field(
+        "", max_length=256, description="What was searched: gen_ai.data_source.id, the vector "
+        "store (db.system), or the retriever's span name; for a rerank, the reranker model.",
+    )
+    query_hash: str = Field(
+        "", max_length=16, description="sha256 (16 hex) of the query text; \"\" when unknown."
+    )
+    k: int = Count(0, description="Documents returned (listed on the span).")
+    score_max: float | None = Finite(
+        None, ge=-MAX_SCORE, le=MAX_SCORE, description="Highest document score (higher is "
+        "better; a distance d is recorded as the score -d). None: no document had a score.",
+    )
+    score_mean: float | None = Finite(None, ge=-MAX_SCORE, le=MAX_SCORE)
+    score_min: float | None = Finite(None, ge=-MAX_SCORE, le=MAX_SCORE)
+    score_margin: float | None = Finite(
+        None, ge=0, le=2 * MAX_SCORE, description="Top score minus the next (None: under two "
+        "scores); a small margin is an ambiguous retrieval.",
+    )
+    top1_document_id: str = Field("", max_length=256, description="Best-scored document's id.")
+    topk_document_ids: list[str] = Field(
+        default_factory=list, max_length=MAX_TOPK_IDS,
+        description=f"Ids of the best-scored documents, best first (at most {MAX_TOPK_IDS}).",
+    )
+
+    @field_validator("topk_document_ids")
+    @classmethod
+    def _short_ids(cls, v: list[str]) -> list[str]:
+        if any(len(i) > 256 for i in v):
+            raise ValueError("document ids are at most 256 characters")
+        return v
+
+
 class ToolStep(BaseModel):
     """One tool call of a path, in order."""
 
@@ -261,7 +319,8 @@ class PathRecord(Record):
     models: list[str] = Field(default_factory=list)
     tool_sequence: list[ToolStep] = Field(default_factory=list)
     prompt_path: list[str] = Field(
-        default_factory=list, description="Ordered steps: llm[:prompt@version], tool:<name>."
+        default_factory=list, description="Ordered steps: llm[:prompt@version], tool:<name>, "
+        "retrieve:<source>, rerank:<model>."
     )
     path_signature: str = Field("", description="sha256 (16 hex) of prompt_path.")
     closed_by: Literal["root", "timeout", "evicted"] = "root"
@@ -484,6 +543,83 @@ class DriftResult(Record):
         description="Dataset drift: the window where this drift episode (consecutive drifted "
         "windows of the stream) began; None when the window did not drift.",
     )
+    reference_version: int | None = Field(
+        None, ge=1, description="The version of the segment's reference this window was "
+        "scored against (1, 2, ...; drift.references); None in results written before "
+        "references were versioned.",
+    )
+
+
+REFERENCE_SOURCES = ("first_n", "first_window", "time_range", "parquet", "rebaseline:from-window",
+                     "rebaseline:next", "rebaseline:parquet", "promotion")
+"""Where a reference version came from (``promotion`` is reserved for re-baselining after a
+model promotion)."""
+ReferenceSource = Literal["first_n", "first_window", "time_range", "parquet",
+                          "rebaseline:from-window", "rebaseline:next", "rebaseline:parquet",
+                          "promotion"]
+
+
+class ReferenceCommand(Record):
+    """An operator's command for one segment's reference, on ``observer.drift-commands``;
+    the drift engine applies it in order with its inputs (``observer references ...``)."""
+
+    schema_id: ClassVar[str] = "observer.reference-command/v1"
+    schema_: Literal["observer.reference-command/v1"] = Field(
+        "observer.reference-command/v1", alias="schema")
+    command_id: str = Field(min_length=1, max_length=64, description="Unique id (idempotence).")
+    command: Literal["pin", "unpin", "rebaseline"]
+    segment_key: str = Field(max_length=1024)
+    record_type: str = Field(max_length=64)
+    source: Literal["next", "from-window", "parquet"] | None = Field(
+        None, description="rebaseline: the next N records, a scored window's records, or a "
+        "Parquet dataset.")
+    records: int | None = Field(None, ge=1, le=10_000_000, description="--next: N.")
+    window: int | None = Field(None, ge=1, description="--from-window: the window index.")
+    ranges: list[OffsetRange] = Field(
+        default_factory=list, description="--from-window: the window's Kafka offsets.")
+    path: str | None = Field(None, max_length=4096, description="--parquet: the dataset.")
+    force: bool = Field(False, description="Rebaseline a pinned reference anyway.")
+    by: str = Field("", max_length=256, description="Who asked.")
+    at_unix_nano: int = UnixNano()
+
+
+class ReferenceVersionInfo(BaseModel):
+    """One version of a segment's reference: where it came from and what it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(ge=1)
+    source: ReferenceSource
+    created_at_unix_nano: int = Field(description="Kafka time of the record that closed it, "
+                                      "or of the command that set it.")
+    n: int = Field(ge=0, description="Records in it.")
+    ranges: list[OffsetRange] = Field(
+        default_factory=list, description="Kafka offsets of its records (stream-built).")
+    detail: dict[str, Any] = Field(
+        default_factory=dict, description="path, window, command_id, by: as applicable.")
+    values_kept: bool = Field(True, description="Its values are still held (drift."
+                              "reference_history_values).")
+
+
+class ReferenceState(Record):
+    """One segment's references as the drift engine holds them, on the compacted
+    ``observer.references`` (key ``record_type/segment_key``): the read model of
+    ``observer references`` and ``/api/v1/references``."""
+
+    schema_id: ClassVar[str] = "observer.references/v1"
+    schema_: Literal["observer.references/v1"] = Field("observer.references/v1", alias="schema")
+    segment: dict[str, str]
+    segment_key: str
+    record_type: str
+    current: int | None = Field(None, description="The version windows are scored against; "
+                                "None while the first reference is being collected.")
+    pinned: bool = False
+    versions: list[ReferenceVersionInfo] = Field(default_factory=list, description="Oldest first.")
+    collecting: dict[str, Any] | None = Field(
+        None, description="A rebaseline --next in progress: version, records wanted, command_id.")
+    last_command: dict[str, Any] | None = Field(
+        None, description="The last command applied: command_id, command, outcome (applied, "
+        "refused, failed), message.")
 
 
 class TriggerEvent(Record):
@@ -623,7 +759,7 @@ def _scalar_cell(cell: Any) -> bool:
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.schema_id: cls
-    for cls in (LLMCall, EmbeddingRecord, ToolCall, PathRecord, Prediction, GenAIMetric, DriftResult, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
+    for cls in (LLMCall, EmbeddingRecord, ToolCall, RetrievalRecord, PathRecord, Prediction, GenAIMetric, DriftResult, ReferenceCommand, ReferenceState, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
 }
 
 

@@ -53,6 +53,11 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
         retention_ms=7 * 24 * 3600 * 1000,
     ),
     "tools": TopicSpec("tools", True, "segment", "`observer.tools/v1`, one per tool call"),
+    "retrievals": TopicSpec(
+        "retrievals", True, "segment",
+        "`observer.retrievals/v1`, one per retrieval or rerank step (scores, document ids; no "
+        "text)",
+    ),
     "paths": TopicSpec(
         "paths", True, "segment", "`observer.paths/v1`, one per finished trace (trace grouping)"
     ),
@@ -81,6 +86,17 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
         "by the drift engine and read back at its restart",
         compacted=True,
     ),
+    "drift_commands": TopicSpec(
+        "drift-commands", True, "`{record_type}/{segment}`",
+        "`observer.reference-command/v1`: pin, unpin, rebaseline a segment's reference "
+        "(`observer references`, the admin API), applied by the drift engine in order",
+    ),
+    "references": TopicSpec(
+        "references", True, "`{record_type}/{segment}`",
+        "`observer.references/v1`: each segment's reference versions, pin and last command, "
+        "published by the drift engine (the read model of `observer references`)",
+        compacted=True,
+    ),
     "triggers": TopicSpec(
         "triggers", True, "`policy/segment`",
         "`observer.triggers/v1` decisions, delivery outcomes, approvals",
@@ -107,6 +123,7 @@ class Topics:
     llm: str
     embeddings: str
     tools: str
+    retrievals: str
     paths: str
     predictions: str
     kserve_events: str
@@ -114,6 +131,8 @@ class Topics:
     gpu: str
     drift: str
     drift_state: str
+    drift_commands: str
+    references: str
     triggers: str
     dead_letter: str
 

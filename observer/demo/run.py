@@ -4,11 +4,14 @@
    receiver that verifies signatures;
 2. a synthetic support agent sends a baseline phase through the real OpenTelemetry SDK and
    OTLP/HTTP exporter; the demo waits until the drift engine has counted all of it;
-3. the agent drifts (longer answers, a new finish reason, more tool errors);
-4. the demo waits for the signed webhook, then prints a summary and, last, one JSON line.
+3. its users move to a new subject: questions and answers about other things, with the same
+   lengths and token counts (only the meaning changes, which the embedding features see);
+4. the agent drifts (longer answers, a new finish reason, more tool errors);
+5. the demo waits for the signed webhook, then prints a summary and, last, one JSON line.
 
-It exits 0 only when every span sent was ingested, no window before the change drifted, a
-window after it did, and a webhook arrived with a valid signature.
+It exits 0 only when every span sent was ingested, no window before its change drifted, an
+embedding feature drifted after the new subject, an llm window after the drift did, and a
+webhook arrived with a valid signature.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from observer.config import ObserverConfig
 from observer.triggers.config import ExportConfig, PolicyConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent
-from observer.demo.agent import BASELINE, DRIFTED, Behaviour, SupportAgent
+from observer.demo.agent import BASELINE, DRIFTED, NEW_SUBJECT, Behaviour, SupportAgent
 from observer.demo.webhook_receiver import WebhookReceiver
 from observer.runtime import ALL_STAGES, Runtime
 from observer.triggers.signing import generate_secret
@@ -38,6 +41,18 @@ from observer.triggers.signing import generate_secret
 SPANS_PER_CONVERSATION = 4
 LLM_CALLS_PER_CONVERSATION = 2
 TOOL_CALLS_PER_CONVERSATION = 1
+# Records per conversation of each record type the demo watches: the answering chat span
+# carries the question and the answer, so it also makes one observer.embeddings record.
+RECORDS_PER_CONVERSATION = {"llm": LLM_CALLS_PER_CONVERSATION, "tools": TOOL_CALLS_PER_CONVERSATION,
+                            "embeddings": 1}
+# The phases after the baseline, and the record types each one is meant to move: a new subject
+# moves only the meaning (embeddings; lengths and token counts are matched), the drifted
+# behaviour the calls' shape (llm, tools).
+PHASES: tuple[tuple[str, Behaviour, tuple[str, ...]], ...] = (
+    ("new subject", NEW_SUBJECT, ("embeddings",)),
+    ("drifted", DRIFTED, ("llm", "tools")),
+)
+SEMANTIC_FEATURES = ("prompt_embedding", "response_embedding")
 
 
 def metric_total(name: str, **labels: str) -> float:
@@ -99,6 +114,8 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
         consecutive_windows=2,
         min_samples=100,
         cooldown_s=3600,
+        # Meaning too: a window whose prompts or answers moved to another subject counts.
+        record_types=["llm", "tools", "embeddings"],
         webhooks=[WebhookConfig(url=hook_url, secret=secret, backoff_initial_s=0.5, backoff_max_s=5)],
         # With an Argo server configured, the episode also submits the retraining workflow.
         actions=["argo"] if cfg.trigger.argo.server else [],
@@ -167,8 +184,8 @@ def _run_phases(
 ) -> int:
     # Counters are process-wide: measure from here.
     base_spans = metric_total("observer_normalizer_spans_total")
-    base_llm = metric_total("observer_drift_records_total", record_type="llm")
-    base_tools = metric_total("observer_drift_records_total", record_type="tools")
+    base = {t: metric_total("observer_drift_records_total", record_type=t)
+            for t in RECORDS_PER_CONVERSATION}
 
     otlp_url = runtime.endpoints()["otlp_http"]
     exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_url))
@@ -186,12 +203,10 @@ def _run_phases(
     agent = SupportAgent(provider.get_tracer("observer.demo"), seed=seed)
     spans_sent = 0
 
-    def ingested() -> tuple[float, float, float]:
-        return (
-            metric_total("observer_normalizer_spans_total") - base_spans,
-            metric_total("observer_drift_records_total", record_type="llm") - base_llm,
-            metric_total("observer_drift_records_total", record_type="tools") - base_tools,
-        )
+    def ingested() -> tuple[int, dict[str, int]]:
+        return (int(metric_total("observer_normalizer_spans_total") - base_spans),
+                {t: int(metric_total("observer_drift_records_total", record_type=t) - b)
+                 for t, b in base.items()})
 
     def phase(label: str, behaviour: Behaviour, done_before: int) -> bool:
         nonlocal spans_sent
@@ -203,29 +218,32 @@ def _run_phases(
                 _say(f"  {label}: {i + 1}/{conversations} conversations sent")
         provider.force_flush()
         total = done_before + conversations
+        expected = {t: total * n for t, n in RECORDS_PER_CONVERSATION.items()}
         return _wait(
             f"{label} to be ingested",
-            lambda: ingested() == (spans_sent, total * LLM_CALLS_PER_CONVERSATION,
-                                   total * TOOL_CALLS_PER_CONVERSATION),
+            lambda: ingested() == (spans_sent, expected),
             timeout_s,
-            lambda: "spans %d/%d, drift engine llm %d, tools %d" % (*ingested()[:1], spans_sent, *ingested()[1:]),
+            lambda: "spans %d/%d, drift engine %s" % (
+                ingested()[0], spans_sent,
+                ", ".join(f"{t} {n}" for t, n in ingested()[1].items())),
         )
 
     ok = phase("baseline", BASELINE, 0)
-    # Windows are per segment and count records: the change lands in this window.
-    # A first_n reference holds reference_records records; windows after it count from 1.
+    # Windows are per segment and count records: a change lands in the window holding the
+    # first record after it. A first_n reference holds reference_records records; windows
+    # after it count from 1.
     reference = cfg.drift.reference_records if cfg.drift.reference == "first_n" else window
-    change_window = {
-        "llm": (conversations * LLM_CALLS_PER_CONVERSATION - reference) // window + 1,
-        "tools": (conversations * TOOL_CALLS_PER_CONVERSATION - reference) // window + 1,
-    }
-    _say(f"behaviour changes now: from llm window {change_window['llm']}, tools window {change_window['tools']}")
-    per_conversation = {"llm": LLM_CALLS_PER_CONVERSATION, "tools": TOOL_CALLS_PER_CONVERSATION}
-    inside = [t for t, n in per_conversation.items() if conversations * n < reference]
-    if inside:  # a reference with drifted records in it hides part of the change
-        _say(f"note: the change lands inside the {reference}-record reference of "
-             f"{', '.join(inside)}: use more --conversations")
-    ok = phase("drifted", DRIFTED, conversations) and ok
+    change_window: dict[str, int] = {}
+    for i, (label, behaviour, moves) in enumerate(PHASES, start=1):
+        for rtype in moves:
+            before = i * conversations * RECORDS_PER_CONVERSATION[rtype]
+            change_window[rtype] = (before - reference) // window + 1
+            if before < reference:  # a reference with changed records in it hides the change
+                _say(f"note: the change lands inside the {reference}-record reference of "
+                     f"{rtype}: use more --conversations")
+        _say(f"behaviour changes now ({label}): "
+             + ", ".join(f"{t} from window {change_window[t]}" for t in moves))
+        ok = phase(label, behaviour, i * conversations) and ok
     delivered = _wait(
         "a signed webhook",
         lambda: bool(receiver.valid()) and bool(_deliveries(runtime)),
@@ -235,21 +253,26 @@ def _run_phases(
     provider.shutdown()
 
     results = [r for r in reversed(runtime.drift_view.history()) if isinstance(r, DriftResult)]
-    spans_ingested = int(ingested()[0])
+    spans_ingested = ingested()[0]
     first_by_type: dict[str, int | None] = {}
     early: list[str] = []
     for rtype, change in change_window.items():
         drifted = sorted(r.window_index for r in results if r.record_type == rtype and r.dataset_drift)
         first_by_type[rtype] = drifted[0] if drifted else None
         early += [f"{rtype} window {w}" for w in drifted if w < change]
+    semantic = _semantic_evidence(results, change_window["embeddings"])
 
     _say("")
     _say("drift results (window: drift share, drifted features)")
     for r in results:
         names = ", ".join(f"{f.name} {f.method}={f.statistic:.3f}" for f in r.features if f.drifted)
         mark = "DRIFT" if r.dataset_drift else "ok   "
-        _say(f"  {r.record_type:5} {r.segment_key:28} window {r.window_index}: {mark} "
+        _say(f"  {r.record_type:10} {r.segment_key:48} window {r.window_index}: {mark} "
              f"share {r.drift_share:.2f} {names}")
+    if semantic:
+        _say(f"meaning-only shift caught in embeddings window {semantic['window']}: "
+             f"{semantic['feature']} {semantic['method']}={semantic['statistic']:.3f}; "
+             f"most unlike the reference: traces {', '.join(semantic['unlike_traces'])}")
     fired = {
         e.episode_id: e
         for e in runtime.trigger_view.history()
@@ -286,6 +309,7 @@ def _run_phases(
         "change_window": change_window["llm"],
         "first_drift_window_by_type": first_by_type,
         "change_window_by_type": change_window,
+        "semantic_drift": semantic,
         "triggers": triggers,
         "pipeline": _show_pipeline(cfg),
     }
@@ -298,11 +322,29 @@ def _run_phases(
         reasons.append(f"drift reported before the change: {', '.join(early)}")
     if first_by_type["llm"] is None:
         reasons.append("no drift detected after the change")
+    if not semantic:
+        reasons.append("the meaning-only shift (new subject) was not caught by an embedding "
+                       "feature")
     if not (delivered and any(t["status"] == "delivered" and t["signature_valid"] for t in triggers)):
         reasons.append("no webhook delivered with a valid signature")
     if any(not d.signature_valid for d in receiver.deliveries):
         reasons.append("a webhook arrived with an invalid signature")
     return _finish(summary, not reasons, "; ".join(reasons))
+
+
+def _semantic_evidence(results: Sequence[DriftResult], change: int) -> dict[str, Any] | None:
+    """The first embedding feature drifted from the new subject's window on, with its evidence."""
+    for r in sorted(results, key=lambda r: r.window_index):
+        if r.record_type != "embeddings" or r.window_index < change:
+            continue
+        for f in r.features:
+            if f.name in SEMANTIC_FEATURES and f.drifted and f.statistic is not None:
+                unlike = f.evidence.unlike if f.evidence else []
+                return {"window": r.window_index, "feature": f.name, "method": f.method,
+                        "statistic": f.statistic,
+                        "unlike_traces": [u.trace_id[:12] for u in unlike[:3]],
+                        "novel_clusters": len(f.evidence.novel_clusters) if f.evidence else 0}
+    return None
 
 
 def _show_pipeline(cfg: ObserverConfig) -> dict[str, Any]:
