@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -76,7 +77,15 @@ class _NannyML:
 
     def __call__(self, ref: np.ndarray, cur: np.ndarray) -> tuple[float, bool]:
         os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # no analytics calls
-        import nannyml as nml
+        # flaml (imported by NannyML) starts a JVM through pyspark.pandas when it can.
+        hidden = "pyspark" not in sys.modules
+        if hidden:
+            sys.modules["pyspark"] = None  # type: ignore[assignment]
+        try:
+            import nannyml as nml
+        finally:
+            if hidden:
+                del sys.modules["pyspark"]
 
         columns = [f"e{i}" for i in range(ref.shape[1])]
         if self._fitted is None or self._fitted[0] != id(ref):

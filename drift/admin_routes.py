@@ -1,4 +1,5 @@
-"""The drift stage's admin routes: the latest scored windows and the episodes' HTML reports.
+"""The drift stage's admin routes: the latest scored windows, the episodes' HTML reports, and
+the references (:mod:`observer.drift.reference_routes`).
 
 Mounted by the admin API (``observer.admin``) behind its guard, in every process: they read
 ``observer.drift`` through a view, so they answer wherever the engine runs.
@@ -13,6 +14,8 @@ from fastapi.responses import FileResponse, Response
 
 from observer.core.records import DriftResult, Record
 from observer.core.stage import AdminContext, View
+from observer.drift import reference_client
+from observer.drift.reference_routes import references_router, references_slot
 from observer.drift.reports import DriftReports, Episode, ReportError, ReportNotFound, episodes, report_id
 
 # A report is one self-contained page: forbid it any network access in the browser too.
@@ -33,7 +36,14 @@ def routes(ctx: AdminContext) -> APIRouter:
     """The routes as the configuration wants them (``drift.reports.enabled``)."""
     drift = ctx.cfg.drift
     reports = DriftReports.from_config(drift, ctx.cfg.kafka) if drift.reports.enabled else None
-    return drift_router(ctx.topic_view(ctx.topics.drift, drift_slot), reports)
+    view = ctx.topic_view(ctx.topics.drift, drift_slot)
+    router = drift_router(view, reports)
+    # References: read from what the engine published, written as commands it consumes.
+    kafka, topics = ctx.cfg.kafka, ctx.topics
+    router.include_router(references_router(
+        ctx.topic_view(topics.references, references_slot), view,
+        lambda command: reference_client.send(kafka, topics, command)))
+    return router
 
 
 def drift_router(view: View | None, reports: DriftReports | None) -> APIRouter:

@@ -200,6 +200,8 @@ class RestoredStream:
     episode_start: int | None = None
     """The window where the stream's current drift episode began; ``None`` when the last
     scored window did not drift (or chunks written before episodes were checkpointed)."""
+    reference_inline: bool = False
+    """The reference came from a chunk (its reference record may be older or missing)."""
 
 
 def _degradation_values(chunks: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -248,10 +250,11 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
         last = prefix[-1]
         first = prefix[0]
         # A reference record without a window past 0 is from a batch that was not fully
-        # acknowledged: window 0 is still open and will close again on the replay.
-        reference = refs.get(stream) if window > 0 else None
-        if reference is None and window > 0:
-            reference = next((c["reference"] for c in prefix if c.get("reference")), None)
+        # acknowledged: window 0 is still open and will close again on the replay. A chunk's
+        # inline reference is at least as new as the reference record (a rebaseline or pin
+        # rewrites both in one batch, and only a confirmed batch loses the inline copy).
+        inline = [c["reference"] for c in prefix if c.get("reference")]
+        reference = (inline[-1] if inline else refs.get(stream)) if window > 0 else None
         if window > 0 and reference is None:
             log.warning("checkpoint of %s/%s has window %d but no reference", *stream, window)
             continue
@@ -286,5 +289,6 @@ def restore_streams(values: Mapping[str, bytes | None]) -> dict[tuple[str, str],
             degradation_values=_degradation_values(prefix),
             marks=[(c.get("horizon_ms"), positions_from_json(c["positions"])) for c in prefix],
             episode_start=last.get("episode_start"),
+            reference_inline=bool(inline) and window > 0,
         )
     return restored

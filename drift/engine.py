@@ -50,6 +50,12 @@ A result whose acknowledgement was in doubt at the kill is checked against what 
 reached ``observer.drift`` (:mod:`observer.drift.published`) and only emitted when missing, so
 each result is published once (:mod:`observer.drift.duplicates`).
 
+References (:mod:`observer.drift.references`, :mod:`observer.drift.reference_commands`): each
+stream's reference is versioned (1, 2, ...) with its provenance, carried in its checkpointed
+reference record; every result names ``reference_version``. With checkpoints on, the engine
+also consumes ``observer.drift-commands`` (pin, unpin, rebaseline) in order with its inputs and
+publishes each stream's reference state to ``observer.references``.
+
 Hostile records: a message that is not a valid record (not JSON, an unknown schema, a field
 outside its bounds such as a negative count or a NaN, which :mod:`observer.core.records`
 rejects) or whose feature values are not finite goes to the dead-letter topic with its reason
@@ -87,6 +93,8 @@ type; ``observer_drift_restores_total``,
 (2, 'wasserstein', True)
 >>> result.episode_start_window  # the first drifted window begins an episode
 2
+>>> result.reference_version  # scored against version 1 (drift.references)
+1
 """
 
 from __future__ import annotations
@@ -274,8 +282,10 @@ class DriftEngine:
     @property
     def inputs(self) -> list[str]:
         """The topics to consume: those of the record types with features configured
-        (:func:`observer.drift.record_types.topics_by_type`), and the reference commands."""
-        return [*self._record_types, self.topics.drift_commands]
+        (:func:`observer.drift.record_types.topics_by_type`), and with checkpoints the
+        reference commands (:mod:`observer.drift.reference_commands`)."""
+        commands = [self.topics.drift_commands] if self.store is not None else []
+        return [*self._record_types, *commands]
 
     @property
     def streams(self) -> int:
@@ -304,7 +314,8 @@ class DriftEngine:
             self._guard.passed(tp, message.offset)
         outputs += self._quarantined
         self._quarantined = []
-        outputs += [announcement(self.topics, s) for s in self._announced.values()]
+        if self.store is not None:  # published with the checkpoints it reflects
+            outputs += [announcement(self.topics, s) for s in self._announced.values()]
         self._announced = {}
         if self.store is not None:
             outputs += self._checkpoint(at_ms)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from observer.drift.engine import DriftEngine
+from observer.drift.references import without_ranges
 from observer.core.broker import read_incarnation
 from observer.core.bus import Output, Processor
 from observer.core.config import KafkaConfig
@@ -79,8 +80,12 @@ def rebase(value: dict[str, Any], incarnation: str) -> dict[str, Any]:
     out.pop("results", None)  # re-published from the results table instead
     if isinstance(out.get("reference"), dict):
         out["reference"] = {**out["reference"], "ranges": []}
+        if "versions" in out["reference"]:  # drift.references: older versions' offsets too
+            out["reference"]["versions"] = without_ranges(out["reference"]["versions"])
     if out.get("kind") == "reference":
         out["ranges"] = []
+        if "versions" in out:
+            out["versions"] = without_ranges(out["versions"])
     for name in ("current_ranges", "reference_ranges"):  # a DriftResult
         if name in out:
             out[name] = []

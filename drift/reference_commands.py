@@ -182,7 +182,7 @@ class ReferenceCommands:
         assert stream.reference is not None
         number = version or versions.next_version()
         versions.retire(window_values(stream.reference, stream.reference_ranges),
-                        self.engine.cfg.reference_history_values)
+                        self.engine.cfg.reference_history_values, stream.reference_ranges)
         versions.current = ReferenceVersionInfo(
             version=number, source=source, created_at_unix_nano=at, n=closed.n,
             detail={k: v for k, v in detail.items() if v not in (None, "")})

@@ -71,12 +71,14 @@ class Versions:
             return True
         return any(i.get("detail", {}).get("command_id") == command_id for i in infos)
 
-    def retire(self, values: dict[str, Any] | None, keep_values: int) -> None:
-        """The current version becomes history (with its values, of which only the newest
-        ``keep_values`` versions keep theirs)."""
+    def retire(self, values: dict[str, Any] | None, keep_values: int,
+               ranges: list[OffsetRange] = ()) -> None:  # type: ignore[assignment]
+        """The current version (whose records were at ``ranges``) becomes history, with its
+        values; only the newest ``keep_values`` older versions keep theirs."""
         if self.current is None:
             return
-        self.history.append({"info": self.current.model_dump(mode="json"), "values": values})
+        info = self.current.model_copy(update={"ranges": list(ranges)}).model_dump(mode="json")
+        self.history.append({"info": info, "values": values})
         self.current = None
         kept = 0
         for entry in reversed(self.history):
@@ -104,6 +106,22 @@ class Versions:
             history=list(data.get("history", [])),
             last_command=data.get("last_command"),
         )
+
+
+def without_ranges(versions: dict[str, Any]) -> dict[str, Any]:
+    """Stored versions for a new broker incarnation, whose offsets mean nothing to it
+    (:func:`observer.drift.local_state.rebase`): the older versions' ranges emptied.
+
+    >>> without_ranges({"history": [{"info": {"ranges": [{}]}, "values": {"ranges": [{}]}}]})
+    {'history': [{'info': {'ranges': []}, 'values': {'ranges': []}}]}
+    """
+    history = []
+    for entry in versions.get("history", []):
+        info = {**entry.get("info", {}), "ranges": []}
+        values = entry.get("values")
+        history.append({**entry, "info": info,
+                        "values": None if values is None else {**values, "ranges": []}})
+    return {**versions, "history": history}
 
 
 def rebaseline_refusal(versions: Versions, *, force: bool, automatic: bool = False) -> str | None:

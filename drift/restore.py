@@ -101,7 +101,7 @@ class Restorer:
         key, record_type = state.segment_key, state.record_type
         done.outputs += [Output(self.topics.drift_state, k, None) for k in state.stale_keys]
         first = state.first_chunk
-        if first is not None and "reference" in first and state.reference is not None:
+        if state.reference_inline and state.reference is not None:
             # The reference record of that batch may not have been acknowledged: write it
             # again before chunk 0 loses its inline copy.
             done.outputs.append(state_output(

@@ -7,7 +7,7 @@ stays quick.
 >>> from observer.core.topics import Topics
 >>> cfg = ObserverConfig()
 >>> SPEC.input_topics(cfg, Topics.from_config(cfg.kafka))  # the record types with features
-['observer.llm', 'observer.tools', 'observer.paths', 'observer.embeddings']
+['observer.llm', 'observer.tools', 'observer.retrievals', 'observer.paths', 'observer.embeddings', 'observer.drift-commands']
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ SPEC = StageSpec(
     "its reference, per segment; write results and checkpoints.",
     config_section="drift",
     # Every record type's topic; a configuration reads those with features (subscribe).
-    inputs=tuple(dict.fromkeys(rt.topic for rt in RECORD_TYPES.values())),
-    outputs=("drift", "drift_state"),
+    # and the reference commands (observer references, the admin API).
+    inputs=(*dict.fromkeys(rt.topic for rt in RECORD_TYPES.values()), "drift_commands"),
+    outputs=("drift", "drift_state", "references"),
     # On restore: its checkpoints, and its recent results (to drop their replayed copies).
     reads_back=("drift_state", "drift"),
     build=_build,
     group_id=lambda cfg: cfg.drift.group_id,
-    subscribe=lambda cfg, topics: list(topics_by_type(cfg.drift, topics)),
+    subscribe=lambda cfg, topics: [*topics_by_type(cfg.drift, topics),
+                                   *([topics.drift_commands] if cfg.drift.checkpoints else [])],
     admin_routes=_routes,
     add_arguments=_add_arguments,
 )

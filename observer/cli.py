@@ -8,6 +8,7 @@
     observer [--config observer.yaml] pipeline render --out DIR   the retraining WorkflowTemplate
     observer [--config observer.yaml] triggers list               decisions and deliveries
     observer [--config observer.yaml] triggers approve|reject EPISODE   release or cancel held actions
+    observer [--config observer.yaml] references list|show|pin|unpin|rebaseline   drift references
     observer [--config observer.yaml] collect-gpu GPU metrics and economics (NVML, Prometheus, --replay)
 """
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     from observer.triggers.commands import add_parsers as add_trigger_parsers
 
     add_trigger_parsers(sub)  # pipeline render, triggers list
+    from observer.drift.reference_cli import add_parsers as add_reference_parsers
+
+    add_reference_parsers(sub)  # references list|show|pin|unpin|rebaseline
     return p
 
 
@@ -117,6 +121,10 @@ def _main(argv: list[str] | None) -> int:
         return 0
     from observer.triggers.commands import COMMANDS as TRIGGER_COMMANDS
 
+    if args.command == "references":
+        from observer.drift.reference_cli import run as run_reference_command
+
+        return run_reference_command(cfg, args)
     if args.command in TRIGGER_COMMANDS:
         from observer.triggers.commands import run as run_trigger_command
 

@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -96,7 +97,14 @@ DATA_SOURCE: tuple[str, ...] = (
 RERANKER_MODEL: tuple[str, ...] = (
     "reranker.model_name", "gen_ai.request.model", "llm.request.model",
 )
-NAMES: frozenset[str] = frozenset(QUERY + DATA_SOURCE + RERANKER_MODEL + JSON_DOCUMENTS)
+SPAN_METADATA = "metadata"
+"""OpenInference's span metadata (JSON text): LangChain's run metadata on its spans."""
+SPAN_METADATA_SOURCE_KEYS: tuple[str, ...] = ("ls_vector_store_provider", "ls_retriever_name")
+"""Keys of the span metadata naming the data source when no attribute does (LangChain names
+the vector store of a ``VectorStoreRetriever``: ``Chroma``, ``FAISS``...)."""
+NAMES: frozenset[str] = frozenset(
+    (*QUERY, *DATA_SOURCE, *RERANKER_MODEL, *JSON_DOCUMENTS, SPAN_METADATA)
+)
 """The plain (not indexed) attributes a retrieval record reads."""
 
 MAX_DOCUMENTS = 1000
@@ -182,12 +190,14 @@ def event_documents(events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dic
 
 
 def source_name(operation: Operation, attributes: Mapping[str, Any], span_name: str) -> str:
-    """What a step searched (:data:`DATA_SOURCE`) or, for a rerank, the reranker model
-    (:data:`RERANKER_MODEL`); else the span's name (a LangChain retriever's class). Checked
-    as a name (:func:`observer.core.validate.text`).
+    """What a step searched (:data:`DATA_SOURCE`, else :data:`SPAN_METADATA_SOURCE_KEYS`) or,
+    for a rerank, the reranker model (:data:`RERANKER_MODEL`); else the span's name (a
+    LangChain retriever's class). Checked as a name (:func:`observer.core.validate.text`).
 
     >>> source_name("retrieve", {"db.system": "chroma", "gen_ai.data_source.id": "kb"}, "q")
     'kb'
+    >>> source_name("retrieve", {"metadata": '{"ls_vector_store_provider": "FAISS"}'}, "q")
+    'FAISS'
     >>> source_name("rerank", {}, "CohereRerank")
     'CohereRerank'
     """
@@ -195,4 +205,15 @@ def source_name(operation: Operation, attributes: Mapping[str, Any], span_name: 
         value = validate.text(attributes.get(name))
         if value:
             return value
+    metadata = attributes.get(SPAN_METADATA)
+    if operation == "retrieve" and isinstance(metadata, str) and len(metadata) <= MAX_METADATA_CHARS:
+        try:
+            parsed = json.loads(metadata)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            for key in SPAN_METADATA_SOURCE_KEYS:
+                value = validate.text(parsed.get(key))
+                if value:
+                    return value
     return validate.text(span_name)

@@ -76,35 +76,45 @@ static inline uint8_t class_of(Py_UCS4 c, const uint8_t *classes, uint8_t han, u
 #define SCAN_LOOP(TYPE)                                                                    \
     do {                                                                                   \
         const TYPE *chars = data;                                                          \
+        Py_ssize_t tokens = 0, word_runs = 0, ascii_ends = 0, ends = 0;                    \
+        Py_UCS4 top = 0;                                                                   \
         int was_space = 1, was_word = 0, was_mark = 0;                                     \
         for (Py_ssize_t i = 0; i < end; i++) {                                             \
             Py_UCS4 c = chars[i];                                                          \
-            scan->top |= c;                                                                \
+            top |= c;                                                                      \
             uint8_t cls = class_of(c, classes, han, astral);                               \
             int base = cls & 0x7F, space = base == SPACE, word = (cls & WORD_FLAG) != 0;    \
-            scan->counts[base]++;                                                          \
-            scan->tokens += was_space && !space;                                           \
-            scan->word_runs += word && !was_word;                                          \
+            counts[i & 3][base]++;                                                         \
+            tokens += was_space && !space;                                                 \
+            word_runs += word && !was_word;                                                \
             if (was_mark) {                                                                \
-                scan->ascii_ends += space && c < 128;                                      \
-                scan->ends += i < body_end && (c == ' ' || c == '\n');                     \
+                ascii_ends += space && c < 128;                                            \
+                ends += i < body_end && (c == ' ' || c == '\n');                           \
             }                                                                              \
             if (c >= 0x061F && i < body_end && is_single_end(c))                           \
-                scan->ends++;                                                              \
+                ends++;                                                                    \
             was_space = space, was_word = word;                                            \
             was_mark = c == '.' || c == '!' || c == '?';                                   \
         }                                                                                  \
+        scan->tokens = tokens, scan->word_runs = word_runs;                                \
+        scan->ascii_ends = ascii_ends, scan->ends = ends, scan->top = top;                 \
     } while (0)
 
 static void scan_text(Scan *scan, int kind, const void *data, Py_ssize_t end,
                       Py_ssize_t body_end, const uint8_t *classes, uint8_t han,
                       uint8_t astral) {
+    /* Four tables of counts, by position: a run of one class is then four chains of
+     * increments, not one (each waits on the last store to its slot). */
+    Py_ssize_t counts[4][MAX_CLASSES];
+    memset(counts, 0, sizeof counts);
     if (kind == PyUnicode_1BYTE_KIND)
         SCAN_LOOP(Py_UCS1);
     else if (kind == PyUnicode_2BYTE_KIND)
         SCAN_LOOP(Py_UCS2);
     else
         SCAN_LOOP(Py_UCS4);
+    for (int k = 0; k < MAX_CLASSES; k++)
+        scan->counts[k] = counts[0][k] + counts[1][k] + counts[2][k] + counts[3][k];
 }
 #undef SCAN_LOOP
 

@@ -34,8 +34,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
 from observer.collectors.common.otlp_attributes import attribute_values
 from observer.collectors.common.retrieval_mapping import (
     EVENT_NAMES,
@@ -53,6 +51,8 @@ from observer.collectors.common.retrieval_mapping import (
     indexed_documents,
     source_name,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
 from observer.core import validate
 from observer.core.records import MAX_SCORE, MAX_TOPK_IDS
 
@@ -93,11 +93,16 @@ def _json_documents(value: Any, stage: str) -> list[dict[str, Any]]:
     return [d if isinstance(d, dict) else {} for d in parsed[:MAX_DOCUMENTS]]
 
 
-def _score(document: Mapping[str, Any], stage: str) -> float | None:
+def _metadata(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A document's metadata: a map, or JSON text of one (OpenInference); else empty."""
+    value = document.get("metadata")
+    parsed = _json(value, MAX_METADATA_CHARS) if isinstance(value, str) else value
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _score(document: Mapping[str, Any], metadata: Mapping[str, Any], stage: str) -> float | None:
     """A document's score (higher is better), a distance ``d`` giving ``-d``; metadata keys
     when it has neither; None when absent or invalid (counted)."""
-    metadata = _json(document.get("metadata"), MAX_METADATA_CHARS)
-    metadata = metadata if isinstance(metadata, dict) else {}
     candidates = [(document.get("score"), 1.0), (document.get("distance"), -1.0)]
     candidates += [(metadata.get(k), 1.0) for k in METADATA_SCORE_KEYS]
     candidates += [(metadata.get(k), -1.0) for k in METADATA_DISTANCE_KEYS]
@@ -114,13 +119,10 @@ def _score(document: Mapping[str, Any], stage: str) -> float | None:
     return None
 
 
-def _document_id(document: Mapping[str, Any], stage: str) -> str:
+def _document_id(document: Mapping[str, Any], metadata: Mapping[str, Any], stage: str) -> str:
     value = document.get("id")
     if value is None:
-        metadata = _json(document.get("metadata"), MAX_METADATA_CHARS)
-        if isinstance(metadata, dict):
-            value = next((metadata[k] for k in METADATA_ID_KEYS if metadata.get(k) is not None),
-                         None)
+        value = next((metadata[k] for k in METADATA_ID_KEYS if metadata.get(k) is not None), None)
     if value is None:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -158,8 +160,10 @@ def retrieval_fields(span: Span, operation: Operation, stage: str) -> dict[str, 
         kv.key for kv in span.attributes if kv.key in NAMES or kv.key.startswith(_PREFIXES)
     )
     attributes = attribute_values(span.attributes, wanted) if wanted else {}
-    ranked = [(_score(d, stage), _document_id(d, stage)) for d in _documents(
-        span, operation, attributes, stage)]
+    ranked = []
+    for document in _documents(span, operation, attributes, stage):
+        metadata = _metadata(document)
+        ranked.append((_score(document, metadata, stage), _document_id(document, metadata, stage)))
     # Best first; unscored documents after, in their listed order (sort is stable).
     ranked.sort(key=lambda d: (d[0] is None, -(d[0] or 0.0)))
     scores = [s for s, _ in ranked if s is not None]

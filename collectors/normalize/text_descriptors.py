@@ -1,8 +1,9 @@
 """Text descriptors: cheap numbers that describe a prompt or an answer without keeping it.
 
 From one side's text (:func:`observer.collectors.normalize.message_content.texts`) the
-normaliser computes, with no model and no download, mostly in C (``str`` and ``bytes``
-methods, one NumPy table lookup for non-ASCII text), since it runs on every span:
+normaliser computes, with no model and no download, since it runs on every span (in one pass
+of ``collectors/normalize/_text_scan.c`` where the install built it; else with ``str`` and
+``bytes`` methods and one NumPy table lookup, the same numbers a few times slower):
 
 - ``words``: whitespace-separated words; in a text with Chinese or Japanese, which put no
   spaces between words, each Han or kana character is a word, and so is each run of other
@@ -67,7 +68,7 @@ KANA_SHARE = 0.05
 # Refusal phrases per language: regular expressions matched against the lowercased text, with
 # ’ read as '. The configuration (``normalizer.refusal_patterns``) adds languages or replaces a
 # language's list. Each starts with a literal: a pattern runs only where its literal start
-# occurs (a C substring search), which keeps the ~35 patterns cheap on every span.
+# occurs (one C pass finds which do), which keeps the ~35 patterns cheap on every span.
 REFUSAL_PATTERNS: dict[str, tuple[str, ...]] = {
     "en": (r"i'm (?:so )?(?:sorry|afraid)\b.{0,60}?\b(?:cannot|can't|unable|won't)\b",
            r"i am (?:so )?(?:sorry|afraid)\b.{0,60}?\b(?:cannot|can't|unable|won't)\b",
