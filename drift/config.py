@@ -40,6 +40,19 @@ class FeatureSpec(Section):
     threshold: float | None = Field(
         None, description="This feature's threshold (default: drift.thresholds[method])."
     )
+    columns: list[str] | None = Field(
+        None, min_length=2,
+        description="embedding kind only: build the vector from these numeric fields of the "
+        "record (inputs.age, inputs.income, ...) instead of reading a vector field named "
+        "`name`: multivariate drift of tabular records (e.g. method reconstruction_cv); a row "
+        "missing any of them is skipped.",
+    )
+
+    @model_validator(mode="after")
+    def _columns_need_embedding(self) -> "FeatureSpec":
+        if self.columns is not None and self.kind != "embedding":
+            raise ValueError(f"feature {self.name!r}: columns apply to kind embedding only")
+        return self
 
 
 def _default_features() -> dict[str, list[FeatureSpec]]:

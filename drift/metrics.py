@@ -91,3 +91,14 @@ DUPLICATES = Counter(
     "Results derived again after a restore and not emitted: observer.drift already had them.",
     ["record_type"],
 )
+REFERENCE_VERSION = Gauge(
+    "observer_drift_reference_version",
+    "The reference version (1, 2, ...) a segment's windows are scored against "
+    "(drift.references); it steps up at every rebaseline.",
+    ["segment", "record_type"],
+)
+REFERENCE_COMMANDS = Counter(
+    "observer_drift_reference_commands_total",
+    "Reference commands (pin, unpin, rebaseline) the engine applied, refused or failed.",
+    ["command", "outcome"],
+)

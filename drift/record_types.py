@@ -60,7 +60,7 @@ from observer.core.records import (
     RetrievalRecord,
     ToolCall,
 )
-from observer.drift.embedding.columns import embedding_value
+from observer.drift.embedding.columns import VectorRow, embedding_value
 from observer.core.topics import Topics
 
 
@@ -154,6 +154,9 @@ def check_features(record_type: str, specs: Sequence[FeatureSpec]) -> None:
     ValueError: drift feature 'model.x' of llm records: 'model' is not a mapping field, so it has no keys (observer.llm/v1)
     """
     cls = RECORD_TYPES[record_type].record_class
+    # A multivariate feature names its own vector; its columns must be fields of the record.
+    specs = [FeatureSpec(name=c, kind="numeric") for s in specs if s.columns for c in s.columns] \
+        + [s for s in specs if not s.columns]
     for spec in specs:
         head, sep, key = spec.name.partition(FIELD_SEPARATOR)
         problem = None
@@ -214,6 +217,9 @@ def feature_rows(record: Record, specs: Sequence[FeatureSpec]) -> list[dict[str,
     >>> feature_rows(call, [FeatureSpec(name="output_tokens", kind="numeric")])
     [{'output_tokens': 7}]
     """
+    multivariate = [s for s in specs if s.columns]
+    if multivariate:
+        return _with_vectors(record, specs, multivariate)
     scalars: dict[str, Any] = {}
     columns: dict[str, list[Any]] = {}
     for spec in specs:
@@ -239,6 +245,33 @@ def feature_rows(record: Record, specs: Sequence[FeatureSpec]) -> list[dict[str,
         for name, column in columns.items():
             row[name] = coerce[name](column[i] if i < len(column) else None)
         rows.append({s.name: row[s.name] for s in specs})
+    return rows
+
+
+def _with_vectors(record: Record, specs: Sequence[FeatureSpec],
+                  multivariate: Sequence[FeatureSpec]) -> list[dict[str, Any]]:
+    """Rows of ``specs`` where each multivariate feature (an embedding built from ``columns``)
+    holds the vector of its numeric columns, per instance; ``None`` when one is missing.
+
+    >>> p = Prediction(service="s", model="m", request_id="r", protocol="v1", instances=2,
+    ...                inputs={"a": [1, 2], "b": [3, None]})
+    >>> rows = feature_rows(p, [FeatureSpec(name="ab", kind="embedding", columns=["inputs.a",
+    ...                                                                       "inputs.b"])])
+    >>> rows[0]["ab"].vector.tolist(), rows[0]["ab"].trace_id, rows[1]["ab"]
+    ([1.0, 3.0], 'r', None)
+    """
+    hidden = [FeatureSpec(name=c, kind="numeric") for s in multivariate for c in s.columns or ()]
+    plain = [s for s in specs if not s.columns]
+    trace_id = str(getattr(record, "trace_id", "") or getattr(record, "request_id", ""))
+    span_id = str(getattr(record, "span_id", ""))
+    rows = []
+    for row in feature_rows(record, [*plain, *hidden]):
+        out = {s.name: row[s.name] for s in plain}
+        for spec in multivariate:
+            values = [row[c] for c in spec.columns or ()]
+            out[spec.name] = None if any(v is None for v in values) else \
+                VectorRow(values, trace_id, span_id)
+        rows.append({s.name: out[s.name] for s in specs})
     return rows
 
 

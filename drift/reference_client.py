@@ -62,8 +62,8 @@ def check(state: ReferenceState | None, segment_key: str, record_type: str, comm
           force: bool = False, by: str = "", ranges: Iterable[Any] = ()) -> ReferenceCommand:
     """The command to send, or :class:`CommandError` saying why not."""
     if state is None:
-        raise UnknownSegment(f"no reference is known for segment {segment_key!r} of record type "
-                             f"{record_type} (observer references list)")
+        raise UnknownSegment(f"no reference is known for segment {segment_key[:200]!r} of record "
+                             f"type {record_type[:64]} (observer references list)")
     sources = {"next": next, "from-window": from_window, "parquet": parquet}
     given = [name for name, v in sources.items() if v is not None]
     if command != "rebaseline":

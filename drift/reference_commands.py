@@ -40,6 +40,7 @@ from observer.core.records import (
     encode,
 )
 from observer.core.topics import Topics
+from observer.drift.metrics import REFERENCE_COMMANDS, REFERENCE_VERSION
 from observer.drift.record_types import feature_rows
 from observer.drift.reference import ParquetReference, ReferenceFirst, new_window, store_factory
 from observer.drift.references import INITIAL_SOURCES, first_version, rebaseline_refusal, state_key, state_record
@@ -65,7 +66,9 @@ def kafka_reader(kafka: KafkaConfig) -> WindowReader:
 
 
 def announcement(topics: Topics, stream: Stream) -> Output:
-    """The stream's state for ``observer.references``."""
+    """The stream's state for ``observer.references`` (and its version's gauge)."""
+    if stream.versions.current is not None:
+        REFERENCE_VERSION.labels(stream.key, stream.record_type).set(stream.versions.current.version)
     record = state_record(stream.segment, stream.key, stream.record_type, stream.versions,
                           stream.reference_ranges)
     return Output(topics.references, state_key(stream.record_type, stream.key), encode(record))
@@ -97,7 +100,8 @@ class ReferenceCommands:
                      command.record_type, command.segment_key)
             self._waiting = [*self._waiting, command][-MAX_WAITING:]
             return
-        self.apply(stream, command, message.timestamp_ms * 1_000_000 or engine.clock())
+        at = message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else engine.clock()
+        self.apply(stream, command, at)
 
     def stream_appeared(self, stream: Stream) -> None:
         """Apply the commands that were waiting for ``stream``."""
@@ -116,6 +120,7 @@ class ReferenceCommands:
             outcome, message = self._apply(stream, command, at)
         except ValueError as e:
             outcome, message = "failed", str(e)
+        REFERENCE_COMMANDS.labels(command.command, outcome).inc()
         versions.last_command = {"command_id": command.command_id, "command": command.command,
                                  "source": command.source, "by": command.by,
                                  "outcome": outcome, "message": message}

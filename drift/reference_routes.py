@@ -66,8 +66,8 @@ def references_router(view: View | None, drift_view: View | None, send: Sender) 
         """One segment's reference versions and their provenance."""
         state = states().get(state_key(record_type, segment))
         if state is None:
-            raise HTTPException(404, f"no reference is known for segment {segment!r} of record "
-                                f"type {record_type!r}")
+            raise HTTPException(404, f"no reference is known for segment {segment[:200]!r} of "
+                                f"record type {record_type[:64]!r}")
         return state.model_dump(by_alias=True)
 
     @router.post("/api/v1/references/{record_type}/{segment:path}/{verb}", status_code=202)

@@ -4,6 +4,7 @@ in-memory checkpoint store of :mod:`tests.drift_support`."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from pathlib import Path
@@ -234,3 +235,47 @@ def test_rebaseline_from_window_reads_the_windows_records_back(tmp_path: Path) -
     assert s.versions[-1].ranges == window1.current_ranges
     scored = results(step(runner, engine, feed.calls(20, 3.0)))
     assert [(r.reference_version, r.dataset_drift) for r in scored] == [(2, False)]
+
+
+def test_versions_survive_the_local_mirror_into_a_new_broker(tmp_path: Path) -> None:
+    """Embedded durable mode: the SQLite mirror seeds a new (empty) broker incarnation."""
+    from observer.drift.checkpoint import MemoryCheckpointStore
+    from observer.drift.engine import DriftEngine
+    from observer.drift.local_state import LocalDriftState
+
+    runner, feed = Runner(config()), Feed(7)
+    engine = runner.engine()
+    local = LocalDriftState(tmp_path / "drift-state.sqlite", TOPICS, "first")
+    for batch in (feed.calls(25, 1.0), [feed.command("rebaseline", source="next", records=20),
+                                        feed.command("pin")], feed.calls(30, 2.0)):
+        local.apply(step(runner, engine, batch))
+    local.close()
+    again = LocalDriftState(tmp_path / "drift-state.sqlite", TOPICS, "second")
+    store = MemoryCheckpointStore(TOPICS.drift_state)
+    store.apply(again.seed())
+    again.close()
+    restarted = DriftEngine(config(), TOPICS, store=store)
+    out = restarted.process(Feed(8).calls(5, 2.0))  # the new log numbers from 0 again
+    s = state(out)
+    assert (s.current, s.pinned) == (2, True)
+    assert [(v.version, v.source, v.n) for v in s.versions] == [
+        (1, "first_window", 20), (2, "rebaseline:next", 20)]
+    # Offsets of the old incarnation are meaningless now: dropped, the values kept.
+    assert [v.ranges for v in s.versions] == [[], []]
+    assert s.versions[0].values_kept
+
+
+def test_a_hostile_command_goes_to_the_dead_letter_topic() -> None:
+    runner, feed = Runner(config()), Feed(9)
+    engine = runner.engine()
+    step(runner, engine, feed.calls(20, 1.0))
+    bad = [Message(TOPICS.drift_commands, 0, 90, b"x", b"{not json", 0),
+           Message(TOPICS.drift_commands, 0, 91, b"x", encode(LLMCall(
+               service="s", model="m", trace_id="t", span_id="s")), 0),
+           Message(TOPICS.drift_commands, 0, 92, b"x", b'{"schema": "observer.reference-command/v1",'
+                   b' "command_id": "c", "command": "rebaseline", "segment_key": "shop|m1",'
+                   b' "record_type": "llm", "source": "next", "records": -5}', 0)]
+    out = step(runner, engine, bad)
+    letters = [json.loads(o.value) for o in out if o.topic == TOPICS.dead_letter]
+    assert [d["reason"] for d in letters] == ["decode_error", "schema_error", "invalid_value"]
+    assert engine._streams[(SEGMENT, "llm")].versions.current.version == 1  # type: ignore[attr-defined]

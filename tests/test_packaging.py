@@ -35,3 +35,4 @@ def test_wheel_has_one_top_level_package_and_every_module(tmp_path: Path) -> Non
     assert not expected - set(names), f"missing from the wheel: {sorted(expected - set(names))}"
     assert any(n.startswith("observer/dashboards/json/") for n in names)
     assert any(n.startswith("observer/collectors/receiver/_trace_split") for n in names)
+    assert any(n.startswith("observer/collectors/normalize/_text_scan") for n in names)

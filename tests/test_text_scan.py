@@ -172,9 +172,10 @@ print(json.dumps(outputs()))
 
 def outputs() -> list[list[str]]:
     """A normaliser's outputs, descriptors and embeddings on, for benchmark-like spans."""
-    from benchmarks.normalizer_semantic import TOPICS, messages
     from observer.collectors.normalize.config import EmbeddingsConfig
     from observer.collectors.normalize.normalizer import Normalizer
+
+    from benchmarks.normalizer_semantic import TOPICS, messages
 
     normalizer = Normalizer(TOPICS, embeddings=EmbeddingsConfig())
     return [[o.topic, o.key or "", o.value.decode()] for o in normalizer.process(messages(60))]
