@@ -40,9 +40,9 @@ def routes(ctx: AdminContext) -> APIRouter:
     router = drift_router(view, reports)
     # References: read from what the engine published, written as commands it consumes.
     kafka, topics = ctx.cfg.kafka, ctx.topics
-    router.include_router(references_router(
+    router.routes.extend(references_router(
         ctx.topic_view(topics.references, references_slot), view,
-        lambda command: reference_client.send(kafka, topics, command)))
+        lambda command: reference_client.send(kafka, topics, command)).routes)
     return router
 
 

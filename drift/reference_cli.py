@@ -66,7 +66,14 @@ def run(cfg: ObserverConfig, args: argparse.Namespace) -> int:
     from observer.drift.references import state_key
 
     topics = Topics.from_config(cfg.kafka)
-    states = client.read_states(cfg.kafka, topics)
+    from kafka.errors import KafkaError
+
+    try:
+        states = client.read_states(cfg.kafka, topics)
+    except (TimeoutError, KafkaError) as e:  # no broker, or the topic was never created
+        print(f"observer: {e} (is Kafka at {cfg.kafka.bootstrap_servers} and observer up?)",
+              file=sys.stderr)
+        return 1
     verb = args.references_command
     if verb == "list":
         return _list(states.values(), args)

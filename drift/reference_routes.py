@@ -1,10 +1,11 @@
 """The admin API's references routes (``observer references`` over HTTP).
 
-- ``GET /api/v1/references``: every segment's reference state (``?record_type=`` narrows);
-- ``GET /api/v1/references/{record_type}/{segment}``: one segment's versions and provenance;
-- ``POST /api/v1/references/{record_type}/{segment}/pin`` (``unpin``): freeze the reference;
-- ``POST /api/v1/references/{record_type}/{segment}/rebaseline`` with a JSON body of exactly
-  one of ``{"next": N}``, ``{"from_window": N}``, ``{"parquet": PATH}`` (and ``force``, ``by``).
+- ``GET /api/v1/references``: every segment's reference state (``?record_type=`` narrows;
+  with ``&segment=`` too, that segment's versions and provenance, 404 when unknown);
+- ``POST /api/v1/references/pin`` (``unpin``) with ``{"record_type": T, "segment": S}``:
+  freeze the reference (or release it);
+- ``POST /api/v1/references/rebaseline`` with the same and exactly one of ``"next": N``,
+  ``"from_window": N``, ``"parquet": PATH`` (and ``force``, ``by``).
 
 Reads answer from a view of ``observer.references`` (what the drift engine published); writes
 send a command to ``observer.drift-commands`` and answer 202 with its id: the outcome appears
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from observer.core.records import ReferenceCommand, ReferenceState
@@ -35,9 +36,12 @@ def references_slot(r: Any) -> str:
 
 
 class CommandBody(BaseModel):
-    """Optional body of pin/unpin; rebaseline's source (exactly one)."""
+    """The segment, and for rebaseline its source (exactly one)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    record_type: str = Field(min_length=1, max_length=64, description="llm, tools, ...")
+    segment: str = Field(min_length=1, max_length=1024, description="The segment key.")
 
     next: int | None = Field(None, ge=1, le=10_000_000, description="The next N records.")
     from_window: int | None = Field(None, ge=1, description="A scored window's records.")
@@ -55,28 +59,28 @@ def references_router(view: View | None, drift_view: View | None, send: Sender) 
                 if isinstance(s, ReferenceState)}
 
     @router.get("/api/v1/references")
-    def references(record_type: str | None = None) -> dict[str, Any]:
-        """Every segment's references (current version, pin, history)."""
-        listed = sorted((s for s in states().values() if record_type in (None, s.record_type)),
+    def references(record_type: str | None = Query(None, max_length=64),
+                   segment: str | None = Query(None, max_length=1024)) -> dict[str, Any]:
+        """Every segment's references (current version, pin, history); with ``record_type``
+        and ``segment``, that one segment's (404 when unknown)."""
+        held = states()
+        if record_type is not None and segment is not None:
+            state = held.get(state_key(record_type, segment))
+            if state is None:
+                raise HTTPException(404, f"no reference is known for segment {segment[:200]!r} "
+                                    f"of record type {record_type[:64]!r}")
+            return {"references": [state.model_dump(by_alias=True)]}
+        listed = sorted((s for s in held.values() if record_type in (None, s.record_type)
+                         and segment in (None, s.segment_key)),
                         key=lambda s: (s.record_type, s.segment_key))
         return {"references": [s.model_dump(by_alias=True) for s in listed]}
 
-    @router.get("/api/v1/references/{record_type}/{segment:path}")
-    def reference(record_type: str, segment: str) -> dict[str, Any]:
-        """One segment's reference versions and their provenance."""
-        state = states().get(state_key(record_type, segment))
-        if state is None:
-            raise HTTPException(404, f"no reference is known for segment {segment[:200]!r} of "
-                                f"record type {record_type[:64]!r}")
-        return state.model_dump(by_alias=True)
-
-    @router.post("/api/v1/references/{record_type}/{segment:path}/{verb}", status_code=202)
-    def command(record_type: str, segment: str, verb: str,
-                body: CommandBody | None = None) -> dict[str, Any]:
+    @router.post("/api/v1/references/{verb}", status_code=202)
+    def command(verb: str, body: CommandBody) -> dict[str, Any]:
         """Send a pin, unpin or rebaseline command to the drift engine."""
         if verb not in ("pin", "unpin", "rebaseline"):
-            raise HTTPException(404, f"unknown action {verb!r}; use pin, unpin or rebaseline")
-        body = body or CommandBody()
+            raise HTTPException(404, f"unknown action {verb[:30]!r}; use pin, unpin or rebaseline")
+        segment, record_type = body.segment, body.record_type
         state = states().get(state_key(record_type, segment))
         try:
             ranges: list[Any] = []
@@ -89,7 +93,6 @@ def references_router(view: View | None, drift_view: View | None, send: Sender) 
         except client.CommandError as e:
             raise HTTPException(e.status, str(e)) from None
         send(cmd)
-        return {"command_id": cmd.command_id, "command": cmd.model_dump(by_alias=True),
-                "status": f"/api/v1/references/{record_type}/{segment}"}
+        return {"command_id": cmd.command_id, "command": cmd.model_dump(by_alias=True)}
 
     return router

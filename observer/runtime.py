@@ -16,6 +16,7 @@ from observer import stages as registry
 from observer.admin import create_admin_app
 from observer.collectors.common.tenant_seal import with_seal_key
 from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
+from observer.collectors.receiver.annotations import ANNOTATION_ROUTES
 from observer.collectors.receiver.intake import Intake
 from observer.collectors.receiver.otlp_grpc import GrpcReceiver
 from observer.collectors.receiver.otlp_http import create_app as create_otlp_http_app
@@ -120,7 +121,7 @@ class Runtime:
                 kafka,
                 self.topics,
                 intake=self.intake,
-                extra_routes={KSERVE_PATH: kserve_route},
+                extra_routes={KSERVE_PATH: kserve_route, **ANNOTATION_ROUTES},
             )
             # One set of certificate files for both receivers, reloaded when they rotate.
             receiver_tls = certificate_files(self.cfg.receiver.tls, "receiver.tls")
@@ -257,6 +258,7 @@ class Runtime:
         if "otlp_http" in self.servers:
             eps["otlp_http"] = self.servers["otlp_http"].url + "/v1/traces"
             eps["kserve_logger"] = self.servers["otlp_http"].url + KSERVE_PATH
+            eps["span_annotations"] = self.servers["otlp_http"].url + "/v1/span_annotations"
         if self.grpc is not None:
             eps["otlp_grpc"] = self.grpc.url
         state_dir = self.cfg.kafka.durable_state_dir

@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import REGISTRY
 
 from observer.collectors.kserve.intake import KSERVE_PATH, kserve_route
+from observer.collectors.receiver.annotations import ANNOTATION_ROUTES
 from observer.collectors.receiver.intake import Intake
 from observer.collectors.receiver.otlp_grpc import GrpcReceiver
 from observer.collectors.receiver.otlp_http import create_app
@@ -128,7 +129,7 @@ def intake_server(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterat
     intake = Intake(receiver, kafka, topics).open()
     try:
         app = create_app(receiver, kafka, topics, intake=intake,
-                         extra_routes={KSERVE_PATH: kserve_route})
+                         extra_routes={KSERVE_PATH: kserve_route, **ANNOTATION_ROUTES})
         with ServerThread(app) as server:
             yield server.url + KSERVE_PATH
     finally:

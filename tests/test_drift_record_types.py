@@ -152,12 +152,16 @@ def test_the_drift_stage_reads_the_topics_of_configured_record_types() -> None:
     cfg = ObserverConfig()
     topics = Topics.from_config(cfg.kafka)
     stage = CONSUMING_STAGES["drift"]
+    commands = [topics.drift_commands]  # reference commands, read with checkpoints (the default)
     assert stage.input_topics(cfg, topics) == [topics.llm, topics.tools, topics.retrievals,
-                                               topics.paths, topics.embeddings]
+                                               topics.paths, topics.embeddings, *commands]
     features = {"predictions": PREDICTION_FEATURES, "gpu": GPU_FEATURES}
     cfg = cfg.model_copy(update={"drift": DriftConfig(features=features)})
-    assert stage.input_topics(cfg, topics) == [topics.predictions, topics.gpu]
-    assert stage.input_topics(cfg, topics) == DriftEngine(cfg.drift, topics).inputs
+    assert stage.input_topics(cfg, topics) == [topics.predictions, topics.gpu, *commands]
+    assert stage.input_topics(cfg, topics) == DriftEngine.for_kafka(cfg.drift, cfg.kafka,
+                                                                    topics).inputs
+    offline = cfg.drift.model_copy(update={"checkpoints": False})
+    assert DriftEngine(offline, topics).inputs == [topics.predictions, topics.gpu]
 
 
 # --- rows -------------------------------------------------------------------------------------

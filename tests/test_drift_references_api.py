@@ -65,8 +65,13 @@ def test_references_over_the_admin_api_and_the_cli(
     admin = httpx.Client(base_url=runtime.endpoints()["admin"], timeout=10)
 
     def state() -> dict[str, Any] | None:
-        r = admin.get(f"/api/v1/references/llm/{SEGMENT}", headers=AUTH)
-        return r.json() if r.status_code == 200 else None
+        r = admin.get("/api/v1/references", headers=AUTH,
+                      params={"record_type": "llm", "segment": SEGMENT})
+        return r.json()["references"][0] if r.status_code == 200 else None
+
+    def post(verb: str, token: bool = True, **body: Any) -> httpx.Response:
+        return admin.post(f"/api/v1/references/{verb}", headers=AUTH if token else {},
+                          json={"record_type": "llm", "segment": SEGMENT, **body})
 
     def cli(*args: str) -> tuple[int, str, str]:
         code = main(["--config", str(config_file), "references", *args])
@@ -78,33 +83,37 @@ def test_references_over_the_admin_api_and_the_cli(
         v1 = wait_for(lambda: (s := state()) and s["current"] == 1 and s, "reference v1")
         assert [(v["version"], v["source"], v["n"]) for v in v1["versions"]] == [
             (1, "first_window", 20)]
-        base = f"/api/v1/references/llm/{SEGMENT}"
         # The token guards reads and writes alike.
         assert admin.get("/api/v1/references").status_code == 401
-        assert admin.post(f"{base}/pin").status_code == 401
+        assert post("pin", token=False).status_code == 401
         listed = admin.get("/api/v1/references", headers=AUTH).json()["references"]
         assert [(s["segment_key"], s["current"]) for s in listed] == [(SEGMENT, 1)]
         # Bad segments and arguments, named.
-        missing = admin.post("/api/v1/references/llm/nope|m9/pin", headers=AUTH)
+        missing = admin.post("/api/v1/references/pin", headers=AUTH,
+                             json={"record_type": "llm", "segment": "nope|m9"})
         assert missing.status_code == 404 and "'nope|m9'" in missing.json()["detail"]
-        assert admin.get("/api/v1/references/tools/shop|m1", headers=AUTH).status_code == 404
-        two = admin.post(f"{base}/rebaseline", headers=AUTH, json={"next": 5, "parquet": "x"})
+        unknown = admin.get("/api/v1/references", headers=AUTH,
+                            params={"record_type": "tools", "segment": SEGMENT})
+        assert unknown.status_code == 404 and "record type 'tools'" in unknown.json()["detail"]
+        two = post("rebaseline", next=5, parquet="x")
         assert two.status_code == 400 and "exactly one of" in two.json()["detail"]
-        none = admin.post(f"{base}/rebaseline", headers=AUTH)
+        none = post("rebaseline")
         assert none.status_code == 400 and "got none" in none.json()["detail"]
-        negative = admin.post(f"{base}/rebaseline", headers=AUTH, json={"next": 0})
+        negative = post("rebaseline", next=0)
         assert negative.status_code == 422 and "next" in json.dumps(negative.json()["detail"])
-        window = admin.post(f"{base}/rebaseline", headers=AUTH, json={"from_window": 99})
+        nameless = admin.post("/api/v1/references/pin", headers=AUTH, json={"record_type": "llm"})
+        assert nameless.status_code == 422 and "segment" in json.dumps(nameless.json()["detail"])
+        window = post("rebaseline", from_window=99)
         assert window.status_code == 404 and "no scored window 99" in window.json()["detail"]
-        assert admin.post(f"{base}/promote", headers=AUTH).status_code == 404
+        assert post("promote").status_code == 404
 
-        pin = admin.post(f"{base}/pin", headers=AUTH, json={"by": "ana"})
+        pin = post("pin", by="ana")
         assert pin.status_code == 202, pin.text
         command_id = pin.json()["command_id"]
         pinned = wait_for(lambda: (s := state()) and s["last_command"]
                           and s["last_command"]["command_id"] == command_id and s, "the pin")
         assert pinned["pinned"] and pinned["last_command"]["outcome"] == "applied"
-        refused = admin.post(f"{base}/rebaseline", headers=AUTH, json={"next": 20})
+        refused = post("rebaseline", next=20)
         assert refused.status_code == 409 and "pinned" in refused.json()["detail"]
 
         # The CLI: same read model, same commands.

@@ -32,6 +32,8 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_chaos_sigstop.py",  # observer up, SIGSTOP
     "tests/test_e2e.py",  # observer up
     "tests/test_deploy_kubernetes.py",  # kubectl kustomize
+    "tests/test_deploy_overlays.py",  # kubectl kustomize
+    "tests/test_deploy_checkov.py",  # kubectl kustomize, observer pipeline render, checkov
     "tests/test_deploy_prometheus.py",  # promtool
     "tests/test_docs.py",  # mkdocs build
     "tests/test_drift_restart.py",  # observer drift processes, killed

@@ -4,8 +4,10 @@ It consumes ``otlp_spans`` (one ``ExportTraceServiceRequest`` per message, as th
 a Collector's kafka exporter writes it), decides what each span records with
 :mod:`observer.collectors.common.genai_mapping`, and writes LLM calls to ``observer.llm`` and tool calls to
 ``observer.tools``, keyed by segment; retrieval and rerank steps go to ``observer.retrievals``
-(:mod:`observer.collectors.normalize.retrievals`). Records carry counts, lengths and hashes of message
-content (:mod:`observer.collectors.normalize.message_content`), never the text itself unless
+(:mod:`observer.collectors.normalize.retrievals`), evaluation scores and feedback carried by any
+span to ``observer.evals``, keyed by their target (:mod:`observer.collectors.normalize.evals`).
+Records carry counts, lengths and hashes of message content
+(:mod:`observer.collectors.normalize.message_content`), never the text itself unless
 ``normalizer.content.capture`` is on.
 
 Every client value is checked where it enters a record (:mod:`observer.core.validate`; the
@@ -75,7 +77,11 @@ from observer.core.bus import Message, Output
 from observer.core.dead_letter import dead_letter
 from observer.collectors.normalize.config import ContentConfig, EmbeddingsConfig
 from observer.collectors.normalize.embedders.emit import EmbeddingEmitter
-from observer.core.records import LLMCall, RetrievalRecord, ToolCall, encode, segment_key
+from observer.collectors.common.eval_mapping import READ_NAMES as EVAL_READ_NAMES
+from observer.collectors.normalize.evals import carries_evals, span_evals
+from observer.core.records import (
+    EvalRecord, LLMCall, RetrievalRecord, ToolCall, encode, segment_key,
+)
 from observer.core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -112,7 +118,7 @@ def normalize_request(
     request: ExportTraceServiceRequest, capture: ContentCapture | None = None,
     descriptors: TextDescriptors | None = None,
     texts: dict[tuple[bytes, bytes], dict[str, str]] | None = None,
-) -> list[LLMCall | ToolCall | RetrievalRecord]:
+) -> list[LLMCall | ToolCall | RetrievalRecord | EvalRecord]:
     """The records of one export request, in span order; other spans are only counted.
 
     A tool span's model is its own ``gen_ai.request.model`` (or another model attribute), else
@@ -130,7 +136,7 @@ def normalize_request(
         if v.kind.kind == "llm" and v.model:
             trace_models.setdefault(v.span.trace_id, v.model)
 
-    records: list[LLMCall | ToolCall | RetrievalRecord] = []
+    records: list[LLMCall | ToolCall | RetrievalRecord | EvalRecord] = []
     for v in views:
         SPANS.labels(v.kind.kind).inc()
         if v.problem:
@@ -151,8 +157,16 @@ def normalize_request(
             model = trace_models.get(v.span.trace_id) or _inherited(v, by_id, "model")
             records.append(RetrievalRecord(**_common(v), model=model,
                                            **retrieval_fields(v.span, operation, STAGE)))
+        # Evaluation scores and feedback, on any span (collectors/normalize/evals.py).
+        if carries_evals(v.span, v.attributes):
+            records += span_evals(v.span, v.attributes, {
+                "tenant": v.tenant, "service": v.service,
+                "model": trace_models.get(v.span.trace_id, "")}, STAGE, capture)
     return records
 
+
+# The attributes read in the one pass over a span's: the mapping's and the evaluations'.
+_READ_NAMES = ATTRIBUTE_NAMES | EVAL_READ_NAMES
 
 # Fields a span may take from its ancestors when it does not carry them itself.
 _INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
@@ -163,7 +177,7 @@ def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
         service, tenant = resource_names(resource_spans.resource, STAGE)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
+                attributes = attribute_values(span.attributes, _READ_NAMES)
                 # Only the names, counted once below (lookup of the whole table).
                 named = lookup(attributes, _INHERITABLE)
                 yield _SpanView(
@@ -378,7 +392,9 @@ class Normalizer:
     def tick(self) -> list[Output]:
         return []
 
-    def _output(self, record: LLMCall | ToolCall | RetrievalRecord) -> Output:
+    def _output(self, record: LLMCall | ToolCall | RetrievalRecord | EvalRecord) -> Output:
+        if isinstance(record, EvalRecord):  # keyed by its target, for a later join
+            return Output(self.topics.evals, record.kafka_key(), encode(record))
         topic = (self.topics.llm if isinstance(record, LLMCall)
                  else self.topics.retrievals if isinstance(record, RetrievalRecord)
                  else self.topics.tools)

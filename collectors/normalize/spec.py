@@ -29,10 +29,11 @@ SPEC = StageSpec(
     name="normalize",
     help="run the normaliser",
     description="Turn GenAI spans (OpenTelemetry GenAI, OpenInference, OpenLLMetry) into "
-    "LLM-call, tool-call and retrieval records, and prompt and response embeddings.",
+    "LLM-call, tool-call, retrieval and evaluation records, and prompt and response "
+    "embeddings.",
     config_section="normalizer",
     inputs=("spans",),
-    outputs=("llm", "tools", "retrievals", "embeddings"),
+    outputs=("llm", "tools", "retrievals", "embeddings", "evals"),
     build=_build,
     group_id=lambda cfg: cfg.normalizer.group_id,
 )

@@ -281,6 +281,68 @@ class RetrievalRecord(Record):
         return v
 
 
+MAX_LABEL_CHARS = 128
+"""An evaluation's label: a low-cardinality category (OpenInference), capped."""
+MAX_EXPLANATION_CHARS = 4096
+"""Characters of an evaluation's explanation kept under ``normalizer.content.capture``."""
+_TRACE_ID = r"^([0-9a-f]{32})?$"
+_SPAN_ID = r"^([0-9a-f]{16})?$"
+
+
+class EvalRecord(Record):
+    """One evaluation score or piece of user feedback about a span, a trace or a session
+    (``observer.evals``), from a trace (inline, an EVALUATOR span, a GenAI event) or the REST
+    intake (Phoenix's ``span_annotations`` body).
+
+    The target's ids are kept as known so that a later join can find its segment: the
+    record is keyed by ``trace_id`` when known, else ``span_id``, else ``session_id``. The
+    explanation's text is kept only under ``normalizer.content.capture``; its length always.
+    """
+
+    schema_id: ClassVar[str] = "observer.evals/v1"
+    schema_: Literal["observer.evals/v1"] = Field("observer.evals/v1", alias="schema")
+    tenant: str = ""
+    service: str = Field("", description="The carrying span's service; \"\" from the REST "
+                         "intake (a join fills it in).")
+    model: str = Field("", description="The trace's LLM when the carrying request names one.")
+    name: str = Field(min_length=1, max_length=256, description="What was judged "
+                      "(hallucination, faithfulness, user_feedback...).")
+    score: float | None = Finite(None, ge=-MAX_SCORE, le=MAX_SCORE, description="The numeric "
+                                 "result; its range and direction depend on the evaluator.")
+    label: str | None = Field(None, max_length=MAX_LABEL_CHARS, description="The categorical "
+                              "result (thumbs_up, hallucinated...).")
+    explanation_chars: int | None = Count(description="Length of the explanation; None: none.")
+    explanation: str | None = Field(
+        None, max_length=MAX_EXPLANATION_CHARS,
+        description="The explanation, redacted, only under normalizer.content.capture.")
+    annotator_kind: Literal["llm", "code", "human", "other"] = Field(
+        "other", description="Who judged: llm, code, human; other when unnamed or custom.")
+    target: Literal["trace", "span", "session"] = Field(description="What was judged.")
+    trace_id: str = Field("", pattern=_TRACE_ID, description="The target's trace (for a "
+                          "session target: the trace that carried it); \"\" when unknown.")
+    span_id: str = Field("", pattern=_SPAN_ID, description="The judged span (span targets).")
+    session_id: str = Field("", max_length=256, description="The session (session.id) when "
+                            "known; the target of session evaluations.")
+    response_id: str = Field("", max_length=256, description="gen_ai.response.id of a GenAI "
+                             "evaluation event.")
+    source: Literal["inline", "evaluator_span", "genai_event", "rest"] = Field(
+        description="inline: evaluations/annotations attributes on the judged span or trace; "
+        "evaluator_span: a carrier span linked to its target; genai_event: a "
+        "gen_ai.evaluation.result event; rest: the span_annotations intake.")
+    identifier: str = Field("", max_length=256, description="The producer's id for results of "
+                            "the same name and target (Phoenix's upsert key); \"\" if none.")
+    time_unix_nano: int = UnixNano(description="When it was given: the carrying span's end, "
+                                   "the event's time, or the REST intake's receipt.")
+
+    def kafka_key(self) -> str:
+        """The key a join finds the target by: trace id, else span id, else session id.
+
+        >>> EvalRecord(name="x", target="span", span_id="ab" * 8, source="rest").kafka_key()
+        'abababababababab'
+        """
+        return self.trace_id or self.span_id or self.session_id
+
+
 class ToolStep(BaseModel):
     """One tool call of a path, in order."""
 
@@ -759,7 +821,7 @@ def _scalar_cell(cell: Any) -> bool:
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.schema_id: cls
-    for cls in (LLMCall, EmbeddingRecord, ToolCall, RetrievalRecord, PathRecord, Prediction, GenAIMetric, DriftResult, ReferenceCommand, ReferenceState, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
+    for cls in (LLMCall, EmbeddingRecord, ToolCall, RetrievalRecord, EvalRecord, PathRecord, Prediction, GenAIMetric, DriftResult, ReferenceCommand, ReferenceState, TriggerEvent, GPUSample, ServingSample, GPUEconomics)
 }
 
 

@@ -58,6 +58,11 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
         "`observer.retrievals/v1`, one per retrieval or rerank step (scores, document ids; no "
         "text)",
     ),
+    "evals": TopicSpec(
+        "evals", True, "the target's trace id (hex), else its span id, else its session id",
+        "`observer.evals/v1`, one per evaluation score or feedback (inline, EVALUATOR spans, "
+        "`gen_ai.evaluation.result` events, `POST /v1/span_annotations`)",
+    ),
     "paths": TopicSpec(
         "paths", True, "segment", "`observer.paths/v1`, one per finished trace (trace grouping)"
     ),
@@ -124,6 +129,7 @@ class Topics:
     embeddings: str
     tools: str
     retrievals: str
+    evals: str
     paths: str
     predictions: str
     kserve_events: str
