@@ -18,4 +18,8 @@
   checkpoints after a restart or rebalance, and the suppression of results published twice.
 - :mod:`observer.drift.reports`: Evidently HTML reports, one per drift episode (admin
   ``/reports/{id}``, ``observer drift score --report-dir``).
+- :mod:`observer.drift.references`, :mod:`observer.drift.reference_commands`: versioned
+  references (provenance, pin, history) and the commands that pin or re-baseline them;
+  :mod:`observer.drift.reference_client`, :mod:`observer.drift.reference_cli`,
+  :mod:`observer.drift.reference_routes`: ``observer references`` and ``/api/v1/references``.
 """

@@ -84,11 +84,10 @@ def inline_results(attributes: Mapping[str, Any]) -> list[tuple[Target, dict[str
     """The OpenInference results among ``attributes``, as ``(target, raw fields)``, in
     index order per scope and form; values are not checked yet (:func:`result_fields`)."""
     groups: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for key in INLINE_NAMES.intersection(attributes):
-        match = _INLINE.match(key)
-        if match is None:  # not reached: every name of INLINE_NAMES matches
+    for key, value in attributes.items():  # in attribute order: a deterministic result
+        match = _INLINE.match(key) if key in INLINE_NAMES else None
+        if match is None:
             continue
-        value = attributes[key]
         groups.setdefault((match[1] or "", match[2], int(match[3])), {})[match[5]] = value
     return [(SCOPES[scope], fields) for (scope, _, _), fields in sorted(
         groups.items(), key=lambda g: (list(SCOPES).index(g[0][0]), g[0][1], g[0][2]))]

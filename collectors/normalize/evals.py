@@ -8,8 +8,10 @@ target of each result and builds the records:
   ``session_id``);
 - on an EVALUATOR span they target its one span link instead (source ``evaluator_span``); an
   EVALUATOR span without exactly one valid link gives no record (counted as ``eval_target``);
-- a ``gen_ai.evaluation.result`` event targets the span carrying it, or the link of an
-  EVALUATOR carrier (source ``genai_event``).
+- a ``gen_ai.evaluation.result`` event targets the span carrying it (source
+  ``genai_event``), or the link of an EVALUATOR carrier (source ``evaluator_span``).
+
+A span carries at most ``MAX_RESULTS_PER_SPAN`` results; more are dropped, counted as ``evals``.
 
 The explanation's length is always recorded, its (redacted) text only under
 ``normalizer.content.capture``.
