@@ -17,7 +17,7 @@ from observer.core.bus import Message, Output, make_producer, produce_all
 from observer.core.config import KafkaConfig
 from observer.core.records import DriftResult, EmbeddingRecord, decode, encode
 from observer.core.topics import Topics
-from observer.drift.checkpoint import decode_state, restore_streams
+from observer.drift.checkpoint import restore_streams
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.drift.embedding.columns import Reservoir, VectorRow
 from observer.drift.engine import DriftEngine
