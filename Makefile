@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.semantic_state
 	$(PY) -m benchmarks.online_drift
 	$(PY) -m benchmarks.embedding_methods_cost
+	$(PY) -m benchmarks.end_to_end
 
 # The documentation site into site/; reference pages are generated from the code (docs/).
 docs: $(STAMP)

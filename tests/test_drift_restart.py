@@ -104,10 +104,19 @@ def read_all(kafka: KafkaConfig, topic: str) -> list[Message]:
         consumer.close()
 
 
-def expected_results(kafka: KafkaConfig, topics: Topics) -> dict[tuple, DriftResult]:
-    """What one uninterrupted engine computes from the records now on Kafka."""
+def expected_results(kafka: KafkaConfig, topics: Topics, n_records: int) -> dict[tuple, DriftResult]:
+    """What one uninterrupted engine computes from the ``n_records`` records sent."""
     engine = DriftEngine(DriftConfig(window_size=WINDOW, reference="first_window"), topics)
-    outputs = engine.process(read_all(kafka, topics.llm) + read_all(kafka, topics.tools))
+    # Read until all of them are back: an end offset read right after the last write can
+    # still be behind it on the embedded broker, and a short read would expect too little.
+    deadline = time.monotonic() + 30
+    while True:
+        records = read_all(kafka, topics.llm) + read_all(kafka, topics.tools)
+        if len(records) >= n_records:
+            break
+        assert time.monotonic() < deadline, f"{len(records)} of {n_records} records read back"
+        time.sleep(0.5)
+    outputs = engine.process(records)
     results = [decode(o.value) for o in outputs]
     return {(r.segment_key, r.record_type, r.window_index): r for r in results}  # type: ignore
 
@@ -178,7 +187,7 @@ def test_sigkill_and_restart_give_the_uninterrupted_results(
         kills += 1
         published_before = published(kafka_config, topics)[1]
     feeder.join()
-    expected = expected_results(kafka_config, topics)
+    expected = expected_results(kafka_config, topics, len(recs))
     assert len(expected) > 40 and any(r.dataset_drift for r in expected.values())
     proc = engine_process(kafka_config, group, free_port())
     try:
@@ -226,9 +235,9 @@ def test_two_processes_split_the_segments_and_agree_with_one(
         # Three segments on each of the two partitions (murmur2 of the key, as Kafka's).
         segments = [("shop", "m1"), ("bank", "m1"), ("help", "m1"),
                     ("bank", "m3"), ("help", "m3"), ("maps", "m1")]
-        produce(kafka_config, topics,
-                records(rng, 4000, segments, False) + records(rng, 2000, segments, True))
-        expected = expected_results(kafka_config, topics)
+        sent = records(rng, 4000, segments, False) + records(rng, 2000, segments, True)
+        produce(kafka_config, topics, sent)
+        expected = expected_results(kafka_config, topics, len(sent))
         got = wait_results(kafka_config, topics, len(expected), 90, procs)
         per_process = [windows_closed(port) for port in ports]
     finally:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from observer.core.config import Section
 from observer.core.extras import available
+from observer.triggers.conditions import parse_signal
 
 
 class WebhookConfig(Section):
@@ -35,6 +36,47 @@ class WebhookConfig(Section):
         return v
 
 
+class ConditionConfig(Section):
+    """One condition of a combined policy (``all_of`` / ``any_of``)."""
+
+    signal: str = Field(
+        description="Window value: drift_share, dataset_drift, n, feature:<name> (its "
+        "statistic), feature_drifted:<name>, degradation:<name> (1 when that detector found a "
+        "change during the window, else 0), degradation_level:<name> (its level).",
+    )
+    op: Literal[">=", "<=", ">", "<"] = Field(">=", description="Comparison with the threshold.")
+    threshold: float | None = Field(
+        None,
+        description="Value compared with (None: 0.5 for drift_share, 1 for the 1/0 detections; "
+        "other signals must give one).",
+    )
+    for_windows: int = Field(
+        1, ge=1, description="Consecutive windows (N) the comparison must hold in, the last one "
+        "included.",
+    )
+    record_type: str | None = Field(
+        None,
+        description="Read another record type's windows (e.g. evals) of the same segment: the "
+        "segments whose values agree on every key both have; None: the deciding window's own.",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> "ConditionConfig":
+        row, _ = parse_signal(self.signal)  # ValueError naming the known signals
+        if self.threshold is None:
+            if row.default_threshold is None:
+                raise ValueError(f"condition {self.signal!r} needs a threshold")
+            self.threshold = row.default_threshold
+        return self
+
+
+# Single-signal knobs that a combined policy replaces (its conditions carry their own).
+_SINGLE_SIGNAL_KNOBS = (
+    "signal", "feature", "degradation", "threshold", "consecutive_windows", "window_of",
+    "clear_threshold",
+)
+
+
 class PolicyConfig(Section):
     name: str = Field(
         "default", description="Names the policy in the ledger, metrics and episode ids."
@@ -50,6 +92,16 @@ class PolicyConfig(Section):
         None, description="Degradation signal (a drift.degradation name) whose detections count."
     )
     threshold: float = Field(0.5, description="A window qualifies when signal >= threshold.")
+    all_of: list[ConditionConfig] | None = Field(
+        None,
+        description="Instead of signal/threshold: fire on a window where every condition "
+        "holds (each for its for_windows).",
+    )
+    any_of: list[ConditionConfig] | None = Field(
+        None,
+        description="Instead of signal/threshold: fire on a window where at least one "
+        "condition holds.",
+    )
     consecutive_windows: int = Field(
         2, ge=1, description="Qualifying windows (N) among the last `window_of` to fire."
     )
@@ -101,8 +153,25 @@ class PolicyConfig(Section):
         "policy started ends: succeeded, failed, lost or timed out (trigger.runs).",
     )
 
+    @property
+    def conditions(self) -> list[ConditionConfig]:
+        """The combined policy's conditions (empty for a single-signal policy)."""
+        return self.all_of or self.any_of or []
+
     @model_validator(mode="after")
     def _coherent(self) -> "PolicyConfig":
+        if self.all_of is not None or self.any_of is not None:
+            combined = "all_of" if self.all_of is not None else "any_of"
+            if self.all_of is not None and self.any_of is not None:
+                raise ValueError("give all_of or any_of, not both")
+            if not self.conditions:
+                raise ValueError(f"{combined} needs at least one condition")
+            clash = sorted(set(_SINGLE_SIGNAL_KNOBS) & self.model_fields_set)
+            if clash:
+                raise ValueError(
+                    f"{combined} replaces {', '.join(clash)}: each condition has its own "
+                    "signal, op, threshold and for_windows"
+                )
         if self.signal == "feature_statistic" and not self.feature:
             raise ValueError("signal feature_statistic needs `feature` (the feature's name)")
         if self.signal == "degradation" and not self.degradation:

@@ -66,6 +66,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from observer.triggers.conditions import Reading, Verdict, judge, read_signal, segments_agree
 from observer.triggers.config import PolicyConfig
 from observer.core.records import DriftResult
 
@@ -88,6 +89,8 @@ class Decision:
     """The first window of the run (the one the episode id derives from)."""
     decided_at: float
     """Unix seconds, from the ``now`` given to :meth:`PolicyTracker.update`."""
+    conditions: tuple[Verdict, ...] = ()
+    """A combined policy's conditions with their figures (empty for a single signal)."""
 
 
 def episode_id(
@@ -242,9 +245,14 @@ class PolicyTracker:
 
     def __init__(self, policy: PolicyConfig) -> None:
         self.policy = policy
-        self.window_of = policy.window_of or policy.consecutive_windows
+        # A combined policy's window value is 1 when its conditions hold, else 0; each
+        # condition counts its own windows, so one such window completes a run.
+        self.combined = CombinedConditions(policy) if policy.conditions else None
+        self.needed = 1 if self.combined else policy.consecutive_windows
+        self.window_of = 1 if self.combined else policy.window_of or policy.consecutive_windows
+        self.threshold = 1.0 if self.combined else policy.threshold
         self.clear_threshold = (
-            policy.threshold if policy.clear_threshold is None else policy.clear_threshold
+            self.threshold if policy.clear_threshold is None else policy.clear_threshold
         )
         self._state: dict[tuple[str, str], _KeyState] = {}
         self._dirty: set[tuple[str, str]] = set()
@@ -255,12 +263,17 @@ class PolicyTracker:
         return result.record_type in p.record_types and segment_matches(result.segment, p.segments)
 
     def _qualifies(self, value: float, n: int) -> bool:
-        # NaN compares False: a window without the signal never qualifies.
-        return n >= self.policy.min_samples and value >= self.policy.threshold
+        # NaN compares False: a window without the signal never qualifies. A combined
+        # policy's conditions check their windows' sizes themselves.
+        if self.combined:
+            return value >= self.threshold
+        return n >= self.policy.min_samples and value >= self.threshold
 
     def qualifies(self, result: DriftResult) -> bool:
         """Whether this window counts towards a run."""
         p = self.policy
+        if self.combined:
+            return self.watches(result) and self.combined.holds(result)[0]
         return self.watches(result) and self._qualifies(
             signal_of(result, p.signal, p.feature, p.degradation), result.n_current
         )
@@ -345,6 +358,8 @@ class PolicyTracker:
     def update(self, result: DriftResult, now: float) -> Decision | None:
         """Feed one window; a :class:`Decision` when it completes a run."""
         p = self.policy
+        if self.combined:
+            self.combined.observe(result, self.watches(result))  # other record types too
         if not self.watches(result):
             return None  # another stream: it neither counts nor breaks a run
         key = (result.segment_key, result.record_type)
@@ -359,7 +374,12 @@ class PolicyTracker:
         state.last_window = index
         state.last_closed_at = result.closed_at_unix_nano
         self._dirty.add(key)
-        value = signal_of(result, p.signal, p.feature, p.degradation)
+        verdicts: tuple[Verdict, ...] = ()
+        if self.combined:
+            met, verdicts = self.combined.holds(result)
+            value = 1.0 if met else 0.0
+        else:
+            value = signal_of(result, p.signal, p.feature, p.degradation)
 
         if state.episode_open:
             clears = result.n_current >= p.min_samples and value < self.clear_threshold
@@ -386,7 +406,7 @@ class PolicyTracker:
         while len(state.recent) > self.window_of:
             state.recent.popleft()
         counted = [w for w in state.recent if w.qualifies]
-        if len(counted) < p.consecutive_windows:
+        if len(counted) < self.needed:
             return None
 
         first = counted[0].index
@@ -398,7 +418,11 @@ class PolicyTracker:
             how = f"for {len(counted)} {plural}"
         else:
             how = f"in {len(counted)} of the last {self.window_of} windows"
-        if p.signal == "degradation":
+        if self.combined:
+            reason = self.combined.reason(verdicts, result.record_type)
+            first = self.combined.first_window(verdicts, result)
+            self.combined.rearm(result)
+        elif p.signal == "degradation":
             # A detection is 1 or 0: say what was detected, and the level it reached now.
             level = next((d.level for d in result.degradation if d.name == p.degradation), None)
             reason = f"degradation {p.degradation} detected {how} ({windows}, n={min_n})"
@@ -434,8 +458,113 @@ class PolicyTracker:
             window_index=index,
             first_window_index=first,
             decided_at=now,
+            conditions=verdicts,
         )
 
     def tracked(self) -> list[tuple[str, str]]:
         """The ``(segment_key, record_type)`` pairs seen so far."""
         return list(self._state)
+
+
+class CombinedConditions:
+    """The ``all_of`` / ``any_of`` conditions of one policy, over every stream they read.
+
+    Every window of a record type some condition reads is kept per ``(record_type,
+    segment_key)`` (the newest ``max(for_windows)``, one value per condition). A condition
+    without ``record_type``, or with the deciding window's own, reads the deciding key's
+    windows; one naming another record type reads the streams of that type whose segments
+    agree with the deciding segment on every key both have (``{service: shop, model: m}``
+    and ``{service: shop, eval: faithfulness}`` agree; a segment with no key in common agrees
+    with all), and holds when one of them does. Only windows after the key's last decision
+    count (the count starts again, as for a single signal). The policy decides on windows of
+    its own ``record_types``: another type's windows are read as they stand then.
+    """
+
+    def __init__(self, policy: PolicyConfig) -> None:
+        self.policy = policy
+        self.mode = "all_of" if policy.all_of is not None else "any_of"
+        self.conditions = policy.conditions
+        self.depth = max(c.for_windows for c in self.conditions)
+        self.read_types = {c.record_type for c in self.conditions if c.record_type}
+        # (record_type, segment_key) -> (segment, newest readings, closed_at of the last)
+        self._streams: dict[tuple[str, str], tuple[dict[str, str], deque[Reading], int]] = {}
+        # deciding key -> stream -> the last window index already used by a decision
+        self._floors: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+
+    def observe(self, result: DriftResult, watched: bool) -> None:
+        """Keep the window if some condition reads its stream (replays are ignored)."""
+        if not watched and result.record_type not in self.read_types:
+            return
+        key = (result.record_type, result.segment_key)
+        segment, readings, closed = self._streams.get(key, (dict(result.segment), deque(), 0))
+        if readings and result.window_index <= readings[-1].index:
+            if result.closed_at_unix_nano <= closed or result.window_index == readings[-1].index:
+                return  # a redelivery: counted already
+            readings = deque()  # the engine numbers again from scratch
+            self._floors_drop(key)
+        values = tuple(read_signal(result, c.signal) for c in self.conditions)
+        readings.append(Reading(result.window_index, result.n_current, values))
+        while len(readings) > self.depth:
+            readings.popleft()
+        self._streams[key] = (segment, readings, result.closed_at_unix_nano)
+
+    def _floors_drop(self, stream: tuple[str, str]) -> None:
+        for floors in self._floors.values():
+            floors.pop(stream, None)
+
+    def _sources(self, result: DriftResult, record_type: str | None) -> list[tuple[str, str]]:
+        own = (result.record_type, result.segment_key)
+        if record_type is None or record_type == result.record_type:
+            return [own] if own in self._streams else []
+        return sorted(
+            k for k, (segment, _, _) in self._streams.items()
+            if k[0] == record_type and segments_agree(segment, result.segment)
+        )
+
+    def _readings(self, deciding: tuple[str, str], stream: tuple[str, str]) -> list[Reading]:
+        floor = self._floors.get(deciding, {}).get(stream)
+        readings = self._streams[stream][1]
+        return [r for r in readings if floor is None or r.index > floor]
+
+    def holds(self, result: DriftResult) -> tuple[bool, tuple[Verdict, ...]]:
+        """Whether the combination holds as of this (observed) window, and each verdict."""
+        deciding = (result.segment_key, result.record_type)
+        verdicts = []
+        for i, c in enumerate(self.conditions):
+            rtype = c.record_type or result.record_type
+            best: Verdict | None = None
+            for stream in self._sources(result, c.record_type):
+                v = judge(
+                    self._readings(deciding, stream), i, c.signal, c.op, float(c.threshold or 0),
+                    c.for_windows, self.policy.min_samples, stream[0], stream[1],
+                )
+                if best is None or (v.met and not best.met):
+                    best = v
+            if best is None:  # nothing of that stream seen yet
+                best = judge([], i, c.signal, c.op, float(c.threshold or 0), c.for_windows,
+                             self.policy.min_samples, rtype, "")
+            verdicts.append(best)
+        combine = all if self.mode == "all_of" else any
+        return combine(v.met for v in verdicts), tuple(verdicts)
+
+    def reason(self, verdicts: tuple[Verdict, ...], record_type: str) -> str:
+        """``all_of: <condition with its numbers>; <...>``."""
+        return f"{self.mode}: " + "; ".join(v.text(record_type) for v in verdicts)
+
+    @staticmethod
+    def first_window(verdicts: tuple[Verdict, ...], result: DriftResult) -> int:
+        """The run's first window: the earliest own window a met condition counted."""
+        own = [
+            v.windows[0] for v in verdicts
+            if v.met and v.windows and v.record_type == result.record_type
+            and v.segment_key == result.segment_key
+        ]
+        return min(own, default=result.window_index)
+
+    def rearm(self, result: DriftResult) -> None:
+        """After a decision only later windows count, of every stream it read."""
+        deciding = (result.segment_key, result.record_type)
+        floors = self._floors.setdefault(deciding, {})
+        for c in self.conditions:
+            for stream in self._sources(result, c.record_type):
+                floors[stream] = self._streams[stream][1][-1].index

@@ -63,6 +63,8 @@ def run_parameters(run: dict[str, Any]) -> dict[str, str]:
         "current-data": export.get("current", ""),
         "reference-data": export.get("reference", ""),
         "approval": "required" if run.get("approval") else "none",
+        # A combined policy's conditions and their figures, as JSON text ("[]": one signal).
+        "conditions": json.dumps(run.get("conditions") or [], separators=(",", ":")),
     }
 
 
@@ -96,6 +98,7 @@ def build_run(
         "approval": policy.approval and policy.approval_mode == "argo",
         "max_concurrent_runs": policy.max_concurrent_runs,
         "export": export,
+        "conditions": [v.as_dict() for v in getattr(decision, "conditions", ())],
     }
 
 

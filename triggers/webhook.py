@@ -146,6 +146,8 @@ def build_payload(
             ],
         },
         "export": None if export is None else {"format": "parquet", **export},
+        # A combined policy's conditions with their figures ([] for a single signal).
+        "conditions": [v.as_dict() for v in decision.conditions],
     }
     body = {"type": EVENT_TYPE, "timestamp": iso8601(decision.decided_at), "data": data}
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()

@@ -67,6 +67,7 @@ PARAMETERS: tuple[tuple[str, str], ...] = (
     ("serving-metrics", "metrics JSON of the model now serving"),
     ("approval", "none or required: wait for `argo resume` before training"),
     ("canary-soak", "how long the canary serves before promotion"),
+    ("conditions", "JSON list of a combined policy's conditions and their figures"),
 )
 
 # Resource kinds the workflow touches and the verbs its steps use (the executor's RBAC).
@@ -95,6 +96,7 @@ def _parameters(p: PipelineConfig) -> list[dict[str, Any]]:
         else "",
         "approval": "none",
         "canary-soak": p.canary_soak,
+        "conditions": "[]",
     }
     out = []
     for name, text in PARAMETERS:

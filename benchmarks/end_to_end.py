@@ -1,0 +1,164 @@
+"""``observer up`` end to end, each stage alone, result latency, memory and a profile, each
+against the bare-parse peer measured in the same run (issue 18).
+
+    .venv/bin/python -m benchmarks.end_to_end                 # defaults: a few minutes here
+    .venv/bin/python -m benchmarks.end_to_end --quick         # a smoke run (about a minute)
+    .venv/bin/python -m benchmarks.end_to_end --duration 600  # the issue's 10-minute memory run
+
+The load is demo-agent spans (:mod:`observer.demo.agent` through the real OpenTelemetry SDK,
+with message content), ``--spans-per-request`` (500) spans per OTLP/HTTP request, posted by
+``--clients`` (4) processes. The peer is ``ExportTraceServiceRequest.ParseFromString`` of the
+same bodies in this process (best of 3); every rate is also printed as a ratio to it.
+
+1. **End to end**: a fresh ``observer up`` (embedded broker, defaults) gets ``--spans``
+   (100,000) as fast as it acknowledges them; then /metrics is polled until every consuming
+   stage has no lag and has consumed nothing new for 3 s. Spans/s end to end is the spans
+   acknowledged over the time from the first request to the last message consumed by any
+   stage; the receiver's rate is the spans acknowledged over the time to the last 200.
+   py-spy samples the process meanwhile (all threads, non-blocking; ``--no-profile``): the raw
+   profile is saved under ``build/`` and the top 15 functions by own and by cumulative
+   samples are printed.
+2. **Each stage alone** (:mod:`benchmarks.e2e_stages`): the normaliser, trace grouping and
+   the drift engine, each from Kafka topics the receivers and the stage before filled.
+3. **Result latency and memory**: a fresh ``observer up`` under ``--load-share`` (0.5) of the
+   end-to-end rate for ``--duration`` seconds; its RSS every second goes to
+   ``build/e2e_rss.csv`` (start, max, end, slope per minute); afterwards, for every drift
+   result published, its Kafka timestamp minus that of its window's closing record (the
+   latest ``current_ranges`` record), p50/p99. The decision-to-webhook delay is not measured.
+
+Prints one JSON line at the end and writes it to ``build/e2e.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e_load import drive, make_bodies, parse_peer, write_bodies
+from benchmarks.e2e_observe import (
+    observer_up,
+    py_spy,
+    result_latency,
+    sample_rss,
+    stage_counts,
+    top_frames,
+    wait_caught_up,
+)
+from benchmarks.e2e_stages import stages_alone
+
+
+def _ratio(rate: float, peer: float) -> float:
+    return round(rate / peer, 4) if peer else float("nan")
+
+
+def end_to_end(path: Path, args: argparse.Namespace, build: Path) -> dict[str, Any]:
+    """Full rate into a fresh ``observer up`` until every stage caught up (profiled)."""
+    with observer_up() as obs:
+        profile = build / "e2e_profile.txt"
+        if args.no_profile:
+            sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
+            caught_up = wait_caught_up(obs.metrics_url)
+        else:
+            with py_spy(obs.proc.pid, profile):
+                sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
+                caught_up = wait_caught_up(obs.metrics_url)
+        out = {
+            **sent,
+            "caught_up_s": round(caught_up - sent["start_at"], 2),
+            "e2e_spans_per_s": round(sent["spans_acked"] / (caught_up - sent["start_at"]), 1),
+            "counts": stage_counts(obs.metrics_url),
+        }
+    if not args.no_profile and profile.exists():
+        out["profile"] = top_frames(profile.read_text().splitlines(), 15)
+        out["profile"]["raw"] = str(profile)
+    return out
+
+
+def sustained(path: Path, args: argparse.Namespace, spans_per_s: float, build: Path) -> dict[str, Any]:
+    """``spans_per_s`` for ``--duration`` s into a fresh ``observer up``: RSS, result latency."""
+    import threading
+
+    with observer_up() as obs:
+        rss: dict[str, Any] = {}
+        until = time.time() + 3.0 + args.duration
+        sampler = threading.Thread(
+            target=lambda: rss.update(sample_rss(obs.proc.pid, until, build / "e2e_rss.csv")))
+        sampler.start()
+        sent = drive(obs.traces_url, path, args.clients, args.spans_per_request,
+                     seconds=args.duration, spans_per_s=spans_per_s)
+        sampler.join()
+        wait_caught_up(obs.metrics_url)
+        from observer.core.config import KafkaConfig
+        from observer.core.topics import Topics
+
+        latency = result_latency(obs.kafka, Topics.from_config(KafkaConfig()).drift)
+    return {"target_spans_per_s": round(spans_per_s, 1), **sent, "rss": rss, "latency": latency}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spans", type=int, default=100_000, help="spans in the end-to-end run")
+    parser.add_argument("--spans-per-request", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="seconds of sustained load for latency and memory (600: the issue's)")
+    parser.add_argument("--load-share", type=float, default=0.5,
+                        help="sustained load as a share of the measured end-to-end rate")
+    parser.add_argument("--no-profile", action="store_true", help="no py-spy during end to end")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["e2e", "stages", "sustained"], help="leave a part out")
+    parser.add_argument("--quick", action="store_true", help="10,000 spans, 20 s sustained")
+    parser.add_argument("--build", default="build", help="where CSV, profile and JSON go")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.spans, args.duration = 10_000, 20.0
+    build = Path(args.build)
+    build.mkdir(parents=True, exist_ok=True)
+
+    bodies = make_bodies(args.spans, args.spans_per_request)
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
+                               "spans": len(bodies) * args.spans_per_request,
+                               "request_bytes": sum(map(len, bodies)) // len(bodies)}
+    peer = parse_peer(bodies, args.spans_per_request)["spans_per_s"]
+    results["parse_peer_spans_per_s"] = peer
+    print(f"{results['spans']} spans in {len(bodies)} requests of ~{results['request_bytes']} "
+          f"bytes; parse peer {peer} spans/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_bodies(bodies, Path(tmp) / "bodies.bin")
+        del bodies
+        e2e_rate = None
+        if "e2e" not in args.skip:
+            e2e = results["end_to_end"] = end_to_end(path, args, build)
+            e2e_rate = e2e["e2e_spans_per_s"]
+            e2e["ratio_e2e"] = _ratio(e2e_rate, peer)
+            e2e["ratio_acked"] = _ratio(e2e["acked_spans_per_s"], peer)
+            print(f"end to end: {e2e_rate} spans/s ({e2e['ratio_e2e']} of parse), acked "
+                  f"{e2e['acked_spans_per_s']} ({e2e['ratio_acked']}), caught up after "
+                  f"{e2e['caught_up_s']} s", flush=True)
+            for kind in ("own", "cumulative"):
+                print(f"profile, top 15 by {kind} samples (% of {e2e.get('profile', {}).get('samples')}):")
+                for frame, share in e2e.get("profile", {}).get(kind, []):
+                    print(f"  {share:5.1f}%  {frame}")
+        if "stages" not in args.skip:
+            alone = results["stages_alone"] = stages_alone(path, args.clients, args.spans_per_request)
+            for name in ("normalize", "paths", "drift"):
+                alone[name]["ratio"] = _ratio(alone[name]["per_s"], peer)
+        if "sustained" not in args.skip:
+            rate = args.load_share * (e2e_rate or 3500.0)
+            s = results["sustained"] = sustained(path, args, rate, build)
+            print(f"sustained {s['target_spans_per_s']} spans/s for {args.duration:g} s: "
+                  f"rss {s['rss']}; result latency {s['latency']}", flush=True)
+    results["load_avg_end"] = os.getloadavg()
+    (build / "e2e.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
