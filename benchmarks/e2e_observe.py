@@ -179,16 +179,26 @@ def _timestamp(consumer, topic: str, partition: int, offset: int) -> int:
 
 
 @contextmanager
-def py_spy(pid: int, path: Path, rate: int = 97) -> Iterator[None]:
-    """Sample ``pid`` (all threads, not blocking it) into py-spy's raw (collapsed) format."""
-    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                            str(pid), "--nonblocking", "-r", str(rate), "-f", "raw", "-o",
-                            str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def py_spy(pid: int, path: Path, gil: bool = True, rate: int = 97) -> Iterator[None]:
+    """Sample ``pid`` (not blocking it) into py-spy's raw (collapsed) format.
+
+    ``gil``: only the thread holding the GIL, i.e. where the one process's Python time goes
+    (threads waiting in a selector or on a lock are left out); else every non-idle thread.
+    """
+    command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+               "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(path)]
+    spy = subprocess.Popen(command + (["--gil"] if gil else []),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
+
+
+WRAPPERS = {"Thread._bootstrap (threading.py)", "Thread._bootstrap_inner (threading.py)",
+            "Thread.run (threading.py)"}
+"""Frames under every thread's stack: left out of the cumulative top list."""
 
 
 def top_frames(lines: list[str], n: int = 15) -> dict[str, list[tuple[str, float]]]:
@@ -204,7 +214,7 @@ def top_frames(lines: list[str], n: int = 15) -> dict[str, list[tuple[str, float
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
         total += k
         own[frames[-1]] += k
-        for f in set(frames):
+        for f in set(frames) - WRAPPERS:
             cumulative[f] += k
     share = (lambda c: [(f, round(100 * v / total, 1)) for f, v in c.most_common(n)])
     return {"samples": total, "own": share(own), "cumulative": share(cumulative)}  # type: ignore[dict-item]

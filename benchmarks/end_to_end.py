@@ -15,8 +15,9 @@ same bodies in this process (best of 3); every rate is also printed as a ratio t
    stage has no lag and has consumed nothing new for 3 s. Spans/s end to end is the spans
    acknowledged over the time from the first request to the last message consumed by any
    stage; the receiver's rate is the spans acknowledged over the time to the last 200.
-   py-spy samples the process meanwhile (all threads, non-blocking; ``--no-profile``): the raw
-   profile is saved under ``build/`` and the top 15 functions by own and by cumulative
+   py-spy samples the process meanwhile (non-blocking; the thread holding the GIL, or with
+   ``--profile-threads all`` every non-idle thread; ``--no-profile`` for none): the raw profile
+   is saved as ``build/e2e_profile.txt`` and the top 15 functions by own and by cumulative
    samples are printed.
 2. **Each stage alone** (:mod:`benchmarks.e2e_stages`): the normaliser, trace grouping and
    the drift engine, each from Kafka topics the receivers and the stage before filled.
@@ -65,7 +66,7 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path) -> dict[str, A
             sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
             caught_up = wait_caught_up(obs.metrics_url)
         else:
-            with py_spy(obs.proc.pid, profile):
+            with py_spy(obs.proc.pid, profile, gil=args.profile_threads == "gil"):
                 sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
                 caught_up = wait_caught_up(obs.metrics_url)
         out = {
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-share", type=float, default=0.5,
                         help="sustained load as a share of the measured end-to-end rate")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy during end to end")
+    parser.add_argument("--profile-threads", choices=["gil", "all"], default="gil",
+                        help="py-spy: the thread holding the GIL only, or every non-idle thread")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["e2e", "stages", "sustained"], help="leave a part out")
     parser.add_argument("--quick", action="store_true", help="10,000 spans, 20 s sustained")

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from observer.core.bus import Output
-from observer.drift.checkpoint import encode_state
+from observer.drift.checkpoint import decode_state, encode_state  # noqa: F401 (the doctest uses decode_state)
 from observer.drift.embedding.columns import object_hook
 
 log = logging.getLogger(__name__)

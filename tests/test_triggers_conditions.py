@@ -170,8 +170,8 @@ def test_replayed_windows_are_not_counted_twice() -> None:
 @pytest.mark.parametrize(
     "combined, message",
     [
-        ({"all_of": [{"signal": "latency"}]}, "unknown signal 'latency'; known: drift_share, "
-         "dataset_drift, n, feature:<name>"),
+        ({"all_of": [{"signal": "latency"}]},
+         "unknown signal 'latency'; known: drift_share, dataset_drift, n, feature:<name>"),
         ({"all_of": [{"signal": "degradation"}]}, "unknown signal 'degradation'"),
         ({"all_of": DRIFT_AND_ERRORS, "any_of": DRIFT_AND_ERRORS}, "all_of or any_of, not both"),
         ({"signal": "drift_share", "any_of": DRIFT_AND_ERRORS}, "any_of replaces signal"),
@@ -241,3 +241,17 @@ def test_webhook_argo_run_and_ledger_carry_the_figures(
     (row,) = stage.ledger.list_decisions()
     assert (row["reason"], row["first_window_index"]) == (data["reason"], 4)
     stage.close()
+
+
+def test_a_restarted_tracker_ignores_replays_and_decides_as_before() -> None:
+    cfg = policy(all_of=DRIFT_AND_ERRORS)
+    before = PolicyTracker(cfg)
+    assert feed(before, [window(1, 0.9, True), window(2, 0.9, True)])[1].kind == "fired"
+    after = PolicyTracker(cfg)
+    for saved in before.take_dirty():
+        after.restore(saved)
+    # The bus redelivers windows 1-2 (counted already): they neither count nor decide again.
+    assert feed(after, [window(1, 0.9, True), window(2, 0.9, True), window(3, 0.9, True)]) == [
+        None, None, None
+    ]
+    assert feed(after, [window(4, 0.9, True)])[0].first_window_index == 3

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 from observer.core.records import DriftResult
 
@@ -196,7 +198,7 @@ def judge(
     row, _ = parse_signal(signal)
     compare = OPS[op]
     last = readings[-for_windows:]
-    consecutive = all(b.index == a.index + 1 for a, b in zip(last, last[1:]))
+    consecutive = all(b.index == a.index + 1 for a, b in pairwise(last))
     ok = [r.n >= min_samples and compare(r.values[i], threshold) for r in last]
     met = len(last) == for_windows and consecutive and all(ok)
     if met:

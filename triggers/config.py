@@ -61,7 +61,7 @@ class ConditionConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _known(self) -> "ConditionConfig":
+    def _known(self) -> ConditionConfig:
         row, _ = parse_signal(self.signal)  # ValueError naming the known signals
         if self.threshold is None:
             if row.default_threshold is None:

@@ -7,7 +7,11 @@ A :class:`PolicyTracker` follows River's protocol: feed it every drift result wi
 enough samples, a watched record type); windows missing from the indices count as not
 qualifying. When N = ``consecutive_windows`` of the last M qualify, the run ends in a decision:
 ``fired`` normally, ``suppressed`` when the policy already fired for that key less than
-``cooldown_s`` ago. M defaults to N, which is "N in a row".
+``cooldown_s`` ago. M defaults to N, which is "N in a row". A policy with ``all_of`` /
+``any_of`` instead of one signal (:class:`CombinedConditions`, readers in
+:mod:`observer.triggers.conditions`) qualifies a window when its conditions hold, each over its
+own ``for_windows``; one such window completes the run, and the decision carries each
+condition's figures.
 
 After a decision the count starts again. With ``clear_windows`` = 0 a long drift therefore
 yields one decision per N windows (fired at most once per cooldown). With ``clear_windows`` =
@@ -358,9 +362,9 @@ class PolicyTracker:
     def update(self, result: DriftResult, now: float) -> Decision | None:
         """Feed one window; a :class:`Decision` when it completes a run."""
         p = self.policy
-        if self.combined:
-            self.combined.observe(result, self.watches(result))  # other record types too
         if not self.watches(result):
+            if self.combined:
+                self.combined.observe(result, watched=False)  # another type a condition reads
             return None  # another stream: it neither counts nor breaks a run
         key = (result.segment_key, result.record_type)
         state = self._state.setdefault(key, _KeyState())
@@ -376,6 +380,7 @@ class PolicyTracker:
         self._dirty.add(key)
         verdicts: tuple[Verdict, ...] = ()
         if self.combined:
+            self.combined.observe(result, watched=True)
             met, verdicts = self.combined.holds(result)
             value = 1.0 if met else 0.0
         else:
@@ -478,6 +483,10 @@ class CombinedConditions:
     with all), and holds when one of them does. Only windows after the key's last decision
     count (the count starts again, as for a single signal). The policy decides on windows of
     its own ``record_types``: another type's windows are read as they stand then.
+
+    The windows kept here are not stored in the ledger: after a restart each condition counts
+    from the windows that arrive next (a decision can come later, never twice: the deciding
+    key's last window and last firing are stored, and replayed windows are ignored).
     """
 
     def __init__(self, policy: PolicyConfig) -> None:
