@@ -110,7 +110,10 @@ def _client(url: str, path: str, index: int, clients: int, start_at: float, seco
             if seconds is not None and now >= start_at + seconds:
                 break
             if requests_per_s:
-                due = start_at + (lap * len(mine) + i) / requests_per_s
+                # Clients staggered evenly, so that the requests of all come at an even pace.
+                due = start_at + (lap * len(mine) + i + index / clients) / requests_per_s
+                if seconds is not None and due >= start_at + seconds:
+                    break
                 if due > now:
                     time.sleep(due - now)
             body = mine[i] if lap == 0 else _renamed(mine[i], lap * clients + index + 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,7 +186,12 @@ def py_spy(pid: int, path: Path, gil: bool = True, rate: int = 97) -> Iterator[N
     ``gil``: only the thread holding the GIL, i.e. where the one process's Python time goes
     (threads waiting in a selector or on a lock are left out); else every non-idle thread.
     """
-    command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(binary).exists():
+        print("py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
+        yield
+        return
+    command = [binary, "record", "--pid", str(pid),
                "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(path)]
     spy = subprocess.Popen(command + (["--gil"] if gil else []),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -255,3 +255,18 @@ def test_a_restarted_tracker_ignores_replays_and_decides_as_before() -> None:
         None, None, None
     ]
     assert feed(after, [window(4, 0.9, True)])[0].first_window_index == 3
+
+
+def test_only_a_combined_policys_run_gets_the_conditions_parameter() -> None:
+    from observer.triggers.runs import build_run, run_parameters
+
+    def params(cfg: PolicyConfig, results: list[DriftResult]) -> dict[str, str]:
+        *_, decision = feed(PolicyTracker(cfg), results)
+        run = build_run(decision=decision, result=results[-1], policy=cfg,
+                        name_prefix="retrain-", export=None)
+        return run_parameters(run)
+
+    single = params(policy(consecutive_windows=1), [window(1, 0.9)])
+    assert "conditions" not in single  # pipelines that never declared it keep working
+    combined = params(policy(any_of=DRIFT_AND_ERRORS), [window(1, 0.1, True)])
+    assert [c["met"] for c in json.loads(combined["conditions"])] == [False, True]

@@ -53,9 +53,13 @@ def run_verdict(status_code: int) -> OutcomeKind:
 
 
 def run_parameters(run: dict[str, Any]) -> dict[str, str]:
-    """The WorkflowTemplate parameters an episode fills in (names as in the template)."""
+    """The WorkflowTemplate parameters an episode fills in (names as in the template).
+
+    ``conditions`` (JSON text) only for a combined policy's run: a single-signal policy sends
+    the parameters it always did, so pipelines that do not declare it keep working.
+    """
     export = run.get("export") or {}
-    return {
+    params = {
         "episode-id": run["episode_id"],
         "policy": run["policy"],
         "segment": run["segment_key"],
@@ -63,9 +67,10 @@ def run_parameters(run: dict[str, Any]) -> dict[str, str]:
         "current-data": export.get("current", ""),
         "reference-data": export.get("reference", ""),
         "approval": "required" if run.get("approval") else "none",
-        # A combined policy's conditions and their figures, as JSON text ("[]": one signal).
-        "conditions": json.dumps(run.get("conditions") or [], separators=(",", ":")),
     }
+    if run.get("conditions"):  # a combined policy's conditions and their figures
+        params["conditions"] = json.dumps(run["conditions"], separators=(",", ":"))
+    return params
 
 
 def build_run(
