@@ -155,5 +155,7 @@ def drive(url: str, path: Path, clients: int, spans_per_request: int, seconds: f
         "requests_acked": acked,
         "requests_refused": sum(r[1] for r in results),
         "spans_acked": acked * spans_per_request,
-        "acked_spans_per_s": round(acked * spans_per_request / max(last - start_at, 1e-9), 1),
+        # A paced run: over its whole length (its last request is one interval before the end).
+        "acked_spans_per_s": round(acked * spans_per_request
+                                   / (seconds if seconds else max(last - start_at, 1e-9)), 1),
     }
