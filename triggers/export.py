@@ -39,6 +39,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from observer.core import vectors
 from observer.core.config import KafkaConfig
 from observer.core.records import OffsetRange, Record
 from observer.core.windows import WindowReadError, read_window
@@ -151,10 +152,15 @@ def write_parquet(
     """Write ``records`` (all of type ``model``) to ``uri``; returns the row count."""
     schema = arrow_schema(model)
     rows = [r.model_dump(by_alias=True, mode="json") for r in records]
+    # Lists of numbers that travel as base64 on Kafka (embedding vectors) are lists again here.
+    vector_columns = {f.name for f in schema if pa.types.is_list(f.type)
+                      and pa.types.is_floating(f.type.value_type)}
     for row in rows:
         for name, value in row.items():
             if isinstance(value, dict):
                 row[name] = list(value.items())
+            elif isinstance(value, str) and name in vector_columns:
+                row[name] = vectors.from_base64(value)
     if metadata:
         schema = schema.with_metadata({k: v.encode() for k, v in metadata.items()})
     table = pa.Table.from_pylist(rows, schema=schema)
