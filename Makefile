@@ -54,7 +54,13 @@ bench: $(STAMP)
 docs: $(STAMP)
 	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
-test: $(STAMP)
+# checkov pins older packages than observer, so it has its own virtualenv; built here, before the
+# suite runs (the version is declared once, in the test that uses it).
+CHECKOV := build/checkov-venv/bin/checkov
+$(CHECKOV): $(STAMP)
+	$(PY) -c "import tests.test_deploy_checkov as t; t.checkov()"
+
+test: $(STAMP) $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast tier: in-process tests and doctests, no broker, no subprocess (tests/tiers.py).
