@@ -57,6 +57,23 @@ DELIVERED, ALREADY_DONE, RETRY, WAIT, PERMANENT, DISABLED = (
     "delivered", "already_done", "retry", "wait", "permanent", "disabled"
 )
 
+StatusTable = tuple[tuple[int, int, OutcomeKind], ...]
+"""(lowest code, highest code, outcome) rows of an HTTP server's answers; first match wins."""
+
+
+def outcome_of(table: StatusTable, status_code: int) -> OutcomeKind:
+    """The outcome ``table`` gives ``status_code``: its first row holding it, else ``retry``.
+
+    >>> outcome_of(((200, 299, "delivered"), (400, 499, "permanent")), 404)
+    'permanent'
+    >>> outcome_of(((200, 299, "delivered"),), 302)
+    'retry'
+    """
+    for low, high, kind in table:
+        if low <= status_code <= high:
+            return kind
+    return "retry"
+
 Exporter = Callable[[dict[str, Any]], dict[str, int]]
 """Writes an episode's windows as Parquet (an export spec in, record counts out); idempotent."""
 

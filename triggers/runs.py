@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from observer.triggers.action import OutcomeKind, unconfigured
+from observer.triggers.action import OutcomeKind, StatusTable, outcome_of, unconfigured
 from observer.triggers.ledger import Delivery, NewDelivery
 from observer.triggers.naming import workflow_name
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from observer.triggers.config import PolicyConfig
     from observer.triggers.policy import Decision
 
-RUN_STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
+RUN_STATUS_TABLE: StatusTable = (
     (200, 299, "delivered"),
     (409, 409, "already_done"),
     (400, 400, "permanent"),
@@ -46,10 +46,7 @@ RUN_STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
 
 def run_verdict(status_code: int) -> OutcomeKind:
     """The outcome of a run server's answer (see :data:`RUN_STATUS_TABLE`)."""
-    for low, high, kind in RUN_STATUS_TABLE:
-        if low <= status_code <= high:
-            return kind
-    return "retry"
+    return outcome_of(RUN_STATUS_TABLE, status_code)
 
 
 def run_parameters(run: dict[str, Any]) -> dict[str, str]:

@@ -48,7 +48,9 @@ from observer.triggers.action import (
     Exporter,
     Outcome,
     OutcomeKind,
+    StatusTable,
     export_first,
+    outcome_of,
     unconfigured,
 )
 from observer.triggers.config import PolicyConfig, TriggerConfig, WebhookConfig
@@ -62,7 +64,7 @@ EVENT_TYPE = "observer.drift.episode"
 USER_AGENT = "observer-triggers/0.1"
 
 # (lowest code, highest code, outcome): first matching row wins; see the module docstring.
-STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
+STATUS_TABLE: StatusTable = (
     (200, 299, "delivered"),
     (410, 410, "disabled"),
     (429, 429, "retry"),
@@ -74,10 +76,7 @@ STATUS_TABLE: tuple[tuple[int, int, OutcomeKind], ...] = (
 
 def classify(status_code: int) -> OutcomeKind:
     """The outcome of an HTTP status code (see :data:`STATUS_TABLE`)."""
-    for low, high, verdict in STATUS_TABLE:
-        if low <= status_code <= high:
-            return verdict
-    return "retry"
+    return outcome_of(STATUS_TABLE, status_code)
 
 
 def iso8601(unix_s: float) -> str:
