@@ -61,6 +61,14 @@ def Finite(default: Any = None, **kw: Any) -> Any:  # noqa: N802
     return Field(default, allow_inf_nan=False, **kw)
 
 
+def ClusterName() -> Any:  # noqa: N802 (a Field factory, like Count and Millis)
+    """The cluster a record came from (``k8s.cluster.name``, else ``k8s.cluster.uid``, else
+    the collector's configured ``observer.cluster``); "" when none is known."""
+    return Field("", max_length=253, description="The Kubernetes cluster the record came from "
+                 "(k8s.cluster.name, else k8s.cluster.uid, else the collector's configured "
+                 "cluster); \"\" when unknown.")
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_id: ClassVar[str]
@@ -85,6 +93,7 @@ class LLMCall(Record):
     schema_id: ClassVar[str] = "observer.llm/v1"
     schema_: Literal["observer.llm/v1"] = Field("observer.llm/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     model: str
     provider: str = ""
@@ -156,6 +165,7 @@ class EmbeddingRecord(Record):
     schema_id: ClassVar[str] = "observer.embeddings/v1"
     schema_: Literal["observer.embeddings/v1"] = Field("observer.embeddings/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     model: str
     prompt_version: str = ""
@@ -210,6 +220,7 @@ class ToolCall(Record):
     schema_id: ClassVar[str] = "observer.tools/v1"
     schema_: Literal["observer.tools/v1"] = Field("observer.tools/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     model: str = ""
     agent: str = ""
@@ -237,6 +248,7 @@ class RetrievalRecord(Record):
     schema_id: ClassVar[str] = "observer.retrievals/v1"
     schema_: Literal["observer.retrievals/v1"] = Field("observer.retrievals/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     model: str = Field("", description="The app's LLM (an LLM call of the same trace), or \"\".")
     trace_id: str
@@ -302,6 +314,7 @@ class EvalRecord(Record):
     schema_id: ClassVar[str] = "observer.evals/v1"
     schema_: Literal["observer.evals/v1"] = Field("observer.evals/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str = Field("", description="The carrying span's service; \"\" from the REST "
                          "intake (a join fills it in).")
     model: str = Field("", description="The trace's LLM when the carrying request names one.")
@@ -359,6 +372,7 @@ class PathRecord(Record):
     schema_id: ClassVar[str] = "observer.paths/v1"
     schema_: Literal["observer.paths/v1"] = Field("observer.paths/v1", alias="schema")
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     model: str = Field("", description="Model of the trace's first LLM call.")
     agent: str = Field("", description="The outermost agent named in the trace.")
@@ -396,6 +410,7 @@ class Prediction(Record):
         "observer.predictions/v1", alias="schema"
     )
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str = Field(description="InferenceService name.")
     model: str
     model_version: str = ""
@@ -443,6 +458,7 @@ class GenAIMetric(Record):
         "observer.genai-metrics/v1", alias="schema"
     )
     tenant: str = ""
+    cluster: str = ClusterName()
     service: str
     metric: str = Field(description="Metric name as exported.")
     kind: str = Field(description="Canonical kind: token_usage, operation_duration, ...")
