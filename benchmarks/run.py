@@ -12,6 +12,9 @@ numbers measured in this run on this machine, never figures from elsewhere.
                                Evidently needs about 3 minutes there)
     --stream-records 50000     records for the Kafka throughput measurement
     --segments 1000 --window 100   the state measurement (exact and sketch mode)
+
+Last, peer drift's memory and judging time at 300 clusters x 100 segments
+(:mod:`benchmarks.fleet_state`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import argparse
 import platform
 
-from benchmarks import scoring, streaming
+from benchmarks import fleet_state, scoring, streaming
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         mb, detectors_mb, _ = streaming.state_mb(args.segments, args.window, mode)
         print(f"  {mode:>6} mode: {mb:6.1f} MB engine state ({mb * 1e3 / args.segments:.0f} kB "
               f"per segment), of which {detectors_mb:.1f} MB change detectors", flush=True)
+    print()
+    fleet_state.main([])  # peer drift's state at 300 clusters x 100 segments (drift.peer)
     return 0
 
 

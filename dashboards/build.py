@@ -5,7 +5,7 @@ diff shows what changed). ``--check`` writes nothing and exits 1 when a committe
 from what the code generates (for CI).
 
 >>> sorted(DASHBOARDS)[:2]
-['observer-drift', 'observer-gpu']
+['observer-drift', 'observer-fleet']
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from observer.dashboards import drift, gpu, inference, paths, stages, tools
+from observer.dashboards import drift, fleet, gpu, inference, paths, quality, stages, tools
 from observer.dashboards.spec import DashboardSpec, render, to_json
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
 DASHBOARDS: dict[str, DashboardSpec] = {
-    m.DASHBOARD.uid: m.DASHBOARD for m in (inference, tools, paths, gpu, drift, stages)
+    m.DASHBOARD.uid: m.DASHBOARD
+    for m in (inference, tools, paths, gpu, drift, stages, fleet, quality)
 }
 
 

@@ -81,13 +81,21 @@ DASHBOARD = DashboardSpec(
     uid="observer-drift",
     title="observer / Drift and triggers",
     description="Drift statistics per segment and feature with their thresholds, drift share "
-    "and verdicts, trigger decisions and deliveries; drift episodes and retraining runs are "
-    "annotations.",
+    "and verdicts, trigger decisions and deliveries; drift episodes, retraining runs, "
+    "promotions, rollbacks and cleared episodes are annotations.",
     variables=["cluster", "segment"],
     annotations=[
         AnnotationSpec("Drift episodes", _new_events(f'observer_triggers_total{{{C}, kind="fired"}}'), "red"),
         AnnotationSpec("Retraining runs submitted",
                        _new_events(f'observer_run_submissions_total{{{C}, outcome="delivered"}}'), "purple"),
+        # The episode's end (observer.triggers.promotion): the pipeline's promotion callback,
+        # and the first window against the promoted model's reference that did not drift.
+        AnnotationSpec("Models promoted",
+                       _new_events(f'observer_episode_steps_total{{{C}, step="promoted"}}'), "green"),
+        AnnotationSpec("Models rolled back",
+                       _new_events(f'observer_episode_steps_total{{{C}, step="rolled_back"}}'), "orange"),
+        AnnotationSpec("Episodes cleared",
+                       _new_events(f'observer_episodes_closed_total{{{C}, how="resolved"}}'), "blue"),
     ],
     rows=[
         RowSpec("Verdicts", [

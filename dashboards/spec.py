@@ -7,7 +7,9 @@ answers (its description), so the documentation (docs/dashboards.md) and Grafana
 Template variables: ``datasource`` (any Prometheus), then ``cluster``, ``service``, ``model``
 and ``segment`` as regex multi-selects whose "All" is ``.*``; :data:`FILTERS` holds the label
 matchers panels put in their selectors. ``cluster`` is a target label the Prometheus scrape
-configuration adds (deploy/prometheus/prometheus.yml); where it is absent, ``.*`` still matches.
+configuration adds (deploy/prometheus/prometheus.yml), or, on the series of central stages
+scraped with ``honor_labels: true``, the records' own cluster
+(:mod:`observer.collectors.common.cluster`); where it is absent, ``.*`` still matches.
 
 >>> spec = DashboardSpec(uid="x", title="X", description="d", rows=[
 ...     RowSpec("R", [PanelSpec("P", "Which?", [Query('up{cluster=~"$cluster"}', "{{job}}")])])])
@@ -22,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from grafana_foundation_sdk.builders import common, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common, prometheus, stat, statushistory, table, timeseries
 from grafana_foundation_sdk.builders.dashboard import (
     AnnotationQuery,
     Dashboard,
@@ -54,7 +56,9 @@ FILTERS = {
 
 # name -> (label, PromQL label_values source). Each is a regex multi-select, All = ".*".
 VARIABLES: dict[str, tuple[str, str]] = {
-    "cluster": ("Cluster", "label_values(up, cluster)"),
+    # Any observer series: central stages label theirs with each record's cluster, which `up`
+    # (the scrape's target label only) would not list.
+    "cluster": ("Cluster", 'label_values({__name__=~"observer_.+"}, cluster)'),
     "service": ("Service", 'label_values(observer_llm_calls_total{cluster=~"$cluster"}, service)'),
     "model": (
         "Model",
@@ -64,7 +68,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 ALL = ".*"
 
-PanelKind = Literal["timeseries", "stat", "table"]
+# statushistory: one row per series over time, coloured by thresholds (a heat map).
+PanelKind = Literal["timeseries", "stat", "table", "statushistory"]
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,8 @@ def _thresholds(values: list[float]) -> ThresholdsConfig:
 
 
 def _panel(spec: PanelSpec, panel_id: int) -> Any:
-    builder: Any = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel}[
-        spec.kind
-    ]()
+    builder: Any = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel,
+                    "statushistory": statushistory.Panel}[spec.kind]()
     builder = (
         builder.id(panel_id)
         .title(spec.title)
@@ -158,7 +162,7 @@ def _panel(spec: PanelSpec, panel_id: int) -> Any:
         target = prometheus.Dataquery().expr(q.expr).ref_id(chr(ord("A") + i))
         if q.legend:
             target = target.legend_format(q.legend)
-        if spec.kind != "timeseries":
+        if spec.kind not in ("timeseries", "statushistory"):  # those draw a range
             target = target.instant()
         builder = builder.with_target(target)
     return builder

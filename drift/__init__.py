@@ -22,4 +22,8 @@
   references (provenance, pin, history) and the commands that pin or re-baseline them;
   :mod:`observer.drift.reference_client`, :mod:`observer.drift.reference_cli`,
   :mod:`observer.drift.reference_routes`: ``observer references`` and ``/api/v1/references``.
+- :mod:`observer.drift.quality`, :mod:`observer.drift.mean_test`,
+  :mod:`observer.drift.quality_metrics`: evaluation scores as a quality signal (record type
+  ``evals``): which way is worse per eval name, the thumbs-down rule, the one-sided score test
+  with its stated false-alarm rate, and the quality and retrieval metrics of the dashboard.
 """

@@ -14,10 +14,15 @@ from pydantic import Field, model_validator
 
 from observer.core.config import Section, parse_instant
 from observer.core.extras import available
+from observer.drift.peer_config import PeerDriftConfig
 
 
 EMBEDDER_KEY = "embedder"
 """The segment key every ``embeddings`` stream has (vectors of one embedder only)."""
+EVAL_KEY = "name"
+"""The segment key every ``evals`` stream has (scores of one eval name only)."""
+_OWN_KEY = {"embeddings": EMBEDDER_KEY, "evals": EVAL_KEY}
+"""Record types keyed by the llm keys plus a key of their own, always."""
 
 DriftMethod = Literal["wasserstein", "psi", "jensenshannon", "ks", "chisquare", "ztest", "auto"]
 
@@ -94,6 +99,12 @@ def _default_features() -> dict[str, list[FeatureSpec]]:
             FeatureSpec(name="top1_document_id", kind="categorical"),
             FeatureSpec(name="data_source", kind="categorical"),
         ],
+        # Evaluation scores and feedback joined to their segment (observer.evals-joined), one
+        # stream per eval name: the score's distribution and the label mix (issue 16).
+        "evals": [
+            FeatureSpec(name="score", kind="numeric"),
+            FeatureSpec(name="label", kind="categorical"),
+        ],
         # Vectors only exist when content or vectors arrived (issue 15), so scoring them by
         # default costs nothing otherwise.
         "embeddings": [
@@ -114,9 +125,18 @@ class DegradationSpec(Section):
         None, description="Feed 1 when the field equals this (as text) and 0 otherwise: a rate. "
         "Unset: the field's own value (numbers; booleans as 1/0; missing values skipped).",
     )
-    detector: Literal["adwin", "page_hinkley"] = Field("adwin", description="Change detector.")
-    direction: Literal["up", "down", "both"] = Field(
-        "up", description="Changes that count: up = the rate or value rose (a degradation)."
+    rule: Literal["thumbs_down"] | None = Field(
+        None, description="Instead of field/equals, a named value rule (drift.quality): "
+        "thumbs_down feeds 1 for thumbs-down feedback (label thumbs_down, or score 0 of "
+        "user_feedback), 0 for other feedback, and skips records that are not feedback.",
+    )
+    detector: Literal["adwin", "page_hinkley", "mean_test"] = Field(
+        "adwin", description="Change detector: adwin, page_hinkley, or mean_test (a one-sided "
+        "test of each block's mean against a fixed reference, false-alarm rate alpha per block).",
+    )
+    direction: Literal["up", "down", "both", "worse"] = Field(
+        "up", description="Changes that count: up = the rate or value rose (a degradation); "
+        "worse (evals only) = down, or up for the eval names in drift.quality.lower_is_better.",
     )
     delta: float | None = Field(
         None, gt=0, description="adwin: confidence (default 0.002); page_hinkley: tolerated "
@@ -131,14 +151,29 @@ class DegradationSpec(Section):
     clock: int | None = Field(
         None, ge=1, description="adwin only: look for a change every this many values (default 32)."
     )
+    alpha: float | None = Field(
+        None, gt=0, lt=0.5, description="mean_test only: false-alarm rate of one block test "
+        "(default 0.001).",
+    )
+    reference_values: int | None = Field(
+        None, ge=2, description="mean_test only: the first values, forming its fixed reference "
+        "(default 200).",
+    )
+    block: int | None = Field(
+        None, ge=2, description="mean_test only: values per tested block (default 100).",
+    )
 
     @model_validator(mode="after")
     def _params_fit_the_detector(self) -> DegradationSpec:
-        only = {"threshold": "page_hinkley", "min_instances": "page_hinkley", "clock": "adwin"}
+        only = {"threshold": "page_hinkley", "min_instances": "page_hinkley", "clock": "adwin",
+                "alpha": "mean_test", "reference_values": "mean_test", "block": "mean_test"}
         wrong = [k for k, d in only.items() if getattr(self, k) is not None and d != self.detector]
         if wrong:
             raise ValueError(f"degradation signal {self.name!r}: {', '.join(wrong)} do not apply "
                              f"to detector {self.detector}")
+        if self.detector == "mean_test" and self.delta is not None:
+            raise ValueError(f"degradation signal {self.name!r}: delta does not apply to "
+                             "detector mean_test (alpha is its false-alarm rate)")
         if self.detector == "adwin" and self.delta is not None and self.delta >= 1:
             raise ValueError(f"degradation signal {self.name!r}: adwin delta must be < 1")
         return self
@@ -151,7 +186,29 @@ def _default_degradation() -> dict[str, list[DegradationSpec]]:
             DegradationSpec(name="latency", field="latency_ms"),
         ],
         "tools": [DegradationSpec(name="error_rate", field="status", equals="error")],
+        # Quality (drift.quality): the score got worse than the stream's first scores, and
+        # the share of thumbs-down feedback rose.
+        "evals": [
+            DegradationSpec(name="score_fell", field="score", detector="mean_test",
+                            direction="worse"),
+            DegradationSpec(name="thumbs_down_rate", field="label", rule="thumbs_down"),
+        ],
     }
+
+
+class QualityConfig(Section):
+    """Evaluation scores as a quality signal (record type ``evals``, drift.quality)."""
+
+    lower_is_better: list[str] = Field(
+        default_factory=lambda: ["hallucination", "toxicity"],
+        description="Eval names whose score is better when lower: direction worse means up "
+        "for them (every other name: higher is better).",
+    )
+    max_series: int = Field(
+        500, ge=1, description="Segment x eval name series of observer_quality_score_mean at "
+        "most; scores of further ones are still scored, not exported (eval names come from "
+        "clients).",
+    )
 
 
 class DriftReportsConfig(Section):
@@ -322,9 +379,17 @@ class DriftConfig(Section):
     reports: DriftReportsConfig = Field(
         default_factory=DriftReportsConfig, description="HTML reports, one per drift episode."
     )
+    peer: PeerDriftConfig = Field(
+        default_factory=PeerDriftConfig,
+        description="Peer drift: each cluster's traffic against its fleet's (drift.peer).",
+    )
     online: OnlineDriftConfig = Field(
         default_factory=OnlineDriftConfig,
         description="The online embedding detectors (methods online_mmd and online_lsdd).",
+    )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig,
+        description="Evaluation scores as a quality signal: which names are better lower.",
     )
 
     def keys_for(self, record_type: str) -> list[str]:
@@ -336,15 +401,19 @@ class DriftConfig(Section):
         (['node', 'gpu_uuid', 'mig_instance'], ['service', 'model'])
         >>> DriftConfig().keys_for("embeddings")  # the llm keys plus the embedder
         ['service', 'model', 'embedder']
+        >>> DriftConfig().keys_for("evals")  # the llm keys plus the eval name
+        ['service', 'model', 'name']
         """
         by_type = self.segment_keys_by_record_type
-        if record_type == "embeddings" and record_type not in by_type:
-            record_type_keys = by_type.get("llm", self.segment_keys)  # an LLM call's vectors
+        own_key = _OWN_KEY.get(record_type)
+        if own_key and record_type not in by_type:
+            # An LLM call's vectors, or scores of an LLM call's answers.
+            record_type_keys = by_type.get("llm", self.segment_keys)
         else:
             record_type_keys = by_type.get(record_type, self.segment_keys)
         keys = list(record_type_keys)
-        if record_type == "embeddings" and EMBEDDER_KEY not in keys:
-            # Vectors of two embedders (or dimensions) are never compared: a new embedder
-            # starts a new stream with its own reference, whatever the keys configured.
-            keys.append(EMBEDDER_KEY)
+        if own_key and own_key not in keys:
+            # Vectors of two embedders (or dimensions), or scores of two evals, are never
+            # compared: each starts a stream with its own reference, whatever the keys.
+            keys.append(own_key)
         return keys

@@ -13,7 +13,14 @@ field value              what the detector is fed
 a number                 the number (``latency_ms``, ``output_tokens``)
 a boolean                1.0 or 0.0 (``error``: the LLM error rate)
 ``None``, NaN, +-inf     nothing: the record is skipped for this signal
+``rule: R`` set          what the named rule says (:data:`observer.drift.quality.RULES`:
+                         ``thumbs_down`` feeds 1/0 for feedback and skips other records)
 =======================  ===================================================================
+
+Direction ``worse`` (``evals`` only) is resolved per stream by its eval name
+(:func:`observer.drift.quality.stream_specs`), so :meth:`DegradationTracker.for_stream` builds a
+stream's tracker. A detector with a fixed reference (``mean_test``) reports its mean as the
+signal's ``reference``.
 
 The engine feeds every record of a stream (the reference window's too, so the detector
 learns the normal level first) and, when a window closes, reads one
@@ -51,8 +58,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from observer.drift.detectors import ADWIN, PageHinkley, make_detector
-from observer.drift.config import DegradationSpec
+from observer.drift.detectors import ADWIN, MeanTest, PageHinkley, make_detector
+from observer.drift.config import DegradationSpec, DriftConfig
+from observer.drift.quality import RULES, check_direction, resolve, stream_specs
+from observer.drift.quality_metrics import Watcher, watcher_for
 from observer.core.records import DegradationSignal, Record
 
 log = logging.getLogger(__name__)
@@ -60,11 +69,12 @@ log = logging.getLogger(__name__)
 _NUMBERS = {int, float, bool, type(None)}
 
 
-def detector_for(spec: DegradationSpec) -> PageHinkley | ADWIN:
+def detector_for(spec: DegradationSpec) -> PageHinkley | ADWIN | MeanTest:
     """The spec's detector with its parameters (unset ones take the detector's defaults)."""
     return make_detector(
         spec.detector, direction=spec.direction, delta=spec.delta, threshold=spec.threshold,
-        min_instances=spec.min_instances, clock=spec.clock,
+        min_instances=spec.min_instances, clock=spec.clock, alpha=spec.alpha,
+        reference_values=spec.reference_values, block=spec.block,
     )
 
 
@@ -84,16 +94,18 @@ def check_specs(record_type: str, cls: type[Record], specs: Sequence[Degradation
         if spec.name in seen:
             raise ValueError(f"{where}: the name is used twice")
         seen.add(spec.name)
+        check_direction(record_type, spec)
         info = cls.model_fields.get(spec.field)
         if info is None or spec.field == "schema_":
             raise ValueError(f"{where}: {spec.field!r} is not a field of {cls.schema_id} records")
         annotation = info.annotation
         union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
         args = typing.get_args(annotation) if union else (annotation,)
-        if spec.equals is None and not set(args) <= _NUMBERS:
+        if spec.equals is None and spec.rule is None and not set(args) <= _NUMBERS:
             raise ValueError(f"{where}: field {spec.field!r} is not a number; set equals to "
                              "follow a rate of one of its values")
-        detector_for(spec)  # parameters the detector refuses fail here, not on the first record
+        # Parameters the detector refuses fail here, not on the first record.
+        detector_for(resolve(spec, None, ()))
 
 
 def value_of(record: Record, spec: DegradationSpec) -> float | None:
@@ -109,6 +121,8 @@ def value_of(record: Record, spec: DegradationSpec) -> float | None:
     >>> value_of(rec, DegradationSpec(name="t", field="output_tokens")) is None
     True
     """
+    if spec.rule is not None:
+        return RULES[spec.rule](record)
     value = getattr(record, spec.field, None)
     if value is None:
         return None
@@ -121,7 +135,7 @@ def value_of(record: Record, spec: DegradationSpec) -> float | None:
 @dataclass
 class _Signal:
     spec: DegradationSpec
-    detector: PageHinkley | ADWIN
+    detector: PageHinkley | ADWIN | MeanTest
     n: int = 0  # values fed since the previous window closed
     total: float = 0.0  # their sum
     detections: int = 0  # changes detected since the previous window closed
@@ -156,15 +170,27 @@ class DegradationTracker:
         ``drift.degradation[record_type]``, already checked (:func:`check_specs`).
     """
 
-    def __init__(self, specs: Sequence[DegradationSpec]) -> None:
+    def __init__(self, specs: Sequence[DegradationSpec], watcher: Watcher | None = None) -> None:
         self._signals = [_Signal(spec, detector_for(spec)) for spec in specs]
         self._snapshot: dict[str, Any] | None = self._state()
+        # Sees every record and closed window for the quality metrics (drift.quality_metrics).
+        self.watcher = watcher
+
+    @classmethod
+    def for_stream(cls, cfg: DriftConfig, record_type: str,
+                   segment: dict[str, str]) -> DegradationTracker:
+        """The tracker of one stream: ``drift.degradation[record_type]``, ``worse`` resolved
+        for its eval name (:func:`observer.drift.quality.stream_specs`)."""
+        return cls(stream_specs(cfg, record_type, segment),
+                   watcher_for(cfg, record_type, segment))
 
     def __bool__(self) -> bool:
         return bool(self._signals)
 
     def update(self, record: Record) -> None:
         """Feed one record to every signal it has a value for."""
+        if self.watcher is not None:
+            self.watcher.update(record)
         for s in self._signals:
             x = value_of(record, s.spec)
             if x is not None:
@@ -180,10 +206,13 @@ class DegradationTracker:
                 mean=s.total / s.n if s.n else None, level=s.detector.estimation,
                 detected=s.detections > 0, detections=s.detections,
                 total_detections=s.total_detections,
+                reference=getattr(s.detector, "reference_mean", None),
             ))
             s.n, s.total, s.detections = 0, 0.0, 0
             s.fed.clear()  # the snapshot below covers them
         self._snapshot = self._state()
+        if self.watcher is not None:
+            self.watcher.close(out)
         return out
 
     def _state(self) -> dict[str, Any]:

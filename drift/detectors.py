@@ -48,6 +48,8 @@ import math
 from array import array
 from typing import Any, ClassVar, Protocol
 
+from observer.drift.mean_test import MeanTest
+
 DIRECTIONS = ("both", "up", "down")
 
 
@@ -306,14 +308,16 @@ class ADWIN:
         return detector
 
 
-DETECTORS: dict[str, type[PageHinkley | ADWIN]] = {
+DETECTORS: dict[str, type[PageHinkley | ADWIN | MeanTest]] = {
     PageHinkley.name: PageHinkley,
     ADWIN.name: ADWIN,
+    # A one-sided test against a fixed reference, with a stated false-alarm rate (quality).
+    MeanTest.name: MeanTest,
 }
 """Every detector by the name used in configuration (``DegradationSpec.detector``)."""
 
 
-def make_detector(name: str, **params: Any) -> PageHinkley | ADWIN:
+def make_detector(name: str, **params: Any) -> PageHinkley | ADWIN | MeanTest:
     """A detector by name; parameters left out (or ``None``) take the detector's defaults.
 
     >>> make_detector("adwin", delta=0.01, clock=None).params()["clock"]
@@ -321,7 +325,7 @@ def make_detector(name: str, **params: Any) -> PageHinkley | ADWIN:
     >>> make_detector("cusum")
     Traceback (most recent call last):
     ...
-    ValueError: unknown change detector 'cusum'; choose from page_hinkley, adwin
+    ValueError: unknown change detector 'cusum'; choose from page_hinkley, adwin, mean_test
     >>> make_detector("adwin", threshold=3)
     Traceback (most recent call last):
     ...

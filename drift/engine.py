@@ -56,6 +56,12 @@ reference record; every result names ``reference_version``. With checkpoints on,
 also consumes ``observer.drift-commands`` (pin, unpin, rebaseline) in order with its inputs and
 publishes each stream's reference state to ``observer.references``.
 
+Peer drift (``drift.peer``, :mod:`observer.drift.peer`): when enabled, every record that
+names a cluster also joins its cluster's event-time peer window of its fleet segment (the
+segment without the cluster); a closed peer window scores each cluster against the other
+clusters' records of the same time range and emits results with ``comparison: fleet``. Its
+state is checkpointed with the streams' (``peer/...`` records on ``observer.drift-state``).
+
 Hostile records: a message that is not a valid record (not JSON, an unknown schema, a field
 outside its bounds such as a negative count or a NaN, which :mod:`observer.core.records`
 rejects) or whose feature values are not finite goes to the dead-letter topic with its reason
@@ -144,11 +150,18 @@ from observer.drift.record_types import (
     topics_by_type,
 )
 from observer.drift.reference import ParquetReference, as_list, new_window
-from observer.drift.reference_commands import ReferenceCommands, WindowReader, announcement, kafka_reader
+from observer.drift.reference_commands import (
+    ReferenceCommands,
+    WindowReader,
+    admits,
+    announcement,
+    kafka_reader,
+)
 from observer.drift.references import first_version
 from observer.drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from observer.drift.sketch import StateBudget
 from observer.drift.state_parts import StateParts
+from observer.drift.peer import PeerDrift
 from observer.drift.sketch_scoring import sketched_scores
 from observer.drift.restore import Restorer
 from observer.drift.stream import Pending, Stream, held_records, reference_value, state_output
@@ -270,6 +283,9 @@ class DriftEngine:
         self._restorer = Restorer(cfg, topics, self._features, self._budget, self._parquet)
         # Checkpoint records over a few hundred kB go out in parts (embedding vectors).
         self._parts = StateParts(topics.drift_state)
+        # Each cluster against its fleet's other clusters (drift.peer), state checkpointed here.
+        self._peer = (PeerDrift(cfg, self._features, self._segment_keys,
+                                journal=store is not None) if cfg.peer.enabled else None)
 
     @classmethod
     def for_kafka(cls, cfg: DriftConfig, kafka: KafkaConfig, topics: Topics) -> DriftEngine:
@@ -365,6 +381,9 @@ class DriftEngine:
             if not RECORD_TYPES[record_type].shared_topic:
                 ERRORS.labels(record_type, "wrong_schema").inc()
             return []
+        scored = RECORD_TYPES[record_type].admits
+        if scored is not None and not scored(record):
+            return []  # e.g. an unjoined eval: no segment (the join stage counts it)
         features = self._features[record_type]
         if not features:
             return []
@@ -391,14 +410,22 @@ class DriftEngine:
                     self.topics.dead_letter, self.name, message, "invalid_value", problem))
                 return []
         tp = (message.topic, message.partition)
+        # The cluster against its fleet (drift.peer): its own replay guard, so its windows
+        # absorb every message once whichever checkpoint records a kill let through.
+        results = self._peer.observe(
+            record_type, record, rows, event_time(record, message.timestamp_ms),
+            message.timestamp_ms, tp=tp, offset=message.offset,
+            closed_at=message.timestamp_ms * 1_000_000 if message.timestamp_ms > 0 else self.clock(),
+        ) if self._peer is not None else []
         if self.store is not None and message.offset <= stream.positions.get(tp, -1):
             REPLAYED.labels(record_type).inc()
-            return []  # already counted before a restart
+            return results  # already counted before a restart
         stream.positions[tp] = message.offset
         stream.touched = True
         stream.degradation.update(record)
+        if not admits(stream.versions.collecting, record):
+            return results  # another model's traffic while the promoted model's reference is collected
         at = event_time(record, message.timestamp_ms)
-        results = []
         # One row per record, or per instance of a prediction: a window may close between
         # two instances of one message, so each row marks the message in its own window.
         for row in rows:
@@ -422,7 +449,7 @@ class DriftEngine:
         window = new_window(self.cfg, features, sketch=sketch, journal=self.store is not None,
                             external_reference=reference is not None)
         stream = Stream(segment, key, record_type, window, sketch=sketch)
-        stream.degradation = DegradationTracker(self.cfg.degradation.get(record_type, []))
+        stream.degradation = DegradationTracker.for_stream(self.cfg, record_type, segment)
         if reference is not None:
             stream.reference = reference
             stream.new_reference = True
@@ -628,6 +655,8 @@ class DriftEngine:
             stream.touched = False
             stream.new_reference = False
             stream.results = []
+        if self._peer is not None:
+            outputs += [self._state(k, v) for k, v in self._peer.checkpoint()]
         return outputs
 
     def _state(self, key: str, value: dict[str, Any]) -> Output:
@@ -640,6 +669,8 @@ class DriftEngine:
         assert self.store is not None
         values = self.store.load()
         self._parts.learn(values)
+        # Peer results of a batch whose acknowledgement is in doubt go out again (at least once).
+        again = self._peer.restore(values) if self._peer is not None else []
         done = self._restorer.restore(values, partitions, starts, self._guard,
                                       self.results, set(self._streams))
         self._streams.update(done.streams)
@@ -648,7 +679,7 @@ class DriftEngine:
             self._commands.stream_appeared(stream)
         self._pending += [Pending(self._iteration, output, stream, window)
                           for stream, window, output in done.rewrites]
-        return done.outputs
+        return done.outputs + [Output(self.topics.drift, r.segment_key, encode(r)) for r in again]
 
 
 def _vectors(window: ClosedWindow, name: str) -> list[Any]:

@@ -64,6 +64,8 @@ def parse(raw: bytes | None) -> Published | None:
         return None
     try:
         value = json.loads(raw)
+        if isinstance(value, dict) and value.get("comparison", "past") != "past":
+            return None  # peer drift (drift.peer): numbered by time, never a stream's window
         # A full model validation per record would cost more than the read itself.
         rid = (str(value["segment_key"]), str(value["record_type"]), int(value["window_index"]))
         last: dict[TP, int] = {}

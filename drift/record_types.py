@@ -15,7 +15,11 @@ record type       record class         topic                      event time
 ``predictions``   ``Prediction``       ``observer.predictions``   ``time_unix_nano``
 ``gpu``           ``GPUSample``        ``observer.gpu`` (shared)  ``time_unix_nano``
 ``embeddings``    ``EmbeddingRecord``  ``observer.embeddings``    ``start_time_unix_nano``
+``evals``         ``EvalRecord``       ``observer.evals-joined``  ``time_unix_nano``
 ================  ===================  =========================  ========================
+
+``evals`` are evaluation scores and feedback joined to their target's segment, one stream per
+eval name (:mod:`observer.drift.quality`); an ``unjoined`` one has no segment and is skipped.
 
 Feature names: a record field (``output_tokens``), or ``field.key`` for a key of a mapping
 field (``inputs.age`` reads ``record.inputs["age"]``; ``profiling.DCGM_FI_PROF_SM_ACTIVE``
@@ -45,13 +49,14 @@ from __future__ import annotations
 
 import json
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.core.records import (
     EmbeddingRecord,
+    EvalRecord,
     GPUSample,
     LLMCall,
     PathRecord,
@@ -61,6 +66,7 @@ from observer.core.records import (
     ToolCall,
 )
 from observer.drift.embedding.columns import VectorRow, embedding_value
+from observer.drift.quality import admits as eval_admits
 from observer.core.topics import Topics
 
 
@@ -78,12 +84,16 @@ class RecordType:
         The record field holding its event time (Unix ns; 0 when unknown).
     shared_topic
         The topic also carries other record schemas, skipped without counting an error.
+    admits
+        Whether a record of the type is scored (``None``: all are); one it refuses is
+        skipped before any stream sees it.
     """
 
     record_class: type[Record]
     topic: str
     time_field: str
     shared_topic: bool = False
+    admits: Callable[[Record], bool] | None = None
 
 
 RECORD_TYPES: dict[str, RecordType] = {
@@ -97,6 +107,8 @@ RECORD_TYPES: dict[str, RecordType] = {
     "gpu": RecordType(GPUSample, "gpu", "time_unix_nano", shared_topic=True),
     # Prompt and response vectors (issue 15); segments also key on the embedder.
     "embeddings": RecordType(EmbeddingRecord, "embeddings", "start_time_unix_nano"),
+    # Quality (issue 16): scores joined to their segment; unjoined ones have no segment.
+    "evals": RecordType(EvalRecord, "evals_joined", "time_unix_nano", admits=eval_admits),
 }
 """Record type -> record class, topic and event-time field."""
 
@@ -111,7 +123,7 @@ def topics_by_type(cfg: DriftConfig, topics: Topics) -> dict[str, str]:
     >>> from observer.core.config import KafkaConfig
     >>> topics = Topics.from_config(KafkaConfig())
     >>> sorted(topics_by_type(DriftConfig(), topics).values())
-    ['embeddings', 'llm', 'paths', 'retrievals', 'tools']
+    ['embeddings', 'evals', 'llm', 'paths', 'retrievals', 'tools']
     >>> list(topics_by_type(DriftConfig(features={"gpu": [FeatureSpec(name="power_w",
     ...     kind="numeric")]}), topics))
     ['observer.gpu']

@@ -138,13 +138,24 @@ class ReferenceCommands:
         if command.command in ("pin", "unpin"):
             versions.pinned = command.command == "pin"
             return "applied", f"reference v{versions.current.version} {command.command}ned"
-        refusal = rebaseline_refusal(versions, force=command.force)
+        promotion = command.source == "promotion"
+        refusal = rebaseline_refusal(versions, force=command.force, automatic=promotion)
         if refusal is not None:
             return "refused", refusal
-        if versions.collecting is not None and not command.force:
+        # A promotion supersedes a collection in progress: the promoted model is the new normal.
+        if versions.collecting is not None and not (command.force or promotion):
             return "refused", (f"v{versions.collecting['version']} is still being collected "
                                f"({versions.collecting['records']} records); force to restart it")
         detail = {"command_id": command.command_id, "by": command.by}
+        if promotion:
+            records = command.records or versions.current.n
+            detail |= promotion_detail(command)
+            self._collect(stream, command.model_copy(update={"records": records}), detail)
+            which = (f" with {command.model_field} = {command.model_version}"
+                     if command.model_field else "")
+            return "applied", (f"the next {records} records{which} (model {command.model_version} "
+                               f"promoted by run {command.run}) become reference "
+                               f"v{versions.collecting['version']}")  # type: ignore[index]
         if command.source == "next":
             self._collect(stream, command, detail)
             return "applied", (f"the next {command.records} records become reference "
@@ -177,9 +188,10 @@ class ReferenceCommands:
             self.engine._announced[(stream.key, stream.record_type)] = stream
             return
         stream.versions.collecting = None
-        self._replace(stream, closed, ranges, "rebaseline:next", at,
-                      {"command_id": collecting.get("command_id"), "by": collecting.get("by", ""),
-                       "records": collecting.get("records")}, version=collecting["version"])
+        source = "promotion" if collecting.get("source") == "promotion" else "rebaseline:next"
+        kept = ("command_id", "by", "records", *PROMOTION_DETAIL)
+        self._replace(stream, closed, ranges, source, at,
+                      {k: collecting.get(k) for k in kept}, version=collecting["version"])
 
     def _replace(self, stream: Stream, closed: ClosedWindow, ranges: list[OffsetRange], source: str,
                  at: int, detail: dict[str, Any], version: int | None = None) -> None:
@@ -241,6 +253,39 @@ class ReferenceCommands:
                              f"for segment {stream.key!r}")
         # Held (and checkpointed) as values: the dataset may change or go later.
         return ClosedWindow(0, closed.n, closed.columns, closed.sketches)
+
+
+PROMOTION_DETAIL = ("source", "episode_id", "run", "model_version", "model_field")
+"""What a promotion's reference version records of it (its provenance), beside command_id."""
+
+
+def promotion_detail(command: ReferenceCommand) -> dict[str, Any]:
+    """The provenance a promotion command gives its new reference version.
+
+    >>> c = ReferenceCommand(command_id="c1", command="rebaseline", segment_key="s",
+    ...     record_type="llm", source="promotion", episode_id="e1", run="retrain-e1",
+    ...     model_version="v7")
+    >>> promotion_detail(c)
+    {'source': 'promotion', 'episode_id': 'e1', 'run': 'retrain-e1', 'model_version': 'v7'}
+    """
+    values = {k: getattr(command, k) for k in PROMOTION_DETAIL}
+    return {k: v for k, v in values.items() if v}
+
+
+def admits(collecting: dict[str, Any] | None, record: Record) -> bool:
+    """Whether a record may enter the reference being collected: with a promotion's
+    ``model_field``, only records of the promoted model (a record without that field counts).
+
+    >>> from observer.core.records import LLMCall
+    >>> call = LLMCall(service="s", model="m2", trace_id="t", span_id="s")
+    >>> want = {"model_field": "model", "model_version": "m2"}
+    >>> admits(want, call), admits({**want, "model_version": "m1"}, call), admits(None, call)
+    (True, False, True)
+    """
+    if not collecting or not collecting.get("model_field"):
+        return True
+    value = getattr(record, collecting["model_field"], None)
+    return value is None or str(value) == collecting.get("model_version")
 
 
 def collector(cfg: Any, specs: Any, sketch: bool, records: int, base: int, *,

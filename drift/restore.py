@@ -146,7 +146,8 @@ class Restorer:
         stream = Stream(state.segment, state.segment_key, state.record_type, window, sketch=sketch)
         stream.positions = dict(state.positions)
         stream.versions = versions
-        stream.degradation = DegradationTracker(self.cfg.degradation.get(state.record_type, []))
+        stream.degradation = DegradationTracker.for_stream(self.cfg, state.record_type,
+                                                           state.segment)
         stream.degradation.restore(state.degradation_snapshot, state.degradation_values)
         try:
             if state.window > 0 and reference is None:

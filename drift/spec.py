@@ -7,7 +7,7 @@ stays quick.
 >>> from observer.core.topics import Topics
 >>> cfg = ObserverConfig()
 >>> SPEC.input_topics(cfg, Topics.from_config(cfg.kafka))  # the record types with features
-['observer.llm', 'observer.tools', 'observer.retrievals', 'observer.paths', 'observer.embeddings', 'observer.drift-commands']
+['observer.llm', 'observer.tools', 'observer.retrievals', 'observer.paths', 'observer.embeddings', 'observer.evals-joined', 'observer.drift-commands']
 """
 
 from __future__ import annotations

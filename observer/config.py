@@ -24,6 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from observer.collectors.eval_join.config import EvalJoinConfig
 from observer.collectors.gpu.config import GPUConfig
 from observer.collectors.kserve.config import KServeConfig
 from observer.collectors.metrics.config import MetricsConfig
@@ -55,6 +56,7 @@ class ObserverConfig(BaseSettings):
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    eval_join: EvalJoinConfig = Field(default_factory=EvalJoinConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)

@@ -53,8 +53,9 @@ SPOOL_DIR = "spool"
 
 
 def raw_topics(topics: Topics) -> list[str]:
-    """The topics the receivers write (what the spool holds)."""
-    return [topics.spans, topics.metrics, topics.logs, topics.kserve_events]
+    """The topics the receivers write (what the spool holds): the OTLP signals, KServe's
+    events and the REST intake's evaluations (read by the eval join)."""
+    return [topics.spans, topics.metrics, topics.logs, topics.kserve_events, topics.evals]
 
 
 class Durability:

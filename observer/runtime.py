@@ -48,7 +48,7 @@ class Runtime:
     >>> Runtime(ObserverConfig(), ["nonsense"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, genai-metrics, predictions, drift, trigger, metrics
+    ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, genai-metrics, predictions, eval-join, drift, trigger, metrics
     """
 
     def __init__(self, cfg: ObserverConfig, stages: list[str]) -> None:

@@ -6,16 +6,18 @@ topics and hold times), the CLI (one subcommand per stage, its help from the spe
 API (each stage's routes) and ``docs/gen_reference.py`` (the stages and topics page and its
 topology diagram). A stage is added by writing its spec beside its code and listing it here.
 
->>> [s.name for s in STAGES if s.in_runtime]
-['collect', 'normalize', 'paths', 'genai-metrics', 'predictions', 'drift', 'trigger', 'metrics']
+>>> [s.name for s in STAGES if s.in_runtime]  # doctest: +NORMALIZE_WHITESPACE
+['collect', 'normalize', 'paths', 'genai-metrics', 'predictions', 'eval-join', 'drift',
+ 'trigger', 'metrics']
 >>> BY_NAME["trigger"].inputs, BY_NAME["trigger"].outputs
-(('drift',), ('triggers',))
+(('drift', 'references'), ('triggers', 'drift_commands'))
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from observer.collectors.eval_join.spec import SPEC as EVAL_JOIN
 from observer.collectors.gpu.spec import SPEC as COLLECT_GPU
 from observer.collectors.kserve.spec import SPEC as PREDICTIONS
 from observer.collectors.metrics.spec import GENAI_METRICS, METRICS
@@ -27,7 +29,8 @@ from observer.drift.spec import SPEC as DRIFT
 from observer.triggers.spec import SPEC as TRIGGER
 
 STAGES: tuple[StageSpec, ...] = (
-    COLLECT, NORMALIZE, PATHS, GENAI_METRICS, PREDICTIONS, DRIFT, TRIGGER, METRICS, COLLECT_GPU,
+    COLLECT, NORMALIZE, PATHS, GENAI_METRICS, PREDICTIONS, EVAL_JOIN, DRIFT, TRIGGER, METRICS,
+    COLLECT_GPU,
 )
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 if len(BY_NAME) != len(STAGES):

@@ -45,10 +45,17 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 NOT_FED = {
     ("observer-drift", "annotation: Retraining runs submitted"):
         "needs an Argo Workflows or Kubeflow Pipelines server to accept a run",
+    **{("observer-drift", f"annotation: {name}"): "needs a retraining run and the pipeline's "
+       "promotion callback (tests/test_promotion_loop.py checks the counters)"
+       for name in ("Models promoted", "Models rolled back", "Episodes cleared")},
 }
 # The GPU economics dashboard is fed by `observer collect-gpu`: tests/test_dashboards_gpu.py
 # runs its queries against Prometheus scraping the DCGM, vLLM and SGLang fixtures.
-ELSEWHERE = {"observer-gpu"}
+# The fleet dashboard is fed by peer drift and per-cluster economics:
+# tests/test_peer_drift.py runs its queries against a Prometheus scraping both.
+# The quality dashboard is fed by evals and retrievals: tests/test_quality_signals.py runs its
+# queries against a Prometheus scraping the drift engine's metrics.
+ELSEWHERE = {"observer-gpu", "observer-fleet", "observer-quality"}
 
 def scrape_job(admin_address: str) -> dict[str, Any]:
     """The repository's scrape job (deploy/prometheus/prometheus.yml), aimed at this observer."""

@@ -280,7 +280,7 @@ def test_processor_surface() -> None:
     assert engine.name == "drift"
     # By default predictions and gpu have no features: their topics are not read.
     assert engine.inputs == [TOPICS.llm, TOPICS.tools, TOPICS.retrievals, TOPICS.paths,
-                             TOPICS.embeddings]
+                             TOPICS.embeddings, TOPICS.evals_joined]
     only_gpu = DriftConfig(features={"gpu": [FeatureSpec(name="power_w", kind="numeric")]})
     assert DriftEngine(only_gpu, TOPICS).inputs == [TOPICS.gpu]
     assert engine.tick() == []

@@ -154,7 +154,8 @@ def test_the_drift_stage_reads_the_topics_of_configured_record_types() -> None:
     stage = CONSUMING_STAGES["drift"]
     commands = [topics.drift_commands]  # reference commands, read with checkpoints (the default)
     assert stage.input_topics(cfg, topics) == [topics.llm, topics.tools, topics.retrievals,
-                                               topics.paths, topics.embeddings, *commands]
+                                               topics.paths, topics.embeddings,
+                                               topics.evals_joined, *commands]
     features = {"predictions": PREDICTION_FEATURES, "gpu": GPU_FEATURES}
     cfg = cfg.model_copy(update={"drift": DriftConfig(features=features)})
     assert stage.input_topics(cfg, topics) == [topics.predictions, topics.gpu, *commands]

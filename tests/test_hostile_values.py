@@ -322,7 +322,7 @@ def test_negative_or_huge_tokens_reach_no_counter(tokens: AnyValue) -> None:
                             for i, o in enumerate(outputs)]) == []
     registry_is_sane(registry)
     assert registry.get_sample_value("observer_llm_tokens_total", {
-        "service": "control", "model": "m", "type": "input"}) == 3
+        "cluster": "", "service": "control", "model": "m", "type": "input"}) == 3
 
 
 def test_a_record_produced_directly_with_hostile_numbers_does_not_decode() -> None:
@@ -697,11 +697,12 @@ def test_observer_up_survives_hostile_spans_from_the_otel_sdk(
         provider.force_flush()
 
         def tokens(model: str, kind: str) -> float:
-            return sample("observer_llm_tokens_total", service=service, model=model, type=kind)
+            return sample("observer_llm_tokens_total", cluster="", service=service, model=model,
+                          type=kind)
 
         wait_for(lambda: tokens("good", "input") == 21, 60, "the valid spans' tokens counted")
-        wait_for(lambda: sample("observer_llm_calls_total", service=service, model="bad",
-                                finish_reason="unknown") == 3, 30, "the bad spans' calls")
+        wait_for(lambda: sample("observer_llm_calls_total", cluster="", service=service,
+                                model="bad", finish_reason="unknown") == 3, 30, "the bad spans' calls")
         assert tokens("bad", "input") == 0 and tokens("bad", "output") == 6
         assert sample("observer_invalid_values_total", stage="normalizer",
                       field="input_tokens") - invalid_before >= 3

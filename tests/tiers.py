@@ -49,6 +49,7 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_drift_reports.py::"
     "test_offline_reports_render_without_network_and_a_cdn_reference_is_caught",  # Chromium
     "tests/test_durability.py::test_one_state_directory_serves_one_observer_at_a_time",
+    "tests/test_eval_join.py::test_observer_up_durable_restart_keeps_the_join_state",  # Tansu
     "tests/test_embedders.py::test_same_vectors_in_another_process",  # a Python child
     # A Python child with collectors.normalize._text_scan blocked.
     "tests/test_text_scan.py::test_without_the_extension_the_stage_runs_the_same",
@@ -60,6 +61,8 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_raw_topic_encryption.py::test_observer_up_with_tenants_seals_the_raw_topics",
     "tests/test_tls.py::test_kafka_tls_options_reach_both_clients",  # Tansu behind TLS
     "tests/test_triggers_approval.py::test_held_until_approved_on_the_command_line",
+    "tests/test_fleet_topology.py::test_gpu_economics_roll_up_per_cluster_and_for_the_fleet",
+    "tests/test_fleet_topology.py::test_the_fleet_rule_test_can_fail",  # promtool
 })
 """Modules (``tests/test_x.py``) and single tests (``tests/test_x.py::test_name``, every
 parametrisation) of the ``system`` tier."""

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from observer.core.config import Section
 from observer.core.extras import available
-from observer.triggers.conditions import parse_signal
+from observer.triggers.conditions import parse_condition, parse_signal
 
 
 class WebhookConfig(Section):
@@ -59,9 +59,27 @@ class ConditionConfig(Section):
         description="Read another record type's windows (e.g. evals) of the same segment: the "
         "segments whose values agree on every key both have; None: the deciding window's own.",
     )
+    eval: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="evals only: read the streams of this eval name (e.g. faithfulness); "
+        "record_type defaults to evals. A condition may also be written as text: "
+        "'eval faithfulness fell', 'drift_share >= 0.5 for 2 windows'.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # 'eval faithfulness fell': the readable form of the mapping (triggers.conditions).
+        return parse_condition(data) if isinstance(data, str) else data
 
     @model_validator(mode="after")
     def _known(self) -> ConditionConfig:
+        if self.eval is not None:
+            if self.record_type is None:
+                self.record_type = "evals"
+            elif self.record_type != "evals":
+                raise ValueError(f"condition {self.signal!r}: eval applies to record_type evals, "
+                                 f"not {self.record_type}")
         row, _ = parse_signal(self.signal)  # ValueError naming the known signals
         if self.threshold is None:
             if row.default_threshold is None:
@@ -127,6 +145,12 @@ class PolicyConfig(Section):
     segments: dict[str, str] = Field(
         default_factory=dict,
         description="Segment field -> glob pattern; the policy watches matching segments only.",
+    )
+    comparison: Literal["past", "fleet"] = Field(
+        "past",
+        description="Which drift results the policy reads: past (a segment against its own "
+        "reference) or fleet (a cluster against its peers, drift.peer; the decision's reason "
+        "names the cluster, and approval: true holds that cluster's retraining).",
     )
     actions: list[Literal["argo", "kfp", "armada"]] = Field(
         default_factory=list, description="Runs to start when the policy fires (besides webhooks)."
@@ -239,6 +263,36 @@ class RunsConfig(Section):
     max_polls_per_tick: int = Field(
         8, ge=1, description="Status polls per tick at most; the rest wait for the next tick."
     )
+
+
+class PromotionConfig(Section):
+    """Promotion callbacks of the retraining pipeline (``POST /api/v1/episodes/{id}/promotion``,
+    observer.triggers.promotion) and the re-baselining they start."""
+
+    secret: SecretStr | None = Field(
+        None, description="Standard Webhooks secret (whsec_<base64>) the pipeline signs its "
+        "promotion callbacks with; unset: callbacks are refused (503)."
+    )
+    tolerance_s: float = Field(
+        300.0, gt=0, description="How far a callback's webhook-timestamp may be from now "
+        "(seconds); a webhook-id seen before is refused as a replay."
+    )
+    records: int | None = Field(
+        None, ge=1, le=10_000_000, description="Records of the promoted model's traffic that "
+        "make its segment's new reference version; unset: the current reference's size."
+    )
+    model_field: str = Field(
+        "", max_length=64, description="A record field naming the model version (e.g. model): "
+        "when set, only records whose field equals the promoted model_version enter the new "
+        "reference (records without the field all do); empty: the next records, whatever model."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith("whsec_"):
+            raise ValueError("promotion secret must look like whsec_<base64>")
+        return v
 
 
 class ArmadaConfig(Section):
@@ -356,6 +410,16 @@ class PipelineConfig(Section):
     eval_metric: str = Field("accuracy", description="Metric the evaluation gate compares.")
     eval_higher_is_better: bool = Field(True, description="Direction of the metric.")
     eval_min_delta: float = Field(0.0, description="Candidate must beat serving by this much.")
+    promotion_callback_url: str = Field(
+        "", description="observer's admin API URL as the workflow's pods reach it: when set, a "
+        "notify-promotion step after promote (and notify-rollback after the exit handler's "
+        "rollback) sends the signed promotion callback (observer.triggers.pipeline.notify)."
+    )
+    promotion_secret_name: str = Field(
+        "observer-promotion", description="Secret in the workflow's namespace holding the "
+        "callback's signing secret (key `secret`, = trigger.promotion.secret) and, optionally, "
+        "the admin token (key `admin-token`)."
+    )
 
 
 class TriggerConfig(Section):
@@ -369,5 +433,9 @@ class TriggerConfig(Section):
     kfp: KfpConfig = Field(default_factory=KfpConfig)
     armada: ArmadaConfig = Field(default_factory=ArmadaConfig)
     runs: RunsConfig = Field(default_factory=RunsConfig)
+    promotion: PromotionConfig = Field(
+        default_factory=PromotionConfig,
+        description="Promotion callbacks: re-baselining and closing episodes.",
+    )
     export: ExportConfig = Field(default_factory=ExportConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

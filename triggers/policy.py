@@ -70,7 +70,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from observer.triggers.conditions import Reading, Verdict, judge, read_signal, segments_agree
+from observer.triggers.conditions import Reading, Verdict, judge, reading, stream_matches
 from observer.triggers.config import PolicyConfig
 from observer.core.records import DriftResult
 
@@ -262,9 +262,11 @@ class PolicyTracker:
         self._dirty: set[tuple[str, str]] = set()
 
     def watches(self, result: DriftResult) -> bool:
-        """Whether the window belongs to this policy at all (record type and segment)."""
+        """Whether the window belongs to this policy at all (record type, segment, and
+        comparison: a policy reads past-only results or peer results, never both)."""
         p = self.policy
-        return result.record_type in p.record_types and segment_matches(result.segment, p.segments)
+        return (result.record_type in p.record_types and result.comparison == p.comparison
+                and segment_matches(result.segment, p.segments))
 
     def _qualifies(self, value: float, n: int) -> bool:
         # NaN compares False: a window without the signal never qualifies. A combined
@@ -363,7 +365,7 @@ class PolicyTracker:
         """Feed one window; a :class:`Decision` when it completes a run."""
         p = self.policy
         if not self.watches(result):
-            if self.combined:
+            if self.combined and result.comparison == p.comparison:
                 self.combined.observe(result, watched=False)  # another type a condition reads
             return None  # another stream: it neither counts nor breaks a run
         key = (result.segment_key, result.record_type)
@@ -436,6 +438,9 @@ class PolicyTracker:
         else:
             what = p.signal if p.signal != "feature_statistic" else f"{p.feature} statistic"
             reason = f"{what} {weakest:.4g} >= {p.threshold:g} {how} ({windows}, n={min_n})"
+        if result.comparison == "fleet":  # peer drift: which cluster, against whom
+            reason = (f"cluster {result.cluster} against its fleet "
+                      f"({', '.join(result.peer_clusters)}): {reason}")
         kind: DecisionKind = "fired"
         if state.last_fired_at is not None and now - state.last_fired_at < p.cooldown_s:
             kind = "suppressed"
@@ -511,8 +516,7 @@ class CombinedConditions:
                 return  # a redelivery: counted already
             readings = deque()  # the engine numbers again from scratch
             self._floors_drop(key)
-        values = tuple(read_signal(result, c.signal) for c in self.conditions)
-        readings.append(Reading(result.window_index, result.n_current, values))
+        readings.append(reading(result, self.conditions))  # values and quality figures
         while len(readings) > self.depth:
             readings.popleft()
         self._streams[key] = (segment, readings, result.closed_at_unix_nano)
@@ -521,13 +525,14 @@ class CombinedConditions:
         for floors in self._floors.values():
             floors.pop(stream, None)
 
-    def _sources(self, result: DriftResult, record_type: str | None) -> list[tuple[str, str]]:
+    def _sources(self, result: DriftResult, record_type: str | None,
+                 eval_name: str | None = None) -> list[tuple[str, str]]:
         own = (result.record_type, result.segment_key)
         if record_type is None or record_type == result.record_type:
             return [own] if own in self._streams else []
         return sorted(
             k for k, (segment, _, _) in self._streams.items()
-            if k[0] == record_type and segments_agree(segment, result.segment)
+            if k[0] == record_type and stream_matches(segment, result.segment, eval_name)
         )
 
     def _readings(self, deciding: tuple[str, str], stream: tuple[str, str]) -> list[Reading]:
@@ -542,16 +547,16 @@ class CombinedConditions:
         for i, c in enumerate(self.conditions):
             rtype = c.record_type or result.record_type
             best: Verdict | None = None
-            for stream in self._sources(result, c.record_type):
+            for stream in self._sources(result, c.record_type, c.eval):
                 v = judge(
                     self._readings(deciding, stream), i, c.signal, c.op, float(c.threshold or 0),
-                    c.for_windows, self.policy.min_samples, stream[0], stream[1],
+                    c.for_windows, self.policy.min_samples, stream[0], stream[1], c.eval or "",
                 )
                 if best is None or (v.met and not best.met):
                     best = v
             if best is None:  # nothing of that stream seen yet
                 best = judge([], i, c.signal, c.op, float(c.threshold or 0), c.for_windows,
-                             self.policy.min_samples, rtype, "")
+                             self.policy.min_samples, rtype, "", c.eval or "")
             verdicts.append(best)
         combine = all if self.mode == "all_of" else any
         return combine(v.met for v in verdicts), tuple(verdicts)
@@ -575,5 +580,5 @@ class CombinedConditions:
         deciding = (result.segment_key, result.record_type)
         floors = self._floors.setdefault(deciding, {})
         for c in self.conditions:
-            for stream in self._sources(result, c.record_type):
+            for stream in self._sources(result, c.record_type, c.eval):
                 floors[stream] = self._streams[stream][1][-1].index

@@ -30,10 +30,12 @@ SPEC = StageSpec(
     name="trigger",
     help="run the trigger stage",
     description="Turn sustained drift into recorded decisions (SQLite ledger), signed "
-    "webhooks and Argo or Kubeflow Pipelines runs, per trigger.policies.",
+    "webhooks and Argo or Kubeflow Pipelines runs, per trigger.policies; follow each episode "
+    "through its run and promotion to a new reference.",
     config_section="trigger",
-    inputs=("drift",),
-    outputs=("triggers",),
+    # references: the drift engine's answer to a promotion's re-baselining command.
+    inputs=("drift", "references"),
+    outputs=("triggers", "drift_commands"),
     sinks=("webhooks", "Argo", "KFP"),
     build=_build,
     group_id=lambda cfg: cfg.trigger.group_id,

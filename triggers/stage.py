@@ -42,6 +42,13 @@ Runs: an Argo or KFP delivery recorded ``delivered`` starts a row in the ledger'
 ``run_started``, ``run_succeeded``, ``run_failed``, ``run_lost`` and ``run_timed_out``
 events, and planning the policy's ``run_webhooks`` (action ``run_webhook``) when a run ends.
 
+Promotion (:mod:`observer.triggers.promotion`): the pipeline's signed callback
+(``POST /api/v1/episodes/{id}/promotion``) is recorded in the ledger; ``tick`` sends a
+promoted episode's re-baselining command to ``observer.drift-commands`` (or re-arms the policy
+after a rollback) and announces each step; ``process`` reads the engine's answer on
+``observer.references`` and the results scored against the new version, and clears the
+episode at the first that does not qualify.
+
 Exports: when a decision has data to export (``kafka`` given, ``trigger.export.uri`` set,
 the result names its records), every action's payload carries the Parquet locations
 (webhook ``data.export``, Argo/KFP ``current-data``/``reference-data``), and each action
@@ -78,7 +85,9 @@ from observer.triggers.ledger import (
     NewDelivery,
     NewRun,
 )
+from observer.triggers.episode_life import EpisodeLife
 from observer.triggers.policy import Decision, DecisionKind, PolicyTracker
+from observer.triggers.promotion import PromotionLoop
 from observer.triggers.redact import public_target
 from observer.triggers.retry import AttemptResult
 from observer.triggers.tracking.store import RunEvent
@@ -108,6 +117,7 @@ WEBHOOK = "webhook"
 EventKind = Literal[
     "fired", "suppressed", "held", "approved", "rejected", "delivery",
     "run_started", "run_succeeded", "run_failed", "run_lost", "run_timed_out",
+    "promoted", "rolled_back", "rebaselined", "rebaseline_refused", "cleared", "reopened",
 ]
 
 
@@ -184,6 +194,9 @@ class TriggerStage:
             raise
         # Submitted runs followed to their end; resumes from the ledger after a restart.
         self.runs = RunTracker(cfg, self.ledger, self.actions, clock)
+        # After the run: promotion callbacks, re-baselining, clearing (triggers.promotion).
+        self.life = EpisodeLife(self.ledger)
+        self.promotions = PromotionLoop(cfg.promotion, self.life, topics, self.trackers)
 
     def _export(self, spec: dict[str, Any]) -> dict[str, int]:
         """Export the episode's windows (an export spec), once per episode and process."""
@@ -211,6 +224,9 @@ class TriggerStage:
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
         for message in messages:
+            if message.topic == self.topics.references:  # the engine's answer to a promotion
+                self.promotions.reference_state(message, self.clock())
+                continue
             record, problem = self._drift_result(message)
             if record is None:
                 # Not a drift result a policy can weigh: quarantined, the batch goes on.
@@ -227,6 +243,7 @@ class TriggerStage:
                 decision = tracker.update(record, now)
                 if decision is not None:
                     outputs += self._decide(tracker, decision, record)
+            self.promotions.result(record, now)
         # Once per batch, before the runner produces and commits: a crash after this point
         # replays results the stored state has counted already, and they are ignored.
         now = self.clock()
@@ -357,7 +374,7 @@ class TriggerStage:
 
         # Then the runs in progress: polls share the tick's budget.
         outputs += [self._run_output(event) for event in self.runs.tick(budget_left)]
-        return outputs
+        return outputs + self.promotions.tick(self.clock())
 
     def _run_output(self, event: RunEvent) -> Output:
         """A ``run_*`` event: its target is where the run's status is read."""

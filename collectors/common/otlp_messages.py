@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import Counter
 
+from observer.collectors.common.cluster import forget
 from observer.collectors.common.tenancy import stamp
 from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core import validate
@@ -60,7 +61,8 @@ def otlp_request(
     message: Message, kind: type[Request], seal: TenantSeal | None = None, stage: str = ""
 ) -> Request:
     """The ``kind`` export request ``message`` holds: opened with ``seal`` (for ``stage``'s
-    counters), parsed, and with the tenant its resources claim dropped unless it is trusted.
+    counters), parsed, and with the tenant and cluster its resources claim dropped unless it
+    is trusted.
 
     :class:`~observer.collectors.common.tenant_seal.BrokenSeal` when it is sealed and does not open,
     :class:`UndecodableMessage` when it holds no such request.
@@ -83,8 +85,10 @@ def otlp_request(
         request = kind.FromString(value)
     except (DecodeError, TypeError) as e:  # TypeError: a tombstone (value None)
         raise UndecodableMessage(f"not an OTLP {kind.__name__}: {e}") from None
-    if not trusted:
-        stamp((r.resource for r in getattr(request, RESOURCES[kind])), "")
+    if not trusted:  # its cluster is not believed either (collectors.common.cluster)
+        resources = [r.resource for r in getattr(request, RESOURCES[kind])]
+        stamp(resources, "")
+        forget(resources)
     return request
 
 

@@ -18,6 +18,10 @@ value, byte for byte::
   value, in order). A sealed message moved to another topic or given another key or header
   does not open. The partition and offset are not bound: a spooled message replayed after a
   restart (:mod:`observer.collectors.receiver.spool`, same kept key) lands elsewhere and still opens.
+  A topic MirrorMaker 2 mirrored with its DefaultReplicationPolicy is named
+  ``<source alias>.<topic>``: stages reading it take ``receiver.mirror_prefix`` (the
+  ``<source alias>.``) off the name before opening, so they open what the source's receivers
+  sealed under ``<topic>``.
 
 The value is prefixed rather than a header so that a dead letter (which keeps the original
 value and the key, not the headers) stays sealed on the dead-letter topic and can still be
@@ -91,6 +95,7 @@ from observer.core.bus import Message, Output
 from observer.core.durable_files import write_atomically
 
 if TYPE_CHECKING:  # the shell composes the configuration; stages only read it
+    from observer.collectors.receiver.config import ReceiverConfig
     from observer.config import ObserverConfig
 
 KEY_FILE = "seal.key"
@@ -157,13 +162,25 @@ def associated_data(
 
 
 class TenantSeal:
-    """Seal messages with ``key`` and open them; with no key, seal nothing and trust all."""
+    """Seal messages with ``key`` and open them; with no key, seal nothing and trust all.
 
-    def __init__(self, key: SecretStr | None) -> None:
+    ``mirror_prefix``: opening only, the prefix a mirror added to the topic names
+    (``receiver.mirror_prefix``): a message of ``east.otlp_spans`` opens as sealed for
+    ``otlp_spans`` with ``"east."``.
+    """
+
+    def __init__(self, key: SecretStr | None, mirror_prefix: str = "") -> None:
         self._secret = None if key is None else key.get_secret_value().encode()
+        self._mirror_prefix = mirror_prefix
         self._lock = threading.Lock()
         self._keys: dict[bytes, AESGCM] = {}  # epoch -> its key, for opening
         self._epoch, self._aead, self._left = b"", None, 0
+
+    @classmethod
+    def for_stages(cls, receiver: ReceiverConfig) -> TenantSeal:
+        """The seal a consuming stage opens raw messages with: ``receiver.stamp_key`` and
+        ``receiver.mirror_prefix``."""
+        return cls(receiver.stamp_key, receiver.mirror_prefix)
 
     @property
     def active(self) -> bool:
@@ -213,6 +230,10 @@ class TenantSeal:
 
     def _plaintext(self, message: Message) -> bytes:
         value, where = message.value, f"sealed {message.topic} message"
+        # The topic the source's receiver sealed it for (a mirror renamed it).
+        topic = message.topic
+        if self._mirror_prefix and topic.startswith(self._mirror_prefix):
+            topic = topic[len(self._mirror_prefix):]
         if not value.startswith(HEAD):
             version = value[len(MAGIC):len(MAGIC) + 1].hex() or "none"
             raise BrokenSeal(f"{where} has format version {version}, this observer opens "
@@ -226,10 +247,11 @@ class TenantSeal:
         aead = known or self._derive(epoch)
         try:
             plain = aead.decrypt(nonce, memoryview(value)[start + EPOCH_BYTES + NONCE_BYTES:],
-                                 associated_data(message.topic, message.key, message.headers))
+                                 associated_data(topic, message.key, message.headers))
         except InvalidTag:
             raise BrokenSeal(f"{where} does not open: forged, changed, moved from another "
-                             "topic, or sealed with another receiver.stamp_key") from None
+                             "topic (a mirrored topic needs receiver.mirror_prefix), or sealed "
+                             "with another receiver.stamp_key") from None
         if known is None:
             with self._lock:
                 self._keys[epoch] = aead

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from observer.core.config import Section
 
@@ -20,6 +20,12 @@ class GPUConfig(Section):
         "nvml",
         description="nvml: this node's GPUs (a DaemonSet); prometheus: DCGM exporter and "
         "vLLM/SGLang series for the whole cluster.",
+    )
+    cluster: str = Field(
+        "",
+        description="This GPU collector's cluster, stamped on every GPU, serving and economics "
+        "record and on its series' cluster label (a cluster name, lowercased, like "
+        "receiver.cluster). \"\": none.",
     )
     node_name: str = Field(
         "", description="Node name on NVML samples; empty: $NODE_NAME, else the host name."
@@ -59,6 +65,17 @@ class GPUConfig(Section):
     idle_utilization_pct: float = Field(
         1.0, ge=0, description="A GPU under this utilisation with no tokens is idle (waste)."
     )
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        from observer.collectors.common.cluster import cluster_name
+
+        name = cluster_name(value) if value else ""
+        if name is None:
+            raise ValueError(f"gpu.cluster {value!r} is not a cluster name (letters, digits, "
+                             "'-', '_' and '.', like a DNS name)")
+        return name
+
     token_kinds: list[Literal["prompt", "generation"]] = Field(
         default_factory=lambda: ["prompt", "generation"],
         description="Which tokens count in the economics.",

@@ -6,7 +6,7 @@ that went away), plus the running total of dollars spent on idle GPUs.
 >>> from observer.core.records import GPUSample
 >>> m = GPUMetrics(); reg = CollectorRegistry(); reg.register(m)
 >>> m.observe([GPUSample(source="nvml", node="n1", gpu_uuid="GPU-1", time_unix_nano=0, power_w=75.5)])
->>> 'observer_gpu_power_watts{gpu="GPU-1"' in generate_latest(reg).decode()
+>>> 'observer_gpu_power_watts{cluster="",gpu="GPU-1"' in generate_latest(reg).decode()
 True
 """
 
@@ -20,9 +20,11 @@ from prometheus_client.registry import Collector
 
 from observer.core.records import GPUEconomics, GPUSample, Record, ServingSample
 
-GPU_LABELS = ("node", "gpu", "gpu_model", "mig_instance", "pod", "namespace", "source")
-SERVING_LABELS = ("engine", "model", "pod", "namespace")
-ECONOMICS_LABELS = ("scope", "name")
+# `cluster` (gpu.cluster; "" when unset, so a scrape's target label of that name applies):
+# a fleet's figure is a sum by() over it (deploy/prometheus/rules/observer.rules.yml).
+GPU_LABELS = ("node", "gpu", "gpu_model", "mig_instance", "pod", "namespace", "source", "cluster")
+SERVING_LABELS = ("engine", "model", "pod", "namespace", "cluster")
+ECONOMICS_LABELS = ("scope", "name", "cluster")
 
 # (metric name, help, record field) per record type: one table, no ladder of ifs.
 GPU_GAUGES = [
@@ -108,15 +110,16 @@ ECONOMICS_GAUGES = [
 
 
 def _gpu_labels(s: GPUSample) -> list[str]:
-    return [s.node, s.gpu_uuid, s.gpu_model, s.mig_instance, s.pod, s.namespace, s.source]
+    return [s.node, s.gpu_uuid, s.gpu_model, s.mig_instance, s.pod, s.namespace, s.source,
+            s.cluster]
 
 
 def _serving_labels(s: ServingSample) -> list[str]:
-    return [s.engine, s.model, s.pod, s.namespace]
+    return [s.engine, s.model, s.pod, s.namespace, s.cluster]
 
 
 def _economics_labels(e: GPUEconomics) -> list[str]:
-    return [e.scope, e.name]
+    return [e.scope, e.name, e.cluster]
 
 
 # record type -> (labels, label values, gauges, counters)

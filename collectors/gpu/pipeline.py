@@ -136,13 +136,18 @@ class GPUPipeline:
         )
 
     def process(self, records: list[Record], *, replace: bool = False) -> None:
-        """Price the GPU samples among ``records`` not priced yet, then write all of them.
+        """Stamp ``gpu.cluster`` on every record, price the GPU samples among ``records`` not
+        priced yet, then write all of them.
 
         ``replace``: the records are a full refresh (the Prometheus side), so ``/metrics``
         forgets label sets that are no longer there.
         """
         out: list[Record] = []
+        cluster = self.cfg.cluster
         for r in records:
+            if cluster and getattr(r, "cluster", cluster) != cluster:
+                # This collector's cluster (gpu.cluster) on everything it writes.
+                r = r.model_copy(update={"cluster": cluster})
             if isinstance(r, GPUSample):
                 r = r if r.capacity_type else self.price(r)
                 self._account(r)

@@ -15,7 +15,8 @@ Structured (``application/cloudevents+json``) and batched
 (``application/cloudevents-batch+json``) modes are accepted too. Each event is written to the
 ``observer.kserve-events`` topic in Kafka binary content mode (``ce_*`` headers, the body
 unchanged), keyed by ``ce-id`` so a request and its response share a partition; the tenant
-is stamped as the extension ``observertenant`` (replacing any the sender set). The answer is
+is stamped as the extension ``observertenant`` and the collector's ``receiver.cluster`` as
+``observercluster`` (each replacing any the sender set; KServe's logger names no cluster). The answer is
 200 once Kafka acknowledged every event (``acks=all``); KServe's logger counts only 200 as
 delivered. The route sits behind the receiver's token check and in-flight budget, so the
 status codes are the OTLP receivers' (400 not a CloudEvent or another type, 401, 413, 429,
@@ -29,6 +30,7 @@ import json
 from fastapi import Request, Response
 from prometheus_client import Counter
 
+from observer.collectors.common.cluster import CLUSTER_EXTENSION
 from observer.collectors.receiver.budget import Slot
 from observer.collectors.kserve.cloud_events import CloudEvent, CloudEventError, events_from_http, to_kafka
 from observer.collectors.receiver.intake import Intake, bad_request
@@ -61,6 +63,19 @@ def stamp_tenant(event: CloudEvent, tenant: str) -> CloudEvent:
     return CloudEvent(attributes, event.data, event.datacontenttype)
 
 
+def stamp_cluster(event: CloudEvent, cluster: str) -> CloudEvent:
+    """The event with ``observercluster`` set to ``cluster`` (removed when "").
+
+    >>> e = CloudEvent({"id": "1", "observercluster": "spoofed"})
+    >>> stamp_cluster(e, "").attributes, stamp_cluster(e, "edge").attributes["observercluster"]
+    ({'id': '1'}, 'edge')
+    """
+    attributes = {k: v for k, v in event.attributes.items() if k != CLUSTER_EXTENSION}
+    if cluster:
+        attributes[CLUSTER_EXTENSION] = cluster
+    return CloudEvent(attributes, event.data, event.datacontenttype)
+
+
 def kserve_route(intake: Intake) -> Route:
     """The handler for :func:`observer.collectors.receiver.otlp_http.create_app`'s ``extra_routes``."""
     topic = intake.topics.kserve_events
@@ -79,7 +94,8 @@ def kserve_route(intake: Intake) -> Route:
             )
         outputs = []
         for event in events:
-            headers, value = to_kafka(stamp_tenant(event, tenant))
+            stamped = stamp_cluster(stamp_tenant(event, tenant), intake.cluster.default)
+            headers, value = to_kafka(stamped)
             outputs.append(intake.seal.sealed(Output(topic, event.id, value, headers)))
         await intake.write_async(outputs, "KServe events", "one inference body")
         for event in events:

@@ -52,7 +52,10 @@ from prometheus_client import Counter, Gauge
 
 from observer.collectors.kserve.cloud_events import CloudEvent, CloudEventError, from_kafka, to_kafka  # noqa: F401 (doctest)
 from observer.collectors.kserve.inference_protocol import Limits, Payload, PayloadError, Side, parse
-from observer.collectors.kserve.intake import REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION, stamp_tenant
+from observer.collectors.common.cluster import CLUSTER_EXTENSION, event_cluster
+from observer.collectors.kserve.intake import (
+    REQUEST_TYPE, RESPONSE_TYPE, TENANT_EXTENSION, stamp_cluster, stamp_tenant,
+)
 from observer.collectors.common.tenant_seal import BrokenSeal, TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
@@ -234,6 +237,7 @@ class PredictionPairer:
         name = validate.text
         return Prediction(
             tenant=name(tenant),
+            cluster=event_cluster(attributes.get(CLUSTER_EXTENSION), STAGE),
             service=name(service),
             model=next((p.model for p in parsed if p.model), "") or name(service),
             model_version=next((p.model_version for p in parsed if p.model_version), ""),
@@ -262,8 +266,8 @@ class PredictionPairer:
                 # Opened (decrypted) first; an untrusted event's tenant is dropped.
                 value, trusted = self.seal.open(message, self.name)
                 event = from_kafka(message.headers, value)
-                if not trusted:
-                    event = stamp_tenant(event, "")
+                if not trusted:  # nor its cluster (collectors.common.cluster)
+                    event = stamp_cluster(stamp_tenant(event, ""), "")
             except BrokenSeal as e:
                 out.append(dead_letter(self.topics.dead_letter, self.name, message,
                                        e.reason, str(e)))

@@ -17,7 +17,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
     from observer.collectors.kserve.pairing import PredictionPairer
 
     return PredictionPairer(topics, cfg.kserve, segment_keys=cfg.drift.keys_for("predictions"),
-                            seal=TenantSeal(cfg.receiver.stamp_key))
+                            seal=TenantSeal.for_stages(cfg.receiver))
 
 
 SPEC = StageSpec(

@@ -20,6 +20,11 @@ class MetricsConfig(Section):
         20, ge=1, description="Distinct values per label (service, model, tool, agent, "
         "finish reason, error type) given their own series; later values count as 'other'.",
     )
+    max_clusters: int = Field(
+        50, ge=1, description="Distinct clusters given their own series (the cluster label of "
+        "every LLM, tool and path series); later clusters count as 'other'. A record without a "
+        "cluster has cluster \"\", so a scrape's own cluster target label applies.",
+    )
     max_paths: int = Field(
         20, ge=1, description="Prompt-path signatures given their own series; the rest "
         "count as 'other'.",

@@ -7,7 +7,10 @@ Replicas each count their own partitions; ``sum`` in PromQL adds them up.
 
 Label cardinality is bounded: every label (service, model, tool, agent, finish reason, error
 type) keeps its first ``metrics.max_label_values`` distinct values; later ones are counted as
-``other``. Path signatures keep ``metrics.max_paths``. With the defaults (20, 20) the largest
+``other``. Path signatures keep ``metrics.max_paths``. Every family has a ``cluster`` label,
+the record's cluster (:mod:`observer.collectors.common.cluster`), capped at
+``metrics.max_clusters``; it is "" when the record names none, so that a Prometheus scrape's
+target label ``cluster`` applies. With the defaults (20, 20) the largest
 family, ``observer_llm_latency_seconds``, has at most 20 services x 20 models x 13 buckets.
 
 Records are checked when they are decoded (:mod:`observer.core.records` bounds counts and
@@ -26,7 +29,7 @@ decode as a record goes to the dead-letter topic with its reason.
 >>> stage.process([Message("observer.llm", 0, 0, b"shop|m1", encode(call), 0)])
 []
 >>> registry.get_sample_value("observer_llm_tokens_total",
-...                           {"service": "shop", "model": "m1", "type": "input"})
+...                           {"cluster": "", "service": "shop", "model": "m1", "type": "input"})
 600.0
 """
 
@@ -104,6 +107,19 @@ class LabelCap:
         return OTHER
 
 
+class ClusterCap(LabelCap):
+    """:class:`LabelCap` for the ``cluster`` label, but a record without a cluster keeps ""
+    (not ``unknown``): Prometheus then applies its scrape's own ``cluster`` target label.
+
+    >>> cap = ClusterCap(1)
+    >>> [cap(""), cap("east"), cap("west"), cap("east")]
+    ['', 'east', 'other', 'east']
+    """
+
+    def __call__(self, value: str | None) -> str:
+        return super().__call__(value) if value else ""
+
+
 @dataclass(frozen=True)
 class DomainSeries:
     """The metric families, registered once per registry."""
@@ -129,7 +145,7 @@ class DomainSeries:
         def histogram(name: str, doc: str, labels: list[str], buckets: tuple) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=registry)
 
-        llm = ["service", "model"]
+        llm = ["cluster", "service", "model"]
         return cls(
             llm_calls=counter(
                 "observer_llm_calls_total",
@@ -155,31 +171,31 @@ class DomainSeries:
             ),
             tool_calls=counter(
                 "observer_tool_calls_total", "Tool executions, by status (ok, error).",
-                ["service", "tool", "status"],
+                ["cluster", "service", "tool", "status"],
             ),
             tool_errors=counter(
                 "observer_tool_errors_total", "Tool executions that failed, by error type.",
-                ["service", "tool", "error_type"],
+                ["cluster", "service", "tool", "error_type"],
             ),
             tool_latency=histogram(
                 "observer_tool_latency_seconds", "Duration of tool executions.",
-                ["service", "tool"], TOOL_BUCKETS,
+                ["cluster", "service", "tool"], TOOL_BUCKETS,
             ),
             traces=counter(
                 "observer_agent_traces_total",
                 "Finished agent traces (observer.paths), by whether they exceeded the loop bound.",
-                ["service", "agent", "flagged"],
+                ["cluster", "service", "agent", "flagged"],
             ),
             loop_iterations=histogram(
                 "observer_agent_loop_iterations",
                 "Agent loop iterations (LLM turns) per finished trace.",
-                ["service", "agent"], ITERATION_BUCKETS,
+                ["cluster", "service", "agent"], ITERATION_BUCKETS,
             ),
             paths=counter(
                 "observer_agent_path_traces_total",
                 "Finished traces per prompt path (capped; the rest are 'other'). `path` is the "
                 "readable step list, `signature` its hash.",
-                ["service", "path", "signature"],
+                ["cluster", "service", "path", "signature"],
             ),
             errors=counter(
                 "observer_domain_metrics_errors_total",
@@ -257,6 +273,7 @@ class DomainMetrics:
         self.services, self.models, self.tools = LabelCap(cap), LabelCap(cap), LabelCap(cap)
         self.agents, self.finish, self.error_types = LabelCap(cap), LabelCap(cap), LabelCap(cap)
         self.path_cap = LabelCap(cfg.max_paths)
+        self.clusters = ClusterCap(cfg.max_clusters)
         # Record type -> handler: one table, no ladder of isinstance checks.
         self.handlers: dict[type, Callable[[Record], None]] = {
             LLMCall: self._llm,
@@ -293,7 +310,7 @@ class DomainMetrics:
     def _llm(self, r: Record) -> None:
         assert isinstance(r, LLMCall)
         s = self.series
-        labels = (self.services(r.service), self.models(r.model))
+        labels = (self.clusters(r.cluster), self.services(r.service), self.models(r.model))
         first = r.finish_reason or (r.finish_reasons[0] if r.finish_reasons else "")
         s.llm_calls.labels(*labels, self.finish(first)).inc()
         if r.error:
@@ -308,18 +325,22 @@ class DomainMetrics:
     def _tool(self, r: Record) -> None:
         assert isinstance(r, ToolCall)
         s = self.series
-        service, tool = self.services(r.service), self.tools(r.tool_name)
-        s.tool_calls.labels(service, tool, r.status).inc()
+        cluster, service, tool = (self.clusters(r.cluster), self.services(r.service),
+                                  self.tools(r.tool_name))
+        s.tool_calls.labels(cluster, service, tool, r.status).inc()
         if r.status == "error":
-            s.tool_errors.labels(service, tool, self.error_types(r.error_type or "error")).inc()
-        _observe(s.tool_latency.labels(service, tool), _seconds(r.latency_ms))
+            s.tool_errors.labels(cluster, service, tool,
+                                 self.error_types(r.error_type or "error")).inc()
+        _observe(s.tool_latency.labels(cluster, service, tool), _seconds(r.latency_ms))
 
     def _path(self, r: Record) -> None:
         assert isinstance(r, PathRecord)
         s = self.series
-        service, agent = self.services(r.service), self.agents(r.agent)
-        s.traces.labels(service, agent, "true" if r.loop_bound_exceeded else "false").inc()
-        _observe(s.loop_iterations.labels(service, agent), r.loop_iterations)
+        cluster, service, agent = (self.clusters(r.cluster), self.services(r.service),
+                                   self.agents(r.agent))
+        s.traces.labels(cluster, service, agent,
+                        "true" if r.loop_bound_exceeded else "false").inc()
+        _observe(s.loop_iterations.labels(cluster, service, agent), r.loop_iterations)
         signature = self.path_cap(r.path_signature)
         readable = path_label(r.prompt_path) if signature == r.path_signature else signature
-        s.paths.labels(service, readable, signature).inc()
+        s.paths.labels(cluster, service, readable, signature).inc()

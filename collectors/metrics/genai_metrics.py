@@ -56,6 +56,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from prometheus_client import Counter
 
+from observer.collectors.common.cluster import resource_cluster
 from observer.collectors.common.genai_mapping import LLM_FIELDS, OPERATION, Source, lookup
 from observer.collectors.common.otlp_attributes import attribute_values, resource_key, resource_names
 from observer.collectors.common.otlp_messages import UndecodableMessage, otlp_request, quarantine
@@ -210,14 +211,16 @@ class GenAIMetricsNormalizer:
         records = []
         for resource_metrics in request.resource_metrics:
             service, tenant = resource_names(resource_metrics.resource, STAGE)
+            cluster = resource_cluster(resource_metrics.resource, STAGE)
             where = resource_key(resource_metrics.resource)
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
                     if metric.name.startswith(PREFIX):
-                        records += self._metric(metric, service, tenant, where)
+                        records += self._metric(metric, service, tenant, where, cluster)
         return records
 
-    def _metric(self, metric: Metric, service: str, tenant: str, where: str) -> list[GenAIMetric]:
+    def _metric(self, metric: Metric, service: str, tenant: str, where: str,
+                cluster: str = "") -> list[GenAIMetric]:
         instrument = metric.WhichOneof("data")
         if instrument is None:
             return []
@@ -241,6 +244,7 @@ class GenAIMetricsNormalizer:
             records.append(
                 GenAIMetric(
                     tenant=tenant,
+                    cluster=cluster,
                     service=service,
                     metric=name,
                     kind=kind,

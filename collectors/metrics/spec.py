@@ -17,7 +17,7 @@ def _build_genai(cfg: ObserverConfig, topics: Topics) -> Any:
     from observer.collectors.metrics.genai_metrics import GenAIMetricsNormalizer
 
     return GenAIMetricsNormalizer(topics, segment_keys=cfg.drift.segment_keys,
-                                  seal=TenantSeal(cfg.receiver.stamp_key))
+                                  seal=TenantSeal.for_stages(cfg.receiver))
 
 
 def _build_domain(cfg: ObserverConfig, topics: Topics) -> Any:

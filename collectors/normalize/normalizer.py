@@ -70,6 +70,7 @@ from observer.collectors.common.otlp_messages import (
     span_identity_problem,
     trace_request,
 )
+from observer.collectors.common.cluster import resource_cluster
 from observer.collectors.common.otlp_attributes import attribute_values, resource_names
 from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core import validate
@@ -106,6 +107,7 @@ class _SpanView:
     span: Span
     service: str
     tenant: str
+    cluster: str
     kind: Classification
     attributes: dict[str, Any]
     model: str
@@ -160,7 +162,7 @@ def normalize_request(
         # Evaluation scores and feedback, on any span (collectors/normalize/evals.py).
         if carries_evals(v.span, v.attributes):
             records += span_evals(v.span, v.attributes, {
-                "tenant": v.tenant, "service": v.service,
+                "tenant": v.tenant, "cluster": v.cluster, "service": v.service,
                 "model": trace_models.get(v.span.trace_id, "")}, STAGE, capture)
     return records
 
@@ -175,6 +177,7 @@ _INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
 def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
     for resource_spans in request.resource_spans:
         service, tenant = resource_names(resource_spans.resource, STAGE)
+        cluster = resource_cluster(resource_spans.resource, STAGE)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attributes = attribute_values(span.attributes, _READ_NAMES)
@@ -184,6 +187,7 @@ def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
                     span=span,
                     service=service,
                     tenant=tenant,
+                    cluster=cluster,
                     kind=classify(span.name, attributes),
                     attributes=attributes,
                     model=named.get("model", ""),
@@ -236,6 +240,7 @@ def _common(view: _SpanView) -> dict[str, Any]:
     return {
         "service": view.service,
         "tenant": view.tenant,
+        "cluster": view.cluster,
         "trace_id": span.trace_id.hex(),
         "span_id": span.span_id.hex(),
         "parent_span_id": parent_id(span, STAGE).hex(),

@@ -19,7 +19,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
     # Records are keyed by the drift segment (the tenant first with tenants), and a tenant
     # is trusted only under the receivers' seal.
     return Normalizer(topics, content=cfg.normalizer.content,
-                      segment_keys=cfg.drift.segment_keys, seal=TenantSeal(cfg.receiver.stamp_key),
+                      segment_keys=cfg.drift.segment_keys, seal=TenantSeal.for_stages(cfg.receiver),
                       embeddings=cfg.normalizer.embeddings,
                       descriptors=TextDescriptors(cfg.normalizer.refusal_patterns)
                       if cfg.normalizer.descriptors else None)

@@ -16,7 +16,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
     from observer.collectors.paths.trace_grouping import TraceGrouper
 
     return TraceGrouper(topics, cfg.paths, segment_keys=cfg.drift.keys_for("paths"),
-                        seal=TenantSeal(cfg.receiver.stamp_key))
+                        seal=TenantSeal.for_stages(cfg.receiver))
 
 
 SPEC = StageSpec(

@@ -59,6 +59,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter, Gauge
 
+from observer.collectors.common.cluster import resource_cluster
 from observer.collectors.common.genai_mapping import ATTRIBUTE_NAMES, LLM_FIELDS, TOOL_FIELDS, classify, lookup
 from observer.collectors.common.otlp_attributes import attribute_values, resource_names
 from observer.collectors.common.retrieval_mapping import (
@@ -129,6 +130,7 @@ class _Step:
     error_type: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    cluster: str = ""
 
 
 @dataclass
@@ -138,7 +140,7 @@ class _OpenTrace:
     steps: list[_Step] = field(default_factory=list)
 
 
-def _summarise(span: Span, service: str, tenant: str) -> _Step:
+def _summarise(span: Span, service: str, tenant: str, cluster: str = "") -> _Step:
     attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
     kind = classify(span.name, attributes)
     start = validate.count(span.start_time_unix_nano, max=validate.MAX_UNIX_NANO) or 0
@@ -156,6 +158,7 @@ def _summarise(span: Span, service: str, tenant: str) -> _Step:
         name=name,
         service=service,
         tenant=tenant,
+        cluster=cluster,
         error=span.status.code == Status.STATUS_CODE_ERROR,
     )
     operation = retrieval_operation(attributes, (e.name for e in span.events)) \
@@ -216,6 +219,7 @@ def build_path(
         duration_ms = 0.0
     return PathRecord(
         tenant=root.tenant,
+        cluster=root.cluster,
         service=root.service,
         model=models[0] if models else "",
         models=models,
@@ -286,10 +290,12 @@ class TraceGrouper:
         summaries: list[tuple[bytes, _Step]] = []
         for resource_spans in request.resource_spans:
             service, tenant = resource_names(resource_spans.resource, STAGE)
+            cluster = resource_cluster(resource_spans.resource, STAGE)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     if span_identity_problem(span) is None:
-                        summaries.append((span.trace_id, _summarise(span, service, tenant)))
+                        summaries.append(
+                            (span.trace_id, _summarise(span, service, tenant, cluster)))
         for trace_id, step in summaries:
             if trace_id in self._closed:
                 LATE_SPANS.inc()

@@ -18,7 +18,8 @@ is recorded, never its text; ``metadata`` is not kept; items named ``note`` are 
 Phoenix does on this route. Unlike Phoenix, an item must carry a label, a score or an
 explanation, and span ids are not looked up (the target may not have arrived yet).
 
-The routes sit behind the receiver's token check, tenancy (the record's tenant is the token's)
+The record's cluster is the collector's ``receiver.cluster``. The routes sit behind the
+receiver's token check, tenancy (the record's tenant is the token's)
 and in-flight budget. The answer is Phoenix's: 200 ``{"data": []}``, or with ``?sync=true``
 ``{"data": [{"id": ...}]}`` (one id per item, stable for a given target, name and
 identifier); 422 names the first bad item and field, 415 a body that is not JSON; 401, 413,
@@ -159,8 +160,9 @@ def annotations_route(target: Target, id_field: str) -> Callable[[Intake], Route
                               f"unsupported Content-Type {media_type!r}: send application/json")
             body = await read_admitted(request, intake, slot, media_type)
             now = time.time_ns()
-            records = [EvalRecord(tenant=tenant, target=target, source="rest",
-                                  time_unix_nano=now, **fields)
+            # The collector's own cluster: a REST client names none (collectors.common.cluster).
+            records = [EvalRecord(tenant=tenant, cluster=intake.cluster.default, target=target,
+                                  source="rest", time_unix_nano=now, **fields)
                        for fields in parse(body, target, id_field)]
             outputs = [Output(topic, r.kafka_key(), encode(r)) for r in records]
             if outputs:

@@ -69,6 +69,46 @@ class ReceiverConfig(Section):
         "or auth_token: a random key per start, kept in kafka.embedded_state_dir in durable mode.",
     )
 
+    mirror_prefix: str = Field(
+        "",
+        max_length=249,
+        description="Stages reading raw topics that MirrorMaker 2 mirrored with its "
+        "DefaultReplicationPolicy ('<source alias>.<topic>'): the '<source alias>.' it added. "
+        "A sealed message opens only under the topic it was sealed for, so the stages take "
+        "this prefix off a topic's name before opening. \"\": the raw topics are the "
+        "receivers' own (or mirrored under the same names).",
+    )
+    cluster: str = Field(
+        "",
+        description="This collector's cluster: stamped on spans whose resource names none "
+        "(k8s.cluster.name, else k8s.cluster.uid), on KServe events and on REST evaluations. "
+        "A cluster name: letters, digits, '-', '_' and '.', like a DNS name (lowercased). "
+        "\"\": none.",
+    )
+    cluster_pinned: bool = Field(
+        False,
+        description="Stamp receiver.cluster on every span, whatever cluster its resource "
+        "names: clients of this collector cannot claim another cluster. Needs receiver.cluster.",
+    )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        from observer.collectors.common.cluster import cluster_name
+
+        name = cluster_name(value) if value else ""
+        if name is None:
+            raise ValueError(f"receiver.cluster {value!r} is not a cluster name (letters, "
+                             "digits, '-', '_' and '.', like a DNS name)")
+        return name
+
+    @model_validator(mode="after")
+    def _pinned_cluster(self) -> ReceiverConfig:
+        if self.cluster_pinned and not self.cluster:
+            raise ValueError("receiver.cluster_pinned needs receiver.cluster (the cluster "
+                             "to pin)")
+        return self
+
     @field_validator("auth_token")
     @classmethod
     def _receiver_token(cls, token: SecretStr | None) -> SecretStr | None:

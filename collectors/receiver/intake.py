@@ -38,6 +38,7 @@ from observer.collectors.receiver import trace_split
 from observer.collectors.receiver.budget import InflightBudget, Saturated, Slot
 from observer.collectors.receiver.signals import Signal
 from observer.collectors.receiver.spool import Entry, Spool
+from observer.collectors.common.cluster import ClusterStamp
 from observer.collectors.common.tenancy import Authenticator, stamp
 from observer.collectors.common.tenant_seal import TenantSeal
 from observer.collectors.receiver.trace_split import TraceSplit
@@ -147,6 +148,8 @@ class Intake:
         self.auth = Authenticator(receiver.auth_token, receiver.tenants)
         # Seals (encrypts, authenticates) what the receivers write: collectors.common.tenant_seal.
         self.seal = TenantSeal(receiver.stamp_key)
+        # The cluster stamped on every resource: collectors.common.cluster.
+        self.cluster = ClusterStamp(receiver.cluster, receiver.cluster_pinned)
         self.producer: DurableProducer | None = None
 
     def open(self) -> Intake:
@@ -239,13 +242,15 @@ class Intake:
     def prepare(
         self, signal: Signal, request: Any, tenant: str, raw: bytes | None = None
     ) -> Prepared:
-        """Stamp the tenant and split the request into Kafka messages (CPU work, no I/O but
+        """Stamp the tenant and the cluster, and split the request into Kafka messages (CPU work, no I/O but
         cached metadata).
 
         ``raw``: the protobuf bytes ``request`` was parsed from, when there are some (spans
         are then copied from them rather than re-encoded).
         """
-        stamp((r.resource for r in getattr(request, signal.resources)), tenant)
+        resources = [r.resource for r in getattr(request, signal.resources)]
+        stamp(resources, tenant)
+        self.cluster.stamp(resources)
         topic = signal.topic(self.topics)
         split = signal.split(
             request, self._partitions(topic), self.receiver.max_message_bytes, raw

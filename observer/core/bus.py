@@ -3,7 +3,8 @@
 A stage is a :class:`Processor`: it turns a batch of input messages into output messages.
 :class:`StageRunner` owns the consumer group and gives the guarantee every stage shares:
 outputs are acknowledged by Kafka (``acks=all``) *before* the input offsets are committed,
-so a crash anywhere re-delivers the batch (at least once) and never drops it.
+so a crash anywhere re-delivers the batch (at least once) and never drops it. Outputs go out
+through :mod:`observer.core.stage_producer` (librdkafka unless ``kafka.stage_client`` says).
 
 A runner stops on the first error; :class:`observer.core.supervisor.Supervisor` restarts it
 (a new processor from its factory, new clients, from the committed offsets) with backoff.
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -32,6 +33,9 @@ from observer.core.config import KafkaConfig
 from observer.core.faults import Fault, classify
 from observer.core.suspects import SuspectRanges
 from observer.core.topics import Topics
+
+if TYPE_CHECKING:
+    from observer.core.stage_producer import StageProducer
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +370,11 @@ class StageRunner:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         name = self.processor.name
+        # Imported here: stage_producer builds on this module (Output, produce_all).
+        from observer.core.stage_producer import open_stage_producer
+
         consumer = make_consumer(self.cfg, self.group_id, self.topics)
-        producer = make_producer(self.cfg)
+        producer = open_stage_producer(self.cfg, self.ack_timeout_s)
         next_lag = 0.0
         try:
             while not stop.is_set():
@@ -393,10 +400,10 @@ class StageRunner:
             log.warning("stage %s stopped on an error: %r", name, e, exc_info=True)
             raise
         finally:
-            producer.close(timeout=5)
+            producer.close(5)
             consumer.close(autocommit=False)
 
-    def _batch(self, messages: list[Message], consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+    def _batch(self, messages: list[Message], consumer: KafkaConsumer, producer: StageProducer) -> None:
         """Process, acknowledge, then commit one batch (and the processor's tick)."""
         name = self.processor.name
         started = time.perf_counter()
@@ -428,9 +435,9 @@ class StageRunner:
             self._suspect_on_poison(e, messages)
             raise
 
-    def _produce(self, producer: KafkaProducer, outputs: list[Output], messages: list[Message]) -> None:
+    def _produce(self, producer: StageProducer, outputs: list[Output], messages: list[Message]) -> None:
         try:
-            produce_all(producer, outputs, self.ack_timeout_s)
+            producer.send_all(outputs, self.ack_timeout_s)
         except Exception as e:  # an output no broker takes (too large) comes from a message
             self._suspect_on_poison(e, messages)
             raise
@@ -445,7 +452,7 @@ class StageRunner:
         for tp, end in ends.items():
             self.suspects.passed(tp.topic, tp.partition, end)
 
-    def _isolate(self, suspect: list[Message], consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+    def _isolate(self, suspect: list[Message], consumer: KafkaConsumer, producer: StageProducer) -> None:
         """Process each suspect message alone: its outputs, or its dead letter when it fails
         alone with a poison fault, are acknowledged, then its offset is committed. A
         transient or permanent fault still stops the runner (nothing is quarantined)."""
@@ -461,7 +468,7 @@ class StageRunner:
                 self._quarantine(producer, m, "processing_error", e)
             if outputs:
                 try:
-                    produce_all(producer, outputs, self.ack_timeout_s)
+                    producer.send_all(outputs, self.ack_timeout_s)
                 except Exception as e:
                     if classify(e) is not Fault.POISON:
                         raise
@@ -471,7 +478,7 @@ class StageRunner:
             STAGE_MESSAGES.labels(name).inc()
             STAGE_OUTPUTS.labels(name).inc(len(outputs) if outputs is not None else 1)
 
-    def _quarantine(self, producer: KafkaProducer, m: Message, reason: str, e: Exception) -> None:
+    def _quarantine(self, producer: StageProducer, m: Message, reason: str, e: Exception) -> None:
         """Produce ``m``'s dead letter and wait for its acknowledgement."""
         # dead_letter builds on this module's Message and Output: imported where used.
         from observer.core.dead_letter import dead_letter
@@ -479,8 +486,8 @@ class StageRunner:
         assert self.dead_letter_topic is not None
         name, detail = self.processor.name, repr(e)[:500]
         try:
-            produce_all(producer, [dead_letter(self.dead_letter_topic, name, m, reason, detail)],
-                        self.ack_timeout_s)
+            producer.send_all([dead_letter(self.dead_letter_topic, name, m, reason, detail)],
+                              self.ack_timeout_s)
         except Exception as again:
             if classify(again) is not Fault.POISON:
                 raise
@@ -490,5 +497,5 @@ class StageRunner:
             head = replace(m, value=m.value[:QUARANTINE_HEAD_BYTES])
             detail = f"{detail[:300]}; dead letter too large, original cut to " \
                      f"{QUARANTINE_HEAD_BYTES} of {len(m.value)} bytes"
-            produce_all(producer, [dead_letter(self.dead_letter_topic, name, head, reason, detail)],
-                        self.ack_timeout_s)
+            producer.send_all([dead_letter(self.dead_letter_topic, name, head, reason, detail)],
+                              self.ack_timeout_s)

@@ -63,6 +63,18 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
         "`observer.evals/v1`, one per evaluation score or feedback (inline, EVALUATOR spans, "
         "`gen_ai.evaluation.result` events, `POST /v1/span_annotations`)",
     ),
+    "evals_joined": TopicSpec(
+        "evals-joined", True, "segment",
+        "`observer.evals/v1` with `tenant`, `service`, `model` filled from the target's segment "
+        "and `join` (carried, joined, unjoined): the drift engine's `evals` record type",
+    ),
+    "eval_join_state": TopicSpec(
+        "eval-join-state", True, "`t:[kind, tenant, id]` (a join key), `p:{partition}/{offset}` "
+        "(a waiting evaluation)",
+        "`observer.eval-join-state/v1` checkpoints of the eval join (the targets seen, the "
+        "evaluations waiting for theirs), read back at its restart",
+        compacted=True,
+    ),
     "paths": TopicSpec(
         "paths", True, "segment", "`observer.paths/v1`, one per finished trace (trace grouping)"
     ),
@@ -94,7 +106,8 @@ TOPIC_TABLE: dict[str, TopicSpec] = {
     "drift_commands": TopicSpec(
         "drift-commands", True, "`{record_type}/{segment}`",
         "`observer.reference-command/v1`: pin, unpin, rebaseline a segment's reference "
-        "(`observer references`, the admin API), applied by the drift engine in order",
+        "(`observer references`, the admin API; the trigger stage's re-baselining when a "
+        "retrained model is promoted), applied by the drift engine in order",
     ),
     "references": TopicSpec(
         "references", True, "`{record_type}/{segment}`",
@@ -130,6 +143,8 @@ class Topics:
     tools: str
     retrievals: str
     evals: str
+    evals_joined: str
+    eval_join_state: str
     paths: str
     predictions: str
     kserve_events: str

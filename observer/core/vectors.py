@@ -31,6 +31,15 @@ def to_base64(vector: Sequence[float] | np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, dtype=FLOAT32).tobytes()).decode("ascii")
 
 
+def finite(vector: Sequence[float]) -> bool:
+    """True when every value of ``vector`` is a finite float (in one vectorised pass).
+
+    >>> finite([0.5, -1.0]), finite([0.5, float("nan")]), finite([1e308, -1e308])
+    (True, False, True)
+    """
+    return bool(np.isfinite(np.asarray(vector, dtype=np.float64)).all())
+
+
 def from_base64(text: str) -> list[float]:
     """The floats of a :func:`to_base64` text; a clear ``ValueError`` for anything else."""
     if len(text) > (MAX_DIMENSION * 4 + 2) // 3 * 4:

@@ -7,11 +7,18 @@
 3. its users move to a new subject: questions and answers about other things, with the same
    lengths and token counts (only the meaning changes, which the embedding features see);
 4. the agent drifts (longer answers, a new finish reason, more tool errors);
-5. the demo waits for the signed webhook, then prints a summary and, last, one JSON line.
+5. the demo waits for the signed webhook; each episode's retraining run was submitted to a
+   stand-in Argo server (unless ``trigger.argo.server`` names a real one);
+6. a simulated promotion (:mod:`observer.demo.promotion`): the stand-in server completes the
+   runs, the demo sends the pipeline's signed promotion callbacks, and the promoted model's
+   traffic (the drifted behaviour, now the normal) becomes each segment's new reference: the
+   next windows are scored against it without drift and the episodes close;
+7. it prints a summary and, last, one JSON line.
 
 It exits 0 only when every span sent was ingested, no window before its change drifted, an
-embedding feature drifted after the new subject, an llm window after the drift did, and a
-webhook arrived with a valid signature.
+embedding feature drifted after the new subject, an llm window after the drift did, a
+webhook arrived with a valid signature, and (with the stand-in server) every promoted episode
+was resolved.
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 from observer.config import ObserverConfig
 from observer.triggers.config import ExportConfig, PolicyConfig, WebhookConfig
 from observer.core.http import ServerThread
 from observer.core.records import DriftResult, TriggerEvent
+from observer.demo import promotion as promotion_act
 from observer.demo.agent import BASELINE, DRIFTED, NEW_SUBJECT, Behaviour, SupportAgent
+from observer.demo.argo_stub import ArgoStub
 from observer.demo.webhook_receiver import WebhookReceiver
 from observer.runtime import ALL_STAGES, Runtime
 from observer.triggers.signing import generate_secret
@@ -106,7 +116,17 @@ def _wait(what: str, done: Callable[[], bool], timeout_s: float, progress: Calla
     return True
 
 
-def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Path) -> ObserverConfig:
+def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Path,
+                 argo_stub_url: str | None = None) -> ObserverConfig:
+    if argo_stub_url is not None:
+        # Runs go to the stand-in server, followed every second, and promoted by the demo's
+        # signed callback; the promoted model's first window of traffic is the new reference.
+        cfg = cfg.model_copy(update={"trigger": cfg.trigger.model_copy(update={
+            "argo": cfg.trigger.argo.model_copy(update={"server": argo_stub_url}),
+            "runs": cfg.trigger.runs.model_copy(update={"poll_interval_s": 1.0}),
+            "promotion": cfg.trigger.promotion.model_copy(update={
+                "secret": SecretStr(secret), "records": cfg.drift.window_size}),
+        })})
     policy = PolicyConfig(
         name="retrain-on-drift",
         signal="drift_share",
@@ -119,6 +139,7 @@ def _demo_config(cfg: ObserverConfig, hook_url: str, secret: str, ledger_dir: Pa
         webhooks=[WebhookConfig(url=hook_url, secret=secret, backoff_initial_s=0.5, backoff_max_s=5)],
         # With an Argo server configured, the episode also submits the retraining workflow.
         actions=["argo"] if cfg.trigger.argo.server else [],
+        max_concurrent_runs=10,  # one run per drifted record type of the one demo model
     )
     trigger = cfg.trigger.model_copy(
         update={"policies": [policy], "ledger_path": ledger_dir / "ledger.sqlite"}
@@ -155,7 +176,11 @@ def run_demo(
     receiver = WebhookReceiver(secret)
     hook_server = ServerThread(receiver.app(), "127.0.0.1", 0, name="demo-webhook").start()
     ledger_dir = Path(tempfile.mkdtemp(prefix="observer-demo-"))
-    cfg = _demo_config(cfg, f"{hook_server.url}/hooks/retrain", secret, ledger_dir)
+    stub = None if cfg.trigger.argo.server else ArgoStub()
+    argo_server = None if stub is None else ServerThread(stub.app(), "127.0.0.1", 0,
+                                                         name="demo-argo").start()
+    cfg = _demo_config(cfg, f"{hook_server.url}/hooks/retrain", secret, ledger_dir,
+                       None if argo_server is None else argo_server.url)
     window = cfg.drift.window_size
 
     _say("starting observer (broker, receiver, normaliser, drift engine, triggers)")
@@ -167,10 +192,13 @@ def run_demo(
         _say(f"  {'webhook':10} {hook_server.url}/hooks/retrain (verifies Standard Webhooks signatures)")
         if not runtime.wait_assigned(60):
             return _finish({}, False, "stages did not join their consumer groups within 60 s")
-        return _run_phases(runtime, receiver, cfg, conversations, seed, window, timeout_s)
+        return _run_phases(runtime, receiver, cfg, conversations, seed, window, timeout_s,
+                           stub=stub, secret=secret)
     finally:
         runtime.stop()
         hook_server.stop()
+        if argo_server is not None:
+            argo_server.stop()
 
 
 def _run_phases(
@@ -181,6 +209,9 @@ def _run_phases(
     seed: int,
     window: int,
     timeout_s: float,
+    *,
+    stub: ArgoStub | None = None,
+    secret: str = "",
 ) -> int:
     # Counters are process-wide: measure from here.
     base_spans = metric_total("observer_normalizer_spans_total")
@@ -250,6 +281,19 @@ def _run_phases(
         timeout_s,
         lambda: f"{len(receiver.deliveries)} webhook requests received",
     )
+    episodes: list[str] = []
+    stage = runtime.processors.get("trigger")
+    if stub is not None and stage is not None:
+        _say("")
+        _say("the retraining runs succeed (stand-in Argo server) and the pipeline promotes them")
+        runs = promotion_act.succeeded_runs(stage, stub, timeout_s)
+        episodes = promotion_act.promote(runtime.endpoints()["admin"], secret, runs,
+                                         "support-agent-v2", _say)
+        # The promoted model serves the drifted behaviour: its traffic is the new normal.
+        ok = phase("promoted model", DRIFTED, (len(PHASES) + 1) * conversations) and ok
+        _wait("the promoted episodes to clear",
+              lambda: promotion_act.resolved(stage, episodes), timeout_s,
+              lambda: ", ".join(stage.life.life(e)["status"] for e in episodes))
     provider.shutdown()
 
     results = [r for r in reversed(runtime.drift_view.history()) if isinstance(r, DriftResult)]
@@ -300,6 +344,7 @@ def _run_phases(
     for t in triggers:
         _say(f"trigger: {t['policy']} on {t['segment']} ({t['record_type']}): "
              f"{t['action']} {t['status']} after {t['attempts']} attempt(s): {t['reason']}")
+    closed = promotion_act.report(stage, episodes, results, _say) if episodes else []
 
     summary = {
         "spans_sent": spans_sent,
@@ -312,6 +357,7 @@ def _run_phases(
         "semantic_drift": semantic,
         "triggers": triggers,
         "pipeline": _show_pipeline(cfg),
+        "promotions": closed,
     }
     reasons = []
     if spans_ingested != spans_sent:
@@ -329,6 +375,11 @@ def _run_phases(
         reasons.append("no webhook delivered with a valid signature")
     if any(not d.signature_valid for d in receiver.deliveries):
         reasons.append("a webhook arrived with an invalid signature")
+    if stub is not None and not closed:
+        reasons.append("no episode was promoted")
+    unresolved = [c["episode_id"][:12] for c in closed if c["status"] != "resolved"]
+    if unresolved:
+        reasons.append(f"promoted episodes did not clear: {', '.join(unresolved)}")
     return _finish(summary, not reasons, "; ".join(reasons))
 
 

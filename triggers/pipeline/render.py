@@ -402,6 +402,27 @@ def _evaluate_template(p: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def _notify_template(p: PipelineConfig, name: str, outcome: str, model: str) -> dict[str, Any]:
+    """A step sending observer the signed promotion callback (triggers.pipeline.notify)."""
+    def secret(env: str, key: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": p.promotion_secret_name, "key": key}
+        if optional:
+            ref["optional"] = True
+        return {"name": env, "valueFrom": {"secretKeyRef": ref}}
+
+    return {
+        "name": name,
+        "container": {
+            "image": p.image,
+            "command": ["python", "-m", "observer.triggers.pipeline.notify"],
+            "args": ["--url", p.promotion_callback_url, "--episode", EPISODE, "--run", WF,
+                     "--model-version", model, "--outcome", outcome],
+            "env": [secret("OBSERVER_PROMOTION_SECRET", "secret"),
+                    secret("OBSERVER_ADMIN_TOKEN", "admin-token", optional=True)],
+        },
+    }
+
+
 def _soak() -> dict[str, Any]:
     return {"name": "soak", "suspend": {"duration": "{{workflow.parameters.canary-soak}}"}}
 
@@ -486,16 +507,19 @@ def workflow_spec(p: PipelineConfig, argo: ArgoConfig | None = None) -> dict[str
     deploy_templates, deploy_steps = DEPLOYS[p.serving](p)
     templates += deploy_templates
     steps += deploy_steps
-    templates.insert(0, {"name": "retrain", "steps": steps})
     # Roll back only when a canary may exist and there is a serving model to go back to.
-    templates.append({
-        "name": "on-exit",
-        "steps": [_step(
-            "rollback", "rollback",
-            "{{workflow.status}} != Succeeded && "
-            "'{{workflow.parameters.serving-model-uri}}' != ''",
-        )],
-    })
+    rolls_back = ("{{workflow.status}} != Succeeded && "
+                  "'{{workflow.parameters.serving-model-uri}}' != ''")
+    exit_steps = [_step("rollback", "rollback", rolls_back)]
+    if p.promotion_callback_url:
+        # observer learns of the promotion (or the rollback) and re-baselines on it.
+        serving = "{{workflow.parameters.serving-model-uri}}"
+        templates += [_notify_template(p, "notify-promotion", "promoted", MODEL),
+                      _notify_template(p, "notify-rollback", "rolled_back", serving)]
+        steps.append(_step("notify-promotion", "notify-promotion"))
+        exit_steps.append(_step("notify-rollback", "notify-rollback", rolls_back))
+    templates.insert(0, {"name": "retrain", "steps": steps})
+    templates.append({"name": "on-exit", "steps": exit_steps})
     return {
         "entrypoint": "retrain",
         "onExit": "on-exit",

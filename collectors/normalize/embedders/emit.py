@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from observer.collectors.common.cluster import resource_cluster
 from observer.collectors.common.otlp_attributes import attribute_values, resource_names
 from observer.collectors.common.otlp_messages import span_identity_problem
 from observer.collectors.normalize import message_content
@@ -128,7 +129,7 @@ class EmbeddingEmitter:
         the normaliser read it; without it the content is read here."""
         calls = {(r.trace_id, r.span_id): r for r in records if isinstance(r, LLMCall)}
         for resource_spans in request.resource_spans:
-            names: tuple[str, str] | None = None
+            names: tuple[str, str, str] | None = None
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     call = calls.get((span.trace_id.hex(), span.span_id.hex()))
@@ -142,7 +143,8 @@ class EmbeddingEmitter:
                                              self.cfg.max_trace_dimension)
                         if sent is not None and not span_identity_problem(span):
                             if call is None and names is None:
-                                names = resource_names(resource_spans.resource, STAGE)
+                                names = (*resource_names(resource_spans.resource, STAGE),
+                                         resource_cluster(resource_spans.resource, STAGE))
                             self._ready += self._sent(span, call, names, sent)
                             continue
                     if call is not None:
@@ -152,13 +154,13 @@ class EmbeddingEmitter:
                             self._calls.append(
                                 _Call(call, found.get("input"), found.get("output")))
 
-    def _sent(self, span: Span, call: LLMCall | None, names: tuple[str, str] | None,
+    def _sent(self, span: Span, call: LLMCall | None, names: tuple[str, str, str] | None,
               sent: trace_vectors.TraceVectors) -> list[EmbeddingRecord]:
         if call is not None:
             common = self._common(call)
         else:
-            service, tenant = names or ("unknown", "")
-            common = {"service": service, "tenant": tenant, "model": "",
+            service, tenant, cluster = names or ("unknown", "", "")
+            common = {"service": service, "tenant": tenant, "cluster": cluster, "model": "",
                       "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
                       "start_time_unix_nano": validate.count(
                           span.start_time_unix_nano, max=validate.MAX_UNIX_NANO) or 0}
@@ -171,7 +173,8 @@ class EmbeddingEmitter:
 
     @staticmethod
     def _common(call: LLMCall) -> dict[str, Any]:
-        return {"service": call.service, "tenant": call.tenant, "model": call.model,
+        return {"service": call.service, "tenant": call.tenant, "cluster": call.cluster,
+                "model": call.model,
                 "prompt_version": call.prompt_version, "trace_id": call.trace_id,
                 "span_id": call.span_id, "start_time_unix_nano": call.start_time_unix_nano}
 

@@ -1,0 +1,1 @@
+"""The eval join stage: late scores joined to their target's segment (``observer eval-join``)."""
