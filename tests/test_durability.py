@@ -255,6 +255,47 @@ def test_settle_waits_for_each_stage_down_the_chain(
         positions.close()
 
 
+def test_settle_waits_on_every_path_to_the_drift_engine(
+    kafka_config: KafkaConfig, topics: Topics
+) -> None:
+    """Scores from traces reach the drift engine through the eval join: a spool entry settles
+    only once the drift engine has read both the normaliser's records and what the join made
+    of the normaliser's scores (a chain that waited on one path would settle it early)."""
+    flows = {
+        "normalize": Flow("g2-norm", (topics.spans,), (topics.llm, topics.evals)),
+        "eval-join": Flow("g2-join", (topics.llm, topics.evals), (topics.evals_joined,)),
+        "drift": Flow("g2-drift", (topics.llm, topics.evals_joined), (topics.drift,)),
+        "trigger": Flow("g2-trig", (topics.drift,), (topics.triggers,)),
+    }
+    settled: list[str | None] = []
+    positions = KafkaPositions(kafka_config)
+    settler = Settler(flows, [topics.spans], positions,
+                      lambda group, below, unread: settled.append(group) or 0)
+    producer = make_producer(kafka_config, linger_ms=0)
+    try:
+        llm_end = _send_one(producer, topics.llm)
+        evals_end = _send_one(producer, topics.evals)
+        _commit(kafka_config, "g2-norm", {(topics.spans, 0): 0})
+        assert not settler.step() and settler.phase == 2  # the join has read nothing
+        _commit(kafka_config, "g2-join", {(topics.evals, evals_end[1]): evals_end[0],
+                                          (topics.llm, llm_end[1]): llm_end[0]})
+        joined_end = _send_one(producer, topics.evals_joined)
+        assert not settler.step() and settler.phase == 3  # the drift engine has read nothing
+        _commit(kafka_config, "g2-drift", {(topics.llm, llm_end[1]): llm_end[0]})
+        assert not settler.step() and settler.phase == 3  # ... but not the joined score
+        _commit(kafka_config, "g2-drift", {(topics.evals_joined, joined_end[1]): joined_end[0]})
+        assert settler.step() and settled == ["g2-norm"]  # the trigger has nothing to read
+    finally:
+        producer.close()
+        positions.close()
+
+
+def _send_one(producer: object, topic: str) -> tuple[int, int]:
+    """Send one record to partition 0 of ``topic``; its (end offset, partition)."""
+    meta = producer.send(topic, b"x", partition=0).get(timeout=10)  # type: ignore[attr-defined]
+    return meta.offset + 1, meta.partition
+
+
 # -- replay at start ----------------------------------------------------------------------------
 
 

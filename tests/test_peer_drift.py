@@ -256,17 +256,20 @@ def test_peer_state_survives_a_restart_exactly() -> None:
     assert len(fleet(whole)) == 12 and sum(f[4] for f in fleet(whole)) == 2
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7, 8])
-def test_peer_results_survive_kills_at_least_once_and_unchanged(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "mode"), [(1, "exact"), (2, "exact"), (3, "sketch"),
+                                            (4, "sketch")])
+def test_peer_results_survive_kills_at_least_once_and_unchanged(seed: int, mode: str) -> None:
     """The engine killed every few batches with any subset of the killed batch's outputs
     acknowledged (tests.drift_support's harness): every peer result is published, at least
     once, with exactly the figures of an engine that never stopped."""
-    cfg = config(["service", "model", "cluster"], peer=True, checkpoints=True)
+    cfg = config(["service", "model", "cluster"], peer=True, checkpoints=True, mode=mode)
     stream = as_messages(traffic({"ap-1"}), TOPICS)
 
     def fleet(outputs: list) -> list[tuple]:
+        # (sketches fold values in batches: a restart may round the last digit differently)
         return [(r.cluster, r.window_index, r.n_current, r.n_reference, r.dataset_drift,
-                 r.features[0].statistic) for r in results_of(outputs) if r.comparison == "fleet"]
+                 round(r.features[0].statistic, 12))
+                for r in results_of(outputs) if r.comparison == "fleet"]
 
     whole = Runner(cfg)
     engine = whole.engine()

@@ -10,13 +10,16 @@ A. ``A`` = per partition of a received ("raw") topic, the offset committed by a 
    once every lane reading its topic has settled it). A raw topic that no stage here reads
    is settled at once: nothing observer keeps derives from it.
 B. Stages that hold input in memory across commits (open traces, unpaired events) write what
-   it yields at most ``hold_s`` later; after that, ``E1`` = the end offsets of the topics those
-   stages write that the drift engine reads.
-C. Once the drift group has committed ``E1`` (the drift engine's checkpoint of those records
-   is on local disk before it commits, :mod:`observer.drift.local_state`), ``E2`` = the end offsets of
-   the topics the drift engine writes that the trigger stage reads (``observer.drift``).
-D. Once the trigger group has committed ``E2`` (its trackers' state is in the ledger before it
-   commits), the lane has settled every spool entry below ``A``.
+   it yields at most ``hold_s`` later; after that, ``E`` = the end offsets of the topics those
+   stages write that a stage of the durable chain (:data:`DURABLE_CHAIN`) reads.
+C. For each chain stage in graph order (the eval join, the drift engine, the trigger stage):
+   once its group has committed ``E`` on the topics it reads (its state is durable before it
+   commits: the join's and the drift engine's checkpoints on local disk,
+   :mod:`observer.drift.local_state`; the trigger's trackers in the ledger), the end offsets
+   of the topics it writes that a later chain stage reads join ``E``. The frontier
+   accumulates, so a topic two paths reach (``observer.llm`` read by the drift engine directly,
+   ``observer.evals`` through the join to ``observer.evals-joined``) is waited for on each.
+D. After the last chain stage, the lane has settled every spool entry below ``A``.
 
 Stages outside that chain (``metrics``: Prometheus counters) keep nothing durable and are
 not waited for. End offsets are read by fetching the tail: the embedded broker reports a
@@ -46,7 +49,8 @@ SETTLED_ROUNDS = Counter(
     "observer_settle_rounds_total", "Rounds of the settle watermark that reached the spool."
 )
 SETTLE_PHASE = Gauge(
-    "observer_settle_phase", "Phase the settle watermark waits in: 0 A, 1 hold, 2 drift, 3 trigger."
+    "observer_settle_phase", "Phase the settle watermark waits in: 0 A, 1 hold, 2 + the "
+    "index of the durable-chain stage waited for (eval-join, drift, trigger)."
 )
 
 
@@ -61,7 +65,7 @@ class Flow:
     """How long input may stay in the stage's memory after its offset is committed."""
 
 
-DURABLE_CHAIN = ("drift", "trigger")
+DURABLE_CHAIN = ("eval-join", "drift", "trigger")
 """The stages after the raw readers whose state survives a restart, in graph order."""
 
 
@@ -179,11 +183,13 @@ class Settler:
             lane.e = self._ends(flow.outputs, 0)
             lane.phase = 2
         while lane.phase - 2 < len(self.chain):
-            stage = self.chain[lane.phase - 2]
-            tps = [TopicPartition(t, p) for t, p in lane.e]
-            if any(o < lane.e[tp] for tp, o in self.positions.committed(stage.group, tps).items()):
+            k = lane.phase - 2
+            stage = self.chain[k]
+            tps = [TopicPartition(t, p) for t, p in lane.e if t in stage.inputs]
+            if tps and any(o < lane.e[tp]
+                           for tp, o in self.positions.committed(stage.group, tps).items()):
                 return False
-            lane.e = self._ends(stage.outputs, lane.phase - 1)
+            lane.e = {**lane.e, **self._ends(stage.outputs, k + 1)}
             lane.phase += 1
         removed = self.settle(flow.group, dict(lane.a), set(self.unread))
         SETTLED_ROUNDS.inc()
@@ -192,10 +198,11 @@ class Settler:
         return True
 
     def _ends(self, topics: Iterable[str], next_in_chain: int) -> dict[TP, int]:
-        """End offsets of ``topics`` that the next stage of the chain reads."""
-        if next_in_chain >= len(self.chain):
+        """End offsets of ``topics`` that a chain stage from ``next_in_chain`` on reads."""
+        later = {t for stage in self.chain[next_in_chain:] for t in stage.inputs}
+        wanted = [t for t in topics if t in later]
+        if not wanted:
             return {}
-        wanted = [t for t in topics if t in self.chain[next_in_chain].inputs]
         return self.positions.ends(self.positions.partitions(wanted))
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
