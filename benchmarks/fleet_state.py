@@ -33,12 +33,12 @@ import time
 import tracemalloc
 
 import numpy as np
-
-from observer.core.records import LLMCall
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.drift.peer import PeerDrift
 from observer.drift.peer_config import PeerDriftConfig
 from observer.drift.peer_state import sketch_budget_bytes
+
+from observer.core.records import LLMCall
 
 FEATURES = [
     FeatureSpec(name="output_tokens", kind="numeric"),

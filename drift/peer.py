@@ -31,9 +31,11 @@ clusters the two healthy ones are not dragged along by it (in windows of up to 1
 beyond, one cluster is too small a part of any pool to matter); ``peer_clusters`` names the
 pool each result was scored against.
 
-Delivery: results are emitted with the batch that closed the window; after a kill whose
-batch was partly acknowledged a window may be judged, and published, again (at least once;
-policies ignore a window they have counted).
+Delivery: each cluster's windows absorb every record once, whichever checkpoint records a
+kill let through (each cluster's record carries its own positions), and a window closes at
+the same record on a replay, so its figures never change; its results are kept in the
+segment's checkpoint record until the next batch and published again after a restart that
+finds them there: at least once (policies ignore a window they have counted).
 
 Per-cluster past-only drift comes from the same engine with the cluster among the segment
 keys (``drift.segment_keys: [service, model, cluster]``): each cluster's stream then has its
@@ -79,7 +81,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from observer.core.records import DriftResult, FeatureDrift, Record, segment_key
 from observer.drift.checkpoint import TP, decode_state
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.drift.peer_metrics import (
@@ -100,9 +101,11 @@ from observer.drift.peer_state import (
 from observer.drift.record_types import RECORD_TYPES
 from observer.drift.scoring import drift_share, score_columns
 from observer.drift.sketch_scoring import sketched_scores
-from observer.drift.stats import METHODS
 from observer.drift.state_parts import join_parts
+from observer.drift.stats import METHODS
 from observer.drift.window import ExactValues, SketchValues
+
+from observer.core.records import DriftResult, FeatureDrift, Record, segment_key
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ class PeerDriftConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _lateness_below_window(self) -> "PeerDriftConfig":
+    def _lateness_below_window(self) -> PeerDriftConfig:
         if self.lateness_s >= self.window_s:
             raise ValueError(
                 f"drift.peer.lateness_s ({self.lateness_s}) must be shorter than "

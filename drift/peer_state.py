@@ -8,10 +8,14 @@ With ``lateness < size`` at most two windows are open, so a segment holds at mos
 ``2 x clusters`` stores, and an exact store turns into sketches past ``max_exact_rows`` rows
 (:meth:`FleetSegment.add`): the state is bounded in every mode.
 
-Checkpoints: one record per (fleet segment, cluster) on ``observer.drift-state``, key
-``peer/{record_type}/{fleet segment key}/{cluster}``, kind ``peer``, with that cluster's open
+Checkpoints on ``observer.drift-state``: one record per (fleet segment, cluster), key
+``peer/{record_type}/{fleet segment key}/{cluster}``, kind ``peer``, with that cluster's
 windows under ``state`` (moved into parts when large, :mod:`observer.drift.state_parts`) and
-the segment's ``watermark`` and ``closed_through``.
+its positions (the last offset absorbed per partition); and one per fleet segment, key
+``peer-segment/{record_type}/{fleet segment key}``, kind ``peer-segment``, written when a
+window closes: ``closed_through``, the event time then (``watermark``) and the results. A
+closed window's values stay in the clusters' records until the batch after it (the segment
+record is confirmed by then), so any subset of a batch's records restores consistently.
 
 >>> from observer.drift.config import FeatureSpec
 >>> specs = [FeatureSpec(name="x", kind="numeric")]

@@ -16,13 +16,6 @@ import tracemalloc
 from statistics import NormalDist
 
 import pytest
-from prometheus_client import REGISTRY, generate_latest
-from prometheus_api_client import PrometheusConnect
-
-from observer.core.bus import Message, make_producer
-from observer.core.config import KafkaConfig
-from observer.core.records import DriftResult, LLMCall, decode, encode
-from observer.core.topics import Topics
 from observer.drift.checkpoint import MemoryCheckpointStore
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.drift.engine import DriftEngine
@@ -31,6 +24,13 @@ from observer.drift.peer_config import PeerDriftConfig
 from observer.drift.peer_state import peer_key, sketch_budget_bytes
 from observer.triggers.config import PolicyConfig
 from observer.triggers.policy import PolicyTracker
+from prometheus_api_client import PrometheusConnect
+from prometheus_client import REGISTRY, generate_latest
+
+from observer.core.bus import Message, make_producer
+from observer.core.config import KafkaConfig
+from observer.core.records import DriftResult, LLMCall, decode, encode
+from observer.core.topics import Topics
 from tests.dashboard_queries import dashboard_queries, expand, has_data
 from tests.drift_support import TOPICS, Runner, drain_results, engine_running, results_of
 
@@ -181,7 +181,7 @@ def test_exact_windows_turn_into_sketches_past_their_cap() -> None:
     for rec in traffic(set(), windows=1)[:3 * 60]:  # 60 records per cluster, one window
         peer.observe("llm", rec, [{"latency_ms": rec.latency_ms}], rec.start_time_unix_nano, 0,
                      closed_at=0)
-    ((window, stores),) = peer.segments[("shop|m1", "llm")].windows.items()
+    (stores,) = peer.segments[("shop|m1", "llm")].windows.values()
     assert {type(s).__name__ for s in stores.values()} == {"SketchValues"}
     assert [s.n for s in stores.values()] == [60, 60, 60]
 

@@ -351,6 +351,9 @@ class ExportConfig(Section):
     )
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
 class PipelineConfig(Section):
     """What `observer pipeline render` writes; runs get episode values as parameters."""
 
@@ -420,6 +423,39 @@ class PipelineConfig(Section):
         "callback's signing secret (key `secret`, = trigger.promotion.secret) and, optionally, "
         "the admin token (key `admin-token`)."
     )
+    run_as_user: int | None = Field(
+        10001, ge=1, description="UID every rendered pod runs as (securityContext.runAsUser; "
+        "the restricted Pod Security Standard refuses 0). Every pod and container the pipeline "
+        "creates also gets runAsNonRoot, a RuntimeDefault seccomp profile, "
+        "allowPrivilegeEscalation: false and capabilities drop ALL. null: no runAsUser, the "
+        "images' own USER (numeric and not root, or the kubelet refuses the pod)."
+    )
+    runtime_class_name: str = Field(
+        "", description="runtimeClassName of every pod the pipeline creates (the workflow's "
+        "pods, Spark driver and executors, training, serving) and of the Armada jobs' pods: a "
+        "sandbox such as gVisor (`gvisor`) or Kata (`kata`); the cluster must have that "
+        "RuntimeClass. \"\": the node's default runtime. A TrainJob cannot carry one (set it in "
+        "the ClusterTrainingRuntime `trainer_runtime`): use trainer pytorchjob or jobset."
+    )
+
+    @field_validator("runtime_class_name")
+    @classmethod
+    def _runtime_class(cls, value: str) -> str:
+        # A RuntimeClass name is a DNS subdomain (RFC 1123); anything else the API refuses.
+        if value and (len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value)):
+            raise ValueError(f"runtime_class_name {value!r} is not a RuntimeClass name (lowercase "
+                             "letters, digits, '-' and '.', starting and ending alphanumeric)")
+        return value
+
+    @model_validator(mode="after")
+    def _trainjob_runtime_class(self) -> PipelineConfig:
+        if self.runtime_class_name and self.trainer == "trainjob":
+            raise ValueError(
+                "trigger.pipeline.runtime_class_name cannot reach a TrainJob's pods (its "
+                "runtimePatches have no runtimeClassName): set runtimeClassName in the "
+                f"ClusterTrainingRuntime {self.trainer_runtime!r} and leave runtime_class_name "
+                "empty, or use trainer: pytorchjob or jobset")
+        return self
 
 
 class TriggerConfig(Section):

@@ -20,6 +20,11 @@ per file. The WorkflowTemplate runs, for one drift episode:
    ``pipeline.serving: llminferenceservice`` the candidate is a KServe ``LLMInferenceService``
    on a LeaderWorkerSet instead (:mod:`observer.triggers.pipeline.llm_serving`).
 
+Every pod these steps create meets the restricted Pod Security Standard, and runs under
+``pipeline.runtime_class_name`` when set (:mod:`~.security_context`, where each resource's
+schema allows: Argo's ``securityContext`` and ``podSpecPatch``, Spark's ``podSecurityContext``
+and pod ``template``, a TrainJob's ``runtimePatches``, the training and serving pod specs).
+
 Integers in manifests (traffic share, node counts) come from the configuration, not from
 parameters: Argo substitutes parameters as text, and a quoted number would fail the CRD's
 integer type.
@@ -43,6 +48,13 @@ import yaml
 from observer.triggers.config import ArgoConfig, PipelineConfig, TriggerConfig
 from observer.triggers.naming import EPISODE_LABEL, POLICY_LABEL
 from observer.triggers.pipeline import llm_serving
+from observer.triggers.pipeline.security_context import (
+    container_context,
+    pod_context,
+    pod_spec_patch,
+    restrict,
+    runtime_class,
+)
 
 WF = "{{workflow.name}}"
 NS = "{{workflow.namespace}}"
@@ -154,6 +166,16 @@ def _pod_hooks(p: PipelineConfig, group: str) -> tuple[dict[str, Any], dict[str,
 # -- manifests ----------------------------------------------------------------------------------
 
 
+def _spark_pod(p: PipelineConfig) -> dict[str, Any]:
+    """A Spark pod's restricted contexts; the runtime class through Spark's pod template (the
+    SparkPodSpec has no runtimeClassName field)."""
+    out: dict[str, Any] = {"podSecurityContext": pod_context(p),
+                           "securityContext": container_context()}
+    if p.runtime_class_name:
+        out["template"] = {"spec": runtime_class(p)}
+    return out
+
+
 def spark_application(p: PipelineConfig) -> dict[str, Any]:
     """The preprocessing ``SparkApplication`` (sparkoperator.k8s.io/v1beta2)."""
     spec: dict[str, Any] = {
@@ -172,9 +194,9 @@ def spark_application(p: PipelineConfig) -> dict[str, Any]:
         ],
         "restartPolicy": {"type": "Never"},
         "driver": {"cores": 1, "memory": p.spark_memory, "serviceAccount": p.service_account,
-                   "labels": _labels()},
+                   "labels": _labels(), **_spark_pod(p)},
         "executor": {"instances": p.spark_executors, "cores": 1, "memory": p.spark_memory,
-                     "labels": _labels()},
+                     "labels": _labels(), **_spark_pod(p)},
     }
     if p.scheduler in ("volcano", "yunikorn"):
         spec["batchScheduler"] = p.scheduler
@@ -202,10 +224,15 @@ def _container(p: PipelineConfig, name: str) -> dict[str, Any]:
         "image": "{{workflow.parameters.train-image}}",
         "command": list(p.train_command),
         "args": _train_args(),
+        "securityContext": container_context(),
     }
     if p.gpus_per_node:
         c["resources"] = _resources(p)
     return c
+
+
+# The torch runtimes' replicated job and its container (Kubeflow Trainer's constants.Node).
+TRAINER_NODE = "node"
 
 
 def train_job(p: PipelineConfig) -> dict[str, Any]:
@@ -222,12 +249,17 @@ def train_job(p: PipelineConfig) -> dict[str, Any]:
     if p.gpus_per_node:
         spec["trainer"]["resourcesPerNode"] = _resources(p)
     meta, _ = _pod_hooks(p, f"{WF}-train")
+    # The runtime's pods: its schema lets a patch set the pod's and the containers' security
+    # contexts (by name), not a runtimeClassName (PipelineConfig refuses one for a TrainJob).
+    pod = {"securityContext": pod_context(p),
+           "containers": [{"name": TRAINER_NODE, "securityContext": container_context()}]}
+    template: dict[str, Any] = {"spec": {"replicatedJobs": [
+        {"name": TRAINER_NODE, "template": {"spec": {"template": {"spec": pod}}}}]}}
     if meta:
         # Volcano and YuniKorn read the JobSet's pods; the Trainer copies these onto the JobSet
         # its runtime creates, where the runtime's podGroupPolicy sets the scheduler.
-        spec["runtimePatches"] = [
-            {"manager": "observer", "trainingRuntimeSpec": {"template": {"metadata": meta}}}
-        ]
+        template["metadata"] = meta
+    spec["runtimePatches"] = [{"manager": "observer", "trainingRuntimeSpec": {"template": template}}]
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -247,7 +279,7 @@ def pytorch_job(p: PipelineConfig) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": _labels(), **meta} if not meta.get("labels")
                 else {**meta, "labels": {**_labels(), **meta["labels"]}},
-                "spec": {**pod_spec, "containers": [_container(p, "pytorch")]},
+                "spec": restrict({**pod_spec, "containers": [_container(p, "pytorch")]}, p),
             },
         }
 
@@ -287,11 +319,11 @@ def job_set(p: PipelineConfig) -> dict[str, Any]:
                             "backoffLimit": 0,
                             "template": {
                                 "metadata": pod_meta,
-                                "spec": {
+                                "spec": restrict({
                                     **pod_spec,
                                     "restartPolicy": "Never",
                                     "containers": [_container(p, "trainer")],
-                                },
+                                }, p),
                             },
                         }
                     },
@@ -315,7 +347,13 @@ TRAINERS = {"trainjob": train_job, "pytorchjob": pytorch_job, "jobset": job_set}
 
 
 def _predictor(p: PipelineConfig, uri: str) -> dict[str, Any]:
-    return {"model": {"modelFormat": {"name": p.model_format}, "storageUri": uri}}
+    # A predictor is a pod spec inline; its model is the kserve-container.
+    return {
+        "model": {"modelFormat": {"name": p.model_format}, "storageUri": uri,
+                  "securityContext": container_context()},
+        "securityContext": pod_context(p),
+        **runtime_class(p),
+    }
 
 
 def inference_service(p: PipelineConfig, phase: str) -> dict[str, Any]:
@@ -336,6 +374,7 @@ def inference_service(p: PipelineConfig, phase: str) -> dict[str, Any]:
                 {
                     # Standard mode names the canary's predictor and its model container.
                     "predictor": {
+                        **_predictor(p, candidate),
                         "name": "candidate",
                         "model": {**_predictor(p, candidate)["model"], "name": "candidate"},
                     },
@@ -397,6 +436,7 @@ def _evaluate_template(p: PipelineConfig) -> dict[str, Any]:
             "image": p.image,
             "command": ["python", "-m", "observer.triggers.pipeline.evaluate"],
             "args": args,
+            "securityContext": container_context(),
         },
         "outputs": {"parameters": [{"name": "verdict", "valueFrom": {"path": "/tmp/verdict.json"}}]},
     }
@@ -419,6 +459,7 @@ def _notify_template(p: PipelineConfig, name: str, outcome: str, model: str) -> 
                      "--model-version", model, "--outcome", outcome],
             "env": [secret("OBSERVER_PROMOTION_SECRET", "secret"),
                     secret("OBSERVER_ADMIN_TOKEN", "admin-token", optional=True)],
+            "securityContext": container_context(),
         },
     }
 
@@ -520,14 +561,20 @@ def workflow_spec(p: PipelineConfig, argo: ArgoConfig | None = None) -> dict[str
         exit_steps.append(_step("notify-rollback", "notify-rollback", rolls_back))
     templates.insert(0, {"name": "retrain", "steps": steps})
     templates.append({"name": "on-exit", "steps": exit_steps})
-    return {
+    spec: dict[str, Any] = {
         "entrypoint": "retrain",
         "onExit": "on-exit",
         "serviceAccountName": p.service_account,
+        # Every workflow pod: the template's container and Argo's executor containers.
+        "securityContext": pod_context(p),
         "arguments": {"parameters": _parameters(p)},
         "podGC": {"strategy": "OnPodSuccess"},
         "templates": templates,
     }
+    patch = pod_spec_patch(p)
+    if patch:
+        spec["podSpecPatch"] = patch
+    return spec
 
 
 def workflow_template(p: PipelineConfig, argo: ArgoConfig) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""The normaliser's and trace grouping's own work, in process: ``python -m benchmarks.stage_hot_paths``.
+
+No Kafka: the messages are what the receivers write to ``otlp_spans`` (demo-agent spans with
+message content through the real OpenTelemetry SDK, :func:`benchmarks.e2e_load.make_bodies`,
+split by trace over the default partitions and sealed as the receivers do), handed straight to
+each stage's ``process`` as the registry builds it (default configuration: text descriptors and
+the hashing embedder on). The peer is ``ExportTraceServiceRequest.ParseFromString`` of the same
+request bodies, measured in the same run, interleaved, best of ``--rounds``; every rate is also
+printed as a ratio to it. ``--profile normalize`` (or ``paths``) prints the top lines of a
+cProfile of one pass instead.
+
+    .venv/bin/python -m benchmarks.stage_hot_paths --spans 20000
+    .venv/bin/python -m benchmarks.stage_hot_paths --profile normalize
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from benchmarks.e2e_load import make_bodies
+from observer import stages as registry
+from observer.collectors.common.tenant_seal import TenantSeal
+from observer.collectors.receiver.trace_split import split_by_trace
+from observer.config import ObserverConfig
+from observer.core.bus import Message, Output
+from observer.core.topics import Topics
+
+STAGES = ("normalize", "paths")
+
+
+def messages(bodies: list[bytes], cfg: ObserverConfig, topics: Topics) -> list[Message]:
+    """The ``otlp_spans`` messages the receivers make of ``bodies`` (split, sealed)."""
+    seal = TenantSeal.for_stages(cfg.receiver)
+    out: list[Message] = []
+    for body in bodies:
+        request = ExportTraceServiceRequest.FromString(body)
+        split = split_by_trace(request, cfg.kafka.partitions, raw=body)
+        for key, value in split.encoded.items():
+            sealed = seal.sealed(Output(topics.spans, key, value))
+            out.append(Message(topics.spans, 0, len(out), sealed.key, sealed.value, 0))
+    return out
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def _stage_pass(name: str, cfg: ObserverConfig, topics: Topics,
+                batch: list[list[Message]]) -> Callable[[], Any]:
+    def run() -> None:
+        processor = registry.BY_NAME[name].build(cfg, topics)
+        for chunk in batch:
+            processor.process(chunk)
+            processor.tick()
+    return run
+
+
+def measure(spans: int, spans_per_request: int = 500, rounds: int = 3,
+            batch: int = 50) -> dict[str, Any]:
+    """Spans/s of the parse peer and of each stage's ``process`` (best of ``rounds``)."""
+    cfg = ObserverConfig()
+    topics = Topics.from_config(cfg.kafka)
+    bodies = make_bodies(spans, spans_per_request)
+    total = len(bodies) * spans_per_request
+    msgs = messages(bodies, cfg, topics)
+    chunks = [msgs[i:i + batch] for i in range(0, len(msgs), batch)]
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        runs = {"parse_peer": lambda: [ExportTraceServiceRequest.FromString(b) for b in bodies]}
+        runs.update({name: _stage_pass(name, cfg, topics, chunks) for name in STAGES})
+        for name, run in runs.items():
+            best[name] = min(best.get(name, float("inf")), _timed(run))
+    peer = total / best["parse_peer"]
+    out: dict[str, Any] = {"spans": total, "messages": len(msgs),
+                           "parse_peer_spans_per_s": round(peer)}
+    for name in STAGES:
+        rate = total / best[name]
+        out[name] = {"spans_per_s": round(rate), "ratio": round(rate / peer, 4)}
+    return out
+
+
+def profile(name: str, spans: int, top: int = 15) -> str:
+    """The top ``top`` lines (by own time) of a cProfile of one pass of stage ``name``."""
+    cfg = ObserverConfig()
+    topics = Topics.from_config(cfg.kafka)
+    msgs = messages(make_bodies(spans), cfg, topics)
+    run = _stage_pass(name, cfg, topics, [msgs[i:i + 50] for i in range(0, len(msgs), 50)])
+    run()  # warm: tables built on first use are not the steady state
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spans", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", choices=STAGES, help="print a cProfile of one pass instead")
+    args = parser.parse_args(argv)
+    if args.profile:
+        print(profile(args.profile, args.spans))
+        return 0
+    print(json.dumps(measure(args.spans, rounds=args.rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
