@@ -29,6 +29,7 @@ import grpc
 import kubernetes_validate
 from armada_client.armada import job_pb2, job_pb2_grpc, submit_pb2, submit_pb2_grpc
 from google.protobuf import empty_pb2, json_format
+from google.protobuf.descriptor import FieldDescriptor
 
 KUBERNETES = "1.37"
 S = submit_pb2.JobState
@@ -62,7 +63,31 @@ def pod_json(spec: Any) -> dict[str, Any]:
         if isinstance(v, list):
             return [unwrap(x) for x in v]
         return v
-    return unwrap(json_format.MessageToDict(spec))
+    return unwrap(_int64s(spec, json_format.MessageToDict(spec)))
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _int64s(msg: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (``MessageToDict(msg)``) with 64-bit integers as numbers, as the Go server reads
+    them (proto3's JSON mapping writes them as strings: runAsUser "10001")."""
+    for field, value in msg.ListFields():
+        key, repeated = field.json_name, field.is_repeated
+        if field.type in _INT64:
+            out[key] = [int(v) for v in value] if repeated else int(value)
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for k, v in value.items():
+                    _int64s(v, out[key][str(k)])
+        elif field.message_type is not None:
+            if repeated:
+                for v, o in zip(value, out[key], strict=True):
+                    _int64s(v, o)
+            else:
+                _int64s(value, out[key])
+    return out
 
 
 def item_problem(item: submit_pb2.JobSubmitRequestItem) -> str | None:

@@ -257,3 +257,29 @@ def test_the_documented_spiffe_settings_are_observers_tls_knobs() -> None:
     cfg = load_with_env(SPIFFE_ENV)
     assert cfg.receiver.tls.enabled and cfg.receiver.tls.client_ca_file is not None
     assert cfg.admin.tls.enabled and cfg.admin.tls.client_ca_file is None
+
+
+PLACEHOLDER_CLUSTER = "change-me-cluster"
+
+
+def test_the_cluster_overlay_names_its_cluster_with_a_placeholder_to_change() -> None:
+    objs = overlay("cluster")
+    env = {command(w): {e["name"]: e.get("value") for e in
+                        w["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+           for w in workloads(objs)}
+    assert env["collect"]["OBSERVER_RECEIVER__CLUSTER"] == PLACEHOLDER_CLUSTER
+    assert env["collect-gpu"]["OBSERVER_GPU__CLUSTER"] == PLACEHOLDER_CLUSTER
+    # Real knobs, and what they load to: the collector pins its cluster on every span.
+    cluster_env = {k: v for e in env.values() for k, v in e.items() if "CLUSTER" in k}
+    assert [p for p in map(env_field_problem, cluster_env) if p] == []
+    cfg = load_with_env(cluster_env)
+    assert (cfg.receiver.cluster, cfg.receiver.cluster_pinned, cfg.gpu.cluster) == (
+        PLACEHOLDER_CLUSTER, True, PLACEHOLDER_CLUSTER)
+    # The placeholder says, where it is set, that it must be changed.
+    text = (K8S / "overlays" / "cluster" / "cluster-name.yaml").read_text()
+    assert all("CHANGE ME" in line for line in text.splitlines()
+               if f"value: {PLACEHOLDER_CLUSTER}" in line)
+    # The central stages stamp no cluster of their own.
+    assert not [w for w in workloads(overlay("central"))
+                if any("CLUSTER" in e["name"] for e in
+                       w["spec"]["template"]["spec"]["containers"][0].get("env", []))]

@@ -152,3 +152,26 @@ def test_cli_writes_one_document_per_file(tmp_path: Path, capsys: pytest.Capture
     assert "rbac/" in printed
     assert main(["--config", str(cfg), "pipeline", "render", "--out", str(out),
                  "--validate", str(tmp_path)]) != 0
+
+
+def test_cli_renders_sandboxed_restricted_pods(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "observer.yaml"
+    cfg.write_text("trigger:\n  pipeline:\n    trainer: jobset\n    runtime_class_name: kata\n"
+                   "    run_as_user: 1500\n")
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "pipeline", "render", "--out", str(out),
+                 "--validate", str(SCHEMAS)]) == 0
+    wf = yaml.safe_load((out / "workflowtemplate.yaml").read_text())["spec"]
+    assert yaml.safe_load(wf["podSpecPatch"]) == {"runtimeClassName": "kata"}
+    assert wf["securityContext"]["runAsUser"] == 1500
+    pod = yaml.safe_load((out / "manifests" / "jobset.yaml").read_text())[
+        "spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "kata"
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # A TrainJob cannot carry a runtime class: the command refuses, naming where it goes.
+    cfg.write_text("trigger:\n  pipeline:\n    runtime_class_name: kata\n")
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "pipeline", "render", "--out", str(tmp_path / "x")]) == 2
+    assert "ClusterTrainingRuntime 'torch-distributed'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

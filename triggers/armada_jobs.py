@@ -28,6 +28,7 @@ from typing import Any
 from observer.core.extras import require
 from observer.triggers.config import ArmadaConfig, PipelineConfig
 from observer.triggers.naming import EPISODE_LABEL, POLICY_LABEL, SEGMENT_ANNOTATION, label_value
+from observer.triggers.pipeline.security_context import restrict
 
 require("armada_client", extra="armada", feature="Armada jobs (a trigger policy's 'armada' action)")
 
@@ -158,7 +159,8 @@ def pod_spec(cfg: ArmadaConfig, p: PipelineConfig, run: dict[str, Any], index: i
         spec["serviceAccountName"] = p.service_account
     if cfg.priority_class:
         spec["priorityClassName"] = cfg.priority_class
-    return spec
+    # Restricted Pod Security, and the sandbox runtime class when pipeline.runtime_class_name.
+    return restrict(spec, p)
 
 
 def to_proto(spec: dict[str, Any]) -> core_v1.PodSpec:

@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from observer.triggers.config import PipelineConfig
+from observer.triggers.pipeline.security_context import container_context, restrict
 
 API_VERSION = "serving.kserve.io/v1alpha1"
 KIND = "LLMInferenceService"
@@ -55,6 +56,11 @@ def _container(p: PipelineConfig) -> dict[str, Any]:
     return {"name": "main", "resources": {"limits": dict(gpus), "requests": dict(gpus)}}
 
 
+def _pod(p: PipelineConfig) -> dict[str, Any]:
+    # The leader's and the workers' pod specs: restricted, under the runtime class if set.
+    return restrict({"containers": [_container(p)]}, p)
+
+
 def llm_inference_service(
     p: PipelineConfig,
     phase: str,
@@ -71,13 +77,13 @@ def llm_inference_service(
         "model": {"uri": serving_uri if phase == "rollback" else model_uri, "name": p.model_name},
         "replicas": p.llm_replicas,
         "parallelism": {"tensor": p.llm_tensor_parallel, "pipeline": p.llm_pipeline_parallel},
-        "template": {"containers": [_container(p)]},
+        "template": _pod(p),
         # A managed HTTPRoute and Gateway: the service gets its own endpoint.
         "router": {"route": {}, "gateway": {}},
     }
     if p.llm_pipeline_parallel > 1:
         # Present: a LeaderWorkerSet of `pipeline` pods per replica; absent: one pod each.
-        spec["worker"] = {"containers": [_container(p)]}
+        spec["worker"] = _pod(p)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -101,6 +107,7 @@ def ready_wait(p: PipelineConfig, namespace: str) -> dict[str, Any]:
                 "wait", "--for=condition=Ready", f"--timeout={p.llm_ready_timeout}",
                 "-n", namespace, f"llminferenceservice/{candidate_name(p)}",
             ],
+            "securityContext": container_context(),
         },
     }
 

@@ -347,13 +347,19 @@ TRAINERS = {"trainjob": train_job, "pytorchjob": pytorch_job, "jobset": job_set}
 
 
 def _predictor(p: PipelineConfig, uri: str) -> dict[str, Any]:
-    # A predictor is a pod spec inline; its model is the kserve-container.
-    return {
-        "model": {"modelFormat": {"name": p.model_format}, "storageUri": uri,
-                  "securityContext": container_context()},
-        "securityContext": pod_context(p),
-        **runtime_class(p),
-    }
+    # A predictor is a pod spec inline; its model is the kserve-container. Knative's webhook
+    # refuses a pod-level securityContext unless its kubernetes.podspec-securitycontext flag is
+    # on, so there the container's own context carries the UID (runAsNonRoot and seccomp it
+    # has anyway); runtimeClassName needs Knative's kubernetes.podspec-runtimeclassname flag.
+    model: dict[str, Any] = {"modelFormat": {"name": p.model_format}, "storageUri": uri,
+                             "securityContext": container_context()}
+    predictor: dict[str, Any] = {"model": model, **runtime_class(p)}
+    if p.deployment_mode == "Knative":
+        if p.run_as_user is not None:
+            model["securityContext"]["runAsUser"] = p.run_as_user
+    else:
+        predictor["securityContext"] = pod_context(p)
+    return predictor
 
 
 def inference_service(p: PipelineConfig, phase: str) -> dict[str, Any]:

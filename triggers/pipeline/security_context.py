@@ -11,7 +11,7 @@ wherever an upstream resource carries a pod spec, or the parts of one its schema
 
 >>> from observer.triggers.config import PipelineConfig
 >>> pod = restrict({"containers": [{"name": "c", "image": "i"}]},
-...                PipelineConfig(runtime_class_name="gvisor"))
+...                PipelineConfig(runtime_class_name="gvisor", trainer="jobset"))
 >>> pod["runtimeClassName"], pod["securityContext"]["runAsUser"]
 ('gvisor', 10001)
 >>> pod["containers"][0]["securityContext"]["capabilities"]
@@ -84,7 +84,7 @@ def pod_spec_patch(p: PipelineConfig) -> str | None:
     Argo's WorkflowSpec has ``securityContext`` but no ``runtimeClassName``; its pod spec patch
     is merged into every pod of the workflow, the executor's resource-step pods included.
 
-    >>> pod_spec_patch(PipelineConfig(runtime_class_name="kata"))
+    >>> pod_spec_patch(PipelineConfig(runtime_class_name="kata", trainer="jobset"))
     '{"runtimeClassName":"kata"}'
     >>> pod_spec_patch(PipelineConfig()) is None
     True
