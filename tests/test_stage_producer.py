@@ -94,7 +94,7 @@ def test_an_output_over_the_limit_is_a_poison_fault(kafka_config: KafkaConfig, c
 
 
 def test_options_librdkafka_cannot_take_are_a_permanent_configuration_error() -> None:
-    cfg = KafkaConfig(client_options={"api_version": (3, 0)})
+    cfg = KafkaConfig(stage_client="librdkafka", client_options={"api_version": (3, 0)})
     with pytest.raises(ConfigError, match="api_version.*kafka.stage_client: kafka-python") as e:
         open_stage_producer(cfg, 5)
     assert classify(e.value) is Fault.PERMANENT

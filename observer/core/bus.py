@@ -4,7 +4,7 @@ A stage is a :class:`Processor`: it turns a batch of input messages into output 
 :class:`StageRunner` owns the consumer group and gives the guarantee every stage shares:
 outputs are acknowledged by Kafka (``acks=all``) *before* the input offsets are committed,
 so a crash anywhere re-delivers the batch (at least once) and never drops it. Outputs go out
-through :mod:`observer.core.stage_producer` (librdkafka unless ``kafka.stage_client`` says).
+through :mod:`observer.core.stage_producer` (``kafka.stage_client``: kafka-python or librdkafka).
 
 A runner stops on the first error; :class:`observer.core.supervisor.Supervisor` restarts it
 (a new processor from its factory, new clients, from the committed offsets) with backoff.

@@ -4,7 +4,9 @@ The receivers answer 200 only once Kafka holds the data, so a request's latency 
 those of its Kafka writes. kafka-python builds and tracks every record in Python: about 3 ms
 of CPU for a 500-span request on the benchmark machine, more than parsing and regrouping it.
 librdkafka (``confluent-kafka``) does the same in C for about 0.5 ms. Both sit behind
-:class:`DurableProducer`, chosen by ``receiver.kafka_client``; the stages keep kafka-python.
+:class:`DurableProducer`, chosen by ``receiver.kafka_client``; the consuming stages can
+write through the same librdkafka client (``kafka.stage_client``,
+:mod:`observer.core.stage_producer`).
 
 Both place keyed records with Kafka's murmur2 (librdkafka's own default, CRC32, would put a
 trace on another partition than the Java client, a Collector or kafka-python do), and both

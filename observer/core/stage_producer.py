@@ -1,15 +1,17 @@
-"""The producer a consuming stage writes its outputs with: librdkafka by default.
+"""The producer a consuming stage writes its outputs with: kafka-python or librdkafka.
 
 A :class:`~observer.core.bus.StageRunner` sends a batch's outputs and waits for every
 ``acks=all`` acknowledgement before it commits the batch's input offsets; only *how* the
 records are built and sent changes with ``kafka.stage_client``:
 
-- ``librdkafka`` (default): :class:`~observer.core.producers.LibrdkafkaProducer`, the
+- ``librdkafka``: :class:`~observer.core.producers.LibrdkafkaProducer`, the
   receivers' client. It builds and batches records in C: the normaliser writes one record
   per span, and with kafka-python ``send`` cost more CPU than normalising (about 170 us a
   record against about 2 us here, measured in one profile of the normaliser alone);
-- ``kafka-python``: :func:`observer.core.bus.produce_all`, for ``kafka.client_options``
-  librdkafka has no name for here.
+- ``kafka-python`` (default): :func:`observer.core.bus.produce_all`; it also takes the
+  ``kafka.client_options`` librdkafka has no name for here. It stays the default until the
+  embedded broker's end-offset answers are settled with librdkafka writers (see
+  ``tests/test_drift_restart.py``: its read-back, not the stage, came up short in some runs).
 
 Both raise the same errors, kafka-python's, so :mod:`observer.core.faults` classifies them
 once: a message over a size limit is ``MessageSizeTooLargeError`` (poison: its input is
@@ -41,7 +43,7 @@ from observer.core.producers import (
     wait_acknowledged,
 )
 
-STAGE_LINGER_MS = 5.0
+STAGE_LINGER_MS = 1.0
 """How long librdkafka waits to fill a batch: a stage sends a whole batch's outputs at once,
 so this only bounds the wait for a lone tick output."""
 
