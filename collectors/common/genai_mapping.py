@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from itertools import chain
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +48,8 @@ def as_str(value: Any) -> str | None:
     >>> as_str("gpt-4o"), as_str(""), as_str(7), as_str(["a"]), as_str("x" * 300)[-3:]
     ('gpt-4o', None, '7', None, 'xxx')
     """
+    if type(value) is str and len(value) <= validate.MAX_NAME_CHARS and value.isprintable():
+        return value or None  # the common case: what validate.text would return as it is
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -392,13 +395,28 @@ def classify(span_name: str, attributes: Mapping[str, Any]) -> Classification:
     return _legacy(span_name, attributes, LEGACY_LLM)
 
 
+_RULE_TABLES: dict[int, tuple[LegacyRule, dict[str, Source], dict[str, Source]]] = {}
+
+
+def _rule_tables(rule: LegacyRule) -> tuple[dict[str, Source], dict[str, Source]]:
+    """The rule's provider and evidence fields as tables, made once per rule (lookup
+    compiles a table once by identity)."""
+    entry = _RULE_TABLES.get(id(rule))
+    if entry is None or entry[0] is not rule:
+        entry = _RULE_TABLES[id(rule)] = (
+            rule, {rule.provider: LLM_FIELDS[rule.provider]},
+            {field: LLM_FIELDS[field] for field in rule.evidence})
+    return entry[1], entry[2]
+
+
 def _legacy(span_name: str, attributes: Mapping[str, Any], rule: LegacyRule) -> Classification:
     """The span's classification under ``rule``, or ``OTHER`` when it does not qualify."""
     if any(name in attributes for name in rule.unless):
         return OTHER
-    if not lookup(attributes, {rule.provider: LLM_FIELDS[rule.provider]}):
+    provider, evidence = _rule_tables(rule)
+    if not lookup(attributes, provider):
         return OTHER
-    if not lookup(attributes, {field: LLM_FIELDS[field] for field in rule.evidence}):
+    if not lookup(attributes, evidence):
         return OTHER
     # Only a name's first characters are read: a hostile span name must stay cheap.
     for word in re.split(r"[^a-z0-9_]+", span_name[: validate.MAX_NAME_CHARS].lower()):
@@ -422,17 +440,58 @@ def lookup(
     >>> lookup({"gen_ai.usage.input_tokens": -1, "gen_ai.request.model": ["m"]}, LLM_FIELDS)
     {}
     """
+    table = _compiled(fields)
+    # Only the table's attributes the span carries (a few), in field and priority order: a
+    # span is not asked for each of the table's forty-odd names.
+    present = sorted(chain.from_iterable(
+        map(table.index.__getitem__, table.names.intersection(attributes))))
     found: dict[str, Any] = {}
-    for field, source in fields.items():
-        present = False
-        for name in source.names:
-            if name in attributes:
-                present = True
-                value = source.kind.read(attributes[name])
-                if value is not None:
-                    found[field] = value
-                    break
-        else:
-            if present and stage is not None:
-                validate.invalid(stage, field)
+    for _, _, field, name, read in present:
+        if field in found:
+            continue  # a higher-priority attribute gave the value
+        value = read(attributes[name])
+        if value is not None:
+            found[field] = value
+        elif stage is not None and name == table.last_present(present, field):
+            validate.invalid(stage, field)
     return found
+
+
+_Entry = tuple[int, int, str, str, Callable[[Any], Any]]
+
+
+class _Compiled:
+    """A table of :class:`Source` by attribute name: ``index[name]`` lists ``(field position,
+    priority, field, name, read)`` for each field the name feeds, so sorting a span's entries
+    gives the lookup order."""
+
+    def __init__(self, fields: Mapping[str, Source]) -> None:
+        index: dict[str, list[_Entry]] = {}
+        for position, (field, source) in enumerate(fields.items()):
+            for priority, name in enumerate(source.names):
+                index.setdefault(name, []).append(
+                    (position, priority, field, name, source.kind.read))
+        self.index = {name: tuple(entries) for name, entries in index.items()}
+        self.names = frozenset(self.index)
+
+    @staticmethod
+    def last_present(present: list[_Entry], field: str) -> str:
+        """The lowest-priority attribute of ``field`` present: when it is unusable too, the
+        field had none (counted once)."""
+        return next(entry[3] for entry in reversed(present) if entry[2] == field)
+
+
+# Tables compiled once, by identity; kept alive here, so an id is never reused. A caller's
+# dict made per call (a rare path) is compiled each time rather than filling this.
+_TABLES: dict[int, tuple[Mapping[str, Source], _Compiled]] = {}
+_MAX_TABLES = 64
+
+
+def _compiled(fields: Mapping[str, Source]) -> _Compiled:
+    entry = _TABLES.get(id(fields))
+    if entry is not None and entry[0] is fields:
+        return entry[1]
+    table = _Compiled(fields)
+    if len(_TABLES) < _MAX_TABLES:
+        _TABLES[id(fields)] = (fields, table)
+    return table

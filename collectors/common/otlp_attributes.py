@@ -33,16 +33,32 @@ def attribute_values(attributes: Sequence[KeyValue], wanted: frozenset[str]) -> 
     ...                   KeyValue(key="b", value=AnyValue(string_value="x"))], frozenset("a"))
     {'a': 1}
     """
-    return {kv.key: _value(kv.value) for kv in attributes if kv.key in wanted}
+    # A loop, not a comprehension: each ``kv.key`` builds a new str in upb, read it once.
+    found: dict[str, Any] = {}
+    for kv in attributes:
+        key = kv.key
+        if key in wanted:
+            found[key] = any_value(kv.value)
+    return found
 
 
-def _value(value: AnyValue) -> Any:
+def any_value(value: AnyValue) -> Any:
+    """The Python value of an ``AnyValue``: arrays as lists, key-value lists as dicts, unset
+    as None.
+
+    >>> any_value(AnyValue(string_value="x")), any_value(AnyValue()), any_value(AnyValue(int_value=3))
+    ('x', None, 3)
+    """
     kind = value.WhichOneof("value")
+    if kind == "string_value":  # most attributes: no getattr by name
+        return value.string_value
     if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
+        return [any_value(v) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, kind) if kind else None
+
+
 
 
 def resource_names(resource: Any, stage: str) -> tuple[str, str]:

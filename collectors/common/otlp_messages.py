@@ -80,6 +80,15 @@ def otlp_request(
     >>> len(read(request.SerializeToString()).resource_metrics[0].resource.attributes)
     0
     """
+    return opened_request(message, kind, seal, stage)[0]
+
+
+def opened_request(
+    message: Message, kind: type[Request], seal: TenantSeal | None = None, stage: str = ""
+) -> tuple[Request, bytes]:
+    """:func:`otlp_request`, and the bytes it was parsed from (opened). A tenant dropped from
+    the request is still in the bytes: read only spans from them
+    (:mod:`observer.collectors.common.span_attributes`), never resources."""
     value, trusted = (seal or _NO_SEAL).open(message, stage)
     try:
         request = kind.FromString(value)
@@ -89,7 +98,7 @@ def otlp_request(
         resources = [r.resource for r in getattr(request, RESOURCES[kind])]
         stamp(resources, "")
         forget(resources)
-    return request
+    return request, value
 
 
 def trace_request(
@@ -106,6 +115,13 @@ def trace_request(
     observer.collectors.common.otlp_messages.UndecodableMessage: not an OTLP ExportTraceServiceRequest: ...
     """
     return otlp_request(message, ExportTraceServiceRequest, seal, stage)
+
+
+def opened_trace_request(
+    message: Message, seal: TenantSeal | None = None, stage: str = ""
+) -> tuple[ExportTraceServiceRequest, bytes]:
+    """:func:`trace_request`, and the bytes it was parsed from (:func:`opened_request`)."""
+    return opened_request(message, ExportTraceServiceRequest, seal, stage)
 
 
 def span_identity_problem(span: Span) -> str | None:

@@ -39,10 +39,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import json.encoder
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic_core import from_json
 
 from observer.core import validate
 from observer.collectors.normalize.config import ContentConfig
@@ -189,7 +192,7 @@ def _from_json(value: Any) -> Messages:
     """Messages from a JSON attribute; text that is not JSON (or nested past what the
     decoder takes) is one message of that text."""
     try:
-        items = json.loads(value) if isinstance(value, str) else value
+        items = loads(value) if isinstance(value, str) else value
         if not isinstance(items, list):
             items = [items]
         return [
@@ -230,7 +233,7 @@ def _from_event(name: str, attributes: Mapping[str, Any]) -> Messages:
         value = attributes[key]
         if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
             try:
-                value = json.loads(value)
+                value = loads(value)
             except (ValueError, RecursionError):  # not JSON after all: the text itself
                 pass
         if isinstance(value, dict) and isinstance(value.get("message"), dict):
@@ -312,8 +315,50 @@ def joined(found: Mapping[Side, Messages]) -> dict[Side, str]:
 
 
 def _digest(found: Messages) -> str:
-    canonical = json.dumps([[m["role"], m["content"]] for m in found], separators=(",", ":"))
+    canonical = _compact_json([[m["role"], m["content"]] for m in found])
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _c_list_encoder() -> Callable[[Any, int], list[str]] | None:
+    """The C encoder ``json.dumps(..., separators=(",", ":"))`` builds on every call (ASCII
+    escapes, no sorting), built once; no circular check: the values are lists of strings."""
+    try:
+        return json.encoder.c_make_encoder(  # type: ignore[no-any-return]
+            None, None, json.encoder.encode_basestring_ascii, None, ":", ",",
+            False, False, True)
+    except TypeError:  # None: CPython without _json
+        return None
+
+
+_C_LIST_ENCODER = _c_list_encoder()
+
+
+def _compact_json(value: list[list[str]]) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, without building an encoder per call.
+
+    >>> _compact_json([["user", "é\\n"]]) == json.dumps([["user", "é\\n"]], separators=(",", ":"))
+    True
+    """
+    if _C_LIST_ENCODER is None:
+        return json.dumps(value, separators=(",", ":"))
+    return "".join(_C_LIST_ENCODER(value, 0))
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)``, through pydantic-core's parser (several times faster) when it
+    takes the text.
+
+    Where it refuses a text (lone surrogate escapes, anything not JSON), ``json`` decides, so
+    values and errors are ``json``'s (NaN, infinities and big integers read the same in both;
+    tests/test_collectors_content.py compares them on hostile texts).
+
+    >>> loads('[{"role": "user", "content": "hi"}]'), loads("[NaN]"), loads(str(2**70))
+    ([{'role': 'user', 'content': 'hi'}], [nan], 1180591620717411303424)
+    """
+    try:
+        return from_json(text)
+    except ValueError:  # not JSON to pydantic-core: json decides (and raises its own error)
+        return json.loads(text)
 
 
 @dataclass(frozen=True)

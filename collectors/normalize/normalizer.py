@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import Counter
 
@@ -66,12 +67,15 @@ from observer.collectors.normalize.text_descriptors import TextDescriptors
 from observer.collectors.common.otlp_messages import (
     UndecodableMessage,
     parent_id,
+    opened_trace_request,
     quarantine,
     span_identity_problem,
-    trace_request,
 )
+from observer.collectors.common import span_attributes
 from observer.collectors.common.cluster import resource_cluster
-from observer.collectors.common.otlp_attributes import attribute_values, resource_names
+from observer.collectors.common.otlp_attributes import (
+    any_value, attribute_values, resource_names,
+)
 from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
@@ -100,7 +104,7 @@ DEFAULT_DESCRIPTORS = TextDescriptors()
 STAGE = "normalizer"
 
 
-@dataclass
+@dataclass(slots=True)
 class _SpanView:
     """One span with what the mapping read from it."""
 
@@ -114,6 +118,11 @@ class _SpanView:
     agent: str
     problem: str | None = None
     """Why the span's ids make it unusable (it then gives no record)."""
+    content: dict[str, Any] | list[KeyValue] | None = None
+    """The attributes that may hold message content: their values (read in C), or the
+    protobuf attributes whose names alone were checked (None: none)."""
+    fields: dict[str, Any] | None = None
+    """An LLM or tool span's record fields from the mapping table (None: not read)."""
 
 
 def normalize_request(
@@ -131,17 +140,36 @@ def normalize_request(
     given, gets each LLM span's content as ``{"input": ..., "output": ...}`` by (trace id, span
     id), for the embedder: the content is read once.
     """
-    views = list(_views(request))
+    return _normalize(request, capture, descriptors, texts)[0]
+
+
+def _normalize(
+    request: ExportTraceServiceRequest, capture: ContentCapture | None,
+    descriptors: TextDescriptors | None,
+    texts: dict[tuple[bytes, bytes], dict[str, str]] | None,
+    raw: bytes | None = None,
+) -> tuple[list[LLMCall | ToolCall | RetrievalRecord | EvalRecord], list[tuple[int, str]]]:
+    """:func:`normalize_request`, and ``(index, problem)`` of each span that gave no record.
+    ``raw``: the bytes ``request`` was parsed from, for reading attributes in C."""
+    views = list(_views(request, raw))
     by_id = {(v.span.trace_id, v.span.span_id): v for v in views}
     trace_models: dict[bytes, str] = {}
     for v in views:
         if v.kind.kind == "llm" and v.model:
             trace_models.setdefault(v.span.trace_id, v.model)
 
-    records: list[LLMCall | ToolCall | RetrievalRecord | EvalRecord] = []
+    kinds = dict.fromkeys(_SPANS_BY_KIND, 0)
     for v in views:
-        SPANS.labels(v.kind.kind).inc()
+        kinds[v.kind.kind] += 1
+    for kind, n in kinds.items():  # one increment per kind and request, not per span
+        if n:
+            _SPANS_BY_KIND[kind].inc(n)
+
+    records: list[LLMCall | ToolCall | RetrievalRecord | EvalRecord] = []
+    problems: list[tuple[int, str]] = []
+    for index, v in enumerate(views):
         if v.problem:
+            problems.append((index, v.problem))
             continue
         if v.kind.kind == "llm":
             records.append(
@@ -164,7 +192,7 @@ def normalize_request(
             records += span_evals(v.span, v.attributes, {
                 "tenant": v.tenant, "cluster": v.cluster, "service": v.service,
                 "model": trace_models.get(v.span.trace_id, "")}, STAGE, capture)
-    return records
+    return records, problems
 
 
 # The attributes read in the one pass over a span's: the mapping's and the evaluations'.
@@ -173,26 +201,59 @@ _READ_NAMES = ATTRIBUTE_NAMES | EVAL_READ_NAMES
 # Fields a span may take from its ancestors when it does not carry them itself.
 _INHERITABLE = {"model": LLM_FIELDS["model"], "agent": LLM_FIELDS["agent"]}
 
+# Each record kind's table (the tables' model and agent are _INHERITABLE's sources).
+_FIELDS_BY_KIND = {"llm": LLM_FIELDS, "tool": TOOL_FIELDS}
+assert all(table[f] is source for table in _FIELDS_BY_KIND.values()
+           for f, source in _INHERITABLE.items())
 
-def _views(request: ExportTraceServiceRequest) -> Iterator[_SpanView]:
+# The labelled counters, looked up once (a labels() call costs more than the increment).
+_SPANS_BY_KIND = {kind: SPANS.labels(kind) for kind in ("llm", "tool", "other")}
+
+
+def _views(request: ExportTraceServiceRequest, raw: bytes | None = None) -> Iterator[_SpanView]:
+    """Each span with what the mapping reads; its attributes read from ``raw``, the bytes
+    ``request`` was parsed from, in C when given (:mod:`~observer.collectors.common.span_attributes`)."""
+    scanned = iter(span_attributes.scan(raw, request, _READ_NAMES, CONTENT_PREFIXES) or ()) \
+        if raw else iter(())
     for resource_spans in request.resource_spans:
         service, tenant = resource_names(resource_spans.resource, STAGE)
         cluster = resource_cluster(resource_spans.resource, STAGE)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                attributes = attribute_values(span.attributes, _READ_NAMES)
-                # Only the names, counted once below (lookup of the whole table).
-                named = lookup(attributes, _INHERITABLE)
+                read = next(scanned, None)
+                content: dict[str, Any] | list[KeyValue] | None
+                if read is not None:
+                    attributes, content = read
+                else:
+                    # One pass over the span's attributes (each kv.key read once: upb makes
+                    # a new str per read): the mapping's values, and where content may be.
+                    attributes, content = {}, []
+                    for kv in span.attributes:
+                        key = kv.key
+                        if key in _READ_NAMES:
+                            attributes[key] = any_value(kv.value)
+                        if key.startswith(CONTENT_PREFIXES):
+                            content.append(kv)
+                kind = classify(span.name, attributes)
+                problem = span_identity_problem(span)
+                table = _FIELDS_BY_KIND.get(kind.kind)
+                # An LLM or tool span's record fields, read (and invalid values counted) once,
+                # here: they hold its model and agent too. Other spans: only those two names,
+                # not counted (they give no record of their own).
+                fields = lookup(attributes, table, STAGE) if table and problem is None else None
+                named = fields if fields is not None else lookup(attributes, _INHERITABLE)
                 yield _SpanView(
                     span=span,
                     service=service,
                     tenant=tenant,
                     cluster=cluster,
-                    kind=classify(span.name, attributes),
+                    kind=kind,
                     attributes=attributes,
                     model=named.get("model", ""),
                     agent=named.get("agent", ""),
-                    problem=span_identity_problem(span),
+                    problem=problem,
+                    content=content,
+                    fields=fields,
                 )
 
 
@@ -249,10 +310,12 @@ def _common(view: _SpanView) -> dict[str, Any]:
     }
 
 
-def _content_attributes(span: Span) -> dict[str, Any]:
-    """The span's attributes that may hold message content (the names alone are checked)."""
-    wanted = frozenset(kv.key for kv in span.attributes if kv.key.startswith(CONTENT_PREFIXES))
-    return attribute_values(span.attributes, wanted) if wanted else {}
+def _content_attributes(view: _SpanView) -> dict[str, Any]:
+    """The span's attributes that may hold message content (their values read only now)."""
+    content = view.content
+    if isinstance(content, dict) or content is None:
+        return content or {}
+    return {kv.key: any_value(kv.value) for kv in content}
 
 
 def _content_events(span: Span) -> list[Event]:
@@ -267,8 +330,9 @@ def _content_events(span: Span) -> list[Event]:
 def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None,
               descriptors: TextDescriptors | None = None,
               texts: dict[tuple[bytes, bytes], dict[str, str]] | None = None) -> LLMCall:
-    fields = lookup(view.attributes, LLM_FIELDS, STAGE)
-    content = _content_attributes(view.span)
+    fields = (dict(view.fields) if view.fields is not None
+              else lookup(view.attributes, LLM_FIELDS, STAGE))
+    content = _content_attributes(view)
     events = _content_events(view.span) if view.span.events else []
     found = sides(content, events) if content or events else {}
     if found:
@@ -293,7 +357,8 @@ def _llm_call(view: _SpanView, agent: str, capture: ContentCapture | None = None
 
 
 def _tool_call(view: _SpanView, model: str, agent: str) -> ToolCall:
-    fields = lookup(view.attributes, TOOL_FIELDS, STAGE)
+    fields = (dict(view.fields) if view.fields is not None
+              else lookup(view.attributes, TOOL_FIELDS, STAGE))
     failed = view.span.status.code == Status.STATUS_CODE_ERROR or "error_type" in fields
     return ToolCall(
         **_common(view),
@@ -365,23 +430,13 @@ class Normalizer:
     def _message(self, message: Message) -> list[Output]:
         """One message's records, and its dead letter when some of its spans gave none."""
         # Opened (decrypted) here; an untrusted message's tenant is dropped.
-        request = trace_request(message, self.seal, self.name)
+        request, raw = opened_trace_request(message, self.seal, self.name)
         texts: dict[tuple[bytes, bytes], dict[str, str]] | None = (
             {} if self.embeddings is not None else None)
-        records = normalize_request(request, self.capture, self.descriptors, texts)
+        records, problems = _normalize(request, self.capture, self.descriptors, texts, raw)
         outputs = [self._output(r) for r in records]
         if self.embeddings is not None:
             self.embeddings.add(request, records, texts)
-        problems = [
-            (i, problem)
-            for i, problem in enumerate(
-                span_identity_problem(span)
-                for resource_spans in request.resource_spans
-                for scope_spans in resource_spans.scope_spans
-                for span in scope_spans.spans
-            )
-            if problem
-        ]
         if problems:
             index, first = problems[0]
             field = first.split(" ", 1)[0]

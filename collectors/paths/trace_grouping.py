@@ -54,6 +54,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -70,10 +71,11 @@ from observer.collectors.common.retrieval_mapping import (
 from observer.collectors.common.otlp_messages import (
     UndecodableMessage,
     parent_id,
+    opened_trace_request,
     quarantine,
     span_identity_problem,
-    trace_request,
 )
+from observer.collectors.common import span_attributes
 from observer.collectors.common.tenant_seal import TenantSeal
 from observer.core import validate
 from observer.core.bus import Message, Output
@@ -108,7 +110,7 @@ class FakeClock:
         return self.now
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """What a path needs from one span (times: valid int64 ns, ``end_ns >= start_ns``; a span
     without a valid duration has ``end_ns == start_ns``)."""
@@ -140,8 +142,11 @@ class _OpenTrace:
     steps: list[_Step] = field(default_factory=list)
 
 
-def _summarise(span: Span, service: str, tenant: str, cluster: str = "") -> _Step:
-    attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
+def _summarise(span: Span, service: str, tenant: str, cluster: str = "",
+               attributes: dict[str, Any] | None = None) -> _Step:
+    """``attributes``: the span's values of ``ATTRIBUTE_NAMES`` when read already (in C)."""
+    if attributes is None:
+        attributes = attribute_values(span.attributes, ATTRIBUTE_NAMES)
     kind = classify(span.name, attributes)
     start = validate.count(span.start_time_unix_nano, max=validate.MAX_UNIX_NANO) or 0
     end = validate.count(span.end_time_unix_nano, max=validate.MAX_UNIX_NANO)
@@ -284,7 +289,16 @@ class TraceGrouper:
     def add_request(self, request: ExportTraceServiceRequest) -> list[PathRecord]:
         """Summarise a request's spans into their traces; returns paths evicted for room.
         Spans with unusable ids are left out (:meth:`process` dead-letters their message)."""
+        return self._add(request)[0]
+
+    def _add(self, request: ExportTraceServiceRequest, raw: bytes | None = None
+             ) -> tuple[list[PathRecord], str | None]:
+        """:meth:`add_request`, and why the first span left out was (None: none was).
+        ``raw``: the bytes ``request`` was parsed from, for reading attributes in C."""
         now = self.clock()
+        first_problem: str | None = None
+        scanned = iter(span_attributes.scan(raw, request, ATTRIBUTE_NAMES) or ()) \
+            if raw else iter(())
         # Every span is summarised before any trace changes: a value that raises leaves the
         # open traces as they were, and the message goes to the dead-letter topic whole.
         summaries: list[tuple[bytes, _Step]] = []
@@ -293,9 +307,13 @@ class TraceGrouper:
             cluster = resource_cluster(resource_spans.resource, STAGE)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    if span_identity_problem(span) is None:
-                        summaries.append(
-                            (span.trace_id, _summarise(span, service, tenant, cluster)))
+                    read = next(scanned, None)
+                    problem = span_identity_problem(span)
+                    if problem is None:
+                        summaries.append((span.trace_id, _summarise(
+                            span, service, tenant, cluster, read[0] if read else None)))
+                    elif first_problem is None:
+                        first_problem = problem
         for trace_id, step in summaries:
             if trace_id in self._closed:
                 LATE_SPANS.inc()
@@ -312,7 +330,7 @@ class TraceGrouper:
             if path is not None:
                 evicted.append(path)
         OPEN_TRACES.set(len(self.open))
-        return evicted
+        return evicted, first_problem
 
     def close_due(self) -> list[PathRecord]:
         """Close every trace whose grace period or timeout has passed."""
@@ -349,21 +367,12 @@ class TraceGrouper:
         for message in messages:
             try:
                 # Opened (decrypted) here; an untrusted message's tenant is dropped.
-                request = trace_request(message, self.seal, self.name)
-                outputs += [self._output(p) for p in self.add_request(request)]
+                request, raw = opened_trace_request(message, self.seal, self.name)
+                evicted, problem = self._add(request, raw)
+                outputs += [self._output(p) for p in evicted]
             except (UndecodableMessage, *validate.REJECTED) as e:
                 outputs.append(quarantine(self.topics.dead_letter, self.name, message, e, ERRORS))
                 continue
-            problem = next(
-                (
-                    p
-                    for r in request.resource_spans
-                    for s in r.scope_spans
-                    for p in map(span_identity_problem, s.spans)
-                    if p
-                ),
-                None,
-            )
             if problem:
                 validate.invalid(self.name, problem.split(" ", 1)[0])
                 ERRORS.inc()

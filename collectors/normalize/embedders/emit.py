@@ -105,6 +105,21 @@ def _sent_vectors(span: Span, model: str, max_dimension: int) -> trace_vectors.T
     return trace_vectors.from_span(attributes, events, model, max_dimension)
 
 
+def _span_ids(call: LLMCall) -> tuple[bytes, bytes] | None:
+    """The (trace id, span id) bytes whose ``hex()`` are the call's ids (None: no span's).
+
+    >>> _span_ids(LLMCall(service="s", model="m", trace_id="0a", span_id="0b"))
+    (b'\\n', b'\\x0b')
+    >>> _span_ids(LLMCall(service="s", model="m", trace_id="0A", span_id="zz")) is None
+    True
+    """
+    try:
+        ids = bytes.fromhex(call.trace_id), bytes.fromhex(call.span_id)
+    except ValueError:
+        return None
+    return ids if (ids[0].hex(), ids[1].hex()) == (call.trace_id, call.span_id) else None
+
+
 class EmbeddingEmitter:
     """Collects one normaliser batch's calls (:meth:`add`), then embeds them (:meth:`flush`)."""
 
@@ -127,12 +142,15 @@ class EmbeddingEmitter:
         """Note the LLM calls of one request (``records``, its normalised records) and the
         vectors its spans sent. ``texts``: each LLM span's content by (trace id, span id) as
         the normaliser read it; without it the content is read here."""
-        calls = {(r.trace_id, r.span_id): r for r in records if isinstance(r, LLMCall)}
+        # By the spans' own id bytes: conversions per call, not two hex() per span.
+        calls = {ids: r for r in records if isinstance(r, LLMCall)
+                 and (ids := _span_ids(r)) is not None}
         for resource_spans in request.resource_spans:
             names: tuple[str, str, str] | None = None
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    call = calls.get((span.trace_id.hex(), span.span_id.hex()))
+                    ids = (span.trace_id, span.span_id)
+                    call = calls.get(ids)
                     if call is None and not self.cfg.trace_vectors:
                         continue  # other spans matter only for the vectors they sent
                     # Vectors come on embedding spans (an LLM call of operation embeddings) and
@@ -148,7 +166,7 @@ class EmbeddingEmitter:
                             self._ready += self._sent(span, call, names, sent)
                             continue
                     if call is not None:
-                        found = (texts.get((span.trace_id, span.span_id)) if texts is not None
+                        found = (texts.get(ids) if texts is not None
                                  else message_content.texts(*_content(span)))
                         if found:
                             self._calls.append(
