@@ -83,6 +83,23 @@ def drain_spans(kafka: KafkaConfig, topic: str, spans: int, timeout_s: float = 1
     return got
 
 
+def drain_traces(kafka: KafkaConfig, topic: str, traces: int, timeout_s: float = 15) -> list[ConsumerRecord]:
+    """Records of ``topic`` from the start until they hold spans of ``traces`` distinct traces
+    (or the timeout). Count traces, not messages, for spans exported in one request: the
+    receiver writes the traces that land on one partition in one message, so two traces
+    are one message or two."""
+    consumer = make_consumer(kafka, None, [topic])
+    got: list[ConsumerRecord] = []
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < traces and time.monotonic() < deadline:
+        for records in consumer.poll(200).values():
+            got += records
+            seen.update(s.trace_id for r in records for s in spans_of(r.value))
+    consumer.close()
+    return got
+
+
 def traces_by_placement(messages: list[ConsumerRecord], partitions: int) -> dict[str, list[Span]]:
     """Trace id -> its spans, after checking the ``otlp_spans`` contract on ``messages``.
 

@@ -78,6 +78,15 @@ def start_prometheus():
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def scraped(start_prometheus):
+    """The GPU collector's Prometheus scene (tests/gpu_support.py), once per session: read by
+    tests/test_gpu_prometheus.py and tests/test_dashboards_gpu.py."""
+    from tests.gpu_support import scraped_scene
+
+    yield from scraped_scene(start_prometheus)
+
+
 @pytest.fixture
 def exposition_server():
     """A function serving ``render()`` (exposition text) on a free port for Prometheus to

@@ -32,7 +32,7 @@ from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
 from observer.core.records import LLMCall, PathRecord, ToolCall, decode
 from observer.core.topics import Topics
-from tests.collectors_support import drain, receivers
+from tests.collectors_support import drain, drain_traces, receivers
 
 TOOLS = [
     {
@@ -144,7 +144,7 @@ def test_openai_v2_instrumentation_end_to_end(
     run_agent(client, tracer_provider, fail_tool=True)
     assert tracer_provider.force_flush() and meter_provider.force_flush()
 
-    raw = drain(kafka_config, topics.spans, 2)  # one message per trace
+    raw = drain_traces(kafka_config, topics.spans, 2)  # one trace per run
     messages = [Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in raw]
     records = [decode(o.value) for o in Normalizer(topics).process(messages)]
     llm = [r for r in records if isinstance(r, LLMCall)]

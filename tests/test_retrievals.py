@@ -42,7 +42,7 @@ from observer.core.records import (
     encode,
 )
 from observer.core.topics import Topics
-from tests.collectors_support import drain, receivers
+from tests.collectors_support import drain_traces, receivers
 from tests.drift_support import first_window_config
 
 TOPICS = Topics.from_config(KafkaConfig(topic_prefix="unit."))
@@ -132,7 +132,7 @@ def test_langchain_retriever_through_the_receiver(
         finally:
             instrumentor.uninstrument()
             provider.shutdown()
-    messages = [Message.of(m) for m in drain(kafka_config, topics.spans, 2)]
+    messages = [Message.of(m) for m in drain_traces(kafka_config, topics.spans, 2)]
     outputs = Normalizer(topics).process(messages)
     by_topic = [(o.topic, decode(o.value)) for o in outputs]
     found = sorted((rec for t, rec in by_topic if t == topics.retrievals),

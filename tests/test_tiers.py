@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.tiers import SYSTEM, TIERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +29,42 @@ print("TIERS " + json.dumps({"code": int(code), "found": Tiers.found}))
 """
 
 
-def test_every_test_has_exactly_one_tier() -> None:
+def collected_whole_suite(config: pytest.Config) -> bool:
+    """True when this session collected what the child would: no arguments (the testpaths),
+    nothing deselected or ignored, and a collection error would have stopped it before
+    any test ran. ``make test`` is such a session: it then need not collect it all again."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return (
+        config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        and reporter is not None and not reporter.stats.get("deselected")
+        and not (config.option.markexpr or config.option.keyword)
+        and not (config.getoption("ignore") or config.getoption("ignore_glob"))
+        and not config.getoption("continue_on_collection_errors")
+        and not config.getoption("lf", False) and not config.getoption("stepwise", False)
+    )
+
+
+def tiers_of(items: list[pytest.Item]) -> dict[str, list[str]]:
+    """Each test's tier markers, as the child prints them."""
+    return {item.nodeid: sorted({m.name for m in item.iter_markers()
+                                 if m.name in ("unit", "broker", "system")}) for item in items}
+
+
+def collect_in_a_child() -> dict[str, list[str]]:
     done = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("TIERS ")]
     assert lines, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(lines[-1][len("TIERS "):])
     assert report["code"] == 0, done.stdout[-3000:]
-    found: dict[str, list[str]] = report["found"]
+    return report["found"]
+
+
+def test_every_test_has_exactly_one_tier(request: pytest.FixtureRequest) -> None:
+    # The whole suite's own collection when this session is one (about 10 s saved in CI),
+    # else a child pytest collecting it all.
+    whole = collected_whole_suite(request.config)
+    found = tiers_of(request.session.items) if whole else collect_in_a_child()
 
     assert {node: tiers for node, tiers in found.items() if len(tiers) != 1} == {}
     per_tier = {t: sum(tiers == [t] for tiers in found.values()) for t in TIERS}
