@@ -123,9 +123,26 @@ class Durability:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(15)
+        self._final_settle()
         if self._positions is not None:
             self._positions.close()
         self.spool.close()
+
+    def _final_settle(self, rounds: int = 3) -> None:
+        """Settle once more after the stages stopped (the runtime closes this last, so their
+        final offsets are committed): what they finished with is settled now instead of being
+        replayed into a second pass at the next start, where a stage without duplicate
+        suppression (the eval join's pending scores) would emit it twice. A lane still
+        holding input (open traces within ``hold_s``) keeps its entries. The first round may
+        finish one the settle thread began with older offsets; the next starts afresh."""
+        if self.settler is None:
+            return
+        for _ in range(rounds):
+            try:
+                self.settler.step()
+            except Exception as e:  # noqa: BLE001 (the broker may be going: replay covers it)
+                log.warning("final settle round: %s (the next start replays the rest)", e)
+                return
 
 
 def resume_points(
