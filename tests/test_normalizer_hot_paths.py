@@ -54,9 +54,10 @@ HOSTILE_VALUES: list[Any] = [
 
 
 def invalid_counts(stage: str, fields: Mapping[str, Source]) -> dict[str, float]:
-    return {field: REGISTRY.get_sample_value(
-        "observer_invalid_values_total", {"stage": stage, "field": field}) or 0.0
-        for field in fields}
+    # The counter's own children: REGISTRY.get_sample_value collects every metric of the
+    # process, which in the full suite made this test take 14 s instead of under one.
+    return {field: validate.INVALID_VALUES.labels(stage=stage, field=field)._value.get()
+            for field in fields}
 
 
 @pytest.mark.parametrize("table", [LLM_FIELDS, TOOL_FIELDS, METRIC_FIELDS],
