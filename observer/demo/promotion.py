@@ -59,6 +59,19 @@ def promote(admin_url: str, secret: str, runs: list[Any], model_version: str,
     return accepted
 
 
+def rebaselining(admin_url: str, stage: Any, episodes: list[str]) -> bool:
+    """Whether the drift engine has taken every promoted segment's re-baseline (it is
+    collecting the new version, or has it). The demo waits for this before the promoted
+    model's traffic: a command that arrives after some of that traffic was scored starts the
+    new version later, and the last window against it may then never fill."""
+    wanted = {(life["record_type"], life["segment_key"])
+              for life in (stage.life.life(e) for e in episodes)}
+    states = httpx.get(f"{admin_url}/api/v1/references", timeout=10).json()["references"]
+    ready = {(s["record_type"], s["segment_key"]) for s in states
+             if s.get("collecting") or (s.get("current") or 0) >= 2}
+    return wanted <= ready
+
+
 def resolved(stage: Any, episodes: list[str]) -> bool:
     return all(stage.life.life(e)["status"] == "resolved" for e in episodes)
 
