@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
