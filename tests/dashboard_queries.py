@@ -1,12 +1,14 @@
 """Every PromQL query of the committed dashboards, and how to run one as Grafana would (used by
-tests/test_dashboards_prometheus.py and tests/test_dashboards_gpu.py)."""
+the dashboard tests: prometheus, gpu, quality, fleet)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +47,22 @@ def has_data(result: list[dict[str, Any]]) -> bool:
         if value is not None and not math.isnan(float(value[1])):
             return True
     return False
+
+
+def queries_without_data(client: Any, queries: Sequence[tuple[str, str, str]],
+                         timeout_s: float = 30.0) -> list[tuple[str, str, str]]:
+    """Run every query (expanded) until each returned data or ``timeout_s`` passed; those
+    still without data. ``client`` is a ``PrometheusConnect``."""
+    missing = list(queries)
+    deadline = time.monotonic() + timeout_s
+    while missing and time.monotonic() < deadline:
+        missing = [q for q in missing if not has_data(client.custom_query(expand(q[2])))]
+        if missing:
+            time.sleep(1)
+    return missing
+
+
+def describe(missing: Sequence[tuple[str, str, str]]) -> str:
+    """The assertion message naming each query without data."""
+    return "queries without data:\n" + "\n".join(
+        f"{title}: {expand(expr)}" for _, title, expr in missing)

@@ -12,7 +12,7 @@ import time
 from prometheus_api_client import PrometheusConnect
 
 from observer.core.records import GPUEconomics
-from tests.dashboard_queries import dashboard_queries, expand, has_data
+from tests.dashboard_queries import dashboard_queries, describe, queries_without_data
 from tests.gpu_support import PRICES
 
 
@@ -31,12 +31,7 @@ def test_every_gpu_panel_query_returns_data(scraped) -> None:
     assert len(queries) >= 9
     pipeline.process(collector.collect(), replace=True)
     try:
-        missing = queries
-        deadline = time.monotonic() + 30
-        while missing and time.monotonic() < deadline:
-            missing = [q for q in missing if not has_data(client.custom_query(expand(q[2])))]
-            if missing:
-                time.sleep(1)
+        missing = queries_without_data(client, queries)
     finally:
         # The scene is shared with tests/test_gpu_prometheus.py: put its first cycle back
         # (the gauges it checks against those records) and wait until Prometheus has it.
@@ -47,8 +42,7 @@ def test_every_gpu_panel_query_returns_data(scraped) -> None:
         while _tokens_per_joule(client) != expected:
             assert time.monotonic() < deadline, "Prometheus did not scrape the first cycle back"
             time.sleep(0.2)
-    assert not missing, "queries without data:\n" + "\n".join(
-        f"{title}: {expand(expr)}" for _, title, expr in missing)
+    assert not missing, describe(missing)
 
 
 def _tokens_per_joule(client: PrometheusConnect) -> dict[str, float]:

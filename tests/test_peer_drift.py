@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import random
-import time
 import tracemalloc
 from statistics import NormalDist
 
@@ -31,7 +30,7 @@ from observer.core.bus import Message, make_producer
 from observer.core.config import KafkaConfig
 from observer.core.records import DriftResult, LLMCall, decode, encode
 from observer.core.topics import Topics
-from tests.dashboard_queries import dashboard_queries, expand, has_data
+from tests.dashboard_queries import dashboard_queries, describe, expand, queries_without_data
 from tests.drift_support import TOPICS, Runner, drain_results, engine_running, results_of
 
 N = 200  # records per cluster per window (count windows and peer windows alike)
@@ -375,14 +374,8 @@ def test_every_fleet_panel_query_returns_data(start_prometheus, exposition_serve
     client = PrometheusConnect(url=prom.url, disable_ssl=True)
     queries = dashboard_queries("observer-fleet")
     assert len(queries) >= 7
-    missing = queries
-    deadline = time.monotonic() + 30
-    while missing and time.monotonic() < deadline:
-        missing = [q for q in missing if not has_data(client.custom_query(expand(q[2])))]
-        if missing:
-            time.sleep(1)
-    assert not missing, "queries without data:\n" + "\n".join(
-        f"{title}: {expand(expr)}" for _, title, expr in missing)
+    missing = queries_without_data(client, queries)
+    assert not missing, describe(missing)
     cells = client.custom_query('max by (cluster, segment) (observer_peer_dataset_drift)')
     drifting = {(c["metric"]["cluster"], c["metric"]["segment"]) for c in cells
                 if float(c["value"][1]) == 1}

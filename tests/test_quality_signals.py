@@ -318,12 +318,11 @@ def test_quality_knobs_load_from_yaml_and_env_and_bad_ones_fail_naming_the_probl
 def test_every_quality_panel_query_returns_data(start_prometheus, exposition_server) -> None:
     """The engine's own metrics, scraped by a real Prometheus between two phases of traffic
     (rates need counters that grow): every panel of observer-quality returns data."""
-    import time
 
     from prometheus_api_client import PrometheusConnect
     from prometheus_client import generate_latest
 
-    from tests.dashboard_queries import dashboard_queries, expand, has_data
+    from tests.dashboard_queries import dashboard_queries, describe, expand, queries_without_data
 
     rng = random.Random(21)
     cfg = quality_config(features={**EVALS_ONLY,
@@ -360,14 +359,8 @@ def test_every_quality_panel_query_returns_data(start_prometheus, exposition_ser
     client = PrometheusConnect(url=prom.url, disable_ssl=True)
     queries = dashboard_queries("observer-quality")
     assert len(queries) >= 12
-    missing = queries
-    deadline = time.monotonic() + 30
-    while missing and time.monotonic() < deadline:
-        missing = [q for q in missing if not has_data(client.custom_query(expand(q[2])))]
-        if missing:
-            time.sleep(1)
-    assert not missing, "queries without data:\n" + "\n".join(
-        f"{title}: {expand(expr)}" for _, title, expr in missing)
+    missing = queries_without_data(client, queries)
+    assert not missing, describe(missing)
     # The table names the documents that fell out of the top-k.
     table = client.custom_query(expand(next(q[2] for q in queries if "top-k" in q[1])))
     dropped = {r["metric"]["document"]: float(r["value"][1]) for r in table
