@@ -42,8 +42,10 @@ class Observer:
 
 
 @contextmanager
-def observer_up(extra_env: dict[str, str] | None = None) -> Iterator[Observer]:
-    """``observer up`` (embedded broker, defaults) on fresh ports, in its own process."""
+def observer_up(extra_env: dict[str, str] | None = None,
+                workers: int | None = None) -> Iterator[Observer]:
+    """``observer up`` (embedded broker, defaults; ``--workers`` when given) on fresh ports,
+    in its own process."""
     port, admin, kafka = _free_port(), _free_port(), f"127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory() as tmp:
         env = {
@@ -58,7 +60,10 @@ def observer_up(extra_env: dict[str, str] | None = None) -> Iterator[Observer]:
             "OBSERVER_KAFKA__EMBEDDED_STATE_DIR": f"{tmp}/state",
             **(extra_env or {}),
         }
-        proc = subprocess.Popen([sys.executable, "-m", "observer.cli", "up"], env=env)
+        command = [sys.executable, "-m", "observer.cli", "up"]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        proc = subprocess.Popen(command, env=env)
         try:
             url = f"http://127.0.0.1:{port}/v1/traces"
             _wait_http(url, 180)
@@ -111,11 +116,33 @@ def stage_counts(metrics_url: str) -> dict[str, float]:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of ``pid`` and its Python children (the workers of ``observer up
+    --workers``; not the embedded broker, which is not Python)."""
+    def own(p: int) -> float:
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    total = own(pid)
+    for child in _children(pid):
+        try:
+            if "python" in Path(f"/proc/{child}/exe").resolve().name:
+                total += own(child)
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
 
 
 def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:
@@ -181,7 +208,8 @@ def _timestamp(consumer, topic: str, partition: int, offset: int) -> int:
 
 @contextmanager
 def py_spy(pid: int, path: Path, gil: bool = True, rate: int = 97) -> Iterator[None]:
-    """Sample ``pid`` (not blocking it) into py-spy's raw (collapsed) format.
+    """Sample ``pid`` and its subprocesses (the workers) without blocking them, into py-spy's
+    raw (collapsed) format.
 
     ``gil``: only the thread holding the GIL, i.e. where the one process's Python time goes
     (threads waiting in a selector or on a lock are left out); else every non-idle thread.
@@ -191,7 +219,7 @@ def py_spy(pid: int, path: Path, gil: bool = True, rate: int = 97) -> Iterator[N
         print("py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
         yield
         return
-    command = [binary, "record", "--pid", str(pid),
+    command = [binary, "record", "--pid", str(pid), "--subprocesses",
                "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(path)]
     spy = subprocess.Popen(command + (["--gil"] if gil else []),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -58,10 +58,11 @@ def _ratio(rate: float, peer: float) -> float:
     return round(rate / peer, 4) if peer else float("nan")
 
 
-def end_to_end(path: Path, args: argparse.Namespace, build: Path) -> dict[str, Any]:
-    """Full rate into a fresh ``observer up`` until every stage caught up (profiled)."""
-    with observer_up() as obs:
-        profile = build / "e2e_profile.txt"
+def end_to_end(path: Path, args: argparse.Namespace, build: Path,
+               workers: int | None) -> dict[str, Any]:
+    """Full rate into a fresh ``observer up --workers`` until every stage caught up (profiled)."""
+    with observer_up(workers=workers) as obs:
+        profile = build / f"e2e_profile_workers_{workers or 'default'}.txt"
         if args.no_profile:
             sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
             caught_up = wait_caught_up(obs.metrics_url)
@@ -85,7 +86,7 @@ def sustained(path: Path, args: argparse.Namespace, spans_per_s: float, build: P
     """``spans_per_s`` for ``--duration`` s into a fresh ``observer up``: RSS, result latency."""
     import threading
 
-    with observer_up() as obs:
+    with observer_up(workers=args.workers[-1]) as obs:
         rss: dict[str, Any] = {}
         until = time.time() + 3.0 + args.duration
         sampler = threading.Thread(
@@ -118,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["e2e", "stages", "sustained"], help="leave a part out")
     parser.add_argument("--quick", action="store_true", help="10,000 spans, 20 s sustained")
     parser.add_argument("--build", default="build", help="where CSV, profile and JSON go")
+    parser.add_argument("--workers", type=int, action="append",
+                        help="observer up --workers N; repeat to run end to end once per value "
+                        "(the last also runs the sustained part; default: observer's own)")
     args = parser.parse_args(argv)
+    args.workers = args.workers or [None]
     if args.quick:
         args.spans, args.duration = 10_000, 20.0
     build = Path(args.build)
@@ -137,17 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         del bodies
         e2e_rate = None
         if "e2e" not in args.skip:
-            e2e = results["end_to_end"] = end_to_end(path, args, build)
-            e2e_rate = e2e["e2e_spans_per_s"]
-            e2e["ratio_e2e"] = _ratio(e2e_rate, peer)
-            e2e["ratio_acked"] = _ratio(e2e["acked_spans_per_s"], peer)
-            print(f"end to end: {e2e_rate} spans/s ({e2e['ratio_e2e']} of parse), acked "
-                  f"{e2e['acked_spans_per_s']} ({e2e['ratio_acked']}), caught up after "
-                  f"{e2e['caught_up_s']} s", flush=True)
-            for kind in ("own", "cumulative"):
-                print(f"profile, top 15 by {kind} samples (% of {e2e.get('profile', {}).get('samples')}):")
-                for frame, share in e2e.get("profile", {}).get(kind, []):
-                    print(f"  {share:5.1f}%  {frame}")
+            for workers in args.workers:
+                e2e = end_to_end(path, args, build, workers)
+                results[f"end_to_end_workers_{workers or 'default'}"] = e2e
+                e2e_rate = e2e["e2e_spans_per_s"]
+                e2e["ratio_e2e"] = _ratio(e2e_rate, peer)
+                e2e["ratio_acked"] = _ratio(e2e["acked_spans_per_s"], peer)
+                print(f"end to end, --workers {workers or 'default'}: {e2e_rate} spans/s "
+                      f"({e2e['ratio_e2e']} of parse), acked {e2e['acked_spans_per_s']} "
+                      f"({e2e['ratio_acked']}), caught up after {e2e['caught_up_s']} s",
+                      flush=True)
+                for kind in ("own", "cumulative"):
+                    print(f"profile, top 15 by {kind} samples "
+                          f"(% of {e2e.get('profile', {}).get('samples')}):")
+                    for frame, share in e2e.get("profile", {}).get(kind, []):
+                        print(f"  {share:5.1f}%  {frame}")
         if "stages" not in args.skip:
             alone = results["stages_alone"] = stages_alone(path, args.clients, args.spans_per_request)
             for name in ("normalize", "paths", "drift"):

@@ -24,11 +24,14 @@ def create_admin_app(
     kafka_ready: Callable[[], bool],
     stage_errors: Callable[[], dict[str, str]],
     stage_states: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    metrics: Callable[[], bytes] = generate_latest,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """``stage_errors`` maps a component that failed for good to why; empty means alive.
     ``stage_states`` maps each consuming stage to its supervisor's status (``state``:
     running, restarting with ``last_error`` and ``retry_at``, failed with ``error``...).
+    ``metrics()`` is the Prometheus exposition ``/metrics`` serves (the runtime merges its
+    worker processes' into it).
 
     ``routers`` are the stages' routes (``observer.stages.admin_routers``), each mounted
     behind the guard.
@@ -47,8 +50,8 @@ def create_admin_app(
             raise HTTPException(status, detail, challenge)
 
     @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def exposition() -> Response:
+        return Response(metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

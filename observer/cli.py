@@ -1,6 +1,6 @@
 """The ``observer`` command.
 
-    observer [--config observer.yaml] up          every stage in one process
+    observer [--config observer.yaml] up [--workers N]   every stage (in N processes: one per core)
     observer [--config observer.yaml] collect     OTLP receiver only (likewise normalize, drift, trigger)
     observer [--config observer.yaml] demo        the whole loop on a synthetic support agent
     observer drift score --reference REF --current CUR [...]   offline drift scoring of files
@@ -26,7 +26,8 @@ from observer.config import ObserverConfig, load_config
 from observer.core.config import ConfigError
 from observer.core.extras import MissingExtra
 
-UP_HELP = "run every stage in one process (embedded broker unless Kafka is configured)"
+UP_HELP = ("run every stage, shared between --workers processes (embedded broker unless "
+           "Kafka is configured)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="observer", description="Drift-to-retraining for AI workloads.")
     p.add_argument("--config", type=Path, help="YAML configuration file (env: OBSERVER_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help=UP_HELP, description=UP_HELP)
+    up = sub.add_parser("up", help=UP_HELP, description=UP_HELP)
+    up.add_argument("--workers", type=int, metavar="N",
+                    help="processes to share the stages between (config: workers; default: "
+                    "one per core, at most 4; 1: everything in one process)")
     for spec in STAGES:
         text = spec.summary(topics)
         stage = sub.add_parser(spec.name, help=text,
@@ -61,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve(cfg: ObserverConfig, stages: list[str]) -> int:
+def _serve(cfg: ObserverConfig, stages: list[str], workers: int = 1) -> int:
     from observer.runtime import ALL_STAGES, Runtime
 
-    runtime = Runtime(cfg, stages)
+    runtime = Runtime(cfg, stages, workers)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -83,7 +87,8 @@ def _serve(cfg: ObserverConfig, stages: list[str]) -> int:
             if runtime.stop_event.is_set():
                 # Only a permanent failure stops the runtime (errors restart the stage).
                 for name, why in runtime.errors().items():
-                    print(f"observer: stage {name} failed permanently: {why}", file=sys.stderr)
+                    what = f"stage {name}" if name in stages else name  # or a worker
+                    print(f"observer: {what} failed permanently: {why}", file=sys.stderr)
                 return 1
         return 0
     finally:
@@ -145,8 +150,16 @@ def _main(argv: list[str] | None) -> int:
     from observer.runtime import ALL_STAGES  # imports every stage: only where they run
 
     stages = ALL_STAGES if args.command == "up" else [args.command]
+    workers = 1
+    if args.command == "up":
+        from observer.worker_plan import default_workers
+
+        if args.workers is not None and args.workers < 1:
+            print(f"observer: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+            return 2
+        workers = args.workers or cfg.workers or default_workers()
     try:
-        return _serve(cfg, stages)
+        return _serve(cfg, stages, workers)
     except MissingExtra:
         raise  # exit 2, as for a configuration error
     except Exception as e:  # start-up failures: say what, not a traceback

@@ -2,15 +2,20 @@
 
 ``observer up`` runs every stage here; ``observer collect|normalize|drift|trigger`` runs one,
 and a deployment scales each out by adding replicas (consumer groups split the partitions).
-Each process also serves the admin API (metrics, health) for the stages it runs.
+Each process also serves the admin API (metrics, health) for the stages it runs. With
+``workers`` above 1 the consuming stages are shared with worker processes
+(:mod:`observer.workers`); this process keeps the broker, receivers, admin API and settling,
+and answers for every stage.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
+import time
 from typing import Any, Callable
+
+from prometheus_client import generate_latest
 
 from observer import stages as registry
 from observer.admin import create_admin_app
@@ -27,17 +32,20 @@ from observer.core.http import ServerThread
 from observer.core.records import Record
 from observer.core.settle import Flow
 from observer.core.stage import AdminContext, StageSpec
-from observer.core.supervisor import RestartPolicy, Supervisor
-from observer.core.suspects import SuspectRanges
+from observer.core.supervisor import Supervisor
 from observer.core.tls import certificate_files
 from observer.core.topics import Topics
 from observer.durability import Durability
+from observer.metrics_merge import merge
+from observer.stage_threads import CONSUMING_STAGES, StageThreads
 from observer.views import TopicView
+from observer.worker_plan import plan
+from observer.workers import WorkerGone, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-# The consuming stages, from their specs (observer.stages): builds, groups, topics, hold times.
-CONSUMING_STAGES: dict[str, StageSpec] = registry.consumers()
+WATCH_INTERVAL_S = 0.5
+"""How often the runtime asks its workers for their stages' states."""
 # "collect" is the OTLP receiver: an HTTP and a gRPC server, not a consumer.
 ALL_STAGES: list[str] = list(registry.RUNTIME_STAGES)
 
@@ -51,23 +59,27 @@ class Runtime:
     ValueError: unknown stage 'nonsense'; choose from collect, normalize, paths, genai-metrics, predictions, eval-join, drift, trigger, metrics
     """
 
-    def __init__(self, cfg: ObserverConfig, stages: list[str]) -> None:
+    def __init__(self, cfg: ObserverConfig, stages: list[str], workers: int = 1) -> None:
         for s in stages:
             if s not in ALL_STAGES:
                 raise ValueError(f"unknown stage {s!r}; choose from {', '.join(ALL_STAGES)}")
         # The embedded broker lets any local process write: seal what the receivers write.
         self.cfg = cfg = with_seal_key(cfg)
         self.stages = stages
+        self.workers = workers
         self.topics = Topics.from_config(cfg.kafka)
         self.broker: EmbeddedBroker | None = None
         self.durability: Durability | None = None
         self.servers: dict[str, ServerThread] = {}
-        self.supervisors: dict[str, Supervisor] = {}
         self.views: dict[str, TopicView] = {}  # by topic: what the stages' admin routes read
         self.intake: Intake | None = None
         self.grpc: GrpcReceiver | None = None
-        self._threads: list[threading.Thread] = []
         self.stop_event = threading.Event()
+        self.local: StageThreads | None = None
+        self.workers_started: list[WorkerProcess] = []
+        self._watch: threading.Thread | None = None
+        self._worker_status: dict[str, dict[str, Any]] = {}
+        self._worker_errors: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Runtime":
@@ -95,12 +107,21 @@ class Runtime:
                 self.broker.incarnation,
             ).open()
 
+        # Process 0 (this one) runs its share of the stages; the workers, theirs. Spawned
+        # now (after the seeding and replay above): they import while the servers start.
+        shares = plan([CONSUMING_STAGES[n] for n in self.stages if n in CONSUMING_STAGES],
+                      self.workers)
+        self.workers_started = [WorkerProcess(i, self.cfg, names).start()
+                                for i, names in enumerate(shares[1:], start=1)]
+        self._local_share = shares[0]
+
         probe = KafkaProbe(kafka)
         admin = create_admin_app(
             self.cfg.admin,
             kafka_ready=probe.ready,
             stage_errors=self.errors,
             stage_states=self.stage_states,
+            metrics=self.metrics,
             routers=registry.admin_routers(self._admin_context),
         )
         self.servers["admin"] = ServerThread(
@@ -135,48 +156,49 @@ class Runtime:
                 self.intake, self.cfg.receiver.host, self.cfg.receiver.grpc_port, receiver_tls
             ).start()
 
-        for name in self.stages:
-            spec = CONSUMING_STAGES.get(name)
-            if spec is None:
-                continue
-            build = functools.partial(spec.build, self.cfg, self.topics)
-            # The first processor is built here: a configuration error fails the start.
-            supervisor = Supervisor(
-                name, build, functools.partial(self._runner, spec),
-                RestartPolicy(**self.cfg.supervisor.model_dump()), processor=build(),
-            )
-            thread = threading.Thread(
-                target=self._run_stage, args=(supervisor,), name=name, daemon=True
-            )
-            self.supervisors[name] = supervisor
-            self._threads.append(thread)
-            thread.start()
-
-    def _runner(
-        self, spec: StageSpec, processor: Processor, suspects: SuspectRanges,
-        assigned: threading.Event,
-    ) -> StageRunner:
-        """One run of a stage: new Kafka clients, the supervisor's suspect ranges."""
-        # Sharing the GIL with the receivers: give way to them while they are busy.
         yield_ms = self.cfg.receiver.stage_yield_ms
-        return StageRunner(
-            self.cfg.kafka, processor, spec.group_id(self.cfg),  # type: ignore[misc]
-            spec.input_topics(self.cfg, self.topics),
-            yield_to=self.intake.busy if self.intake is not None and yield_ms else None,
-            max_yield_s=yield_ms / 1000,
-            dead_letter_topic=self.topics.dead_letter,
-            suspects=suspects,
-            assigned=assigned,
-        )
+        self.local = StageThreads(
+            self.cfg, self.topics, self._local_share, stop_event=self.stop_event, yield_ms=yield_ms,
+            # Sharing the GIL with the receivers: give way to them while they are busy.
+            busy=self.intake.busy if self.intake is not None else None,
+        ).start()
+        for worker in self.workers_started:
+            worker.started()
+        if self.workers_started:
+            self._watch = threading.Thread(target=self._watch_workers, name="workers",
+                                           daemon=True)
+            self._watch.start()
+
+    def _watch_workers(self) -> None:
+        """Keep each worker's stage states; a stage failed for good there, or a worker gone,
+        stops the runtime as a local permanent failure does."""
+        while not self.stop_event.is_set():
+            for worker in self.workers_started:
+                try:
+                    status = worker.ask("status")
+                except WorkerGone as e:
+                    self._worker_errors[worker.name] = str(e)
+                    self.stop_event.set()
+                    continue
+                self._worker_status[worker.name] = status
+                if status["errors"]:
+                    self.stop_event.set()
+            self.stop_event.wait(WATCH_INTERVAL_S)
+
+    @property
+    def supervisors(self) -> dict[str, Supervisor]:
+        """The supervisors of the stages running in this process."""
+        return self.local.supervisors if self.local is not None else {}
 
     @property
     def runners(self) -> dict[str, StageRunner]:
-        """The current run of each consuming stage (a restart replaces it)."""
+        """The current run of each consuming stage in this process (a restart replaces it)."""
         return {n: s.runner for n, s in self.supervisors.items() if s.runner is not None}
 
     @property
     def processors(self) -> dict[str, Processor]:
-        """The current processor of each consuming stage (a restart rebuilds it)."""
+        """The current processor of each consuming stage in this process (a restart rebuilds
+        it); a stage in a worker process has none here."""
         return {n: s.processor for n, s in self.supervisors.items() if s.processor is not None}
 
     def _flows(self) -> dict[str, Flow]:
@@ -210,31 +232,64 @@ class Runtime:
         """The view of ``observer.triggers`` (the trigger stage's admin routes read it)."""
         return self.views.get(self.topics.triggers)
 
-    def _run_stage(self, supervisor: Supervisor) -> None:
-        """Run a stage under its supervisor; only a permanent failure returns before the stop,
-        and then it stops the process (``/healthz`` fails, ``observer up`` exits non-zero)."""
-        try:
-            supervisor.run(self.stop_event)
-        finally:
-            if supervisor.failure is not None:
-                self.stop_event.set()
-
     def wait_assigned(self, timeout_s: float = 60.0) -> bool:
-        """Block until every consuming stage has joined its group and holds partitions."""
-        return all(s.assigned.wait(timeout_s) for s in self.supervisors.values())
+        """Block until every consuming stage, here and in the workers, has joined its group
+        and holds partitions."""
+        deadline = time.monotonic() + timeout_s
+        if self.local is not None and not self.local.wait_assigned(timeout_s):
+            return False
+        for worker in self.workers_started:
+            while True:
+                try:
+                    if worker.ask("status")["assigned"]:
+                        break
+                except WorkerGone:
+                    return False
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
+        return True
 
     def errors(self) -> dict[str, str]:
-        """The stages that failed permanently, and why (empty: none did)."""
-        return {n: s.failure for n, s in self.supervisors.items() if s.failure is not None}
+        """The stages that failed permanently, and why, and workers gone (empty: none)."""
+        errors = dict(self.local.errors()) if self.local is not None else {}
+        for status in list(self._worker_status.values()):
+            errors.update(status["errors"])
+        errors.update(self._worker_errors)
+        return errors
 
     def stage_states(self) -> dict[str, dict[str, Any]]:
-        """Each consuming stage's state (``Supervisor.status``): running, restarting..."""
-        return {n: s.status() for n, s in self.supervisors.items()}
+        """Each consuming stage's state (``Supervisor.status``) wherever it runs, with the
+        process (``worker``: 0 is this one) when there are several."""
+        states = dict(self.local.states()) if self.local is not None else {}
+        if self.workers_started:
+            states = {n: {**s, "worker": 0} for n, s in states.items()}
+        for worker in self.workers_started:
+            status = self._worker_status.get(worker.name)
+            for name in worker.stages:
+                state = status["states"].get(name) if status is not None else None
+                if worker.name in self._worker_errors:
+                    state = {"state": "failed", "error": self._worker_errors[worker.name]}
+                states[name] = {**(state or {"state": "starting"}), "worker": worker.index}
+        return {n: states[n] for n in self.stages if n in states}  # in the registry's order
+
+    def metrics(self) -> bytes:
+        """This process's Prometheus exposition, merged with every worker's."""
+        texts = [generate_latest().decode()]
+        for worker in self.workers_started:
+            try:
+                texts.append(worker.ask("metrics")["text"])
+            except WorkerGone:
+                continue  # its stages' series are missing; /healthz says why
+        return texts[0].encode() if len(texts) == 1 else merge(texts)
 
     def stop(self) -> None:
         self.stop_event.set()
-        for t in self._threads:
-            t.join(15)
+        # The stages first (their last offsets committed), then what settles behind them.
+        for worker in self.workers_started:
+            worker.stop()
+        if self.local is not None:
+            self.local.stop()
         if self.grpc is not None:
             self.grpc.stop()
             self.grpc = None

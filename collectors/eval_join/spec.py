@@ -41,6 +41,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
 
 SPEC = StageSpec(
     name="eval-join",
+    cpu_weight=6,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run the eval join",
     description="Join each evaluation score or feedback to its target LLM call's segment "
     "(tenant, service, model, cluster) by span, trace or session id; a score that comes "

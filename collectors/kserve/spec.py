@@ -22,6 +22,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
 
 SPEC = StageSpec(
     name="predictions",
+    cpu_weight=0.5,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="pair KServe logger events",
     description="Join each KServe inference request to its response (keyed by ce-id) into one "
     "prediction record; an event whose partner does not come is written alone.",

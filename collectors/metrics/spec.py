@@ -28,6 +28,7 @@ def _build_domain(cfg: ObserverConfig, topics: Topics) -> Any:
 
 GENAI_METRICS = StageSpec(
     name="genai-metrics",
+    cpu_weight=0.5,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="normalise gen_ai.* metrics",
     description="Read gen_ai.* OTLP metric points and write them as interval deltas.",
     # Its consumer group is normalizer.metrics_group_id (the section YAML files know).
@@ -40,6 +41,7 @@ GENAI_METRICS = StageSpec(
 
 METRICS = StageSpec(
     name="metrics",
+    cpu_weight=3,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run the domain-metrics stage",
     description="Count LLM calls, tokens, tool calls and agent paths as Prometheus series on "
     "the admin API's /metrics, with capped label values.",

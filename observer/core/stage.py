@@ -74,6 +74,10 @@ class StageSpec:
     - ``admin_routes(ctx)``: a FastAPI ``APIRouter`` the admin API mounts (behind its guard).
     - ``add_arguments(parser)`` / ``command(cfg, args)``: extra CLI arguments; a stage with a
       ``command`` runs on its own (``collect-gpu``), not in ``observer up``.
+    - ``cpu_weight``: its share of ``observer up``'s CPU, relative to the others (measured,
+      see each spec); ``observer up --workers N`` balances the processes with it.
+    - ``beside_admin``: its admin routes need its processor, so ``observer up`` runs it in
+      the process serving the admin API, whatever the number of workers.
     """
 
     name: str
@@ -93,6 +97,8 @@ class StageSpec:
     admin_routes: Callable[[AdminContext], Any] | None = None
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     command: Callable[[Config, argparse.Namespace], int] | None = None
+    cpu_weight: float = 1.0
+    beside_admin: bool = False
 
     def __post_init__(self) -> None:
         for topic in (*self.inputs, *self.outputs, *self.reads_back):
