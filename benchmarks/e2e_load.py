@@ -26,13 +26,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from observer.demo.agent import BASELINE, SupportAgent
+from observer.demo.agent import BASELINE, Behaviour, SupportAgent
 
 HEADERS = {"Content-Type": "application/x-protobuf"}
 
 
-def make_bodies(spans: int, spans_per_request: int = 500, seed: int = 1) -> list[bytes]:
-    """``spans`` demo-agent spans (4 per conversation, unique traces), as OTLP request bodies."""
+def make_bodies(spans: int, spans_per_request: int = 500, seed: int = 1,
+                behaviour: Behaviour = BASELINE) -> list[bytes]:
+    """``spans`` demo-agent spans (4 per conversation, unique traces), as OTLP request bodies,
+    the agent behaving as ``behaviour``."""
     provider = TracerProvider(resource=Resource.create({"service.name": "support"}))
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -40,7 +42,7 @@ def make_bodies(spans: int, spans_per_request: int = 500, seed: int = 1) -> list
     bodies: list[bytes] = []
     while len(bodies) * spans_per_request < spans:
         while len(memory.get_finished_spans()) < spans_per_request:
-            agent.converse(BASELINE)
+            agent.converse(behaviour)
         finished = list(memory.get_finished_spans())
         memory.clear()
         # A conversation's spans may straddle two requests, as with a batching exporter.

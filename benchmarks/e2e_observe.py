@@ -115,9 +115,9 @@ def stage_counts(metrics_url: str) -> dict[str, float]:
     return {f"{n}{{{l}}}": v for (n, l), v in got.items() if n in wanted}
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its Python children (the workers of ``observer up
-    --workers``; not the embedded broker, which is not Python)."""
+def rss_mb(pid: int) -> list[float]:
+    """Resident memory of ``pid``, then of each of its Python children (the workers of
+    ``observer up --workers``; not the embedded broker, which is not Python), MB."""
     def own(p: int) -> float:
         with open(f"/proc/{p}/status") as f:
             for line in f:
@@ -125,14 +125,15 @@ def rss_mb(pid: int) -> float:
                     return int(line.split()[1]) / 1024
         return 0.0
 
-    total = own(pid)
-    for child in _children(pid):
+    parts = [own(pid)]
+    for child in sorted(_children(pid)):
         try:
-            if "python" in Path(f"/proc/{child}/exe").resolve().name:
-                total += own(child)
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:  # a worker, not multiprocessing's resource tracker
+                parts.append(own(child))
         except OSError:  # gone meanwhile
             continue
-    return total
+    return parts
 
 
 def _children(pid: int) -> list[int]:
@@ -146,14 +147,19 @@ def _children(pid: int) -> list[int]:
 
 
 def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:
-    """RSS every second until ``until`` into a CSV; start, max, end and slope (MB/min)."""
+    """RSS every second until ``until`` into a CSV (the total, then each process); start,
+    max, end and slope (MB/min) of the total, and each process's start and end."""
     rows = []
     started = time.time()
     while time.time() < until:
-        rows.append((round(time.time() - started, 1), round(rss_mb(pid), 1)))
+        parts = rss_mb(pid)
+        rows.append((round(time.time() - started, 1), round(sum(parts), 1),
+                     *(round(p, 1) for p in parts)))
         time.sleep(1.0)
+    processes = max(len(r) for r in rows) - 2
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows([("seconds", "rss_mb"), *rows])
+        csv.writer(f).writerows([("seconds", "rss_mb", "main_mb",
+                                  *(f"worker_{i}_mb" for i in range(1, processes))), *rows])
     t = np.array([r[0] for r in rows])
     mb = np.array([r[1] for r in rows])
     slope = float(np.polyfit(t / 60, mb, 1)[0]) if len(rows) > 2 else float("nan")
@@ -162,7 +168,9 @@ def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:
                   if len(half) > 2 else float("nan"))
     return {"samples": len(rows), "start_mb": float(mb[0]), "max_mb": float(mb.max()),
             "end_mb": float(mb[-1]), "slope_mb_per_min": round(slope, 2),
-            "slope_second_half_mb_per_min": round(slope_late, 2), "csv": str(path)}
+            "slope_second_half_mb_per_min": round(slope_late, 2), "csv": str(path),
+            "per_process_start_end_mb": [(rows[0][i] if i < len(rows[0]) else None, rows[-1][i])
+                                         for i in range(2, len(rows[-1]))]}
 
 
 def result_latency(kafka: str, drift_topic: str) -> dict[str, float]:

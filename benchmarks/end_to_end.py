@@ -15,17 +15,25 @@ same bodies in this process (best of 3); every rate is also printed as a ratio t
    stage has no lag and has consumed nothing new for 3 s. Spans/s end to end is the spans
    acknowledged over the time from the first request to the last message consumed by any
    stage; the receiver's rate is the spans acknowledged over the time to the last 200.
-   py-spy samples the process meanwhile (non-blocking; the thread holding the GIL, or with
-   ``--profile-threads all`` every non-idle thread; ``--no-profile`` for none): the raw profile
-   is saved as ``build/e2e_profile.txt`` and the top 15 functions by own and by cumulative
-   samples are printed.
+   py-spy samples the process and its workers meanwhile (non-blocking; the thread holding the
+   GIL, or with ``--profile-threads all`` every non-idle thread; ``--no-profile`` for none):
+   the raw profile is saved as ``build/e2e_profile_workers_N.txt`` and the top 15 functions
+   by own and by cumulative samples are printed.
 2. **Each stage alone** (:mod:`benchmarks.e2e_stages`): the normaliser, trace grouping and
    the drift engine, each from Kafka topics the receivers and the stage before filled.
-3. **Result latency and memory**: a fresh ``observer up`` under ``--load-share`` (0.5) of the
-   end-to-end rate for ``--duration`` seconds; its RSS every second goes to
-   ``build/e2e_rss.csv`` (start, max, end, slope per minute); afterwards, for every drift
-   result published, its Kafka timestamp minus that of its window's closing record (the
-   latest ``current_ranges`` record), p50/p99. The decision-to-webhook delay is not measured.
+3. **Result latency, webhook delay and memory**: a fresh ``observer up`` under
+   ``--load-share`` (0.5) of the end-to-end rate (or ``--sustained-rate``) for ``--duration``
+   seconds, demo baseline traffic and, for the second half, the demo's drifted traffic, with
+   a policy that fires on two drifted LLM windows and sends a signed webhook to a receiver
+   here (:mod:`benchmarks.e2e_webhooks`). Its RSS (the Python processes: with ``--workers``,
+   the workers too) every second goes to ``build/e2e_rss.csv`` and ``build/e2e_rss.svg``
+   (start, max, end, slope per minute); afterwards, for every drift result published, its
+   Kafka timestamp minus that of its window's closing record (the latest ``current_ranges``
+   record), p50/p99; and each webhook's arrival minus its decision time (the body's
+   ``timestamp``).
+
+``--workers N`` (repeatable) runs the end-to-end part once per value, each against the same
+peer; the sustained part uses the last.
 
 Prints one JSON line at the end and writes it to ``build/e2e.json``.
 """
@@ -52,6 +60,9 @@ from benchmarks.e2e_observe import (
     wait_caught_up,
 )
 from benchmarks.e2e_stages import stages_alone
+from benchmarks.e2e_webhooks import WebhookTimer
+from benchmarks.rss_plot import plot, read_rss
+from observer.demo.agent import DRIFTED
 
 
 def _ratio(rate: float, peer: float) -> float:
@@ -82,25 +93,38 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path,
     return out
 
 
-def sustained(path: Path, args: argparse.Namespace, spans_per_s: float, build: Path) -> dict[str, Any]:
-    """``spans_per_s`` for ``--duration`` s into a fresh ``observer up``: RSS, result latency."""
+def sustained(path: Path, drifted: Path, args: argparse.Namespace, spans_per_s: float,
+              build: Path) -> dict[str, Any]:
+    """``spans_per_s`` for ``--duration`` s into a fresh ``observer up``, baseline traffic
+    then, for the last half, drifted traffic that fires a webhook policy: RSS, drift result
+    latency, decision-to-webhook delay."""
     import threading
 
-    with observer_up(workers=args.workers[-1]) as obs:
-        rss: dict[str, Any] = {}
-        until = time.time() + 3.0 + args.duration
-        sampler = threading.Thread(
-            target=lambda: rss.update(sample_rss(obs.proc.pid, until, build / "e2e_rss.csv")))
-        sampler.start()
-        sent = drive(obs.traces_url, path, args.clients, args.spans_per_request,
-                     seconds=args.duration, spans_per_s=spans_per_s)
-        sampler.join()
-        wait_caught_up(obs.metrics_url)
-        from observer.core.config import KafkaConfig
-        from observer.core.topics import Topics
+    hooks = WebhookTimer()
+    with hooks.serve() as hook_server:
+        policy = json.dumps([hooks.policy(hook_server.url)])
+        with observer_up({"OBSERVER_TRIGGER__POLICIES": policy},
+                         workers=args.workers[-1]) as obs:
+            rss: dict[str, Any] = {}
+            # Each drive starts its clients 3 s after it is called.
+            until = time.time() + 6.0 + args.duration
+            sampler = threading.Thread(
+                target=lambda: rss.update(sample_rss(obs.proc.pid, until, build / "e2e_rss.csv")))
+            sampler.start()
+            half = args.duration / 2
+            sent = drive(obs.traces_url, path, args.clients, args.spans_per_request,
+                         seconds=half, spans_per_s=spans_per_s)
+            sent_drifted = drive(obs.traces_url, drifted, args.clients, args.spans_per_request,
+                                 seconds=half, spans_per_s=spans_per_s)
+            sampler.join()
+            wait_caught_up(obs.metrics_url)
+            from observer.core.config import KafkaConfig
+            from observer.core.topics import Topics
 
-        latency = result_latency(obs.kafka, Topics.from_config(KafkaConfig()).drift)
-    return {"target_spans_per_s": round(spans_per_s, 1), **sent, "rss": rss, "latency": latency}
+            latency = result_latency(obs.kafka, Topics.from_config(KafkaConfig()).drift)
+    return {"target_spans_per_s": round(spans_per_s, 1), "baseline": sent,
+            "drifted": sent_drifted, "rss": rss, "latency": latency,
+            "decision_to_webhook": hooks.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of sustained load for latency and memory (600: the issue's)")
     parser.add_argument("--load-share", type=float, default=0.5,
                         help="sustained load as a share of the measured end-to-end rate")
+    parser.add_argument("--sustained-rate", type=float,
+                        help="sustained load in spans/s (instead of --load-share of end to end)")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy during end to end")
     parser.add_argument("--profile-threads", choices=["gil", "all"], default="gil",
                         help="py-spy: the thread holding the GIL only, or every non-idle thread")
@@ -140,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_bodies(bodies, Path(tmp) / "bodies.bin")
         del bodies
+        drifted = write_bodies(make_bodies(min(args.spans, 20_000), args.spans_per_request,
+                                           seed=2, behaviour=DRIFTED), Path(tmp) / "drifted.bin")
         e2e_rate = None
         if "e2e" not in args.skip:
             for workers in args.workers:
@@ -162,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("normalize", "paths", "drift"):
                 alone[name]["ratio"] = _ratio(alone[name]["per_s"], peer)
         if "sustained" not in args.skip:
-            rate = args.load_share * (e2e_rate or 3500.0)
-            s = results["sustained"] = sustained(path, args, rate, build)
+            rate = args.sustained_rate or args.load_share * (e2e_rate or 3500.0)
+            s = results["sustained"] = sustained(path, drifted, args, rate, build)
+            svg = build / "e2e_rss.svg"
+            svg.write_text(plot(read_rss(build / "e2e_rss.csv"),
+                                f"observer up: RSS at {s['target_spans_per_s']:.0f} spans/s"))
+            s["rss"]["svg"] = str(svg)
             print(f"sustained {s['target_spans_per_s']} spans/s for {args.duration:g} s: "
-                  f"rss {s['rss']}; result latency {s['latency']}", flush=True)
+                  f"rss {s['rss']}; result latency {s['latency']}; decision to webhook "
+                  f"{s['decision_to_webhook']}", flush=True)
     results["load_avg_end"] = os.getloadavg()
     (build / "e2e.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results))

@@ -145,6 +145,10 @@ def invalid(stage: str, field: str) -> None:
     INVALID_VALUES.labels(stage, field).inc()
 
 
+_SCALARS = frozenset({int, str, bool, type(None)})
+"""Types that hold no float: skipped without a recursive call."""
+
+
 def non_finite(value: Any, path: str = "") -> str | None:
     """The path of the first NaN or infinite float inside ``value`` (dicts, lists), else None.
 
@@ -154,12 +158,17 @@ def non_finite(value: Any, path: str = "") -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else path or "value"
     if isinstance(value, dict):
-        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        pairs: Any = value.items()
     elif isinstance(value, (list, tuple)):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        pairs = enumerate(value)
     else:
         return None
-    for where, item in items:
+    for k, item in pairs:
+        kind = type(item)
+        if kind in _SCALARS or (kind is float and math.isfinite(item)):
+            continue  # most of a record: no path is built for them
+        where = (f"{path}[{k}]" if isinstance(value, (list, tuple))
+                 else f"{path}.{k}" if path else str(k))
         found = non_finite(item, where)
         if found is not None:
             return found
