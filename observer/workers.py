@@ -29,6 +29,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from observer.core.extras import MissingExtra
+
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 10.0
@@ -70,6 +72,8 @@ class WorkerProcess:
         """Wait for the worker's first answer: its stages are built and running. A stage
         that cannot be built fails the start, as it does in the parent."""
         answer = self._receive(timeout_s)
+        if answer.get("missing_extra"):  # exits 2 with its one line, as in one process
+            raise MissingExtra.relayed(answer["error"])
         if answer.get("error"):
             raise RuntimeError(f"{self.name} ({', '.join(self.stages)}): {answer['error']}")
 
@@ -172,7 +176,7 @@ def worker_main(cfg: Any, stages: list[str], conn: Connection, parent_pid: int) 
     try:
         threads.start()
     except Exception as e:  # a stage that cannot be built: say why, as the parent would
-        conn.send({"error": f"{e}"})
+        conn.send({"error": f"{e}", "missing_extra": isinstance(e, MissingExtra)})
         return
     conn.send({"started": stages})
     answers = {

@@ -21,7 +21,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer import stages as registry
@@ -138,7 +138,7 @@ def observer_up(tmp_path: Path, free_port, workers: int) -> Iterator[tuple[subpr
 def _send_conversations(http_port: int, conversations: int) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "support"}))
     exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/traces")
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
     agent = SupportAgent(provider.get_tracer("test"), seed=3)
     for _ in range(conversations):
         agent.converse(BASELINE)
@@ -199,3 +199,33 @@ def test_workers_below_one_is_refused(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--workers must be at least 1" in done.stderr
+
+
+def test_a_stage_a_worker_cannot_build_fails_the_start_naming_it(
+    tmp_path: Path, free_port
+) -> None:
+    env = {
+        **os.environ,
+        "OBSERVER_KAFKA__EMBEDDED_LISTEN": f"127.0.0.1:{free_port()}",
+        "OBSERVER_RECEIVER__HTTP_PORT": str(free_port()),
+        "OBSERVER_RECEIVER__GRPC_PORT": str(free_port()),
+        "OBSERVER_ADMIN__PORT": str(free_port()),
+        "OBSERVER_TRIGGER__LEDGER_PATH": str(tmp_path / "ledger.sqlite"),
+        "OBSERVER_KAFKA__EMBEDDED_STATE_DIR": str(tmp_path / "state"),
+        # The drift engine (in the worker) cannot load its reference dataset.
+        "OBSERVER_DRIFT__REFERENCE": "parquet",
+        "OBSERVER_DRIFT__REFERENCE_PATH": str(tmp_path / "missing.parquet"),
+    }
+    done = subprocess.run([sys.executable, "-m", "observer.cli", "up", "--workers", "2"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    (said,) = [line for line in done.stderr.splitlines() if line.startswith("observer:")]
+    assert "worker-1" in said and "drift" in said and "missing.parquet does not exist" in said
+
+
+def test_a_missing_extra_found_in_a_worker_is_the_same_error() -> None:
+    from observer.core.extras import MissingExtra
+
+    found = MissingExtra("pyarrow", "parquet", "drift.reference: parquet")
+    relayed = MissingExtra.relayed(str(found))
+    assert isinstance(relayed, MissingExtra) and str(relayed) == str(found)

@@ -45,6 +45,7 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_workers.py::test_two_workers_answer_as_one_observer_and_a_dead_worker_stops_it",
     "tests/test_workers.py::test_a_sigkilled_observer_leaves_no_worker",  # observer up
     "tests/test_workers.py::test_workers_below_one_is_refused",  # observer up
+    "tests/test_workers.py::test_a_stage_a_worker_cannot_build_fails_the_start_naming_it",
     # Single tests in otherwise in-process modules.
     "tests/test_collectors_otlp_http.py::test_kafka_down_is_503_with_retry_after",  # own Tansu
     "tests/test_drift_offline.py::test_the_command_line",  # observer drift score

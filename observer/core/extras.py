@@ -57,6 +57,14 @@ class MissingExtra(ImportError):
             name=module,
         )
 
+    @classmethod
+    def relayed(cls, message: str) -> MissingExtra:
+        """The same error raised again from its message (another process found it)."""
+        error = cls.__new__(cls)
+        ImportError.__init__(error, message)
+        error.extra = error.feature = ""
+        return error
+
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
     """Import ``module`` for ``feature``; without it, raise :class:`MissingExtra` naming ``extra``.
