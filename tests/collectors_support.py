@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -64,6 +65,28 @@ def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list
             got += records
     consumer.close()
     return got
+
+
+def drain_to_end(kafka: KafkaConfig, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from the start to each partition's high watermark, as the
+    fetches tell it (the embedded broker's ``end_offsets`` can stop inside the last batch).
+    For a topic whose writes were all acknowledged before the call: it waits for no quiet
+    period, so a record still on its way may be missed."""
+    consumer = make_consumer(kafka, None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        got: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while not all((high := consumer.highwater(tp)) is not None
+                      and consumer.position(tp) >= high for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout_s} s"
+            for records in consumer.poll(200).values():
+                got += records
+        return got
+    finally:
+        consumer.close()
 
 
 def messages_of(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list[Message]:

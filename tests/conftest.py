@@ -31,8 +31,13 @@ def free_port_fixture():
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(f"127.0.0.1:{free_port()}") as b:
+    b = EmbeddedBroker(f"127.0.0.1:{free_port()}").start()
+    try:
         yield b
+    finally:
+        # Memory-only and the session is over: nothing to keep. On SIGTERM Tansu waits ~5 s
+        # for the clients still connected (some tests leave one); kill it after 0.5 s.
+        b.stop(timeout_s=0.5)
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import multiprocessing
 import random
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -29,7 +30,7 @@ from observer.collectors.receiver.otlp_http import create_app
 from observer.collectors.receiver.signals import SIGNALS
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
-from tests.collectors_support import drain, receivers, spans_of
+from tests.collectors_support import drain_to_end, receivers, spans_of
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -236,6 +237,11 @@ def hostile_grpc(rnd: random.Random) -> tuple[str, bytes]:
 IN_PROCESS_HTTP = 64_000
 SOCKET_HTTP = 6_000
 SOCKET_GRPC = 30_000
+REPLICA_IN_PROCESS_HTTP = 44_000
+REPLICA_GRPC = SOCKET_GRPC // 2
+"""Of the in-process and gRPC bodies, those that go to a second receiver replica in its own
+process (:func:`_replica`), so that the test's Python work runs on two cores."""
+RECEIVER_SETTINGS = {"max_body_bytes": 1 << 20, "max_inflight_requests": 256, "ack_timeout_s": 20}
 
 
 async def _asgi_post(app: ASGIApp, path: str, headers: dict[str, str | bytes], body: bytes) -> int:
@@ -282,6 +288,23 @@ async def _send_in_process(app: ASGIApp, seed: int, n: int) -> Counter[int]:
     return statuses
 
 
+def _replica(
+    kafka: KafkaConfig, topics: Topics, seed: int, in_process: int, over_grpc: int
+) -> tuple[Counter[int], Counter[grpc.StatusCode], int, int]:
+    """A second receiver replica (its own intake, same broker and topics), run in a child
+    process so that its Python work has a core of its own: ``in_process`` hostile bodies into
+    its ASGI app (:func:`_send_in_process`) while ``over_grpc`` go to its gRPC server over a
+    real socket (:func:`_send_grpc`); the HTTP statuses, the gRPC codes, then its budget's
+    requests and bytes once it closed."""
+    with receivers(kafka, topics, **RECEIVER_SETTINGS) as r:
+        app = create_app(r.intake.receiver, kafka, topics, intake=r.intake)
+        with ThreadPoolExecutor(1) as pool:
+            grpc_run = pool.submit(_send_grpc, r.grpc, 100 + seed, over_grpc)
+            statuses = asyncio.run(_send_in_process(app, seed, in_process))
+            codes = grpc_run.result()
+    return statuses, codes, r.intake.budget.requests, r.intake.budget.bytes
+
+
 def _send_over_socket(url: str, seed: int, n: int) -> Counter[int]:
     rnd = random.Random(seed)
     statuses: Counter[int] = Counter()
@@ -317,42 +340,56 @@ def test_100k_hostile_bodies_never_5xx(kafka_config: KafkaConfig, topics: Topics
     Content-Type and broken Content-Encoding now and then) over HTTP protobuf, HTTP JSON and
     gRPC: no HTTP 5xx, no gRPC INTERNAL or UNKNOWN, and valid exports still pass after.
 
-    How they travel, to fit the time budget: 64,000 HTTP bodies go in-process into the
-    receiver's own ASGI app (``create_app`` on the same shared intake), called as uvicorn calls
-    it (:func:`_asgi_post`: the scope, one ``http.request`` message with the body): routing,
-    body reading, budget, decoding and the Kafka write run as on uvicorn, without the socket; 6,000 HTTP bodies over real sockets to uvicorn on 3 kept-alive
-    connections; 30,000 gRPC messages over a real socket, on 2 channels calling the raw
-    ``Export`` methods with bytes (32 calls in flight each).
+    How they travel, to fit the time budget: 64,000 HTTP bodies go in-process into a
+    receiver's own ASGI app (``create_app`` on its intake), called as uvicorn calls it
+    (:func:`_asgi_post`: the scope, one ``http.request`` message with the body): routing, body
+    reading, budget, decoding and the Kafka write run as on uvicorn, without the socket;
+    6,000 HTTP bodies over real sockets to uvicorn on 3 kept-alive connections; 30,000 gRPC
+    messages over a real socket, on 2 channels calling the raw ``Export`` methods with bytes
+    (32 calls in flight each). So that the test uses both cores, 44,000 of the in-process
+    bodies and one of the gRPC channels go to a second replica in a child process
+    (:func:`_replica`: the same receivers, its own intake, on the same broker and topics).
     """
-    with receivers(
-        kafka_config, topics, max_body_bytes=1 << 20, max_inflight_requests=256,
-        ack_timeout_s=20,
-    ) as r:
-        app = create_app(r.intake.receiver, kafka_config, topics, intake=r.intake)
-        with ThreadPoolExecutor(5) as pool:
-            grpc_runs = [pool.submit(_send_grpc, r.grpc, 100 + i, SOCKET_GRPC // 2) for i in range(2)]
-            socket_runs = [
-                pool.submit(_send_over_socket, r.http, 200 + i, SOCKET_HTTP // 3) for i in range(3)
-            ]
-            statuses = asyncio.run(_send_in_process(app, 1, IN_PROCESS_HTTP))
-            for run in socket_runs:
-                statuses.update(run.result())
-            codes: Counter[grpc.StatusCode] = Counter()
-            for g in grpc_runs:
-                codes.update(g.result())
+    # Spawned, not forked: this process runs Kafka and server threads a fork would copy.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as replica:
+        replica_run = replica.submit(
+            _replica, kafka_config, topics, 2, REPLICA_IN_PROCESS_HTTP, REPLICA_GRPC
+        )
+        with receivers(kafka_config, topics, **RECEIVER_SETTINGS) as r:
+            app = create_app(r.intake.receiver, kafka_config, topics, intake=r.intake)
+            with ThreadPoolExecutor(4) as pool:
+                grpc_run = pool.submit(_send_grpc, r.grpc, 100, SOCKET_GRPC - REPLICA_GRPC)
+                socket_runs = [
+                    pool.submit(_send_over_socket, r.http, 200 + i, SOCKET_HTTP // 3)
+                    for i in range(3)
+                ]
+                statuses = asyncio.run(
+                    _send_in_process(app, 1, IN_PROCESS_HTTP - REPLICA_IN_PROCESS_HTTP)
+                )
+                for run in socket_runs:
+                    statuses.update(run.result())
+                codes = grpc_run.result()
 
-        # Still serving: a valid export on each transport.
-        valid = traces(7).SerializeToString()
-        after = httpx.post(f"{r.http}/v1/traces", content=valid, headers={"Content-Type": PROTOBUF})
-        with grpc.insecure_channel(r.grpc) as channel:
-            channel.unary_unary(f"/{SIGNALS['traces'].grpc_service}/Export")(valid, timeout=30)
+            # Still serving: a valid export on each transport.
+            valid = traces(7).SerializeToString()
+            after = httpx.post(
+                f"{r.http}/v1/traces", content=valid, headers={"Content-Type": PROTOBUF}
+            )
+            with grpc.insecure_channel(r.grpc) as channel:
+                channel.unary_unary(f"/{SIGNALS['traces'].grpc_service}/Export")(valid, timeout=30)
+        replica_statuses, replica_codes, replica_requests, replica_bytes = replica_run.result()
 
+    assert sum(replica_statuses.values()) == REPLICA_IN_PROCESS_HTTP
+    assert sum(replica_codes.values()) == REPLICA_GRPC
+    statuses.update(replica_statuses)
+    codes.update(replica_codes)
     assert sum(statuses.values()) + sum(codes.values()) == 100_000
     assert set(statuses) <= HTTP_OK, statuses
     assert not GRPC_BAD & set(codes), codes
     assert statuses[200] > 1000 and codes[grpc.StatusCode.OK] > 1000  # valid ones got through
     assert after.status_code == 200
     assert r.intake.budget.requests == 0 and r.intake.budget.bytes == 0
+    assert replica_requests == 0 and replica_bytes == 0
 
 
 # ---------------------------------------------------------------------------- overload
@@ -414,8 +451,9 @@ def test_overload_accepted_spans_land_exactly_once(kafka_config: KafkaConfig, to
 
 
 def _all_messages(kafka: KafkaConfig, topic: str, spans: int) -> Iterator[bytes]:
-    """Every message of ``topic``: read until ``spans`` spans arrived, then drained to the end."""
-    records = drain(kafka, topic, 10**9, timeout_s=5)
+    """Every message of ``topic``, read to its end: every sender had its answer (each
+    accepted request acknowledged by Kafka) before this is called."""
+    records = drain_to_end(kafka, topic)
     got = sum(len(spans_of(m.value)) for m in records)
     assert got >= spans, f"{got} spans in Kafka, {spans} accepted"
     return (m.value for m in records)

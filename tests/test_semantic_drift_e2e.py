@@ -71,8 +71,10 @@ def _stub(answers: dict[str, str]) -> FastAPI:
 def one_partition(broker: EmbeddedBroker) -> KafkaConfig:
     """One partition per topic: the reference is exactly the first 2000 calls sent."""
     tag = uuid.uuid4().hex[:8]
+    # Short group timeouts, as tests/conftest.py's kafka_config: a join takes ~3 s, not ~5 s.
     cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"s{tag}.",
-                      otlp_topic_prefix=f"s{tag}.", partitions=1)
+                      otlp_topic_prefix=f"s{tag}.", partitions=1,
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
     ensure_topics(cfg, Topics.from_config(cfg))
     return cfg
 

@@ -24,11 +24,13 @@ distribution: about 0.5. Drift when it exceeds 0.55, or, when the reference has 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.model_selection import train_test_split
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import SGDClassifier
 
 from observer.drift.embedding.inputs import check_pair
 from observer.drift.embedding.score import EmbeddingScore
@@ -56,6 +58,7 @@ class DomainSplit:
 
 def domain_split(reference: np.ndarray, current: np.ndarray) -> DomainSplit:
     """Pool the rows (reference first) and split them 50/50 as Evidently does."""
+    from sklearn.model_selection import train_test_split  # loads in ~1.5 s: here, not at start
     x = np.vstack([reference, current])
     y = np.concatenate([np.ones(len(reference), np.int64), np.zeros(len(current), np.int64)])
     train, test = train_test_split(
@@ -72,6 +75,7 @@ def domain_split(reference: np.ndarray, current: np.ndarray) -> DomainSplit:
 
 def fit_classifier(x: np.ndarray, y: np.ndarray) -> SGDClassifier:
     """Evidently's classifier: SGD on the log loss, seeded."""
+    from sklearn.linear_model import SGDClassifier
     return SGDClassifier(loss="log_loss", random_state=SEED).fit(x, y)
 
 
@@ -138,6 +142,7 @@ def current_likeness(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
     >>> p.shape, bool(p[90:].mean() > p[:90].mean() + 0.3)
     ((100,), True)
     """
+    from sklearn.linear_model import LogisticRegression
     ref, cur = check_pair(reference, current, min_rows=MIN_ROWS)
     split = domain_split(ref, cur)
     prob = np.empty(len(split.x))

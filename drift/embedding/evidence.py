@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.cluster import KMeans
-
 from observer.drift.embedding.classifier import current_likeness
 from observer.drift.embedding.inputs import check_pair
 
@@ -76,6 +74,7 @@ class Explanation:
 
 def cluster_labels(pooled: np.ndarray, clusters: int = CLUSTERS) -> np.ndarray:
     """k-means labels of the pooled rows (seeded; fitted on a sample of large inputs)."""
+    from sklearn.cluster import KMeans  # loads in ~1.5 s: here, not at start
     k = max(1, min(clusters, len(pooled) // 2))
     sample = pooled
     if len(pooled) > CLUSTER_FIT_ROWS:

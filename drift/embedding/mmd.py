@@ -39,8 +39,6 @@ test's level: about 5 % false alarms.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics.pairwise import euclidean_distances
-
 from observer.drift.embedding.inputs import check_pair
 from observer.drift.embedding.score import EmbeddingScore
 
@@ -72,6 +70,7 @@ def median_gamma(reference: np.ndarray, current: np.ndarray) -> float:
     >>> median_gamma(np.zeros((3, 2)), np.zeros((3, 2)))
     1.0
     """
+    from sklearn.metrics.pairwise import euclidean_distances  # loads in ~1.5 s: here, not at start
     dists = euclidean_distances(
         reference[_sample_rows(len(reference))], current[_sample_rows(len(current))]
     )
@@ -86,6 +85,7 @@ def pooled_gamma(pooled: np.ndarray) -> float:
     >>> round(pooled_gamma(np.array([[0.0], [1.0], [3.0]])), 6)
     0.25
     """
+    from sklearn.metrics.pairwise import euclidean_distances
     rows = pooled[_sample_rows(len(pooled))]
     dists = euclidean_distances(rows)[np.triu_indices(len(rows), k=1)]
     sigma2 = float(np.median(dists)) ** 2
@@ -94,6 +94,7 @@ def pooled_gamma(pooled: np.ndarray) -> float:
 
 def kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float, *, same: bool = False) -> float:
     """Sum of ``k(a_i, b_j)`` over all pairs (``same``: over ``i != j`` of ``a`` with itself)."""
+    from sklearn.metrics.pairwise import euclidean_distances
     total = 0.0
     for start in range(0, len(a), BLOCK):
         block = a[start : start + BLOCK]
@@ -133,6 +134,7 @@ def permutation_null(
     With ``a`` the 0/1 indicator of one side, the within-side sum is ``a·K·a - m`` (an RBF
     kernel's diagonal is 1), so all rounds come from one matrix product ``K @ A``.
     """
+    from sklearn.metrics.pairwise import euclidean_distances
     n_all = len(pooled)
     n = n_all - m
     sq = euclidean_distances(pooled, squared=True)
