@@ -136,6 +136,21 @@ def rss_mb(pid: int) -> list[float]:
     return parts
 
 
+def broker_mb(pid: int) -> float:
+    """Resident memory of the embedded broker (Tansu, memory-only: it holds every topic's
+    retained messages), a child of ``pid``; 0 when there is none."""
+    for child in _children(pid):
+        try:
+            if b"tansu" in Path(f"/proc/{child}/cmdline").read_bytes():
+                with open(f"/proc/{child}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return 0.0
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -147,18 +162,19 @@ def _children(pid: int) -> list[int]:
 
 
 def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:
-    """RSS every second until ``until`` into a CSV (the total, then each process); start,
-    max, end and slope (MB/min) of the total, and each process's start and end."""
+    """RSS every second until ``until`` into a CSV (the Python processes' total, the embedded
+    broker, then each Python process); start, max, end and slope (MB/min) of the total, and
+    the broker's and each process's start and end."""
     rows = []
     started = time.time()
     while time.time() < until:
         parts = rss_mb(pid)
         rows.append((round(time.time() - started, 1), round(sum(parts), 1),
-                     *(round(p, 1) for p in parts)))
+                     round(broker_mb(pid), 1), *(round(p, 1) for p in parts)))
         time.sleep(1.0)
-    processes = max(len(r) for r in rows) - 2
+    processes = max(len(r) for r in rows) - 3
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows([("seconds", "rss_mb", "main_mb",
+        csv.writer(f).writerows([("seconds", "rss_mb", "broker_mb", "main_mb",
                                   *(f"worker_{i}_mb" for i in range(1, processes))), *rows])
     t = np.array([r[0] for r in rows])
     mb = np.array([r[1] for r in rows])
@@ -169,8 +185,9 @@ def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:
     return {"samples": len(rows), "start_mb": float(mb[0]), "max_mb": float(mb.max()),
             "end_mb": float(mb[-1]), "slope_mb_per_min": round(slope, 2),
             "slope_second_half_mb_per_min": round(slope_late, 2), "csv": str(path),
+            "broker_start_end_mb": (rows[0][2], rows[-1][2]),
             "per_process_start_end_mb": [(rows[0][i] if i < len(rows[0]) else None, rows[-1][i])
-                                         for i in range(2, len(rows[-1]))]}
+                                         for i in range(3, len(rows[-1]))]}
 
 
 def result_latency(kafka: str, drift_topic: str) -> dict[str, float]:

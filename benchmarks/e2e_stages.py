@@ -7,7 +7,9 @@ the earliest offset, the registry's build: checkpoints and detectors as configur
 default), in pipeline order so that each fills the next one's topics: the normaliser, trace
 grouping, then the drift engine. A stage's figure is its units (spans for the first two, whose
 messages each hold one trace's spans of a request; records for drift) divided by the time from
-its group's first assignment to its last input message processed.
+its group's first assignment to its last input message processed. The stages read and write
+with the client ``kafka.stage_client`` names (``OBSERVER_KAFKA__STAGE_CLIENT`` in the
+environment beats the default, as for ``observer up``).
 """
 
 from __future__ import annotations
@@ -21,23 +23,32 @@ from benchmarks.collectors_otlp import _free_port
 from benchmarks.e2e_load import drive
 from observer import stages as registry
 from observer.config import ObserverConfig
-from observer.core.bus import Message, StageRunner
+from observer.core.bus import Message, StageRunner, make_consumer
 from observer.runtime import Runtime
 
 ORDER = ("normalize", "paths", "drift")
 
 
-def end_offsets(cfg: Any, topics: list[str]) -> dict[str, int]:
-    """Messages on each of ``topics`` now (high watermarks; the topics start empty)."""
-    from kafka import KafkaConsumer, TopicPartition
+def end_offsets(cfg: Any, topics: list[str], timeout_s: float = 60) -> dict[str, int]:
+    """Messages on each of ``topics`` now: the high watermarks fetch responses carry (the
+    topics start empty). Not ``end_offsets()``: the embedded broker answers it with the base
+    offset of a partition's last batch + 1, short of the log end by the rest of that batch
+    (see :func:`observer.core.bus.read_to_end`), which would stop the clock early."""
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.servers)
+    consumer = make_consumer(cfg.kafka, None)
     try:
         parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        ends = consumer.end_offsets(parts)
-        return {t: sum(n for tp, n in ends.items() if tp.topic == t) for t in topics}
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)  # near the end: the fetches below carry little
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.highwater(tp) is None for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no high watermark of {topics} in {timeout_s:g} s")
+            consumer.poll(timeout_ms=200)
+        return {t: sum(consumer.highwater(tp) for tp in parts if tp.topic == t) for t in topics}
     finally:
-        consumer.close()
+        consumer.close(autocommit=False)
 
 
 def run_stage(runtime: Runtime, name: str, units: int | None = None, linger_s: float = 0.0,
@@ -81,7 +92,8 @@ def run_stage(runtime: Runtime, name: str, units: int | None = None, linger_s: f
     if not finished:
         raise TimeoutError(f"{name}: {counted} of {total} messages in {timeout_s}s")
     units = total if units is None else units
-    return {"inputs": {t: n for t, n in per_topic.items() if n}, "messages": total,
+    return {"client": cfg.kafka.stage_client,
+            "inputs": {t: n for t, n in per_topic.items() if n}, "messages": total,
             "units": units, "seconds": round(elapsed, 2),
             "per_s": round(units / elapsed, 1) if elapsed else 0.0}
 

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from observer.core.bus import Output, make_consumer, topic_partitions
+from observer.core.bus import Output, make_consumer, read_to_end, topic_partitions
 from observer.core.config import KafkaConfig
 from observer.drift.embedding.columns import json_default, object_hook
 
@@ -116,15 +116,14 @@ class KafkaCheckpointStore:
             tps = topic_partitions(consumer, self.topic, deadline)
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            ends = consumer.end_offsets(tps)
             values: dict[str, bytes | None] = {}
-            while any(consumer.position(tp) < ends[tp] for tp in tps):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading checkpoints from {self.topic} took too long")
-                for records in consumer.poll(timeout_ms=200).values():
-                    for r in records:
-                        if r.key is not None:
-                            values[r.key.decode()] = r.value
+            try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
+                records = read_to_end(consumer, deadline)
+            except TimeoutError:
+                raise TimeoutError(f"reading checkpoints from {self.topic} took too long") from None
+            for r in records:
+                if r.key is not None:
+                    values[r.key.decode()] = r.value
             return {k: v for k, v in values.items() if v is not None}
         finally:
             consumer.close(autocommit=False)

@@ -29,7 +29,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from observer.core.bus import make_consumer, make_producer, produce_all, topic_partitions
+from observer.core.bus import (
+    make_consumer,
+    make_producer,
+    produce_all,
+    read_to_end,
+    topic_partitions,
+)
 from observer.core.config import KafkaConfig
 from observer.core.records import (
     DriftResult,
@@ -112,14 +118,11 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[
         tps = topic_partitions(consumer, topic, deadline)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes]] = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took too long")
-            for records in consumer.poll(timeout_ms=200).values():
-                out += [(r.key, r.value) for r in records if r.value is not None]
-        return out
+        try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
+            records = read_to_end(consumer, deadline)
+        except TimeoutError:
+            raise TimeoutError(f"reading {topic} took too long") from None
+        return [(r.key, r.value) for r in records if r.value is not None]
     finally:
         consumer.close(autocommit=False)
 

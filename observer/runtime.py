@@ -40,7 +40,7 @@ from observer.metrics_merge import merge
 from observer.stage_threads import CONSUMING_STAGES, StageThreads
 from observer.views import TopicView
 from observer.worker_plan import plan
-from observer.workers import WorkerGone, WorkerProcess
+from observer.workers import WorkerGone, WorkerProcess, stop_helper_processes
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ class Runtime:
         # The stages first (their last offsets committed), then what settles behind them.
         for worker in self.workers_started:
             worker.stop()
+        if self.workers_started:
+            stop_helper_processes()
         if self.local is not None:
             self.local.stop()
         if self.grpc is not None:

@@ -143,6 +143,20 @@ class WorkerProcess:
         self.gone = self.gone or "stopped"
 
 
+def stop_helper_processes() -> None:
+    """Stop multiprocessing's resource tracker, which spawning started beside the workers: it
+    would otherwise outlive a stopped observer for a moment (it exits when this process's end
+    closes its pipe). Private in the standard library: skipped where it is not there."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if callable(stop):
+        try:
+            stop()
+        except (OSError, ChildProcessError):  # already gone
+            pass
+
+
 # -- the worker's side --------------------------------------------------------------------------
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when its parent dies (Linux), like a pod's processes all going."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from observer.core.bus import (
     KafkaProbe,
     Message,
@@ -17,6 +19,14 @@ from observer.core.bus import (
 )
 from observer.core.config import KafkaConfig
 from observer.core.topics import Topics
+
+CLIENTS = ["librdkafka", "kafka-python"]
+"""``kafka.stage_client``: every runner test runs on both clients."""
+
+
+@pytest.fixture(params=CLIENTS)
+def stage_config(request: pytest.FixtureRequest, kafka_config: KafkaConfig) -> KafkaConfig:
+    return kafka_config.model_copy(update={"stage_client": request.param})
 
 
 class Upper:
@@ -63,18 +73,19 @@ def test_topics_created_once(kafka_config: KafkaConfig, topics: Topics) -> None:
     assert ensure_topics(kafka_config, topics) == []  # the fixture already created them
 
 
-def test_stage_runner_produces_then_commits(kafka_config: KafkaConfig, topics: Topics) -> None:
+def test_stage_runner_produces_then_commits(stage_config: KafkaConfig, topics: Topics) -> None:
+    kafka_config = stage_config
     producer = make_producer(kafka_config)
     produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(50)], 10)
     proc = Upper(topics.drift)
-    runner = StageRunner(kafka_config, proc, "g-upper", [topics.llm])
+    runner = StageRunner(kafka_config, proc, f"g-upper-{kafka_config.stage_client}", [topics.llm])
     out = run_until_drained(kafka_config, runner, topics.drift, 50)
     assert sorted(out) == sorted(b"V%d" % i for i in range(50))
 
     # A second runner in the same group starts after the committed offsets: nothing replayed.
     produce_all(producer, [Output(topics.llm, "k", b"late")], 10)
     proc2 = Upper(topics.drift)
-    runner2 = StageRunner(kafka_config, proc2, "g-upper", [topics.llm])
+    runner2 = StageRunner(kafka_config, proc2, f"g-upper-{kafka_config.stage_client}", [topics.llm])
     stop2 = threading.Event()
     t2 = threading.Thread(target=runner2.run, args=(stop2,))
     t2.start()
@@ -95,16 +106,17 @@ def test_kafka_probe(kafka_config: KafkaConfig) -> None:
 
 
 def test_stage_gives_way_while_told_to_then_goes_on(
-    kafka_config: KafkaConfig, topics: Topics
+    stage_config: KafkaConfig, topics: Topics
 ) -> None:
     """A stage sharing the process with busy receivers waits before its batches, but at most
     ``max_yield_s`` each time, then takes a small batch: it is slowed, never starved."""
     from observer.core.bus import BUSY_BATCH_RECORDS, STAGE_YIELD_SECONDS
 
+    kafka_config = stage_config
     producer = make_producer(kafka_config)
     produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(20)], 10)
     proc = Upper(topics.drift)
-    proc.name = "upper-yielding"
+    proc.name = f"upper-yielding-{kafka_config.stage_client}"
     asked = threading.Event()
 
     def receivers_busy() -> bool:
@@ -112,12 +124,12 @@ def test_stage_gives_way_while_told_to_then_goes_on(
         return True  # saturated for the whole test
 
     runner = StageRunner(
-        kafka_config, proc, "g-yield", [topics.llm], yield_to=receivers_busy, max_yield_s=0.2
+        kafka_config, proc, f"g-yield-{kafka_config.stage_client}", [topics.llm], yield_to=receivers_busy, max_yield_s=0.2
     )
     out = run_until_drained(kafka_config, runner, topics.drift, 20)
     assert asked.is_set()
     assert sorted(out) == sorted(b"V%d" % i for i in range(20))  # it went on all the same
-    assert STAGE_YIELD_SECONDS.labels("upper-yielding")._value.get() > 0
+    assert STAGE_YIELD_SECONDS.labels(proc.name)._value.get() > 0
     assert proc.batches and max(proc.batches) <= BUSY_BATCH_RECORDS < 20
 
 
@@ -142,7 +154,8 @@ class Paused:
         return []
 
 
-def test_lag_gauge_counts_every_partition_of_a_backlog(broker) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_lag_gauge_counts_every_partition_of_a_backlog(broker, client: str) -> None:
     """5,000 messages over 4 partitions, a stage holding its first batch: the gauge is the
     backlog (high watermark - position, summed over every partition), counted exactly,
     including the partitions no fetch has returned a high watermark for yet."""
@@ -155,7 +168,7 @@ def test_lag_gauge_counts_every_partition_of_a_backlog(broker) -> None:
     tag = uuid.uuid4().hex[:8]
     cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"lag{tag}.",
                       otlp_topic_prefix=f"lag{tag}.", partitions=4,
-                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000, stage_client=client)
     topic = Topics.from_config(cfg).llm
     ensure_topics(cfg, Topics.from_config(cfg))
     produced = {0: 900, 1: 1100, 2: 1300, 3: 1700}

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from observer.collectors.eval_join.pending import Pending
 from observer.collectors.eval_join.targets import JoinKey, Target, eval_keys
 
-from observer.core.bus import Output, make_consumer, topic_partitions
+from observer.core.bus import Output, make_consumer, read_to_end, topic_partitions
 from observer.core.config import KafkaConfig
 from observer.core.records import EvalRecord, RecordError, decode, encode
 
@@ -122,16 +122,15 @@ class KafkaStateStore:
             tps = topic_partitions(consumer, self.topic, deadline)
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            ends = consumer.end_offsets(tps)
             values: dict[str, bytes | None] = {}
-            while any(consumer.position(tp) < ends[tp] for tp in tps):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading the eval join's checkpoint from {self.topic} "
-                                       f"took more than {self.timeout_s:g} s")
-                for records in consumer.poll(timeout_ms=200).values():
-                    for r in records:
-                        if r.key is not None:
-                            values[r.key.decode("utf-8", "replace")] = r.value
+            try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
+                records = read_to_end(consumer, deadline)
+            except TimeoutError:
+                raise TimeoutError(f"reading the eval join's checkpoint from {self.topic} "
+                                   f"took more than {self.timeout_s:g} s") from None
+            for r in records:
+                if r.key is not None:
+                    values[r.key.decode("utf-8", "replace")] = r.value
             return {k: v for k, v in values.items() if v is not None}
         finally:
             consumer.close(autocommit=False)

@@ -3,8 +3,10 @@
 A stage is a :class:`Processor`: it turns a batch of input messages into output messages.
 :class:`StageRunner` owns the consumer group and gives the guarantee every stage shares:
 outputs are acknowledged by Kafka (``acks=all``) *before* the input offsets are committed,
-so a crash anywhere re-delivers the batch (at least once) and never drops it. Outputs go out
-through :mod:`observer.core.stage_producer` (``kafka.stage_client``: kafka-python or librdkafka).
+so a crash anywhere re-delivers the batch (at least once) and never drops it. Inputs come in
+through :mod:`observer.core.stage_consumer` and outputs go out through
+:mod:`observer.core.stage_producer`, both on the client ``kafka.stage_client`` names
+(librdkafka by default, or kafka-python).
 
 A runner stops on the first error; :class:`observer.core.supervisor.Supervisor` restarts it
 (a new processor from its factory, new clients, from the committed offsets) with backoff.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import Counter, Gauge, Histogram
@@ -35,6 +37,7 @@ from observer.core.suspects import SuspectRanges
 from observer.core.topics import Topics
 
 if TYPE_CHECKING:
+    from observer.core.stage_consumer import StageConsumer
     from observer.core.stage_producer import StageProducer
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ QUARANTINE_HEAD_BYTES = 64 * 1024
 """What a dead letter keeps of an original whose whole dead letter the broker refused."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """The producers' client-side message limit (the broker has its own)."""
+MAX_POLL_RECORDS = 500
+"""The most records a stage takes in one batch (either client)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def make_consumer(cfg: KafkaConfig, group_id: str | None, topics: Iterable[str] 
         "auto_offset_reset": "earliest",
         "session_timeout_ms": cfg.session_timeout_ms,
         "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
-        "max_poll_records": 500,
+        "max_poll_records": MAX_POLL_RECORDS,
         **_common(cfg),
         **overrides,
     }
@@ -229,6 +234,30 @@ class KafkaProbe:
             return self._result if fresh else False
 
 
+def read_to_end(consumer: KafkaConsumer, deadline: float) -> list[Any]:
+    """Every record of the partitions ``consumer`` is assigned, from its positions to each
+    partition's high watermark, as kafka-python ``ConsumerRecord``s in the order polled;
+    :class:`TimeoutError` at ``deadline`` (``time.monotonic()``).
+
+    The high watermark is the one fetch responses carry, never ``end_offsets``: the embedded
+    broker (Tansu 0.6) answers ListOffsets(latest) with the *base offset of the partition's
+    most recently written batch* + 1, which is the log end only when that batch holds one
+    record. A read that stops there misses the rest of a batch a poll cut short
+    (``max_poll_records``); librdkafka's producers put many records in one batch.
+    """
+    got: list[Any] = []
+    tps = sorted(consumer.assignment())
+    while True:
+        highs = {tp: consumer.highwater(tp) for tp in tps}
+        if all(h is not None and consumer.position(tp) >= h for tp, h in highs.items()):
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to their end "
+                               "took too long")
+        for records in consumer.poll(timeout_ms=200).values():
+            got += records
+
+
 def topic_partitions(consumer: KafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
     """``topic``'s partitions, sorted, waiting for its metadata until ``deadline``
     (``time.monotonic()``); :class:`TimeoutError` naming the topic after that."""
@@ -309,40 +338,17 @@ class StageRunner:
         self.error: BaseException | None = None
         self.assigned = assigned if assigned is not None else threading.Event()
         self.lag_interval_s = lag_interval_s
-        # For partitions no fetch has reached yet: their end offsets, and when last asked.
-        self._end_offsets: dict[TopicPartition, int] = {}
-        self._ends_asked: dict[TopicPartition, float] = {}
 
     # -- the lag gauge -------------------------------------------------------------------------
-    def _known_ends(self, consumer: KafkaConsumer, unknown: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """End offsets of ``unknown`` partitions, asked of the broker at most every
-        :data:`END_OFFSETS_REFRESH_S` per partition."""
-        now = time.monotonic()
-        stale = [tp for tp in unknown
-                 if now - self._ends_asked.get(tp, float("-inf")) >= END_OFFSETS_REFRESH_S]
-        if stale:
-            # Counted as asked even if the broker does not answer: no request every second.
-            self._ends_asked.update((tp, now) for tp in stale)
-            self._end_offsets.update(
-                consumer.end_offsets(stale, timeout_ms=END_OFFSETS_TIMEOUT_MS)
-            )
-        return {tp: self._end_offsets[tp] for tp in unknown if tp in self._end_offsets}
-
-    def _record_lag(self, consumer: KafkaConsumer) -> None:
+    def _record_lag(self, consumer: StageConsumer) -> None:
         """Lag per topic over every partition held now: high watermark - position. The high
         watermark comes from the last fetch of the partition (no request) or, until a fetch
-        has returned one, from the broker's end offset (cached). The KEDA scaler reads the
-        group's lag from Kafka itself; this is for dashboards."""
+        has returned one, from the broker's end offset (cached,
+        :data:`END_OFFSETS_REFRESH_S`). The KEDA scaler reads the group's lag from Kafka
+        itself; this is for dashboards."""
         lag: dict[str, int] = {t: 0 for t in self.topics}
         try:
-            held = sorted(consumer.assignment())
-            highs = {tp: consumer.highwater(tp) for tp in held}
-            ends = self._known_ends(consumer, [tp for tp, h in highs.items() if h is None])
-            for tp in held:
-                high = highs[tp] if highs[tp] is not None else ends.get(tp)
-                position = consumer.position(tp, timeout_ms=END_OFFSETS_TIMEOUT_MS)
-                if high is not None and position is not None:
-                    lag[tp.topic] = lag.get(tp.topic, 0) + max(high - position, 0)
+            lag.update(consumer.lag())
         except KafkaError as e:  # a rebalance under way: try again next time
             log.debug("lag of %s not read: %s", self.processor.name, e)
             return
@@ -370,23 +376,29 @@ class StageRunner:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         name = self.processor.name
-        # Imported here: stage_producer builds on this module (Output, produce_all).
+        # Imported here: both build on this module (Message, Output, make_consumer...).
+        from observer.core.stage_consumer import open_stage_consumer
         from observer.core.stage_producer import open_stage_producer
 
-        consumer = make_consumer(self.cfg, self.group_id, self.topics)
-        producer = open_stage_producer(self.cfg, self.ack_timeout_s)
+        consumer = open_stage_consumer(self.cfg, self.group_id, self.topics)
+        try:
+            producer = open_stage_producer(self.cfg, self.ack_timeout_s)
+        except BaseException:
+            consumer.close()
+            raise
         next_lag = 0.0
         try:
             while not stop.is_set():
                 max_records = self._give_way(stop)
-                polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max_records)
-                if consumer.assignment():
+                messages = consumer.poll(self.poll_timeout_ms / 1000, max_records)
+                # Asked only until it is true: librdkafka answers it by a round trip to its
+                # own thread while holding the GIL (2.6% of one e2e profile when asked always).
+                if not self.assigned.is_set() and consumer.holds_partitions():
                     self.assigned.set()
                 if time.monotonic() >= next_lag:
                     # Before processing: a stage stuck in a long batch still shows its backlog.
                     next_lag = time.monotonic() + self.lag_interval_s
                     self._record_lag(consumer)
-                messages = [Message.of(r) for records in polled.values() for r in records]
                 if self.dead_letter_topic is not None and self.suspects:
                     suspect = [m for m in messages if self.suspects.holds(m)]
                     if suspect:
@@ -401,9 +413,9 @@ class StageRunner:
             raise
         finally:
             producer.close(5)
-            consumer.close(autocommit=False)
+            consumer.close()
 
-    def _batch(self, messages: list[Message], consumer: KafkaConsumer, producer: StageProducer) -> None:
+    def _batch(self, messages: list[Message], consumer: StageConsumer, producer: StageProducer) -> None:
         """Process, acknowledge, then commit one batch (and the processor's tick)."""
         name = self.processor.name
         started = time.perf_counter()
@@ -442,17 +454,17 @@ class StageRunner:
             self._suspect_on_poison(e, messages)
             raise
 
-    def _commit(self, consumer: KafkaConsumer, messages: list[Message]) -> None:
-        """Commit past ``messages`` (each partition's last offset + 1)."""
-        ends: dict[TopicPartition, int] = {}
+    def _commit(self, consumer: StageConsumer, messages: list[Message]) -> None:
+        """Commit past ``messages`` (each partition's last offset + 1), synchronously."""
+        ends: dict[tuple[str, int], int] = {}
         for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
+            tp = (m.topic, m.partition)
             ends[tp] = max(ends.get(tp, 0), m.offset + 1)
-        consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
-        for tp, end in ends.items():
-            self.suspects.passed(tp.topic, tp.partition, end)
+        consumer.commit(ends)
+        for (topic, partition), end in ends.items():
+            self.suspects.passed(topic, partition, end)
 
-    def _isolate(self, suspect: list[Message], consumer: KafkaConsumer, producer: StageProducer) -> None:
+    def _isolate(self, suspect: list[Message], consumer: StageConsumer, producer: StageProducer) -> None:
         """Process each suspect message alone: its outputs, or its dead letter when it fails
         alone with a poison fault, are acknowledged, then its offset is committed. A
         transient or permanent fault still stops the runner (nothing is quarantined)."""

@@ -75,11 +75,12 @@ class KafkaConfig(Section):
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer group heartbeat.")
     stage_client: Literal["kafka-python", "librdkafka"] = Field(
-        "kafka-python",
-        description="The Kafka client consuming stages write their outputs with (acks=all, "
-        "before their input offsets are committed). librdkafka builds records in C, several "
-        "times less CPU per record (observer up about 1.9x end to end in one benchmark run); "
-        "kafka-python takes every client_options entry (librdkafka only the security ones).",
+        "librdkafka",
+        description="The Kafka client consuming stages read their inputs and write their "
+        "outputs with (outputs acknowledged with acks=all before the input offsets are "
+        "committed, with either). librdkafka (confluent-kafka) fetches, decodes and builds "
+        "records in C, several times less CPU per record than kafka-python; kafka-python "
+        "takes every client_options entry (librdkafka only the security ones).",
     )
     client_options: dict[str, Any] = Field(
         default_factory=dict,

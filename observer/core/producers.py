@@ -286,7 +286,19 @@ def librdkafka_config(
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": int(timeout_s * 1000),
         "socket.timeout.ms": max(int(timeout_s * 1000), 10),
+        **librdkafka_client_options(cfg),
     }
+    return conf
+
+
+def librdkafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """``kafka.client_options`` (kafka-python names) as librdkafka properties, for producers
+    and consumers alike; :class:`ValueError` naming an option :data:`LIBRDKAFKA_NAMES` lacks.
+
+    >>> librdkafka_client_options(KafkaConfig(client_options={"ssl_check_hostname": False}))
+    {'ssl.endpoint.identification.algorithm': 'none'}
+    """
+    conf: dict[str, Any] = {}
     for name, value in cfg.client_options.items():
         property_name = LIBRDKAFKA_NAMES.get(name)
         if property_name is None:

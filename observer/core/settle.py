@@ -96,7 +96,9 @@ class KafkaPositions:
 
     def ends(self, tps: list[TopicPartition]) -> dict[TP, int]:
         """End offsets that are never too low: the reported end ``e``, then the batch that
-        holds record ``e - 1`` read to its end (a poll returns whole batches)."""
+        holds record ``e - 1`` read to its end (a poll returns whole batches), and the high
+        watermark that fetch carried (the embedded broker's reported end is its latest
+        batch's base offset + 1: with concurrent writers that batch may not be the last)."""
         if not tps:
             return {}
         reported = self._consumer.end_offsets(tps)
@@ -108,7 +110,8 @@ class KafkaPositions:
             if time.monotonic() > deadline:
                 raise TimeoutError("reading the tail of the derived topics took too long")
             self._consumer.poll(timeout_ms=200)
-        return {(tp.topic, tp.partition): max(reported[tp], self._consumer.position(tp))
+        return {(tp.topic, tp.partition): max(reported[tp], self._consumer.position(tp),
+                                              self._consumer.highwater(tp) or 0)
                 for tp in tps}
 
 

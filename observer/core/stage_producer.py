@@ -4,14 +4,17 @@ A :class:`~observer.core.bus.StageRunner` sends a batch's outputs and waits for 
 ``acks=all`` acknowledgement before it commits the batch's input offsets; only *how* the
 records are built and sent changes with ``kafka.stage_client``:
 
-- ``librdkafka``: :class:`~observer.core.producers.LibrdkafkaProducer`, the
+- ``librdkafka`` (default): :class:`~observer.core.producers.LibrdkafkaProducer`, the
   receivers' client. It builds and batches records in C: the normaliser writes one record
   per span, and with kafka-python ``send`` cost more CPU than normalising (about 170 us a
-  record against about 2 us here, measured in one profile of the normaliser alone);
-- ``kafka-python`` (default): :func:`observer.core.bus.produce_all`; it also takes the
-  ``kafka.client_options`` librdkafka has no name for here. It stays the default until the
-  embedded broker's end-offset answers are settled with librdkafka writers (see
-  ``tests/test_drift_restart.py``: its read-back, not the stage, came up short in some runs).
+  record against about 2 us here, measured in one profile of the normaliser alone). Its
+  batches hold many records: whoever reads a topic "to its end" on the embedded broker must
+  go by the fetched high watermark (:func:`observer.core.bus.read_to_end`), not
+  ``end_offsets``, which that broker answers with the last batch's base offset + 1;
+- ``kafka-python``: :func:`observer.core.bus.produce_all`; it also takes the
+  ``kafka.client_options`` librdkafka has no name for here.
+
+The stage's consumer follows the same knob (:mod:`observer.core.stage_consumer`).
 
 Both raise the same errors, kafka-python's, so :mod:`observer.core.faults` classifies them
 once: a message over a size limit is ``MessageSizeTooLargeError`` (poison: its input is
