@@ -44,7 +44,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 SPEC = StageSpec(
     name="drift",
-    cpu_weight=10,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
+    cpu_weight=21,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run the drift engine",
     description="Score windows of each record type that has features (drift.features) against "
     "its reference, per segment; write results and checkpoints.",

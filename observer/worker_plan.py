@@ -29,9 +29,10 @@ from collections.abc import Sequence
 
 from observer.core.stage import StageSpec
 
-SHELL_WEIGHT = 2.0
-"""Process 0's own load besides its stages (receivers idle, admin API, views, settling), in
-the units of ``StageSpec.cpu_weight``."""
+SHELL_WEIGHT = 16.0
+"""Process 0's own load besides its stages (receivers, admin API, views, settling), in the
+units of ``StageSpec.cpu_weight``: percent of ``observer up``'s Python time in one measured
+run (docs/benchmarks.md, "Several processes")."""
 
 MAX_AUTO_WORKERS = 4
 """``workers`` left unset: one process per core, at most this many (with the stages' weights

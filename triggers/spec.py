@@ -28,7 +28,7 @@ def _routes(ctx: AdminContext) -> Any:
 
 SPEC = StageSpec(
     name="trigger",
-    cpu_weight=1,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
+    cpu_weight=0.5,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     beside_admin=True,  # its routes read its ledger (approvals, promotion callbacks)
     help="run the trigger stage",
     description="Turn sustained drift into recorded decisions (SQLite ledger), signed "

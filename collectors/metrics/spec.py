@@ -41,7 +41,7 @@ GENAI_METRICS = StageSpec(
 
 METRICS = StageSpec(
     name="metrics",
-    cpu_weight=3,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
+    cpu_weight=8,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run the domain-metrics stage",
     description="Count LLM calls, tokens, tool calls and agent paths as Prometheus series on "
     "the admin API's /metrics, with capped label values.",

@@ -27,7 +27,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
 
 SPEC = StageSpec(
     name="normalize",
-    cpu_weight=6,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
+    cpu_weight=26,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run the normaliser",
     description="Turn GenAI spans (OpenTelemetry GenAI, OpenInference, OpenLLMetry) into "
     "LLM-call, tool-call, retrieval and evaluation records, and prompt and response "

@@ -21,7 +21,7 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
 
 SPEC = StageSpec(
     name="paths",
-    cpu_weight=4,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
+    cpu_weight=13,  # share of `observer up` CPU (docs/benchmarks.md, "Several processes")
     help="run trace grouping",
     description="Group the spans of each trace (keyed by trace id) into one agent-path record: "
     "loop iterations, LLM and tool calls, errors, the path signature.",
