@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -174,3 +176,14 @@ def intake_server(kafka: KafkaConfig, topics: Topics, **settings: Any) -> Iterat
             yield server.url + KSERVE_PATH
     finally:
         intake.close()
+
+
+def new_topic(cfg: KafkaConfig, prefix: str, partitions: int = 4) -> str:
+    """A topic of its own (``prefix`` and a random suffix) with ``partitions`` partitions."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=cfg.servers)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+    return name

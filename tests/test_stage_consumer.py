@@ -6,12 +6,10 @@ the embedded broker's end offsets."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from confluent_kafka import KafkaError, Producer
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import NewTopic
+from kafka import TopicPartition
 
 from observer.core.bus import Message, make_consumer, read_to_end
 from observer.core.config import ConfigError, KafkaConfig
@@ -22,17 +20,11 @@ from observer.core.stage_consumer import (
     open_stage_consumer,
 )
 
+from tests.collectors_support import new_topic
+
 CLIENTS = ["librdkafka", "kafka-python"]
 
 
-def new_topic(cfg: KafkaConfig, partitions: int) -> str:
-    name = f"stage-consumer-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=cfg.servers)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
-    return name
 
 
 def write(cfg: KafkaConfig, topic: str, n: int, partitions: int) -> None:
@@ -55,7 +47,7 @@ def take(consumer: StageConsumer, n: int, timeout_s: float = 30) -> list[Message
 
 
 def test_both_clients_hand_out_the_same_messages(kafka_config: KafkaConfig) -> None:
-    topic = new_topic(kafka_config, 3)
+    topic = new_topic(kafka_config, "stage-consumer", 3)
     write(kafka_config, topic, 1200, 3)
     read: dict[str, list[Message]] = {}
     for client in CLIENTS:
@@ -81,7 +73,7 @@ def test_both_clients_hand_out_the_same_messages(kafka_config: KafkaConfig) -> N
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_commit_is_where_the_group_resumes(kafka_config: KafkaConfig, client: str) -> None:
     cfg = kafka_config.model_copy(update={"stage_client": client})
-    topic = new_topic(cfg, 2)
+    topic = new_topic(cfg, "stage-consumer", 2)
     write(cfg, topic, 100, 2)
     group = f"g-commit-{client}-{topic}"
     consumer = open_stage_consumer(cfg, group, [topic])
@@ -108,7 +100,7 @@ def test_a_commit_is_where_the_group_resumes(kafka_config: KafkaConfig, client: 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_lag_is_the_backlog_of_the_partitions_held(kafka_config: KafkaConfig, client: str) -> None:
     cfg = kafka_config.model_copy(update={"stage_client": client})
-    topic = new_topic(cfg, 2)
+    topic = new_topic(cfg, "stage-consumer", 2)
     write(cfg, topic, 600, 2)
     consumer = open_stage_consumer(cfg, f"g-lag-{client}-{topic}", [topic])
     try:
@@ -152,7 +144,7 @@ def test_read_to_end_reads_past_the_embedded_brokers_end_offset(kafka_config: Ka
     """1,200 records in one batch: the embedded broker reports the partition's end as that
     batch's base offset + 1; a read stopping there while polls are capped at 500 records
     would miss most of it."""
-    topic = new_topic(kafka_config, 1)
+    topic = new_topic(kafka_config, "stage-consumer", 1)
     write(kafka_config, topic, 1200, 1)
     consumer = make_consumer(kafka_config, None)
     try:

@@ -5,11 +5,9 @@ decode gives every hostile message the dead-letter reason the two-step decode ga
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import NewTopic
+from kafka import TopicPartition
 from kafka.errors import MessageSizeTooLargeError
 
 from observer.core.bus import MAX_MESSAGE_BYTES, Output, make_consumer
@@ -18,17 +16,11 @@ from observer.core.faults import Fault, classify
 from observer.core.records import LLMCall, RecordError, decode, encode
 from observer.core.stage_producer import open_stage_producer
 
+from tests.collectors_support import new_topic
+
 CLIENTS = ["librdkafka", "kafka-python"]
 
 
-def new_topic(cfg: KafkaConfig, partitions: int = 4) -> str:
-    name = f"stage-producer-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=cfg.servers)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
-    return name
 
 
 def read_back(cfg: KafkaConfig, topic: str, n: int, timeout_s: float = 20) -> list:
@@ -56,7 +48,7 @@ def test_outputs_are_acknowledged_with_keys_headers_and_kafkas_placement(
     kafka_config: KafkaConfig, client: str
 ) -> None:
     cfg = kafka_config.model_copy(update={"stage_client": client})
-    topic = new_topic(cfg)
+    topic = new_topic(cfg, "stage-producer")
     outputs = [Output(topic, f"segment-{i % 7}", b"v%d" % i, (("h", b"%d" % i),))
                for i in range(60)]
     producer = open_stage_producer(cfg, 10)
@@ -82,7 +74,7 @@ def test_outputs_are_acknowledged_with_keys_headers_and_kafkas_placement(
 @pytest.mark.parametrize("client", CLIENTS)
 def test_an_output_over_the_limit_is_a_poison_fault(kafka_config: KafkaConfig, client: str) -> None:
     cfg = kafka_config.model_copy(update={"stage_client": client})
-    topic = new_topic(cfg, partitions=1)
+    topic = new_topic(cfg, "stage-producer", 1)
     producer = open_stage_producer(cfg, 10)
     try:
         with pytest.raises(MessageSizeTooLargeError) as raised:
