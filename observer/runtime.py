@@ -40,7 +40,13 @@ from observer.metrics_merge import merge
 from observer.stage_threads import CONSUMING_STAGES, StageThreads
 from observer.views import TopicView
 from observer.worker_plan import plan
-from observer.workers import WorkerGone, WorkerProcess, stop_helper_processes
+from observer.workers import (
+    UNRESPONSIVE_S,
+    WorkerGone,
+    WorkerProcess,
+    WorkerSlow,
+    stop_helper_processes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +178,7 @@ class Runtime:
     def _watch_workers(self) -> None:
         """Keep each worker's stage states; a stage failed for good there, or a worker gone,
         stops the runtime as a local permanent failure does."""
+        silent_since: dict[str, float] = {}
         while not self.stop_event.is_set():
             for worker in self.workers_started:
                 try:
@@ -180,6 +187,13 @@ class Runtime:
                     self._worker_errors[worker.name] = str(e)
                     self.stop_event.set()
                     continue
+                except WorkerSlow as e:  # busy: its last states stand, for a while
+                    since = silent_since.setdefault(worker.name, time.monotonic())
+                    if time.monotonic() - since >= UNRESPONSIVE_S:
+                        self._worker_errors[worker.name] = f"{e} for {UNRESPONSIVE_S:.0f} s"
+                        self.stop_event.set()
+                    continue
+                silent_since.pop(worker.name, None)
                 self._worker_status[worker.name] = status
                 if status["errors"]:
                     self.stop_event.set()
@@ -245,6 +259,8 @@ class Runtime:
                         break
                 except WorkerGone:
                     return False
+                except WorkerSlow:
+                    pass
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.1)
@@ -279,8 +295,8 @@ class Runtime:
         for worker in self.workers_started:
             try:
                 texts.append(worker.ask("metrics")["text"])
-            except WorkerGone:
-                continue  # its stages' series are missing; /healthz says why
+            except (WorkerGone, WorkerSlow):
+                continue  # its stages' series are missing from this scrape
         return texts[0].encode() if len(texts) == 1 else merge(texts)
 
     def stop(self) -> None:

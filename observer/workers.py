@@ -34,11 +34,18 @@ from observer.core.extras import MissingExtra
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 10.0
-"""How long the parent waits for a worker's answer before calling it unresponsive."""
+"""How long the parent waits for one answer of a worker (then :class:`WorkerSlow`)."""
+UNRESPONSIVE_S = 60.0
+"""A worker alive but silent this long has failed: ``observer up`` stops, naming it."""
 
 
 class WorkerGone(RuntimeError):
-    """The worker exited or stopped answering."""
+    """The worker exited (or its pipe broke)."""
+
+
+class WorkerSlow(RuntimeError):
+    """The worker is alive but did not answer in time (a long batch holding its GIL): its
+    answer, when it comes, is dropped; the caller decides how long is too long."""
 
 
 class WorkerProcess:
@@ -50,6 +57,7 @@ class WorkerProcess:
         self.stages = stages
         self.name = f"worker-{index}"
         self._lock = threading.Lock()
+        self._seq = 0  # requests are numbered: a late answer is not taken for the next one
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self.gone: str | None = None
@@ -71,33 +79,42 @@ class WorkerProcess:
     def started(self, timeout_s: float = 120.0) -> None:
         """Wait for the worker's first answer: its stages are built and running. A stage
         that cannot be built fails the start, as it does in the parent."""
-        answer = self._receive(timeout_s)
+        answer = self._receive(0, timeout_s)
         if answer.get("missing_extra"):  # exits 2 with its one line, as in one process
             raise MissingExtra.relayed(answer["error"])
         if answer.get("error"):
             raise RuntimeError(f"{self.name} ({', '.join(self.stages)}): {answer['error']}")
 
     def ask(self, op: str, timeout_s: float = ANSWER_TIMEOUT_S) -> dict[str, Any]:
-        """One request, one answer; :class:`WorkerGone` once the worker is not there."""
+        """One request, one answer; :class:`WorkerGone` once the worker is not there,
+        :class:`WorkerSlow` when it is but did not answer within ``timeout_s``."""
         with self._lock:
             if self.gone is not None or self._conn is None:
                 raise WorkerGone(self.gone or "not started")
+            self._seq += 1
             try:
-                self._conn.send(op)
+                self._conn.send((self._seq, op))
             except (OSError, ValueError) as e:
                 self._mark_gone(self._exit_reason() or f"{self.name}: its pipe broke: {e}")
                 raise WorkerGone(self.gone) from None
-            return self._receive(timeout_s)
+            return self._receive(self._seq, timeout_s)
 
-    def _receive(self, timeout_s: float) -> dict[str, Any]:
+    def _receive(self, seq: int, timeout_s: float) -> dict[str, Any]:
+        """The answer numbered ``seq`` (older ones, answered too late, are dropped)."""
         assert self._conn is not None
+        deadline = time.monotonic() + timeout_s
         try:
-            if self._conn.poll(timeout_s):
-                answer: dict[str, Any] = self._conn.recv()
-                return answer
+            while self._conn.poll(max(deadline - time.monotonic(), 0)):
+                number, answer = self._conn.recv()
+                if number == seq:
+                    return answer  # type: ignore[no-any-return]
         except (EOFError, OSError):
             pass
-        self._mark_gone(self._exit_reason() or f"{self.name}: no answer in {timeout_s:.0f} s")
+        why = self._exit_reason()
+        if why is None:
+            raise WorkerSlow(f"{self.name} ({', '.join(self.stages)}) did not answer in "
+                             f"{timeout_s:.0f} s")
+        self._mark_gone(why)
         raise WorkerGone(self.gone)
 
     def _exit_reason(self) -> str | None:
@@ -130,7 +147,7 @@ class WorkerProcess:
         if self.gone is None and self._conn is not None:
             with self._lock:
                 try:
-                    self._conn.send("stop")
+                    self._conn.send((self._seq + 1, "stop"))
                 except (OSError, ValueError):
                     pass
         process.join(timeout_s)
@@ -190,9 +207,9 @@ def worker_main(cfg: Any, stages: list[str], conn: Connection, parent_pid: int) 
     try:
         threads.start()
     except Exception as e:  # a stage that cannot be built: say why, as the parent would
-        conn.send({"error": f"{e}", "missing_extra": isinstance(e, MissingExtra)})
+        conn.send((0, {"error": f"{e}", "missing_extra": isinstance(e, MissingExtra)}))
         return
-    conn.send({"started": stages})
+    conn.send((0, {"started": stages}))
     answers = {
         "status": lambda: {"states": threads.states(), "errors": threads.errors(),
                            "assigned": threads.assigned()},
@@ -203,13 +220,14 @@ def worker_main(cfg: Any, stages: list[str], conn: Connection, parent_pid: int) 
             try:
                 if not conn.poll(0.5):
                     continue
-                op = conn.recv()
+                seq, op = conn.recv()
             except (EOFError, OSError):
                 break  # the parent is gone
             if op == "stop":
                 break
             answer = answers.get(op)
-            conn.send(answer() if answer is not None else {"error": f"unknown request {op!r}"})
+            conn.send((seq, answer() if answer is not None
+                       else {"error": f"unknown request {op!r}"}))
     finally:
         started = time.monotonic()
         threads.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -233,3 +234,27 @@ def test_a_missing_extra_found_in_a_worker_is_the_same_error() -> None:
     found = MissingExtra("pyarrow", "parquet", "drift.reference: parquet")
     relayed = MissingExtra.relayed(str(found))
     assert isinstance(relayed, MissingExtra) and str(relayed) == str(found)
+
+
+def test_a_worker_silent_past_one_answer_is_waited_for(tmp_path: Path, free_port) -> None:
+    """A worker that does not answer within one request's time (SIGSTOP here; a long batch
+    holding its GIL in life) is not taken for dead: observer keeps running and takes its
+    answers again once it is back; a late answer is not mistaken for the next one."""
+    from observer.workers import ANSWER_TIMEOUT_S
+
+    with observer_up(tmp_path, free_port, workers=2) as (proc, ports):
+        admin = f"http://127.0.0.1:{ports['admin']}"
+        (worker,) = _workers_of(proc.pid)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(ANSWER_TIMEOUT_S + 3)  # the watcher's request timed out meanwhile
+            assert proc.poll() is None, "observer stopped over a silent worker"
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: httpx.get(f"{admin}/healthz", timeout=10).status_code == 200, 30,
+                 "healthy again", poll_s=0.5)
+        health = httpx.get(f"{admin}/healthz", timeout=10).json()
+        assert health["errors"] == {} and all(
+            s["state"] == "running" for s in health["stages"].values())
+        proc.terminate()
+        assert proc.wait(60) == 0

@@ -46,6 +46,7 @@ SYSTEM: frozenset[str] = frozenset({
     "tests/test_workers.py::test_a_sigkilled_observer_leaves_no_worker",  # observer up
     "tests/test_workers.py::test_workers_below_one_is_refused",  # observer up
     "tests/test_workers.py::test_a_stage_a_worker_cannot_build_fails_the_start_naming_it",
+    "tests/test_workers.py::test_a_worker_silent_past_one_answer_is_waited_for",
     # Single tests in otherwise in-process modules.
     "tests/test_collectors_otlp_http.py::test_kafka_down_is_503_with_retry_after",  # own Tansu
     "tests/test_drift_offline.py::test_the_command_line",  # observer drift score
