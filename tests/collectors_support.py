@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, TopicPartition
@@ -187,3 +188,23 @@ def new_topic(cfg: KafkaConfig, prefix: str, partitions: int = 4) -> str:
     finally:
         admin.close()
     return name
+
+
+def process_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (none once it is gone)."""
+    kids: list[int] = []
+    if not Path(f"/proc/{pid}/task").exists():
+        return kids
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes of ``observer up --workers`` (``pid``): spawned Python children,
+    not the broker or multiprocessing's resource tracker."""
+    return [c for c in process_children(pid)
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]

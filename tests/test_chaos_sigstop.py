@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind
 from observer.core.bus import make_consumer
 from observer.core.config import KafkaConfig
 from observer.core.records import LLMCall, decode
-from tests.collectors_support import wait_for
+from tests.collectors_support import wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
 
@@ -120,9 +120,13 @@ def test_sigstop_past_the_kafka_timeouts_heals(tmp_path: Path, free_port: Callab
         # the middle of their work (a batch in hand, its outputs or its commit on the way).
         before = export_chats(traces, BURST, "before")
         wait_for(lambda: normalised(set()) and seen, 60, "the normaliser at work")
-        os.kill(proc.pid, signal.SIGSTOP)  # observer only: its broker child keeps running
+        # observer's processes (with --workers, its workers too), not its broker child
+        frozen = [proc.pid, *workers_of(proc.pid)]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         time.sleep(STOP_S)
-        os.kill(proc.pid, signal.SIGCONT)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
 
         after = export_chats(traces, 30, "after")
         wait_for(lambda: normalised(before | after), 60, "the spans sent after the stop")

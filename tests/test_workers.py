@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +28,7 @@ from observer import stages as registry
 from observer.demo.agent import BASELINE, SupportAgent
 from observer.metrics_merge import merge
 from observer.worker_plan import plan
-from tests.collectors_support import wait_for
+from tests.collectors_support import wait_for, workers_of
 
 CONSUMERS = list(registry.consumers().values())
 
@@ -79,23 +79,6 @@ def test_merged_exposition_adds_counts_and_keeps_what_is_not_a_sum() -> None:
 
 
 # -- observer up --workers 2, as a user runs it ---------------------------------------------------
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    if not Path(f"/proc/{pid}/task").exists():
-        return kids
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return kids
-
-
-def _workers_of(pid: int) -> list[int]:
-    return [c for c in _children(pid)
-            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
 def _gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -177,7 +160,7 @@ def test_two_workers_answer_as_one_observer_and_a_dead_worker_stops_it(
         assert samples[("observer_stage_messages_total", (("stage", "drift"),))] > 0
 
         # A worker killed under it: observer up stops, naming the worker and its stages.
-        worker = _workers_of(proc.pid)
+        worker = workers_of(proc.pid)
         assert len(worker) == 1
         os.kill(worker[0], signal.SIGKILL)
         assert proc.wait(60) == 1
@@ -188,7 +171,7 @@ def test_two_workers_answer_as_one_observer_and_a_dead_worker_stops_it(
 
 def test_a_sigkilled_observer_leaves_no_worker(tmp_path: Path, free_port) -> None:
     with observer_up(tmp_path, free_port, workers=2) as (proc, _ports):
-        workers = _workers_of(proc.pid)
+        workers = workers_of(proc.pid)
         assert len(workers) == 1
         proc.kill()
         proc.wait(30)
@@ -244,7 +227,7 @@ def test_a_worker_silent_past_one_answer_is_waited_for(tmp_path: Path, free_port
 
     with observer_up(tmp_path, free_port, workers=2) as (proc, ports):
         admin = f"http://127.0.0.1:{ports['admin']}"
-        (worker,) = _workers_of(proc.pid)
+        (worker,) = workers_of(proc.pid)
         os.kill(worker, signal.SIGSTOP)
         try:
             time.sleep(ANSWER_TIMEOUT_S + 3)  # the watcher's request timed out meanwhile
