@@ -13,13 +13,13 @@ its processor (``beside_admin``).
 ...     return StageSpec(name=name, help="h", config_section="kafka", inputs=("spans",),
 ...                      build=lambda c, t: None, group_id=lambda c: name,
 ...                      cpu_weight=weight, beside_admin=beside)
->>> specs = [spec("drift", 10), spec("normalize", 6), spec("trigger", 1, beside=True)]
->>> plan(specs, 2)
-[['normalize', 'trigger'], ['drift']]
+>>> specs = [spec("drift", 21), spec("normalize", 26), spec("trigger", 0.5, beside=True)]
+>>> plan(specs, 2)  # process 0 starts at SHELL_WEIGHT (16) + 0.5: normalize leaves it
+[['drift', 'trigger'], ['normalize']]
 >>> plan(specs, 1)
 [['drift', 'normalize', 'trigger']]
 >>> plan(specs, 5)  # never an empty worker
-[['trigger'], ['drift'], ['normalize']]
+[['trigger'], ['normalize'], ['drift']]
 """
 
 from __future__ import annotations
