@@ -136,9 +136,6 @@ class WorkerProcess:
             self.gone = why
             log.error("%s", why)
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
     def stop(self, timeout_s: float = 20.0) -> None:
         """Ask the worker to stop its stages and exit; terminate it if it does not."""
         process = self._process

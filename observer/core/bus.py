@@ -65,10 +65,6 @@ STAGE_YIELD_SECONDS = Counter(
     ["stage"],
 )
 LAG_INTERVAL_S = 1.0
-END_OFFSETS_REFRESH_S = 5.0
-"""How long a partition's end offset, asked of the broker while no fetch has told its high
-watermark yet, is reused: the lag gauge is refreshed every second, a broker round trip not."""
-END_OFFSETS_TIMEOUT_MS = 2000
 QUARANTINE_HEAD_BYTES = 64 * 1024
 """What a dead letter keeps of an original whose whole dead letter the broker refused."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -344,7 +340,7 @@ class StageRunner:
         """Lag per topic over every partition held now: high watermark - position. The high
         watermark comes from the last fetch of the partition (no request) or, until a fetch
         has returned one, from the broker's end offset (cached,
-        :data:`END_OFFSETS_REFRESH_S`). The KEDA scaler reads the group's lag from Kafka
+        :data:`~observer.core.stage_consumer.END_OFFSETS_REFRESH_S`). The KEDA scaler reads the group's lag from Kafka
         itself; this is for dashboards."""
         lag: dict[str, int] = {t: 0 for t in self.topics}
         try:

@@ -32,7 +32,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
 from observer.core.bus import MAX_MESSAGE_BYTES, Output, make_producer
-from observer.core.config import KafkaConfig
+from observer.core.config import ConfigError, KafkaConfig
 
 log = logging.getLogger(__name__)
 RDKAFKA_LOG = logging.getLogger("librdkafka")
@@ -291,9 +291,11 @@ def librdkafka_config(
     return conf
 
 
-def librdkafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:
+def librdkafka_client_options(cfg: KafkaConfig,
+                              switch: str = "receiver.kafka_client") -> dict[str, Any]:
     """``kafka.client_options`` (kafka-python names) as librdkafka properties, for producers
-    and consumers alike; :class:`ValueError` naming an option :data:`LIBRDKAFKA_NAMES` lacks.
+    and consumers alike; :class:`ValueError` naming an option :data:`LIBRDKAFKA_NAMES` lacks,
+    and ``switch``, the knob that selects kafka-python instead.
 
     >>> librdkafka_client_options(KafkaConfig(client_options={"ssl_check_hostname": False}))
     {'ssl.endpoint.identification.algorithm': 'none'}
@@ -304,12 +306,22 @@ def librdkafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:
         if property_name is None:
             raise ValueError(
                 f"kafka.client_options: {name} has no librdkafka equivalent here; "
-                "set receiver.kafka_client: kafka-python to use it"
+                f"set {switch}: kafka-python to use it"
             )
         if name == "ssl_check_hostname":
             value = "https" if value else "none"
         conf[property_name] = value
     return conf
+
+
+def check_stage_client(cfg: KafkaConfig) -> None:
+    """A :class:`ConfigError` at start when ``kafka.stage_client`` is librdkafka and
+    ``kafka.client_options`` holds an option it cannot take (stages' consumers and producers)."""
+    if cfg.stage_client == "librdkafka":
+        try:
+            librdkafka_client_options(cfg, switch="kafka.stage_client")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def open_durable_producer(

@@ -34,14 +34,12 @@ import kafka.errors as kafka_errors
 from kafka import OffsetAndMetadata, TopicPartition
 
 from observer.core.bus import (
-    END_OFFSETS_REFRESH_S,
-    END_OFFSETS_TIMEOUT_MS,
     MAX_POLL_RECORDS,
     Message,
     make_consumer,
 )
-from observer.core.config import ConfigError, KafkaConfig
-from observer.core.producers import RDKAFKA_LOG, librdkafka_client_options
+from observer.core.config import KafkaConfig
+from observer.core.producers import RDKAFKA_LOG, check_stage_client, librdkafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +74,11 @@ class StageConsumer(Protocol):
         ...
 
 
+END_OFFSETS_REFRESH_S = 5.0
+"""How long a partition's end offset, asked of the broker while no fetch has told its high
+watermark yet, is reused: the lag gauge is refreshed every second, a broker round trip not."""
+END_OFFSETS_TIMEOUT_MS = 2000
+"""How long one such request (end offsets, committed offsets) may take."""
 OFFSET_END = -1
 """librdkafka's logical offset "end": as a time for ``offsets_for_times``, the latest."""
 PREFETCH_KBYTES = 8192
@@ -84,7 +87,7 @@ PREFETCH_KBYTES = 8192
 
 class EndOffsets:
     """End offsets of partitions no fetch has told the high watermark of yet, asked of the
-    broker at most every :data:`~observer.core.bus.END_OFFSETS_REFRESH_S` per partition: the
+    broker at most every :data:`END_OFFSETS_REFRESH_S` per partition: the
     lag gauge is refreshed every second, a broker round trip not."""
 
     def __init__(self, ask: Callable[[list[Any]], dict[Any, int]]) -> None:
@@ -173,7 +176,7 @@ class LibrdkafkaStageConsumer:
 
     The lag's high watermark is the one librdkafka keeps from its last fetch of the partition
     (no request), else the broker's end offset (one request for every such partition, cached
-    :data:`~observer.core.bus.END_OFFSETS_REFRESH_S`); the position is the offset after the
+    :data:`END_OFFSETS_REFRESH_S`); the position is the offset after the
     last message handed out, else the group's committed offset (one request for every
     partition newly held), else the log start.
     """
@@ -308,10 +311,7 @@ def open_stage_consumer(cfg: KafkaConfig, group_id: str, topics: Iterable[str]) 
     """The :class:`StageConsumer` ``kafka.stage_client`` names, subscribed to ``topics`` in
     ``group_id``. A ``kafka.client_options`` entry librdkafka cannot take is a
     :class:`ConfigError`."""
+    check_stage_client(cfg)
     if cfg.stage_client == "kafka-python":
         return KafkaPythonStageConsumer(cfg, group_id, topics)
-    try:
-        librdkafka_client_options(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e).replace("receiver.kafka_client", "kafka.stage_client")) from None
     return LibrdkafkaStageConsumer(cfg, group_id, topics)

@@ -37,12 +37,12 @@ from typing import Protocol
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from observer.core.bus import Output, make_producer, produce_all
-from observer.core.config import ConfigError, KafkaConfig
+from observer.core.config import KafkaConfig
 from observer.core.producers import (
     LibrdkafkaProducer,
     MessageTooLarge,
     NotDurable,
-    librdkafka_config,
+    check_stage_client,
     wait_acknowledged,
 )
 
@@ -98,10 +98,7 @@ def open_stage_producer(cfg: KafkaConfig, timeout_s: float) -> StageProducer:
     """The :class:`StageProducer` ``kafka.stage_client`` names; ``timeout_s`` bounds every
     wait for an acknowledgement (librdkafka expires a record not acknowledged by then).
     A ``kafka.client_options`` entry librdkafka cannot take is a :class:`ConfigError`."""
+    check_stage_client(cfg)
     if cfg.stage_client == "kafka-python":
         return KafkaPythonStageProducer(cfg)
-    try:
-        librdkafka_config(cfg, timeout_s)
-    except ValueError as e:
-        raise ConfigError(str(e).replace("receiver.kafka_client", "kafka.stage_client")) from None
     return LibrdkafkaStageProducer(cfg, timeout_s)
