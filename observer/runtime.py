@@ -40,18 +40,10 @@ from observer.metrics_merge import merge
 from observer.stage_threads import CONSUMING_STAGES, StageThreads
 from observer.views import TopicView
 from observer.worker_plan import plan
-from observer.workers import (
-    UNRESPONSIVE_S,
-    WorkerGone,
-    WorkerProcess,
-    WorkerSlow,
-    stop_helper_processes,
-)
+from observer.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL_S = 0.5
-"""How often the runtime asks its workers for their stages' states."""
 # "collect" is the OTLP receiver: an HTTP and a gRPC server, not a consumer.
 ALL_STAGES: list[str] = list(registry.RUNTIME_STAGES)
 
@@ -82,10 +74,7 @@ class Runtime:
         self.grpc: GrpcReceiver | None = None
         self.stop_event = threading.Event()
         self.local: StageThreads | None = None
-        self.workers_started: list[WorkerProcess] = []
-        self._watch: threading.Thread | None = None
-        self._worker_status: dict[str, dict[str, Any]] = {}
-        self._worker_errors: dict[str, str] = {}
+        self.pool = WorkerPool(cfg, [])
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Runtime":
@@ -117,8 +106,7 @@ class Runtime:
         # now (after the seeding and replay above): they import while the servers start.
         shares = plan([CONSUMING_STAGES[n] for n in self.stages if n in CONSUMING_STAGES],
                       self.workers)
-        self.workers_started = [WorkerProcess(i, self.cfg, names).start()
-                                for i, names in enumerate(shares[1:], start=1)]
+        self.pool = WorkerPool(self.cfg, shares[1:]).start()
         self._local_share = shares[0]
 
         probe = KafkaProbe(kafka)
@@ -168,36 +156,7 @@ class Runtime:
             # Sharing the GIL with the receivers: give way to them while they are busy.
             busy=self.intake.busy if self.intake is not None else None,
         ).start()
-        for worker in self.workers_started:
-            worker.started()
-        if self.workers_started:
-            self._watch = threading.Thread(target=self._watch_workers, name="workers",
-                                           daemon=True)
-            self._watch.start()
-
-    def _watch_workers(self) -> None:
-        """Keep each worker's stage states; a stage failed for good there, or a worker gone,
-        stops the runtime as a local permanent failure does."""
-        silent_since: dict[str, float] = {}
-        while not self.stop_event.is_set():
-            for worker in self.workers_started:
-                try:
-                    status = worker.ask("status")
-                except WorkerGone as e:
-                    self._worker_errors[worker.name] = str(e)
-                    self.stop_event.set()
-                    continue
-                except WorkerSlow as e:  # busy: its last states stand, for a while
-                    since = silent_since.setdefault(worker.name, time.monotonic())
-                    if time.monotonic() - since >= UNRESPONSIVE_S:
-                        self._worker_errors[worker.name] = f"{e} for {UNRESPONSIVE_S:.0f} s"
-                        self.stop_event.set()
-                    continue
-                silent_since.pop(worker.name, None)
-                self._worker_status[worker.name] = status
-                if status["errors"]:
-                    self.stop_event.set()
-            self.stop_event.wait(WATCH_INTERVAL_S)
+        self.pool.started(self.stop_event)
 
     @property
     def supervisors(self) -> dict[str, Supervisor]:
@@ -252,60 +211,32 @@ class Runtime:
         deadline = time.monotonic() + timeout_s
         if self.local is not None and not self.local.wait_assigned(timeout_s):
             return False
-        for worker in self.workers_started:
-            while True:
-                try:
-                    if worker.ask("status")["assigned"]:
-                        break
-                except WorkerGone:
-                    return False
-                except WorkerSlow:
-                    pass
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.1)
-        return True
+        return self.pool.wait_assigned(deadline)
 
     def errors(self) -> dict[str, str]:
         """The stages that failed permanently, and why, and workers gone (empty: none)."""
-        errors = dict(self.local.errors()) if self.local is not None else {}
-        for status in list(self._worker_status.values()):
-            errors.update(status["errors"])
-        errors.update(self._worker_errors)
-        return errors
+        local = self.local.errors() if self.local is not None else {}
+        return {**local, **self.pool.errors()}
 
     def stage_states(self) -> dict[str, dict[str, Any]]:
         """Each consuming stage's state (``Supervisor.status``) wherever it runs, with the
         process (``worker``: 0 is this one) when there are several."""
         states = dict(self.local.states()) if self.local is not None else {}
-        if self.workers_started:
+        if self.pool.workers:
             states = {n: {**s, "worker": 0} for n, s in states.items()}
-        for worker in self.workers_started:
-            status = self._worker_status.get(worker.name)
-            for name in worker.stages:
-                state = status["states"].get(name) if status is not None else None
-                if worker.name in self._worker_errors:
-                    state = {"state": "failed", "error": self._worker_errors[worker.name]}
-                states[name] = {**(state or {"state": "starting"}), "worker": worker.index}
+        states.update(self.pool.states())
         return {n: states[n] for n in self.stages if n in states}  # in the registry's order
 
     def metrics(self) -> bytes:
         """This process's Prometheus exposition, merged with every worker's."""
-        texts = [generate_latest().decode()]
-        for worker in self.workers_started:
-            try:
-                texts.append(worker.ask("metrics")["text"])
-            except (WorkerGone, WorkerSlow):
-                continue  # its stages' series are missing from this scrape
-        return texts[0].encode() if len(texts) == 1 else merge(texts)
+        own = generate_latest()
+        others = self.pool.expositions()
+        return merge([own.decode(), *others]) if others else own
 
     def stop(self) -> None:
         self.stop_event.set()
         # The stages first (their last offsets committed), then what settles behind them.
-        for worker in self.workers_started:
-            worker.stop()
-        if self.workers_started:
-            stop_helper_processes()
+        self.pool.stop()
         if self.local is not None:
             self.local.stop()
         if self.grpc is not None:
