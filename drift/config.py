@@ -329,6 +329,13 @@ class DriftConfig(Section):
     exact_budget_mb: float = Field(
         256.0, gt=0, description="auto mode: memory for raw values across all segments."
     )
+    max_streams: int = Field(
+        1000, ge=1,
+        description="Streams (segment x record type) held at most. Records of a new segment "
+        "past it are skipped and counted (observer_drift_errors_total, reason stream_limit): "
+        "a client inventing services, models or prompt versions cannot grow the engine's "
+        "memory without bound. An exact stream at the default windows holds about 1 MB.",
+    )
     sketch_relative_accuracy: float = Field(
         0.01, gt=0, lt=0.5, description="Sketch mode: relative width of a numeric bucket."
     )

@@ -267,6 +267,7 @@ class DriftEngine:
             t: [s.name for s in specs if s.kind == "embedding"] for t, specs in self._features.items()
         }
         self._streams: dict[tuple[str, str], Stream] = {}
+        self._refused_logged = False  # drift.max_streams reached and said so
         self._next_offset: dict[TP, int] = {}
         self._pending: list[Pending] = []
         self._quarantined: list[Output] = []
@@ -401,6 +402,10 @@ class DriftEngine:
         key = segment_key(segment)
         stream = self._streams.get((key, record_type))
         if stream is None:
+            if len(self._streams) >= self.cfg.max_streams:
+                # Before the peer sees it too: its fleet segments stay within the streams'.
+                self._refuse_stream(record_type, key)
+                return []
             stream = self._new_stream(segment, key, record_type, features)
         if self._embeddings[record_type]:
             problem = self._check_vectors(stream, record, rows)
@@ -435,6 +440,16 @@ class DriftEngine:
                 if result is not None:
                     results.append(result)
         return results
+
+    def _refuse_stream(self, record_type: str, key: str) -> None:
+        """A record of a new stream past ``drift.max_streams``: counted, and logged once per
+        engine, since a flood of invented segments would otherwise flood the log too."""
+        ERRORS.labels(record_type, "stream_limit").inc()
+        if not self._refused_logged:
+            self._refused_logged = True
+            log.warning("drift: %d streams held (drift.max_streams); records of new segments "
+                        "such as %s %s are skipped and counted in observer_drift_errors_total"
+                        "{reason=\"stream_limit\"}", len(self._streams), record_type, key)
 
     def _new_stream(
         self, segment: dict[str, str], key: str, record_type: str, features: list[FeatureSpec]

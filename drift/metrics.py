@@ -64,7 +64,7 @@ ERRORS = Counter(
     "observer_drift_errors_total",
     "Messages skipped: undecodable, a record of the wrong type for its topic, or an unknown "
     "topic; dimension_mismatch counts embedding vectors skipped (another dimension than the "
-    "stream's).",
+    "stream's); stream_limit counts records of new segments past drift.max_streams.",
     ["record_type", "reason"],
 )
 REPLAYED = Counter(

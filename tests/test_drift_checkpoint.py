@@ -158,3 +158,39 @@ def test_a_restart_inside_a_drift_episode_continues_it() -> None:
     engine = runner.engine()
     runner.acknowledge(engine.process(stream[cut:]) + engine.tick())
     assert keyed(results_of(runner.produced)) == expected
+
+
+def test_streams_past_max_streams_are_refused_and_counted_across_restarts() -> None:
+    """A client inventing segments cannot grow the engine without bound: past
+    ``drift.max_streams`` a new segment's records are counted and skipped, the streams
+    already held go on, and a restart restores the same streams, not others."""
+    from prometheus_client import REGISTRY
+
+    def refused() -> float:
+        return sum(REGISTRY.get_sample_value("observer_drift_errors_total",
+                                             {"record_type": t, "reason": "stream_limit"}) or 0.0
+                   for t in ("llm", "tools"))
+
+    messages = stream(7, n=600)  # 3 segments x (llm, tools): 6 streams
+    runner = Runner(first_window_config(window_size=25, max_streams=4))
+    engine = runner.engine()
+    before = refused()
+    first, rest = messages[:300], messages[300:]
+    runner.acknowledge(engine.process(first) + engine.tick())
+    runner.commit(first)
+    held = set(engine._streams)
+    assert engine.streams == 4
+
+    def stream_of(m: Message) -> tuple[str, str]:
+        value = json.loads(m.value)
+        return f"{value['service']}|{value['model']}", "llm" if m.topic == TOPICS.llm else "tools"
+
+    skipped = sum(1 for m in first if stream_of(m) not in held)
+    assert skipped > 0 and refused() - before == skipped
+
+    engine = runner.engine()  # a restart: the same four streams, and still no more
+    runner.acknowledge(engine.process(rest) + engine.tick())
+    assert set(engine._streams) == held
+    got = results_of(runner.produced)
+    assert {(r.segment_key, r.record_type) for r in got} <= held
+    assert len({(r.segment_key, r.record_type) for r in got}) == 4
