@@ -47,7 +47,7 @@ def _llm(rng: np.random.Generator, segment: int, i: int) -> LLMCall:
 
 def state_mb(kind: str, segments: int, mode: str) -> float:
     """MB the engine holds after a reference and half a window per segment."""
-    cfg = DriftConfig(mode=mode, checkpoints=False)
+    cfg = DriftConfig(mode=mode, checkpoints=False, max_streams=max(segments, 1))
     per_segment = cfg.reference_records + cfg.window_size // 2
     make, topic = (_embedding, TOPICS.embeddings) if kind == "embeddings" else (_llm, TOPICS.llm)
     rng = np.random.default_rng(0)

@@ -124,7 +124,7 @@ def state_mb(segments: int, window: int, mode: str = "exact") -> tuple[float, fl
     per_segment = window + window // 2
     total = segments * per_segment
     cfg = DriftConfig(window_size=window, features={"llm": FEATURES_20}, mode=mode,
-                      checkpoints=False, reference="first_window")
+                      checkpoints=False, reference="first_window", max_streams=segments)
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     engine = DriftEngine(cfg, topics)
