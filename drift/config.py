@@ -334,7 +334,9 @@ class DriftConfig(Section):
         description="Streams (segment x record type) held at most. Records of a new segment "
         "past it are skipped and counted (observer_drift_errors_total, reason stream_limit): "
         "a client inventing services, models or prompt versions cannot grow the engine's "
-        "memory without bound. An exact stream at the default windows holds about 1 MB.",
+        "memory without bound. At the default windows an exact stream holds up to about 1 MB "
+        "(llm, 7 features) or 8 MB (embeddings, 2 x 256 dimensions); mode auto bounds the "
+        "exact part.",
     )
     sketch_relative_accuracy: float = Field(
         0.01, gt=0, lt=0.5, description="Sketch mode: relative width of a numeric bucket."
