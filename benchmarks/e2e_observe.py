@@ -151,6 +151,28 @@ def broker_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system, s) so far of ``observer up`` (``main``), each worker
+    (``worker_N``) and the embedded broker (``broker``): where the cores went."""
+    def used(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    out = {"main": used(pid)}
+    workers = 0
+    for child in sorted(_children(pid)):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                workers += 1
+                out[f"worker_{workers}"] = used(child)
+            elif b"tansu" in cmdline:
+                out["broker"] = used(child)
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -51,6 +51,7 @@ from typing import Any
 
 from benchmarks.e2e_load import drive, make_bodies, parse_peer, write_bodies
 from benchmarks.e2e_observe import (
+    cpu_seconds,
     observer_up,
     py_spy,
     result_latency,
@@ -74,6 +75,7 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path,
     """Full rate into a fresh ``observer up --workers`` until every stage caught up (profiled)."""
     with observer_up(workers=workers) as obs:
         profile = build / f"e2e_profile_workers_{workers or 'default'}.txt"
+        cpu_before = cpu_seconds(obs.proc.pid)
         if args.no_profile:
             sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
             caught_up = wait_caught_up(obs.metrics_url)
@@ -81,8 +83,13 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path,
             with py_spy(obs.proc.pid, profile, gil=args.profile_threads == "gil"):
                 sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
                 caught_up = wait_caught_up(obs.metrics_url)
+        cpu = {k: round(v - cpu_before.get(k, 0.0), 2) for k, v in cpu_seconds(obs.proc.pid).items()}
         out = {
             **sent,
+            # CPU seconds each process used from the start to the catch-up (the clients'
+            # own CPU is not in it): on 2 cores, what the broker takes the stages lack.
+            "cpu_s": cpu,
+            "cpu_share": {k: round(v / sum(cpu.values()), 3) for k, v in cpu.items()},
             "caught_up_s": round(caught_up - sent["start_at"], 2),
             "e2e_spans_per_s": round(sent["spans_acked"] / (caught_up - sent["start_at"]), 1),
             "counts": stage_counts(obs.metrics_url),
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({e2e['ratio_e2e']} of parse), acked {e2e['acked_spans_per_s']} "
                       f"({e2e['ratio_acked']}), caught up after {e2e['caught_up_s']} s",
                       flush=True)
+                print(f"CPU seconds until caught up: {e2e['cpu_s']} (shares {e2e['cpu_share']})")
                 for kind in ("own", "cumulative"):
                     print(f"profile, top 15 by {kind} samples "
                           f"(% of {e2e.get('profile', {}).get('samples')}):")

@@ -1,4 +1,5 @@
-"""The normaliser's and trace grouping's own work, in process: ``python -m benchmarks.stage_hot_paths``.
+"""The normaliser's, trace grouping's and the drift engine's own work, in process:
+``python -m benchmarks.stage_hot_paths``.
 
 No Kafka: the messages are what the receivers write to ``otlp_spans`` (demo-agent spans with
 message content through the real OpenTelemetry SDK, :func:`benchmarks.e2e_load.make_bodies`,
@@ -6,8 +7,11 @@ split by trace over the default partitions and sealed as the receivers do), hand
 each stage's ``process`` as the registry builds it (default configuration: text descriptors and
 the hashing embedder on). The peer is ``ExportTraceServiceRequest.ParseFromString`` of the same
 request bodies, measured in the same run, interleaved, best of ``--rounds``; every rate is also
-printed as a ratio to it. ``--profile normalize`` (or ``paths``) prints the top lines of a
-cProfile of one pass instead.
+printed as a ratio to it. The drift engine reads what the normaliser made of them (LLM, tool and
+embedding records), with checkpoints and detectors on as by default (its checkpoints go to an
+in-memory compacted store, as the runner would acknowledge them); its rate is in records/s.
+``--profile normalize`` (or ``paths``, ``drift``) prints the top lines of a cProfile of one
+pass instead.
 
     .venv/bin/python -m benchmarks.stage_hot_paths --spans 20000
     .venv/bin/python -m benchmarks.stage_hot_paths --profile normalize
@@ -32,9 +36,12 @@ from observer.collectors.common.tenant_seal import TenantSeal
 from observer.collectors.receiver.trace_split import split_by_trace
 from observer.config import ObserverConfig
 from observer.core.bus import Message, Output
+from observer.core.compacted import MemoryCompactedStore
 from observer.core.topics import Topics
+from observer.drift.engine import DriftEngine
+from observer.drift.published import MemoryResultLog
 
-STAGES = ("normalize", "paths")
+STAGES = ("normalize", "paths", "drift")
 
 
 def messages(bodies: list[bytes], cfg: ObserverConfig, topics: Topics) -> list[Message]:
@@ -60,14 +67,59 @@ def _timed(run: Callable[[], Any], clock: Callable[[], float] = time.perf_counte
     return clock() - started
 
 
+def records(spans: list[Message], cfg: ObserverConfig, topics: Topics) -> list[Message]:
+    """What the normaliser writes of ``spans``, as the drift engine reads it (one partition,
+    offsets in order, Kafka timestamps 1 ms apart)."""
+    normalizer = registry.BY_NAME["normalize"].build(cfg, topics)
+    outputs = [o for i in range(0, len(spans), 50)
+               for o in normalizer.process(spans[i:i + 50]) + normalizer.tick()]
+    offsets: dict[str, int] = {}
+    out = []
+    for o in outputs:
+        offset = offsets[o.topic] = offsets.get(o.topic, -1) + 1
+        key = o.key if isinstance(o.key, bytes) or o.key is None else str(o.key).encode()
+        out.append(Message(o.topic, 0, offset, key, o.value, 1_700_000_000_000 + len(out)))
+    return out
+
+
+def _drift(cfg: ObserverConfig, topics: Topics) -> Any:
+    """The engine with checkpoints, as the registry builds it but on in-memory stores."""
+    store = MemoryCompactedStore(topics.drift_state)
+    engine = DriftEngine(cfg.drift, topics, store=store, results=MemoryResultLog(topics.drift))
+
+    class Acknowledged:  # the runner: every output acknowledged before the next batch
+        name = engine.name
+
+        def process(self, messages: list[Message]) -> list[Output]:
+            outputs = engine.process([m for m in messages if m.topic in engine.inputs])
+            store.apply(outputs)
+            return outputs
+
+        def tick(self) -> list[Output]:
+            outputs = engine.tick()
+            store.apply(outputs)
+            return outputs
+    return Acknowledged()
+
+
 def _stage_pass(name: str, cfg: ObserverConfig, topics: Topics,
                 batch: list[list[Message]]) -> Callable[[], Any]:
     def run() -> None:
-        processor = registry.BY_NAME[name].build(cfg, topics)
+        processor = _drift(cfg, topics) if name == "drift" else registry.BY_NAME[name].build(cfg, topics)
         for chunk in batch:
             processor.process(chunk)
             processor.tick()
     return run
+
+
+def _inputs(name: str, spans: list[Message], cfg: ObserverConfig, topics: Topics,
+            batch: int) -> list[list[Message]]:
+    """A stage's input in batches: the spans' messages, or for the drift engine their records
+    in batches of 10x as many messages (a record is a tenth of an OTLP message's work)."""
+    if name != "drift":
+        return [spans[i:i + batch] for i in range(0, len(spans), batch)]
+    recs = records(spans, cfg, topics)
+    return [recs[i:i + 10 * batch] for i in range(0, len(recs), 10 * batch)]
 
 
 def measure(spans: int, spans_per_request: int = 500, rounds: int = 3,
@@ -78,19 +130,23 @@ def measure(spans: int, spans_per_request: int = 500, rounds: int = 3,
     bodies = make_bodies(spans, spans_per_request)
     total = len(bodies) * spans_per_request
     msgs = messages(bodies, cfg, topics)
-    chunks = [msgs[i:i + batch] for i in range(0, len(msgs), batch)]
+    inputs = {name: _inputs(name, msgs, cfg, topics, batch) for name in STAGES}
     best: dict[str, float] = {}
     for _ in range(rounds):
         runs = {"parse_peer": lambda: [ExportTraceServiceRequest.FromString(b) for b in bodies]}
-        runs.update({name: _stage_pass(name, cfg, topics, chunks) for name in STAGES})
+        runs.update({name: _stage_pass(name, cfg, topics, inputs[name]) for name in STAGES})
         for name, run in runs.items():
             best[name] = min(best.get(name, float("inf")), _timed(run, CLOCKS[clock]))
     peer = total / best["parse_peer"]
     out: dict[str, Any] = {"spans": total, "messages": len(msgs), "clock": clock,
                            "parse_peer_spans_per_s": round(peer)}
-    for name in STAGES:
+    for name in ("normalize", "paths"):
         rate = total / best[name]
         out[name] = {"spans_per_s": round(rate), "ratio": round(rate / peer, 4)}
+    drift_records = sum(map(len, inputs["drift"]))
+    rate = drift_records / best["drift"]
+    out["drift"] = {"records": drift_records, "records_per_s": round(rate),
+                    "ratio": round(rate / peer, 4)}
     return out
 
 
@@ -99,7 +155,7 @@ def profile(name: str, spans: int, top: int = 15) -> str:
     cfg = ObserverConfig()
     topics = Topics.from_config(cfg.kafka)
     msgs = messages(make_bodies(spans), cfg, topics)
-    run = _stage_pass(name, cfg, topics, [msgs[i:i + 50] for i in range(0, len(msgs), 50)])
+    run = _stage_pass(name, cfg, topics, _inputs(name, msgs, cfg, topics, 50))
     run()  # warm: tables built on first use are not the steady state
     profiler = cProfile.Profile()
     profiler.runcall(run)

@@ -35,21 +35,18 @@ advance also carries what it needs (the reference inline, the results). Records 
 confirmed (a later batch went through) are cleaned up: old windows' chunks get tombstones,
 and chunk 0 of a window is rewritten without its results and inline reference.
 
-:class:`KafkaCheckpointStore` reads the whole topic back (latest value per key);
-:class:`MemoryCheckpointStore` keeps the same records in a dict, for offline runs and tests.
+:mod:`observer.core.compacted` reads the whole topic back (latest value per key), from Kafka
+or, for offline runs and tests, from a dict.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from observer.core.bus import Output, make_consumer, read_to_end, topic_partitions
-from observer.core.config import KafkaConfig
 from observer.drift.embedding.columns import json_default, object_hook
 
 log = logging.getLogger(__name__)
@@ -58,75 +55,6 @@ SCHEMA = "observer.drift-state/v1"
 """Value schema of every checkpoint record."""
 
 TP = tuple[str, int]
-
-
-class CheckpointStore(Protocol):
-    """Where checkpoints are read back from; they are written as :class:`Output` records."""
-
-    def load(self) -> dict[str, bytes | None]:
-        """The latest value of every key (``None``: deleted), everything acknowledged so far."""
-        ...
-
-
-class MemoryCheckpointStore:
-    """Checkpoints kept in a dict: feed it the engine's outputs with :meth:`apply`.
-
-    >>> store = MemoryCheckpointStore("observer.drift-state")
-    >>> store.apply([Output("observer.drift-state", "k", b"v"), Output("other", "x", b"y")])
-    >>> store.load()
-    {'k': b'v'}
-    """
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._values: dict[str, bytes | None] = {}
-
-    def apply(self, outputs: Iterable[Output]) -> None:
-        for o in outputs:
-            if o.topic == self.topic:
-                key = o.key.decode() if isinstance(o.key, bytes) else str(o.key)
-                self._values[key] = o.value
-
-    def load(self) -> dict[str, bytes | None]:
-        return {k: v for k, v in self._values.items() if v is not None}
-
-
-class KafkaCheckpointStore:
-    """Reads the compacted checkpoint topic from its beginning to its current end.
-
-    Parameters
-    ----------
-    cfg
-        Kafka connection settings.
-    topic
-        The checkpoint topic (``Topics.drift_state``).
-    timeout_s
-        Longest time one :meth:`load` may take before it raises.
-    """
-
-    def __init__(self, cfg: KafkaConfig, topic: str, timeout_s: float = 60.0) -> None:
-        self.cfg = cfg
-        self.topic = topic
-        self.timeout_s = timeout_s
-
-    def load(self) -> dict[str, bytes | None]:
-        consumer = make_consumer(self.cfg, None)
-        try:
-            deadline = time.monotonic() + self.timeout_s
-            tps = topic_partitions(consumer, self.topic, deadline)
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            values: dict[str, bytes | None] = {}
-            try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
-                records = read_to_end(consumer, deadline)
-            except TimeoutError:
-                raise TimeoutError(f"reading checkpoints from {self.topic} took too long") from None
-            for r in records:
-                if r.key is not None:
-                    values[r.key.decode()] = r.value
-            return {k: v for k, v in values.items() if v is not None}
-        finally:
-            consumer.close(autocommit=False)
 
 
 # --- keys and values --------------------------------------------------------------------------

@@ -108,15 +108,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from observer.core.compacted import CompactedStore, KafkaCompactedStore
 from observer.drift.checkpoint import (
     TP,
-    CheckpointStore,
-    KafkaCheckpointStore,
     chunk_key,
     positions_to_json,
     reference_key,
@@ -145,7 +145,7 @@ from observer.drift.record_types import (
     check_features,
     check_segment_keys,
     event_time,
-    feature_rows,
+    row_maker,
     segment_keys,
     topics_by_type,
 )
@@ -224,7 +224,7 @@ class DriftEngine:
         topics: Topics,
         *,
         clock: Callable[[], int] = time.time_ns,
-        store: CheckpointStore | None = None,
+        store: CompactedStore | None = None,
         results: ResultLog | None = None,
         reader: WindowReader | None = None,
     ) -> None:
@@ -262,6 +262,8 @@ class DriftEngine:
             # A stage subscribed to no topic would idle forever: say so at start.
             raise ValueError("drift.features configures no feature for any record type "
                              f"({', '.join(RECORD_TYPES)}): nothing to score")
+        # Per record type, what reads its feature rows (drift.record_types.row_maker).
+        self._rows = {t: row_maker(specs) for t, specs in self._features.items()}
         # Per record type, its embedding features (vectors checked per record, drift.embedding).
         self._embeddings: dict[str, list[str]] = {
             t: [s.name for s in specs if s.kind == "embedding"] for t, specs in self._features.items()
@@ -293,7 +295,8 @@ class DriftEngine:
         """The engine as a stage runs it: checkpoints on ``topics.drift_state`` when enabled."""
         if not cfg.checkpoints:
             return cls(cfg, topics)
-        return cls(cfg, topics, store=KafkaCheckpointStore(kafka, topics.drift_state),
+        return cls(cfg, topics, store=KafkaCompactedStore(
+            kafka, topics.drift_state, what="the drift engine's checkpoints"),
                    results=KafkaResultLog(kafka, topics.drift), reader=kafka_reader(kafka))
 
     @property
@@ -323,6 +326,10 @@ class DriftEngine:
                      and tp[0] != self.topics.drift_commands}
             if moved:
                 outputs += self._restore(moved, first)
+        consumed = Counter(self._record_types.get(m.topic, "unknown") for m in messages
+                           if m.topic != self.topics.drift_commands)
+        for record_type, n in consumed.items():  # once per batch, not per record
+            RECORDS.labels(record_type).inc(n)
         for message in messages:
             tp = (message.topic, message.partition)
             self._next_offset[tp] = message.offset + 1
@@ -366,7 +373,6 @@ class DriftEngine:
             self._commands.receive(message)
             return []
         record_type = self._record_types.get(message.topic)
-        RECORDS.labels(record_type or "unknown").inc()
         if record_type is None:
             ERRORS.labels("unknown", "unknown_topic").inc()
             return []
@@ -389,7 +395,7 @@ class DriftEngine:
         if not features:
             return []
         # Before any stream state changes: a NaN or an infinity would poison a window.
-        rows = feature_rows(record, features)
+        rows = self._rows[record_type](record)
         where = validate.non_finite(rows)
         if where is not None:
             ERRORS.labels(record_type, "invalid_value").inc()

@@ -28,8 +28,6 @@ ones it had not consumed at the crash; the ones it had are recognised as replays
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,8 @@ from observer.drift.engine import DriftEngine
 from observer.drift.references import without_ranges
 from observer.core.broker import read_incarnation
 from observer.core.bus import Output, Processor
+from observer.core.compacted import key_text
+from observer.core.state_file import StateFile, Statement
 from observer.core.config import KafkaConfig
 from observer.drift.config import DriftConfig
 from observer.core.topics import Topics
@@ -46,9 +46,7 @@ KEEP_RESULTS = 64
 """Results kept per stream for a restart."""
 STATE_FILE = "drift-state.sqlite"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY, value BLOB NOT NULL, incarnation TEXT NOT NULL);
+RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
     segment_key TEXT NOT NULL, record_type TEXT NOT NULL, window INTEGER NOT NULL,
     value BLOB NOT NULL, incarnation TEXT NOT NULL,
@@ -98,64 +96,42 @@ class LocalDriftState:
     """The SQLite file: ``state`` (latest checkpoint value per key) and ``results``."""
 
     def __init__(self, path: Path, topics: Topics, incarnation: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.topics = topics
         self.incarnation = incarnation
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # each commit is fsynced
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._file = StateFile(path, RESULTS_TABLE)
 
     def close(self) -> None:
-        self._db.close()
+        self._file.close()
 
     def apply(self, outputs: Iterable[Output]) -> None:
         """Write the state records and results among ``outputs`` in one transaction."""
-        state, results = [], []
+        state: list[tuple[str, bytes | None]] = []
+        results: list[Statement] = []
         for o in outputs:
-            key = o.key.decode() if isinstance(o.key, bytes) else str(o.key)
             if o.topic == self.topics.drift_state:
-                state.append((key, o.value))
+                state.append((key_text(o.key), o.value))
             elif o.topic == self.topics.drift and o.value is not None:
                 r = json.loads(o.value)
-                results.append((r["segment_key"], r["record_type"], int(r["window_index"]),
-                                o.value))
-        if not state and not results:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for key, value in state:
-                    if value is None:
-                        self._db.execute("DELETE FROM state WHERE key = ?", (key,))
-                    else:
-                        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
-                                         (key, value, self.incarnation))
-                for segment_key, record_type, window, value in results:
-                    self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
-                                     (segment_key, record_type, window, value, self.incarnation))
-                    self._db.execute(
-                        "DELETE FROM results WHERE segment_key = ? AND record_type = ? "
-                        "AND window <= ?", (segment_key, record_type, window - KEEP_RESULTS))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                segment, record_type, window = r["segment_key"], r["record_type"], int(r["window_index"])
+                results += [
+                    ("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                     (segment, record_type, window, o.value, self.incarnation)),
+                    ("DELETE FROM results WHERE segment_key = ? AND record_type = ? AND window <= ?",
+                     (segment, record_type, window - KEEP_RESULTS)),
+                ]
+        if state or results:
+            self._file.transaction(self._file.state_writes(state, self.incarnation) + results)
 
     def seed(self) -> list[Output]:
         """Everything held, as records to produce into a new broker: checkpoints first, then
         results in window order; rows of other incarnations through :func:`rebase`."""
-        with self._lock:
-            state = self._db.execute("SELECT key, value, incarnation FROM state ORDER BY key")
-            outputs = [Output(self.topics.drift_state, key, self._current(value, inc))
-                       for key, value, inc in state.fetchall()]
-            results = self._db.execute(
-                "SELECT segment_key, value, incarnation FROM results "
-                "ORDER BY segment_key, record_type, window")
-            outputs += [Output(self.topics.drift, key, self._current(value, inc))
-                        for key, value, inc in results.fetchall()]
-        return outputs
+        state = self._file.rows("SELECT key, value, incarnation FROM state ORDER BY key")
+        results = self._file.rows("SELECT segment_key, value, incarnation FROM results "
+                                  "ORDER BY segment_key, record_type, window")
+        return ([Output(self.topics.drift_state, key, self._current(value, inc))
+                 for key, value, inc in state]
+                + [Output(self.topics.drift, key, self._current(value, inc))
+                   for key, value, inc in results])
 
     def _current(self, raw: bytes, incarnation: str) -> bytes:
         if incarnation == self.incarnation:

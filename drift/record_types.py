@@ -260,6 +260,28 @@ def feature_rows(record: Record, specs: Sequence[FeatureSpec]) -> list[dict[str,
     return rows
 
 
+def row_maker(specs: Sequence[FeatureSpec]) -> Callable[[Record], list[dict[str, Any]]]:
+    """:func:`feature_rows` for one fixed list of ``specs``, what it decides per spec taken
+    once: the engine calls it for every record. Record fields (no ``inputs.x`` paths, no
+    multivariate columns) read straight into one row; anything else goes the general way.
+
+    >>> from observer.core.records import LLMCall
+    >>> specs = [FeatureSpec(name="output_tokens", kind="numeric"),
+    ...          FeatureSpec(name="finish_reason", kind="categorical")]
+    >>> call = LLMCall(service="s", model="m", trace_id="t", span_id="a", output_tokens=7)
+    >>> row_maker(specs)(call) == feature_rows(call, specs)
+    True
+    """
+    if any(s.columns or FIELD_SEPARATOR in s.name for s in specs):
+        return lambda record: feature_rows(record, specs)
+    plan = [(s.name, s.kind == "embedding", _COERCE[s.kind]) for s in specs]
+
+    def rows(record: Record) -> list[dict[str, Any]]:
+        return [{name: embedding_value(record, name) if embedding
+                 else coerce(getattr(record, name, None)) for name, embedding, coerce in plan}]
+    return rows
+
+
 def _with_vectors(record: Record, specs: Sequence[FeatureSpec],
                   multivariate: Sequence[FeatureSpec]) -> list[dict[str, Any]]:
     """Rows of ``specs`` where each multivariate feature (an embedding built from ``columns``)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from observer.drift.checkpoint import MemoryCheckpointStore
+from observer.core.compacted import MemoryCompactedStore
 from observer.drift.engine import DriftEngine
 from observer.drift.offline import ScoreOptions, run
 from observer.drift.published import MemoryResultLog
@@ -92,8 +92,8 @@ class Runner:
     restore that looked back too little would miss a published result and duplicate it."""
 
     cfg: DriftConfig
-    store: MemoryCheckpointStore = field(
-        default_factory=lambda: MemoryCheckpointStore(TOPICS.drift_state))
+    store: MemoryCompactedStore = field(
+        default_factory=lambda: MemoryCompactedStore(TOPICS.drift_state))
     log: MemoryResultLog = field(default_factory=lambda: MemoryResultLog(TOPICS.drift))
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     produced: list[Output] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Checkpoints and restarts: a killed engine resumes with exactly the uninterrupted results.
 
 These tests drive the engine the way :class:`observer.core.bus.StageRunner` does (process,
-produce, commit, tick) against :class:`observer.drift.checkpoint.MemoryCheckpointStore`, and kill it
+produce, commit, tick) against :class:`observer.core.compacted.MemoryCompactedStore`, and kill it
 at every kind of point, including mid-produce with only some outputs acknowledged. The same
 guarantee on the real broker with SIGKILL is in ``test_drift_restart.py``.
 """

@@ -444,7 +444,7 @@ def test_state_in_parts_survives_a_new_broker_incarnation(
 ) -> None:
     """Embedded durable mode: the state file (drift.local_state) holds the parts as records;
     seeded into a new broker whose offsets start at 0, the rebased records still join."""
-    from observer.drift.checkpoint import MemoryCheckpointStore
+    from observer.core.compacted import MemoryCompactedStore
     from observer.drift.local_state import LocalDriftState, MirroredEngine
     from observer.drift.published import MemoryResultLog
 
@@ -453,7 +453,7 @@ def test_state_in_parts_survives_a_new_broker_incarnation(
     msgs = stream(19, 700, shift_from=550)
     whole = uninterrupted(cfg, msgs, 50)
     local = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i1")
-    before = MirroredEngine(DriftEngine(cfg, TOPICS, store=MemoryCheckpointStore(TOPICS.drift_state),
+    before = MirroredEngine(DriftEngine(cfg, TOPICS, store=MemoryCompactedStore(TOPICS.drift_state),
                                         results=MemoryResultLog(TOPICS.drift)), local)
     produced = []
     for i in range(0, 350, 50):
@@ -461,7 +461,7 @@ def test_state_in_parts_survives_a_new_broker_incarnation(
     local.close()
     seed = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i2").seed()
     assert any("#" in str(o.key) for o in seed)  # parts were kept and seeded
-    store = MemoryCheckpointStore(TOPICS.drift_state)
+    store = MemoryCompactedStore(TOPICS.drift_state)
     store.apply(seed)
     log = MemoryResultLog(TOPICS.drift)
     log.apply(seed, at_ms=0)

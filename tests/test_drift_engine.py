@@ -399,7 +399,7 @@ def test_degradation_detectors_survive_kills_exactly() -> None:
     uninterrupted run's signals, detections included."""
     import random
 
-    from observer.drift.checkpoint import MemoryCheckpointStore
+    from observer.core.compacted import MemoryCompactedStore
 
     rng = np.random.default_rng(23)
     cfg = first_window_config(window_size=60, degradation={"tools": [
@@ -415,7 +415,7 @@ def test_degradation_detectors_survive_kills_exactly() -> None:
             for i, c in enumerate(calls)]
 
     def run(kill_seed: int | None) -> tuple[dict[tuple, DriftResult], int]:
-        store = MemoryCheckpointStore(TOPICS.drift_state)
+        store = MemoryCompactedStore(TOPICS.drift_state)
         committed, produced, kills = 0, [], 0
         rnd = random.Random(kill_seed)
         engine = DriftEngine(cfg, TOPICS, store=store)

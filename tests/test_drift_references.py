@@ -239,7 +239,7 @@ def test_rebaseline_from_window_reads_the_windows_records_back(tmp_path: Path) -
 
 def test_versions_survive_the_local_mirror_into_a_new_broker(tmp_path: Path) -> None:
     """Embedded durable mode: the SQLite mirror seeds a new (empty) broker incarnation."""
-    from observer.drift.checkpoint import MemoryCheckpointStore
+    from observer.core.compacted import MemoryCompactedStore
     from observer.drift.engine import DriftEngine
     from observer.drift.local_state import LocalDriftState
 
@@ -251,7 +251,7 @@ def test_versions_survive_the_local_mirror_into_a_new_broker(tmp_path: Path) -> 
         local.apply(step(runner, engine, batch))
     local.close()
     again = LocalDriftState(tmp_path / "drift-state.sqlite", TOPICS, "second")
-    store = MemoryCheckpointStore(TOPICS.drift_state)
+    store = MemoryCompactedStore(TOPICS.drift_state)
     store.apply(again.seed())
     again.close()
     restarted = DriftEngine(config(), TOPICS, store=store)

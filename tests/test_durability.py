@@ -12,7 +12,7 @@ import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 
 from observer.collectors.receiver.spool import SPOOL_DROPPED, Entry, Spool, encode
-from observer.drift.checkpoint import MemoryCheckpointStore
+from observer.core.compacted import MemoryCompactedStore
 from observer.drift.engine import DriftEngine
 from observer.drift.local_state import LocalDriftState, MirroredEngine
 from observer.drift.published import MemoryResultLog
@@ -134,7 +134,7 @@ def test_spool_rewrite_replaces_everything_with_the_new_offsets(tmp_path: Path) 
 # -- drift state file and the incarnation rule ------------------------------------------------
 
 
-def _run(engine, batch: list[Message], store: MemoryCheckpointStore | None = None) -> list:
+def _run(engine, batch: list[Message], store: MemoryCompactedStore | None = None) -> list:
     outputs = engine.process(batch)
     outputs += engine.tick()
     if store is not None:
@@ -163,7 +163,7 @@ def test_seeded_state_continues_exactly_in_a_new_incarnation(tmp_path: Path, reb
 
     # Incarnation i1: the engine, mirrored to the state file, sees the head.
     local = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i1")
-    engine = DriftEngine(cfg, TOPICS, store=MemoryCheckpointStore(TOPICS.drift_state),
+    engine = DriftEngine(cfg, TOPICS, store=MemoryCompactedStore(TOPICS.drift_state),
                          results=MemoryResultLog(TOPICS.drift))
     before = MirroredEngine(engine, local)
     produced = []
@@ -173,7 +173,7 @@ def test_seeded_state_continues_exactly_in_a_new_incarnation(tmp_path: Path, reb
 
     # Incarnation i2: a new, empty broker seeded from the file; offsets start at 0 again.
     seed = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i2" if rebased else "i1").seed()
-    store = MemoryCheckpointStore(TOPICS.drift_state)
+    store = MemoryCompactedStore(TOPICS.drift_state)
     store.apply(seed)
     log = MemoryResultLog(TOPICS.drift)
     log.apply(seed, at_ms=0)

@@ -21,9 +21,8 @@ from typing import Any
 
 import httpx
 from kafka.consumer.fetcher import ConsumerRecord
+from observer.core.compacted import KafkaCompactedStore, MemoryCompactedStore
 from observer.collectors.eval_join.checkpoint import (
-    KafkaStateStore,
-    MemoryStateStore,
     pending_key,
     target_key,
 )
@@ -69,10 +68,10 @@ class Feed:
     compacted topic would keep it."""
 
     def __init__(self, cfg: EvalJoinConfig | None = None,
-                 store: MemoryStateStore | None = None, clock_ms: int = NOW_MS + 10 * HOUR_MS
+                 store: MemoryCompactedStore | None = None, clock_ms: int = NOW_MS + 10 * HOUR_MS
                  ) -> None:
         self.cfg = cfg or EvalJoinConfig()
-        self.store = store or MemoryStateStore(TOPICS.eval_join_state)
+        self.store = store or MemoryCompactedStore(TOPICS.eval_join_state)
         self.joiner = EvalJoiner(TOPICS, self.cfg, KEYS, store=self.store,
                                  clock=lambda: clock_ms / 1000)
         self.offsets: dict[str, int] = {}
@@ -243,7 +242,7 @@ def test_hostile_records_are_dead_lettered_never_fatal() -> None:
 
 
 def test_a_checkpoint_record_that_does_not_read_back_is_deleted_not_fatal() -> None:
-    store = MemoryStateStore(TOPICS.eval_join_state)
+    store = MemoryCompactedStore(TOPICS.eval_join_state)
     store.apply([Output(TOPICS.eval_join_state, "p:0/9", b'{"schema": "nope"}'),
                  Output(TOPICS.eval_join_state, 't:["span"', b"{}")])
     feed = Feed(store=store)
@@ -263,7 +262,7 @@ def _runner(kafka: KafkaConfig, topics: Topics, group: str) -> tuple[threading.E
     """The stage as ``observer up`` runs it: a StageRunner over a fresh processor whose
     checkpoint is read back from the compacted topic."""
     joiner = EvalJoiner(topics, EvalJoinConfig(), KEYS,
-                        store=KafkaStateStore(kafka, topics.eval_join_state))
+                        store=KafkaCompactedStore(kafka, topics.eval_join_state))
     runner = StageRunner(kafka, joiner, group, [topics.llm, topics.evals],
                          dead_letter_topic=topics.dead_letter)
     stop = threading.Event()
@@ -292,7 +291,7 @@ def test_a_restart_between_the_target_and_its_late_rest_score_still_joins(
             httpx.post(f"{base}/v1/span_annotations", json={"data": [{
                 "span_id": "EF" * 8, "name": "user_feedback", "annotator_kind": "HUMAN",
                 "result": {"label": "thumbs_down"}}]}).raise_for_status()
-            store = KafkaStateStore(kafka_config, topics.eval_join_state)
+            store = KafkaCompactedStore(kafka_config, topics.eval_join_state)
             held = {target_key(("span", "", SPAN))}
             wait_for(lambda: held < (keys := set(store.load())) and any(
                 k.startswith("p:") for k in keys), timeout_s=30,
@@ -456,7 +455,7 @@ def test_a_kill_mid_batch_repeats_outputs_with_the_same_eval_id() -> None:
     assert [dict(o.headers)[EVAL_ID_HEADER] for o in first + repeat] == [b"0/0", b"0/0"]
     # A checkpoint holding both a target and a score waiting for it (the batch's delete of
     # the waiting score was not acknowledged): the restarted join emits it at once.
-    store = MemoryStateStore(TOPICS.eval_join_state)
+    store = MemoryCompactedStore(TOPICS.eval_join_state)
     waiting = Feed(store=store)
     waiting.send(_score(span_id="ef" * 8))
     store.apply(Feed().joiner.process([Message(TOPICS.llm, 0, 0, None,

@@ -15,7 +15,7 @@ import tracemalloc
 from statistics import NormalDist
 
 import pytest
-from observer.drift.checkpoint import MemoryCheckpointStore
+from observer.core.compacted import MemoryCompactedStore
 from observer.drift.config import DriftConfig, FeatureSpec
 from observer.drift.engine import DriftEngine
 from observer.drift.peer import PeerDrift
@@ -229,10 +229,10 @@ def test_peer_state_survives_a_restart_exactly() -> None:
     records = traffic({"ap-1"})
     topics = Topics.from_config(KafkaConfig())
     messages = as_messages(records, topics)
-    whole = [decode(o.value) for o in DriftEngine(cfg, topics, store=MemoryCheckpointStore(
+    whole = [decode(o.value) for o in DriftEngine(cfg, topics, store=MemoryCompactedStore(
         topics.drift_state)).process(messages) if o.topic == topics.drift]
 
-    store = MemoryCheckpointStore(topics.drift_state)
+    store = MemoryCompactedStore(topics.drift_state)
     cut = 1000  # inside the second peer window
     first = DriftEngine(cfg, topics, store=store)
     outputs = first.process(messages[:cut])

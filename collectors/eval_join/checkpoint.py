@@ -11,8 +11,7 @@ A target that leaves the index and an evaluation that leaves the buffer (joined,
 evicted) get a tombstone. Every record is produced, and acknowledged, with the batch that made
 it, *before* that batch's input offsets are committed (the StageRunner guarantee): the
 checkpoint always holds at least what the committed offsets say was read.
-:func:`restore` reads them back at a start (:class:`KafkaStateStore` reads the topic from
-its beginning to its current end; :class:`MemoryStateStore` keeps them in a dict for tests).
+:func:`restore` reads them back at a start, from a :mod:`observer.core.compacted` store.
 
 >>> target = Target("acme", "shop", "gpt-4o", "", seen_ms=5)
 >>> out = target_output("s", ("span", "acme", "ab"), target)
@@ -27,16 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from observer.collectors.eval_join.pending import Pending
 from observer.collectors.eval_join.targets import JoinKey, Target, eval_keys
 
-from observer.core.bus import Output, make_consumer, read_to_end, topic_partitions
-from observer.core.config import KafkaConfig
+from observer.core.bus import Output
 from observer.core.records import EvalRecord, RecordError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -75,65 +72,6 @@ def pending_output(topic: str, pending: Pending) -> Output:
 def tombstone(topic: str, key: str) -> Output:
     """Deletes ``key`` from the compacted topic."""
     return Output(topic, key, None)  # type: ignore[arg-type]  # a tombstone has no value
-
-
-class StateStore(Protocol):
-    """Where the checkpoint is read back from; it is written as :class:`Output` records."""
-
-    def load(self) -> dict[str, bytes]:
-        """The latest value of every key not deleted."""
-        ...
-
-
-class MemoryStateStore:
-    """The checkpoint in a dict: feed it a stage's outputs with :meth:`apply`.
-
-    >>> store = MemoryStateStore("s")
-    >>> store.apply([Output("s", "k", b"v"), Output("other", "x", b"y"), tombstone("s", "z")])
-    >>> store.load()
-    {'k': b'v'}
-    """
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._values: dict[str, bytes | None] = {}
-
-    def apply(self, outputs: Iterable[Output]) -> None:
-        for o in outputs:
-            if o.topic == self.topic:
-                self._values[o.key.decode() if isinstance(o.key, bytes) else str(o.key)] = o.value
-
-    def load(self) -> dict[str, bytes]:
-        return {k: v for k, v in self._values.items() if v is not None}
-
-
-class KafkaStateStore:
-    """Reads the compacted checkpoint topic from its beginning to its end at the call."""
-
-    def __init__(self, cfg: KafkaConfig, topic: str, timeout_s: float = 60.0) -> None:
-        self.cfg = cfg
-        self.topic = topic
-        self.timeout_s = timeout_s
-
-    def load(self) -> dict[str, bytes]:
-        consumer = make_consumer(self.cfg, None)
-        try:
-            deadline = time.monotonic() + self.timeout_s
-            tps = topic_partitions(consumer, self.topic, deadline)
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            values: dict[str, bytes | None] = {}
-            try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
-                records = read_to_end(consumer, deadline)
-            except TimeoutError:
-                raise TimeoutError(f"reading the eval join's checkpoint from {self.topic} "
-                                   f"took more than {self.timeout_s:g} s") from None
-            for r in records:
-                if r.key is not None:
-                    values[r.key.decode("utf-8", "replace")] = r.value
-            return {k: v for k, v in values.items() if v is not None}
-        finally:
-            consumer.close(autocommit=False)
 
 
 @dataclass

@@ -32,11 +32,12 @@ by target): run one replica.
 A record that does not decode is dead-lettered (``decode_error``, ``schema_error``,
 ``invalid_value``), counted, and skipped.
 
+>>> from observer.core.compacted import MemoryCompactedStore
 >>> from observer.core.config import KafkaConfig
 >>> from observer.core.records import EvalRecord, LLMCall, encode
 >>> topics = Topics.from_config(KafkaConfig())
 >>> joiner = EvalJoiner(topics, EvalJoinConfig(), ["service", "model"],
-...                     store=MemoryStateStore(topics.eval_join_state))
+...                     store=MemoryCompactedStore(topics.eval_join_state))
 >>> score = EvalRecord(name="qa", score=1, target="span", span_id="ab" * 8, source="rest")
 >>> call = LLMCall(service="shop", model="gpt-4o", trace_id="cd" * 16, span_id="ab" * 8)
 >>> first = joiner.process([Message(topics.evals, 0, 0, None, encode(score), 1000)])
@@ -55,8 +56,6 @@ import time
 from collections.abc import Callable
 
 from observer.collectors.eval_join.checkpoint import (
-    MemoryStateStore,
-    StateStore,
     pending_key,
     pending_output,
     restore,
@@ -82,6 +81,7 @@ from observer.collectors.eval_join.targets import (
 )
 
 from observer.core.bus import Message, Output
+from observer.core.compacted import CompactedStore, MemoryCompactedStore
 from observer.core.dead_letter import dead_letter
 from observer.core.records import EvalRecord, LLMCall, RecordError, decode, encode, segment_key
 from observer.core.topics import Topics
@@ -104,12 +104,12 @@ class EvalJoiner:
     name = STAGE
 
     def __init__(self, topics: Topics, cfg: EvalJoinConfig, segment_keys: list[str],
-                 store: StateStore | None = None,
+                 store: CompactedStore | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.topics = topics
         self.cfg = cfg
         self.segment_keys = list(segment_keys)
-        self.store = store if store is not None else MemoryStateStore(topics.eval_join_state)
+        self.store = store if store is not None else MemoryCompactedStore(topics.eval_join_state)
         self.clock = clock
         self.targets = TargetIndex(cfg.max_targets, int(cfg.target_ttl_s * 1000))
         self.pending = PendingBuffer(cfg.max_pending)

@@ -23,8 +23,6 @@ their ids prefixed by that incarnation (and rewritten so), so an old id never hi
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,68 +30,43 @@ from typing import Any
 from observer.collectors.eval_join.checkpoint import PENDING_PREFIX
 
 from observer.core.bus import Message, Output
+from observer.core.compacted import key_text
+from observer.core.state_file import StateFile
 
 STATE_FILE = "eval-join-state.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY, value BLOB NOT NULL, incarnation TEXT NOT NULL);
-"""
 
 
 class LocalStateStore:
     """The checkpoint topic's latest values in a SQLite file (see the module)."""
 
     def __init__(self, path: Path, topic: str, incarnation: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.topic = topic
         self.incarnation = incarnation
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # each commit is fsynced
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._file = StateFile(path)
 
     def close(self) -> None:
-        self._db.close()
+        self._file.close()
 
     def apply(self, outputs: Iterable[Output]) -> None:
         """Write the checkpoint records among ``outputs`` in one transaction."""
-        rows = [(o.key.decode() if isinstance(o.key, bytes) else str(o.key), o.value)
-                for o in outputs if o.topic == self.topic]
+        rows = [(key_text(o.key), o.value) for o in outputs if o.topic == self.topic]
         if rows:
-            self._transaction([(k, v, self.incarnation) for k, v in rows])
+            self._file.transaction(self._file.state_writes(rows, self.incarnation))
 
     def load(self) -> dict[str, bytes]:
-        with self._lock:
-            rows = self._db.execute("SELECT key, value, incarnation FROM state").fetchall()
+        rows = self._file.rows("SELECT key, value, incarnation FROM state")
         values: dict[str, bytes] = {}
-        moves: list[tuple[str, bytes | None, str]] = []
+        moves: list[tuple[str, bytes | None]] = []
         for key, value, incarnation in rows:
             if incarnation != self.incarnation and key.startswith(PENDING_PREFIX):
                 # Offsets of an earlier broker: an id that can never match a new record.
                 moved = f"{PENDING_PREFIX}{incarnation[:8]}~{key[len(PENDING_PREFIX):]}"
-                moves += [(key, None, self.incarnation), (moved, value, self.incarnation)]
+                moves += [(key, None), (moved, value)]
                 key = moved
             values[key] = bytes(value)
         if moves:
-            self._transaction(moves)
+            self._file.transaction(self._file.state_writes(moves, self.incarnation))
         return values
-
-    def _transaction(self, rows: list[tuple[str, bytes | None, str]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for key, value, incarnation in rows:
-                    if value is None:
-                        self._db.execute("DELETE FROM state WHERE key = ?", (key,))
-                    else:
-                        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
-                                         (key, value, incarnation))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
 
 class MirroredJoiner:

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 
 
 def _build(cfg: ObserverConfig, topics: Topics) -> Any:
-    from observer.collectors.eval_join.checkpoint import KafkaStateStore
     from observer.collectors.eval_join.join import EvalJoiner
     from observer.collectors.eval_join.local_state import (
         STATE_FILE,
@@ -21,14 +20,15 @@ def _build(cfg: ObserverConfig, topics: Topics) -> Any:
     )
 
     from observer.core.broker import read_incarnation
+    from observer.core.compacted import KafkaCompactedStore
 
     # Keyed like the drift engine's evals streams (stages never import each other: the
     # drift section is shared configuration).
     keys = cfg.drift.keys_for("evals")
     state_dir = cfg.kafka.durable_state_dir
     if state_dir is None:
-        store = KafkaStateStore(cfg.kafka, topics.eval_join_state,
-                                cfg.eval_join.restore_timeout_s)
+        store = KafkaCompactedStore(cfg.kafka, topics.eval_join_state,
+                                    cfg.eval_join.restore_timeout_s, "the eval join's checkpoint")
         return EvalJoiner(topics, cfg.eval_join, keys, store=store)
     # The embedded broker keeps nothing across a restart: the checkpoint lives on disk.
     incarnation = read_incarnation(state_dir)
