@@ -114,8 +114,7 @@ def test_stage_gives_way_while_told_to_then_goes_on(
 
     kafka_config = stage_config
     producer = make_producer(kafka_config)
-    n = 8
-    produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(n)], 10)
+    produce_all(producer, [Output(topics.llm, f"k{i}", b"v%d" % i) for i in range(20)], 10)
     proc = Upper(topics.drift)
     proc.name = f"upper-yielding-{kafka_config.stage_client}"
     asked = threading.Event()
@@ -125,13 +124,13 @@ def test_stage_gives_way_while_told_to_then_goes_on(
         return True  # saturated for the whole test
 
     runner = StageRunner(
-        kafka_config, proc, f"g-yield-{kafka_config.stage_client}", [topics.llm], yield_to=receivers_busy, max_yield_s=0.1
+        kafka_config, proc, f"g-yield-{kafka_config.stage_client}", [topics.llm], yield_to=receivers_busy, max_yield_s=0.2
     )
-    out = run_until_drained(kafka_config, runner, topics.drift, n)
+    out = run_until_drained(kafka_config, runner, topics.drift, 20)
     assert asked.is_set()
-    assert sorted(out) == sorted(b"V%d" % i for i in range(n))  # it went on all the same
+    assert sorted(out) == sorted(b"V%d" % i for i in range(20))  # it went on all the same
     assert STAGE_YIELD_SECONDS.labels(proc.name)._value.get() > 0
-    assert proc.batches and max(proc.batches) <= BUSY_BATCH_RECORDS < n
+    assert proc.batches and max(proc.batches) <= BUSY_BATCH_RECORDS < 20
 
 
 class Paused:
