@@ -92,13 +92,21 @@ def progress(metrics_url: str) -> tuple[dict[str, float], float]:
     return consumed, lag
 
 
-def wait_caught_up(metrics_url: str, quiet_s: float = 3.0, timeout_s: float = 1800) -> float:
-    """When the last stage consumed its last message: no lag and no progress for ``quiet_s``."""
+def wait_caught_up(metrics_url: str, quiet_s: float = 3.0, timeout_s: float = 1800,
+                   per_stage: dict[str, float] | None = None) -> float:
+    """When the last stage consumed its last message: no lag and no progress for ``quiet_s``.
+    ``per_stage`` (when given) gets when each stage's consumer (``stage="..."``, topic)
+    last moved: where the pipeline's tail is (trace grouping closes a trace ``paths.grace_s``
+    after its root span, and the drift engine reads those paths after that)."""
     last, changed_at = None, time.time()
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         consumed, lag = progress(metrics_url)
         now = time.time()
+        if per_stage is not None and last is not None:
+            for labels, v in consumed.items():
+                if v != last.get(labels):
+                    per_stage[labels] = now
         if consumed != last:
             last, changed_at = consumed, now
         elif lag == 0 and now - changed_at >= quiet_s:

@@ -76,13 +76,14 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path,
     with observer_up(workers=workers) as obs:
         profile = build / f"e2e_profile_workers_{workers or 'default'}.txt"
         cpu_before = cpu_seconds(obs.proc.pid)
+        stages: dict[str, float] = {}
         if args.no_profile:
             sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
-            caught_up = wait_caught_up(obs.metrics_url)
+            caught_up = wait_caught_up(obs.metrics_url, per_stage=stages)
         else:
             with py_spy(obs.proc.pid, profile, gil=args.profile_threads == "gil"):
                 sent = drive(obs.traces_url, path, args.clients, args.spans_per_request)
-                caught_up = wait_caught_up(obs.metrics_url)
+                caught_up = wait_caught_up(obs.metrics_url, per_stage=stages)
         cpu = {k: round(v - cpu_before.get(k, 0.0), 2) for k, v in cpu_seconds(obs.proc.pid).items()}
         out = {
             **sent,
@@ -91,6 +92,8 @@ def end_to_end(path: Path, args: argparse.Namespace, build: Path,
             "cpu_s": cpu,
             "cpu_share": {k: round(v / sum(cpu.values()), 3) for k, v in cpu.items()},
             "caught_up_s": round(caught_up - sent["start_at"], 2),
+            # Seconds after the first request until each stage's consumer last moved.
+            "stage_done_s": {k: round(v - sent["start_at"], 2) for k, v in sorted(stages.items())},
             "e2e_spans_per_s": round(sent["spans_acked"] / (caught_up - sent["start_at"]), 1),
             "counts": stage_counts(obs.metrics_url),
         }
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({e2e['ratio_acked']}), caught up after {e2e['caught_up_s']} s",
                       flush=True)
                 print(f"CPU seconds until caught up: {e2e['cpu_s']} (shares {e2e['cpu_share']})")
+                print(f"each stage's last input, s after the first request: {e2e['stage_done_s']}")
                 for kind in ("own", "cumulative"):
                     print(f"profile, top 15 by {kind} samples "
                           f"(% of {e2e.get('profile', {}).get('samples')}):")
