@@ -111,6 +111,14 @@ DASHBOARD = DashboardSpec(
         RowSpec("Statistics per feature",
                 [_statistic_panel(m) for m in ("psi", "wasserstein", "jensenshannon") if m in THRESHOLDS]),
         _semantic_row(),
+        RowSpec("Capacity", [
+            PanelSpec("Streams held, of drift.max_streams", "How close is the engine to the "
+                      "stream cap, past which new segments are skipped (stream_limit)?",
+                      [Query(f"sum(observer_drift_streams{{{C}}}) / "
+                             f"sum(observer_drift_streams_limit{{{C}}})")],
+                      kind="stat", unit="percentunit", width=6, height=4, thresholds=[0.9],
+                      min=0, max=1),
+        ]),
         RowSpec("Windows and triggers", [
             PanelSpec("Windows closed", "Is the engine scoring (count windows per minute)?",
                       [Query(f"sum by (record_type) (rate(observer_drift_windows_total{{{C}}}{RATE})) * 60",

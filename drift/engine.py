@@ -133,6 +133,8 @@ from observer.drift.metrics import (
     ERRORS,
     RECORDS,
     REPLAYED,
+    STREAMS_HELD,
+    STREAMS_LIMIT,
     STREAMS_STARTED,
     WINDOWS,
 )
@@ -270,6 +272,7 @@ class DriftEngine:
         }
         self._streams: dict[tuple[str, str], Stream] = {}
         self._refused_logged = False  # drift.max_streams reached and said so
+        STREAMS_LIMIT.set(cfg.max_streams)
         self._next_offset: dict[TP, int] = {}
         self._pending: list[Pending] = []
         self._quarantined: list[Output] = []
@@ -336,6 +339,7 @@ class DriftEngine:
             for result in self._consume(message):
                 outputs.append(Output(self.topics.drift, result.segment_key, encode(result)))
             self._guard.passed(tp, message.offset)
+        STREAMS_HELD.set(len(self._streams))
         outputs += self._quarantined
         self._quarantined = []
         if self.store is not None:  # published with the checkpoints it reflects

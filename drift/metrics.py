@@ -86,6 +86,15 @@ STREAMS_STARTED = Counter(
     "segment, or for embeddings a new embedder or dimension (never scored as drift).",
     ["record_type"],
 )
+STREAMS_HELD = Gauge(
+    "observer_drift_streams",
+    "Streams (segment x record type) the engine holds now; past observer_drift_streams_limit "
+    "a new segment's records are skipped (observer_drift_errors_total, reason stream_limit).",
+)
+STREAMS_LIMIT = Gauge(
+    "observer_drift_streams_limit",
+    "drift.max_streams: the most streams the engine holds (alert as the held count nears it).",
+)
 DUPLICATES = Counter(
     "observer_drift_duplicates_suppressed_total",
     "Results derived again after a restore and not emitted: observer.drift already had them.",

@@ -187,6 +187,8 @@ def test_streams_past_max_streams_are_refused_and_counted_across_restarts() -> N
 
     skipped = sum(1 for m in first if stream_of(m) not in held)
     assert skipped > 0 and refused() - before == skipped
+    assert REGISTRY.get_sample_value("observer_drift_streams") == 4
+    assert REGISTRY.get_sample_value("observer_drift_streams_limit") == 4
 
     engine = runner.engine()  # a restart: the same four streams, and still no more
     runner.acknowledge(engine.process(rest) + engine.tick())
