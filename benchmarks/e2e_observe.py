@@ -123,72 +123,68 @@ def stage_counts(metrics_url: str) -> dict[str, float]:
     return {f"{n}{{{l}}}": v for (n, l), v in got.items() if n in wanted}
 
 
-def rss_mb(pid: int) -> list[float]:
-    """Resident memory of ``pid``, then of each of its Python children (the workers of
-    ``observer up --workers``; not the embedded broker, which is not Python), MB."""
-    def own(p: int) -> float:
-        with open(f"/proc/{p}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+def process_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, sorted (none once it is gone)."""
+    kids: list[int] = []
+    tasks = Path(f"/proc/{pid}/task")
+    for task in tasks.iterdir() if tasks.exists() else ():
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(kids)
 
-    parts = [own(pid)]
-    for child in sorted(_children(pid)):
+
+def observer_processes(pid: int) -> dict[str, int]:
+    """``observer up`` (``pid``) as ``main``, its workers as ``worker_1``... (spawned Python
+    children, not multiprocessing's resource tracker) and the embedded broker as ``broker``."""
+    found = {"main": pid}
+    for child in process_children(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:  # a worker, not multiprocessing's resource tracker
-                parts.append(own(child))
         except OSError:  # gone meanwhile
             continue
-    return parts
+        if b"spawn_main" in cmdline:
+            found[f"worker_{sum(k.startswith('worker_') for k in found) + 1}"] = child
+        elif b"tansu" in cmdline:
+            found["broker"] = child
+    return found
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    try:  # utime + stime, after the command name (which may hold spaces)
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> list[float]:
+    """Resident memory of ``pid``, then of each of its workers (not the embedded broker), MB."""
+    return [_rss_mb(p) for name, p in observer_processes(pid).items() if name != "broker"]
 
 
 def broker_mb(pid: int) -> float:
     """Resident memory of the embedded broker (Tansu, memory-only: it holds every topic's
     retained messages), a child of ``pid``; 0 when there is none."""
-    for child in _children(pid):
-        try:
-            if b"tansu" in Path(f"/proc/{child}/cmdline").read_bytes():
-                with open(f"/proc/{child}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            return int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return 0.0
+    broker = observer_processes(pid).get("broker")
+    return _rss_mb(broker) if broker is not None else 0.0
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU time (user + system, s) so far of ``observer up`` (``main``), each worker
     (``worker_N``) and the embedded broker (``broker``): where the cores went."""
-    def used(p: int) -> float:
-        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-    out = {"main": used(pid)}
-    workers = 0
-    for child in sorted(_children(pid)):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                workers += 1
-                out[f"worker_{workers}"] = used(child)
-            elif b"tansu" in cmdline:
-                out["broker"] = used(child)
-        except OSError:  # gone meanwhile
-            continue
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
+    return {name: _cpu_s(p) for name, p in observer_processes(pid).items()}
 
 
 def sample_rss(pid: int, until: float, path: Path) -> dict[str, float]:

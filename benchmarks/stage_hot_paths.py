@@ -82,34 +82,23 @@ def records(spans: list[Message], cfg: ObserverConfig, topics: Topics) -> list[M
     return out
 
 
-def _drift(cfg: ObserverConfig, topics: Topics) -> Any:
-    """The engine with checkpoints, as the registry builds it but on in-memory stores."""
-    store = MemoryCompactedStore(topics.drift_state)
-    engine = DriftEngine(cfg.drift, topics, store=store, results=MemoryResultLog(topics.drift))
-
-    class Acknowledged:  # the runner: every output acknowledged before the next batch
-        name = engine.name
-
-        def process(self, messages: list[Message]) -> list[Output]:
-            outputs = engine.process([m for m in messages if m.topic in engine.inputs])
-            store.apply(outputs)
-            return outputs
-
-        def tick(self) -> list[Output]:
-            outputs = engine.tick()
-            store.apply(outputs)
-            return outputs
-    return Acknowledged()
-
-
 def _stage_pass(name: str, cfg: ObserverConfig, topics: Topics,
                 batch: list[list[Message]]) -> Callable[[], Any]:
     def run() -> None:
-        processor = _drift(cfg, topics) if name == "drift" else registry.BY_NAME[name].build(cfg, topics)
+        processor = registry.BY_NAME[name].build(cfg, topics)
         for chunk in batch:
             processor.process(chunk)
             processor.tick()
-    return run
+
+    def drift() -> None:
+        # The registry's engine but on in-memory stores: every output is acknowledged
+        # before the next batch, as the runner would.
+        store = MemoryCompactedStore(topics.drift_state)
+        engine = DriftEngine(cfg.drift, topics, store=store, results=MemoryResultLog(topics.drift))
+        for chunk in batch:
+            store.apply(engine.process(chunk))
+            store.apply(engine.tick())
+    return drift if name == "drift" else run
 
 
 def _inputs(name: str, spans: list[Message], cfg: ObserverConfig, topics: Topics,
@@ -118,7 +107,8 @@ def _inputs(name: str, spans: list[Message], cfg: ObserverConfig, topics: Topics
     in batches of 10x as many messages (a record is a tenth of an OTLP message's work)."""
     if name != "drift":
         return [spans[i:i + batch] for i in range(0, len(spans), batch)]
-    recs = records(spans, cfg, topics)
+    read = set(DriftEngine(cfg.drift, topics).inputs)
+    recs = [m for m in records(spans, cfg, topics) if m.topic in read]
     return [recs[i:i + 10 * batch] for i in range(0, len(recs), 10 * batch)]
 
 

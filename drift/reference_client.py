@@ -29,13 +29,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from observer.core.bus import (
-    make_consumer,
-    make_producer,
-    produce_all,
-    read_to_end,
-    topic_partitions,
-)
+from observer.core import bus
+from observer.core.bus import make_producer, produce_all
 from observer.core.config import KafkaConfig
 from observer.core.records import (
     DriftResult,
@@ -112,19 +107,11 @@ def window_ranges(results: Iterable[Any], segment_key: str, record_type: str,
 
 def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
     """Every record of ``topic`` from its beginning to its current end: (key, value)."""
-    consumer = make_consumer(kafka, None)
     try:
-        deadline = time.monotonic() + timeout_s
-        tps = topic_partitions(consumer, topic, deadline)
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        try:  # to the fetched high watermarks, never end_offsets (see read_to_end)
-            records = read_to_end(consumer, deadline)
-        except TimeoutError:
-            raise TimeoutError(f"reading {topic} took too long") from None
-        return [(r.key, r.value) for r in records if r.value is not None]
-    finally:
-        consumer.close(autocommit=False)
+        records = bus.read_topic(kafka, topic, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"reading {topic} took too long") from None
+    return [(r.key, r.value) for r in records if r.value is not None]
 
 
 def read_states(kafka: KafkaConfig, topics: Topics) -> dict[str, ReferenceState]:

@@ -7,10 +7,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
@@ -23,7 +22,7 @@ from observer.collectors.receiver.annotations import ANNOTATION_ROUTES
 from observer.collectors.receiver.intake import Intake
 from observer.collectors.receiver.otlp_grpc import GrpcReceiver
 from observer.collectors.receiver.otlp_http import create_app
-from observer.core.bus import Message, make_consumer
+from observer.core.bus import Message, make_consumer, read_topic
 from observer.collectors.receiver.config import ReceiverConfig
 from observer.core.config import KafkaConfig
 from observer.core.http import ServerThread
@@ -72,24 +71,11 @@ def drain(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list
 
 def drain_to_end(kafka: KafkaConfig, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
     """Every record of ``topic`` from the start to each partition's high watermark, as the
-    fetches tell it (the embedded broker's ``end_offsets`` can stop inside the last batch).
-    For a topic whose writes were all acknowledged before the call: it waits for no quiet
-    period, so a record still on its way may be missed."""
-    consumer = make_consumer(kafka, None)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        got: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while not all((high := consumer.highwater(tp)) is not None
-                      and consumer.position(tp) >= high for tp in tps):
-            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout_s} s"
-            for records in consumer.poll(200).values():
-                got += records
-        return got
-    finally:
-        consumer.close()
+    fetches tell it (:func:`observer.core.bus.read_topic`; the embedded broker's
+    ``end_offsets`` can stop inside the last batch). For a topic whose writes were all
+    acknowledged before the call: it waits for no quiet period, so a record still on its way
+    may be missed."""
+    return read_topic(kafka, topic, timeout_s)
 
 
 def messages_of(kafka: KafkaConfig, topic: str, n: int, timeout_s: float = 15) -> list[Message]:
@@ -190,21 +176,9 @@ def new_topic(cfg: KafkaConfig, prefix: str, partitions: int = 4) -> str:
     return name
 
 
-def process_children(pid: int) -> list[int]:
-    """The pids of ``pid``'s children (none once it is gone)."""
-    kids: list[int] = []
-    if not Path(f"/proc/{pid}/task").exists():
-        return kids
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return kids
-
-
 def workers_of(pid: int) -> list[int]:
     """The worker processes of ``observer up --workers`` (``pid``): spawned Python children,
     not the broker or multiprocessing's resource tracker."""
-    return [c for c in process_children(pid)
-            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    from benchmarks.e2e_observe import observer_processes  # the benchmark's own reading
+
+    return [p for name, p in observer_processes(pid).items() if name.startswith("worker_")]

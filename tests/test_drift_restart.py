@@ -17,16 +17,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient
 
 from observer.drift.engine import DriftEngine
 from observer.core.bus import (
     Message,
     Output,
-    make_consumer,
     make_producer,
     produce_all,
-    read_to_end,
+    read_topic,
 )
 from observer.core.config import KafkaConfig
 from observer.drift.config import DriftConfig
@@ -92,21 +91,13 @@ def produce(kafka: KafkaConfig, topics: Topics, recs: list, chunk: int = 150,
 
 
 def read_all(kafka: KafkaConfig, topic: str) -> list[Message]:
-    """Every message of a topic, partition by partition in offset order."""
-    consumer = make_consumer(kafka, None)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        # To the fetched high watermarks: the embedded broker's end_offsets can stop inside
-        # the last batch (see read_to_end).
-        got: dict[int, list[Message]] = {tp.partition: [] for tp in tps}
-        for r in read_to_end(consumer, time.monotonic() + 30):
-            got[r.partition].append(Message(r.topic, r.partition, r.offset, r.key, r.value,
-                                            r.timestamp))
-        return [m for p in sorted(got) for m in got[p]]
-    finally:
-        consumer.close()
+    """Every message of a topic, partition by partition in offset order (to the fetched high
+    watermarks: the embedded broker's end_offsets can stop inside the last batch)."""
+    got: dict[int, list[Message]] = {}
+    for r in read_topic(kafka, topic, 30):
+        got.setdefault(r.partition, []).append(
+            Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
+    return [m for p in sorted(got) for m in got[p]]
 
 
 def expected_results(kafka: KafkaConfig, topics: Topics, n_records: int) -> dict[tuple, DriftResult]:

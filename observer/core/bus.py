@@ -266,6 +266,21 @@ def topic_partitions(consumer: KafkaConsumer, topic: str, deadline: float) -> li
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
+def read_topic(cfg: KafkaConfig, topic: str, timeout_s: float) -> list[Any]:
+    """Every record of ``topic``, from its start to the high watermarks its fetches carry
+    (:func:`read_to_end`), read outside any consumer group; :class:`TimeoutError` past
+    ``timeout_s``. What a restore, a view or a test reads a whole topic with."""
+    consumer = make_consumer(cfg, None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        tps = topic_partitions(consumer, topic, deadline)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        return read_to_end(consumer, deadline)
+    finally:
+        consumer.close(autocommit=False)
+
+
 def produce_all(producer: KafkaProducer, outputs: list[Output], timeout_s: float) -> None:
     """Send and wait for every acknowledgement; raises the first failure."""
     futures = [
@@ -340,8 +355,8 @@ class StageRunner:
         """Lag per topic over every partition held now: high watermark - position. The high
         watermark comes from the last fetch of the partition (no request) or, until a fetch
         has returned one, from the broker's end offset (cached,
-        :data:`~observer.core.stage_consumer.END_OFFSETS_REFRESH_S`). The KEDA scaler reads the group's lag from Kafka
-        itself; this is for dashboards."""
+        :data:`~observer.core.stage_consumer.END_OFFSETS_REFRESH_S`). The KEDA scaler reads
+        the group's lag from Kafka itself; this is for dashboards."""
         lag: dict[str, int] = {t: 0 for t in self.topics}
         try:
             lag.update(consumer.lag())

@@ -20,11 +20,10 @@ through a :class:`CompactedStore`:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from observer.core.bus import Output, make_consumer, read_to_end, topic_partitions
+from observer.core.bus import Output, read_topic
 from observer.core.config import KafkaConfig
 
 
@@ -80,21 +79,13 @@ class KafkaCompactedStore:
         self.what = what
 
     def load(self) -> dict[str, bytes]:
-        consumer = make_consumer(self.cfg, None)
         try:
-            deadline = time.monotonic() + self.timeout_s
-            tps = topic_partitions(consumer, self.topic, deadline)
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            try:
-                records = read_to_end(consumer, deadline)
-            except TimeoutError:
-                raise TimeoutError(f"reading {self.what} from {self.topic} took more than "
-                                   f"{self.timeout_s:g} s") from None
-            values: dict[str, bytes | None] = {}
-            for r in records:
-                if r.key is not None:
-                    values[key_text(r.key)] = r.value
-            return {k: v for k, v in values.items() if v is not None}
-        finally:
-            consumer.close(autocommit=False)
+            records = read_topic(self.cfg, self.topic, self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"reading {self.what} from {self.topic} took more than "
+                               f"{self.timeout_s:g} s") from None
+        values: dict[str, bytes | None] = {}
+        for r in records:
+            if r.key is not None:
+                values[key_text(r.key)] = r.value
+        return {k: v for k, v in values.items() if v is not None}
