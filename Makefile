@@ -60,8 +60,12 @@ CHECKOV := build/checkov-venv/bin/checkov
 $(CHECKOV): $(STAMP)
 	$(PY) -c "import tests.test_deploy_checkov as t; t.checkov()"
 
+# Two pytest processes (pytest-xdist): most of the suite waits on Kafka group timeouts and child
+# processes, not on the CPU. Tests that start whole processes (the `system` tier) share one of
+# them, one at a time (tests/conftest.py). TEST_PROCESSES=0 runs the suite in one process.
+TEST_PROCESSES ?= 2
 test: $(STAMP) $(CHECKOV)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 # The fast tier: in-process tests and doctests, no broker, no subprocess (tests/tiers.py).
 test-unit: $(STAMP)

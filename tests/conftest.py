@@ -133,9 +133,16 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier, ``unit``, ``broker`` or ``system`` (tests/tiers.py)."""
+    """Mark every test with its tier, ``unit``, ``broker`` or ``system`` (tests/tiers.py),
+    and the ``system`` ones with one xdist group."""
     from _pytest.doctest import DoctestItem
 
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        item.add_marker(tier(item.nodeid, fixtures, doctest=isinstance(item, DoctestItem)))
+        marker = tier(item.nodeid, fixtures, doctest=isinstance(item, DoctestItem))
+        item.add_marker(marker)
+        if marker == "system":
+            # `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup):
+            # whole-process tests share one of them, one at a time, so that two observers
+            # with their workers and brokers never compete for the cores and their timeouts.
+            item.add_marker(pytest.mark.xdist_group("system"))
