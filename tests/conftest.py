@@ -132,6 +132,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return True if skipped_under(config.option.markexpr, module) else None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (it renames grouped tests)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test with its tier, ``unit``, ``broker`` or ``system`` (tests/tiers.py),
     and the ``system`` ones with one xdist group."""

@@ -45,8 +45,9 @@ def collected_whole_suite(config: pytest.Config) -> bool:
 
 
 def tiers_of(items: list[pytest.Item]) -> dict[str, list[str]]:
-    """Each test's tier markers, as the child prints them."""
-    return {item.nodeid: sorted({m.name for m in item.iter_markers()
+    """Each test's tier markers, as the child prints them (under ``--dist loadgroup`` xdist
+    names a grouped test ``<nodeid>@system``: the name without it)."""
+    return {item.nodeid.removesuffix("@system"): sorted({m.name for m in item.iter_markers()
                                  if m.name in ("unit", "broker", "system")}) for item in items}
 
 
