@@ -113,7 +113,8 @@ DASHBOARD = DashboardSpec(
         _semantic_row(),
         RowSpec("Capacity", [
             PanelSpec("Streams held, of drift.max_streams", "How close is the engine to the "
-                      "stream cap, past which new segments are skipped (stream_limit)?",
+                      "stream cap, past which new segments take idle streams' places or are skipped "
+                      "(stream_limit)?",
                       [Query(f"sum(observer_drift_streams{{{C}}}) / "
                              f"sum(observer_drift_streams_limit{{{C}}})")],
                       kind="stat", unit="percentunit", width=6, height=4, thresholds=[0.9],

@@ -331,12 +331,21 @@ class DriftConfig(Section):
     )
     max_streams: int = Field(
         1000, ge=1,
-        description="Streams (segment x record type) held at most. Records of a new segment "
-        "past it are skipped and counted (observer_drift_errors_total, reason stream_limit): "
+        description="Streams (segment x record type) held at most. Past it, a new segment "
+        "takes the place of a stream idle for drift.stream_idle_s, or else its records are "
+        "skipped and counted (observer_drift_errors_total, reason stream_limit): "
         "a client inventing services, models or prompt versions cannot grow the engine's "
         "memory without bound. At the default windows an exact stream holds up to about 1 MB "
         "(llm, 7 features) or 8 MB (embeddings, 2 x 256 dimensions); mode auto bounds the "
         "exact part.",
+    )
+    stream_idle_s: float = Field(
+        86400.0, ge=0,
+        description="At drift.max_streams, a new segment takes the place of the stream idle "
+        "longest, once that one has had no record for this long and is in no drift episode "
+        "(observer_drift_streams_retired_total): its checkpoints and series are deleted, and "
+        "if its segment comes back it starts again with a new reference. 0: streams are never "
+        "retired, and a full cap refuses new segments.",
     )
     sketch_relative_accuracy: float = Field(
         0.01, gt=0, lt=0.5, description="Sketch mode: relative width of a numeric bucket."

@@ -135,8 +135,10 @@ from observer.drift.metrics import (
     REPLAYED,
     STREAMS_HELD,
     STREAMS_LIMIT,
+    STREAMS_RETIRED,
     STREAMS_STARTED,
     WINDOWS,
+    forget_stream,
 )
 from observer.drift.embedding.columns import VectorRow, state_values
 from observer.drift.embedding.features import score_embedding
@@ -166,6 +168,7 @@ from observer.drift.state_parts import StateParts
 from observer.drift.peer import PeerDrift
 from observer.drift.sketch_scoring import sketched_scores
 from observer.drift.restore import Restorer
+from observer.drift.retirement import IdleStreams, of_stream, tombstones
 from observer.drift.stream import Pending, Stream, held_records, reference_value, state_output
 from observer.drift.window import ClosedWindow
 from observer.core import validate
@@ -272,6 +275,10 @@ class DriftEngine:
         }
         self._streams: dict[tuple[str, str], Stream] = {}
         self._refused_logged = False  # drift.max_streams reached and said so
+        # At the cap, a stream idle for drift.stream_idle_s makes room (drift.retirement).
+        self._idle = IdleStreams(cfg.stream_idle_s)
+        self._retired: list[Output] = []  # their checkpoints' deletions, for this batch
+        self._now_ns = 0  # the clock at this batch's start
         STREAMS_LIMIT.set(cfg.max_streams)
         self._next_offset: dict[TP, int] = {}
         self._pending: list[Pending] = []
@@ -320,7 +327,8 @@ class DriftEngine:
     def process(self, messages: list[Message]) -> list[Output]:
         outputs: list[Output] = []
         # Before anything of this batch is produced: its results carry later timestamps.
-        at_ms = self.clock() // 1_000_000
+        self._now_ns = self.clock()
+        at_ms = self._now_ns // 1_000_000
         if self.store is not None:
             first: dict[TP, int] = {}
             for m in messages:
@@ -340,8 +348,8 @@ class DriftEngine:
                 outputs.append(Output(self.topics.drift, result.segment_key, encode(result)))
             self._guard.passed(tp, message.offset)
         STREAMS_HELD.set(len(self._streams))
-        outputs += self._quarantined
-        self._quarantined = []
+        outputs += self._quarantined + self._retired
+        self._quarantined, self._retired = [], []
         if self.store is not None:  # published with the checkpoints it reflects
             outputs += [announcement(self.topics, s) for s in self._announced.values()]
         self._announced = {}
@@ -412,7 +420,7 @@ class DriftEngine:
         key = segment_key(segment)
         stream = self._streams.get((key, record_type))
         if stream is None:
-            if len(self._streams) >= self.cfg.max_streams:
+            if len(self._streams) >= self.cfg.max_streams and not self._retire_idle():
                 # Before the peer sees it too: its fleet segments stay within the streams'.
                 self._refuse_stream(record_type, key)
                 return []
@@ -437,6 +445,7 @@ class DriftEngine:
             return results  # already counted before a restart
         stream.positions[tp] = message.offset
         stream.touched = True
+        stream.last_seen_ns = self._now_ns
         stream.degradation.update(record)
         if not admits(stream.versions.collecting, record):
             return results  # another model's traffic while the promoted model's reference is collected
@@ -457,9 +466,38 @@ class DriftEngine:
         ERRORS.labels(record_type, "stream_limit").inc()
         if not self._refused_logged:
             self._refused_logged = True
-            log.warning("drift: %d streams held (drift.max_streams); records of new segments "
-                        "such as %s %s are skipped and counted in observer_drift_errors_total"
+            log.warning("drift: %d streams held (drift.max_streams) and none idle for "
+                        "drift.stream_idle_s; records of new segments such as %s %s are "
+                        "skipped and counted in observer_drift_errors_total"
                         "{reason=\"stream_limit\"}", len(self._streams), record_type, key)
+
+    def _retire_idle(self) -> bool:
+        """At ``drift.max_streams``: retire the stream idle longest if it may go
+        (:mod:`observer.drift.retirement`); False when none may."""
+        stream = self._idle.pick(self._streams.values(), self._now_ns)
+        if stream is None:
+            return False
+        assert isinstance(stream, Stream)
+        del self._streams[(stream.key, stream.record_type)]
+        self._announced.pop((stream.key, stream.record_type), None)
+        if not stream.sketch:
+            self._budget.release(state_values([f.kind for f in self._features[stream.record_type]]),
+                                 held_records(self.cfg))
+        if self.store is not None:
+            # Its older windows' chunk deletions go now, with the open window's: a restore
+            # must never find an older window of a retired stream.
+            older = [p for p in self._pending if of_stream(
+                p.output, self.topics.drift_state, stream.record_type, stream.key)]
+            self._pending = [p for p in self._pending if all(p is not o for o in older)]
+            self._retired += [p.output for p in older] + tombstones(
+                self.topics.drift_state, stream.record_type, stream.key, stream.window.index,
+                stream.chunks)
+        forget_stream(stream.key, stream.record_type)
+        STREAMS_RETIRED.labels(stream.record_type).inc()
+        log.info("drift stream retired after %.0f s without a record (drift.max_streams "
+                 "reached): %s %s", (self._now_ns - stream.last_seen_ns) / 1e9,
+                 stream.record_type, stream.key)
+        return True
 
     def _new_stream(
         self, segment: dict[str, str], key: str, record_type: str, features: list[FeatureSpec]
@@ -473,7 +511,8 @@ class DriftEngine:
         )
         window = new_window(self.cfg, features, sketch=sketch, journal=self.store is not None,
                             external_reference=reference is not None)
-        stream = Stream(segment, key, record_type, window, sketch=sketch)
+        stream = Stream(segment, key, record_type, window, sketch=sketch,
+                        last_seen_ns=self._now_ns)
         stream.degradation = DegradationTracker.for_stream(self.cfg, record_type, segment)
         if reference is not None:
             stream.reference = reference
@@ -700,6 +739,7 @@ class DriftEngine:
                                       self.results, set(self._streams))
         self._streams.update(done.streams)
         for stream in done.streams.values():
+            stream.last_seen_ns = self._now_ns  # idle from now on (drift.retirement)
             self._announced[(stream.key, stream.record_type)] = stream
             self._commands.stream_appeared(stream)
         self._pending += [Pending(self._iteration, output, stream, window)

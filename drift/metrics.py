@@ -95,6 +95,12 @@ STREAMS_LIMIT = Gauge(
     "observer_drift_streams_limit",
     "drift.max_streams: the most streams the engine holds (alert as the held count nears it).",
 )
+STREAMS_RETIRED = Counter(
+    "observer_drift_streams_retired_total",
+    "Streams retired at drift.max_streams to make room for a new segment, each idle for at "
+    "least drift.stream_idle_s (drift.retirement): their checkpoints and series are deleted.",
+    ["record_type"],
+)
 DUPLICATES = Counter(
     "observer_drift_duplicates_suppressed_total",
     "Results derived again after a restore and not emitted: observer.drift already had them.",
@@ -111,3 +117,22 @@ REFERENCE_COMMANDS = Counter(
     "Reference commands (pin, unpin, rebaseline) the engine applied, refused or failed.",
     ["command", "outcome"],
 )
+
+
+PER_STREAM = (DRIFT_STATISTIC, DRIFT_SHARE, DATASET_DRIFT, DEGRADATION_DETECTED,
+              DEGRADATION_LEVEL, DEGRADATION_MEAN, REFERENCE_VERSION)
+"""The gauges with a series per stream (labels ``segment``, ``record_type``, ...)."""
+
+
+def forget_stream(segment: str, record_type: str) -> None:
+    """Remove a retired stream's series (drift.retirement): they would otherwise keep their
+    last values, and their label sets would grow with every segment ever seen."""
+    for family in PER_STREAM:
+        for metric in family.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if labels.get("segment") == segment and labels.get("record_type") == record_type:
+                    try:
+                        family.remove(*labels.values())  # a gauge's labels, in their order
+                    except KeyError:
+                        pass

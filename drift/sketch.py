@@ -413,6 +413,8 @@ class StateBudget:
     >>> b = StateBudget("auto", budget_bytes=2 * (2 * 2 * 200) * EXACT_BYTES_PER_VALUE)
     >>> [b.admit(features=2, records=200) for _ in range(4)]
     [True, True, False, False]
+    >>> b.release(features=2, records=200); b.admit(features=2, records=200)
+    True
     """
 
     def __init__(self, mode: str, budget_bytes: float) -> None:
@@ -431,3 +433,8 @@ class StateBudget:
             return False
         self.used_bytes += need
         return True
+
+    def release(self, features: int, records: int) -> None:
+        """An exact stream is gone (drift.retirement): its share is free again."""
+        if self.mode == "auto":
+            self.used_bytes = max(0.0, self.used_bytes - features * 2 * records * EXACT_BYTES_PER_VALUE)

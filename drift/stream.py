@@ -59,6 +59,9 @@ class Stream:
     # Embedding streams: the vectors' dimension (the first record's); vectors of another
     # dimension are counted and skipped (drift.engine), never compared.
     dimension: int | None = None
+    # The engine's clock (ns) at the batch that last gave it a record, or at its start or
+    # restore: how long it has been idle (drift.retirement).
+    last_seen_ns: int = 0
     # The reference's version, provenance, pin and history (drift.references).
     versions: Versions = field(default_factory=Versions)
 

@@ -20,6 +20,7 @@ from observer.core.bus import Message
 from observer.drift.config import FeatureSpec
 from observer.core.records import LLMCall, encode
 from tests.drift_support import (
+    T0_MS,
     TOPICS,
     Runner,
     first_window_config,
@@ -196,3 +197,68 @@ def test_streams_past_max_streams_are_refused_and_counted_across_restarts() -> N
     got = results_of(runner.produced)
     assert {(r.segment_key, r.record_type) for r in got} <= held
     assert len({(r.segment_key, r.record_type) for r in got}) == 4
+
+
+def test_an_idle_stream_makes_room_for_a_new_segment_and_is_not_restored() -> None:
+    """At ``drift.max_streams`` a new segment takes the place of the stream idle longest once
+    that one has been quiet for ``drift.stream_idle_s``: its checkpoint records are deleted,
+    its series removed, and a restart does not bring it back. A stream quiet for less stays,
+    and the new segment is then refused as before."""
+    from prometheus_client import REGISTRY
+
+    from observer.drift.engine import DriftEngine
+
+    cfg = first_window_config(window_size=25, max_streams=2, stream_idle_s=3600,
+                              features={"llm": [FeatureSpec(name="output_tokens", kind="numeric")]})
+    runner = Runner(cfg)
+    now = [T0_MS * 1_000_000]
+    base = np.random.default_rng(3).lognormal(np.log(200), 0.3, 25)
+    sent: list[Message] = []
+
+    def calls(service: str, windows: int) -> list[Message]:
+        """Calm windows (the same values reordered: never drift) of one segment."""
+        batch = []
+        for v in np.concatenate([np.random.default_rng(len(sent)).permutation(base)
+                                 for _ in range(windows)]):
+            rec = LLMCall(service=service, model="m1", trace_id=uuid.uuid4().hex, span_id="s",
+                          output_tokens=int(v))
+            batch.append(Message(TOPICS.llm, 0, len(sent) + len(batch), f"{service}|m1".encode(),
+                                 encode(rec), now[0] // 1_000_000))
+        sent.extend(batch)
+        return batch
+
+    def at(seconds: int, engine: DriftEngine, batch: list[Message]) -> None:
+        now[0] = T0_MS * 1_000_000 + seconds * 10**9
+        runner.acknowledge(engine.process(batch) + engine.tick())
+        runner.commit(batch)
+
+    def sample(name: str, labels: dict[str, str]) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    def keys_of(service: str) -> list[str]:
+        return [k for k, v in runner.store.load().items() if v is not None
+                and k.startswith(f"llm/{service}|m1/")]
+
+    engine = DriftEngine(cfg, TOPICS, store=runner.store, results=runner.log, clock=lambda: now[0])
+    a = {"segment": "a|m1", "record_type": "llm"}
+    retired = sample("observer_drift_streams_retired_total", {"record_type": "llm"}) or 0.0
+    refused = sample("observer_drift_errors_total", {"record_type": "llm", "reason": "stream_limit"}) or 0.0
+    at(0, engine, calls("a", 2))  # a reference window and a scored one
+    assert sample("observer_drift_share", a) == 0.0 and keys_of("a")
+    at(1800, engine, calls("b", 1))
+    at(4000, engine, calls("c", 1))  # a quiet for 4000 s, b for 2200 s: a goes
+    at(4001, engine, [])  # the next iteration: its deletions are confirmed
+    assert set(engine._streams) == {("b|m1", "llm"), ("c|m1", "llm")}
+    assert sample("observer_drift_streams_retired_total", {"record_type": "llm"}) == retired + 1
+    assert sample("observer_drift_share", a) is None
+    assert keys_of("a") == [] and keys_of("b") and keys_of("c")
+
+    at(4100, engine, calls("d", 1))  # b quiet for 2300 s only: d is refused
+    assert set(engine._streams) == {("b|m1", "llm"), ("c|m1", "llm")}
+    assert sample("observer_drift_errors_total",
+                  {"record_type": "llm", "reason": "stream_limit"}) == refused + 25
+
+    engine = DriftEngine(cfg, TOPICS, store=runner.store, results=runner.log, clock=lambda: now[0])
+    at(4200, engine, calls("b", 1))  # a restart restores b and c, and a stays gone
+    assert set(engine._streams) == {("b|m1", "llm"), ("c|m1", "llm")}
+    assert [r.window_index for r in results_of(runner.produced) if r.segment_key == "b|m1"] == [1]
