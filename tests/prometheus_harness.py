@@ -11,13 +11,10 @@ targets a test names, and a tiny HTTP server that serves exposition text for it 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,13 +28,10 @@ from typing import Any
 
 import yaml
 
+from observer.core import children
+
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _die_with_parent() -> None:  # between fork and exec: a killed test run leaves no server
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -135,7 +129,7 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> PrometheusServer:
-        self.process = subprocess.Popen(
+        self.process = children.start(
             [
                 PROMETHEUS_BIN,
                 f"--config.file={self.dir / 'prometheus.yml'}",
@@ -145,7 +139,6 @@ class PrometheusServer:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout_s
         while True:

