@@ -343,7 +343,8 @@ class DriftConfig(Section):
         86400.0, ge=0,
         description="At drift.max_streams, a new segment takes the place of the stream idle "
         "longest, once that one has had no record for this long and is in no drift episode "
-        "(observer_drift_streams_retired_total): its checkpoints and series are deleted, and "
+        "(observer_drift_streams_retired_total): its checkpoints, series and reference state "
+        "are deleted, and "
         "if its segment comes back it starts again with a new reference. 0: streams are never "
         "retired, and a full cap refuses new segments.",
     )

@@ -161,7 +161,7 @@ from observer.drift.reference_commands import (
     announcement,
     kafka_reader,
 )
-from observer.drift.references import first_version
+from observer.drift.references import first_version, state_key
 from observer.drift.scoring import REPORTED, drift_share, prepare_columns, resolve_method, score_columns
 from observer.drift.sketch import StateBudget
 from observer.drift.state_parts import StateParts
@@ -492,6 +492,9 @@ class DriftEngine:
             self._retired += [p.output for p in older] + tombstones(
                 self.topics.drift_state, stream.record_type, stream.key, stream.window.index,
                 stream.chunks)
+            # Its announced state goes too (the admin API's and the CLI's readers drop it).
+            self._retired.append(Output(self.topics.references,
+                                        state_key(stream.record_type, stream.key), None))
         forget_stream(stream.key, stream.record_type)
         STREAMS_RETIRED.labels(stream.record_type).inc()
         log.info("drift stream retired after %.0f s without a record (drift.max_streams "

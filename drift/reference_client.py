@@ -105,19 +105,25 @@ def window_ranges(results: Iterable[Any], segment_key: str, record_type: str,
                          "is known (observer.drift)")
 
 
-def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
-    """Every record of ``topic`` from its beginning to its current end: (key, value)."""
+def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0, *,
+               tombstones: bool = False) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of ``topic`` from its beginning to its current end: (key, value); with
+    ``tombstones``, the deletions too (value None)."""
     try:
         records = bus.read_topic(kafka, topic, timeout_s)
     except TimeoutError:
         raise TimeoutError(f"reading {topic} took too long") from None
-    return [(r.key, r.value) for r in records if r.value is not None]
+    return [(r.key, r.value) for r in records if tombstones or r.value is not None]
 
 
 def read_states(kafka: KafkaConfig, topics: Topics) -> dict[str, ReferenceState]:
     """The latest state of every stream on ``observer.references``, by ``record_type/segment``."""
     states: dict[str, ReferenceState] = {}
-    for _, value in read_topic(kafka, topics.references):
+    for key, value in read_topic(kafka, topics.references, tombstones=True):
+        if value is None:  # a retired stream (drift.retirement): its state is gone
+            if key is not None:
+                states.pop(key.decode(errors="replace"), None)
+            continue
         try:
             record = decode(value)
         except RecordError:

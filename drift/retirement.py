@@ -6,10 +6,10 @@ and services, dead segments fill it and every new segment is refused. A stream i
 drift episode is never retired (its episode would end unseen). Retiring a stream deletes
 its checkpoint records (its open window's chunks, the older windows' chunks still waiting
 for deletion and its reference record, as tombstones on ``observer.drift-state``), returns
-its share of ``drift.exact_budget_mb`` and removes its Prometheus series. If its segment
-comes back, it is a new stream with a new reference, never scored against the old one. What
-it published stays: its results on ``observer.drift``, its last reference state on
-``observer.references``.
+its share of ``drift.exact_budget_mb``, removes its Prometheus series and deletes its state
+on ``observer.references`` (a tombstone: the admin API and ``observer drift reference`` stop
+listing it). If its segment comes back, it is a new stream with a new reference, never
+scored against the old one. Its results on ``observer.drift`` stay.
 
 Idle time is read on the engine's clock: the time of the batch that last gave the stream a
 record. A stream restored after a restart counts as seen at its restore, so a restart

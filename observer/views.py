@@ -24,7 +24,9 @@ class TopicView:
     """Tail ``topic`` from the beginning (no consumer group) and keep records in memory.
 
     ``key_of`` names the slot a record fills: the latest record per key is kept
-    (``latest()``); every record also goes to a bounded history (``history()``).
+    (``latest()``); every record also goes to a bounded history (``history()``). A tombstone
+    (a Kafka record without a value, on a compacted topic) empties the slot its Kafka key
+    names: on ``observer.references`` slots are the keys, and a retired stream's state goes.
     """
 
     def __init__(
@@ -61,6 +63,11 @@ class TopicView:
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=200).values():
                     for r in records:
+                        if r.value is None:
+                            if r.key is not None:
+                                with self._lock:
+                                    self._latest.pop(r.key.decode(errors="replace"), None)
+                            continue
                         try:
                             record = decode(r.value)
                         except RecordError as e:

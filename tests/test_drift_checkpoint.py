@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from observer.drift.checkpoint import restore_streams
-from observer.core.bus import Message
+from observer.core.bus import Message, Output
 from observer.drift.config import FeatureSpec
 from observer.core.records import LLMCall, encode
 from tests.drift_support import (
@@ -227,10 +227,12 @@ def test_an_idle_stream_makes_room_for_a_new_segment_and_is_not_restored() -> No
         sent.extend(batch)
         return batch
 
-    def at(seconds: int, engine: DriftEngine, batch: list[Message]) -> None:
+    def at(seconds: int, engine: DriftEngine, batch: list[Message]) -> list[Output]:
         now[0] = T0_MS * 1_000_000 + seconds * 10**9
-        runner.acknowledge(engine.process(batch) + engine.tick())
+        outputs = engine.process(batch) + engine.tick()
+        runner.acknowledge(outputs)
         runner.commit(batch)
+        return outputs
 
     def sample(name: str, labels: dict[str, str]) -> float | None:
         return REGISTRY.get_sample_value(name, labels)
@@ -246,7 +248,9 @@ def test_an_idle_stream_makes_room_for_a_new_segment_and_is_not_restored() -> No
     at(0, engine, calls("a", 2))  # a reference window and a scored one
     assert sample("observer_drift_share", a) == 0.0 and keys_of("a")
     at(1800, engine, calls("b", 1))
-    at(4000, engine, calls("c", 1))  # a quiet for 4000 s, b for 2200 s: a goes
+    out = at(4000, engine, calls("c", 1))  # a quiet for 4000 s, b for 2200 s: a goes
+    # Its state on observer.references goes too (the admin API and the CLI drop it).
+    assert Output(TOPICS.references, "llm/a|m1", None) in out
     at(4001, engine, [])  # the next iteration: its deletions are confirmed
     assert set(engine._streams) == {("b|m1", "llm"), ("c|m1", "llm")}
     assert sample("observer_drift_streams_retired_total", {"record_type": "llm"}) == retired + 1

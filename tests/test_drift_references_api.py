@@ -143,3 +143,31 @@ def test_references_over_the_admin_api_and_the_cli(
         admin.close()
         runtime.stop()
     assert runtime.errors() == {}
+
+
+def test_a_retired_streams_deleted_state_leaves_the_view_and_the_cli_reader(
+    kafka_config: KafkaConfig,
+) -> None:
+    """A stream retired at drift.max_streams (drift.retirement) tombstones its state on
+    observer.references: the admin API's view and the CLI's reader stop listing it."""
+    from observer.drift.reference_client import read_states
+    from observer.drift.reference_routes import references_slot
+    from observer.drift.references import Versions, state_key, state_record
+    from observer.views import TopicView
+
+    topics = Topics.from_config(kafka_config)
+    keys = {s: state_key("llm", f"{s}|m1") for s in ("a", "b")}
+    producer = make_producer(kafka_config)
+    view = TopicView(kafka_config, topics.references, references_slot).start()
+    try:
+        produce_all(producer, [Output(topics.references, keys[s], encode(state_record(
+            {"service": s, "model": "m1"}, f"{s}|m1", "llm", Versions(), []))) for s in keys], 10)
+        wait_for(lambda: len(view.latest()) == 2, "both states in the view")
+        assert set(read_states(kafka_config, topics)) == set(keys.values())
+
+        produce_all(producer, [Output(topics.references, keys["a"], None)], 10)
+        wait_for(lambda: [r.segment_key for r in view.latest()] == ["b|m1"], "a's state gone")
+        assert set(read_states(kafka_config, topics)) == {keys["b"]}
+    finally:
+        view.stop()
+        producer.close()
