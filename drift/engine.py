@@ -495,6 +495,12 @@ class DriftEngine:
             # Its announced state goes too (the admin API's and the CLI's readers drop it).
             self._retired.append(Output(self.topics.references,
                                         state_key(stream.record_type, stream.key), None))
+        if self._peer is not None:  # its fleet segment, if no other stream feeds it
+            gone = self._peer.stream_retired(
+                stream.segment, stream.record_type,
+                ((s.segment, s.record_type) for s in self._streams.values()))
+            if self.store is not None:
+                self._retired += [Output(self.topics.drift_state, k, None) for k in gone]
         forget_stream(stream.key, stream.record_type)
         STREAMS_RETIRED.labels(stream.record_type).inc()
         log.info("drift stream retired after %.0f s without a record (drift.max_streams "

@@ -78,7 +78,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from observer.drift.checkpoint import TP, decode_state
@@ -97,6 +97,8 @@ from observer.drift.peer_state import (
     Store,
     as_sketch,
     new_store,
+    peer_key,
+    segment_record_key,
 )
 from observer.drift.record_types import RECORD_TYPES
 from observer.drift.scoring import drift_share, score_columns
@@ -396,6 +398,28 @@ class PeerDrift:
             except RuntimeError:  # a dict changed size under the count
                 continue
         return self._bytes
+
+    def stream_retired(self, segment: Mapping[str, str], record_type: str,
+                       held: Iterable[tuple[Mapping[str, str], str]]) -> list[str]:
+        """The engine retired a stream (drift.retirement); ``held`` are the (segment, record
+        type) of the streams it still holds. When none of them feeds the same fleet segment,
+        that segment goes too, so that peer state stays within what the streams bound: the
+        keys of its checkpoint records, to delete."""
+        keys = self.fleet_keys.get(record_type)
+        if keys is None:
+            return []
+
+        def fleet_of(seg: Mapping[str, str]) -> str:
+            return segment_key({k: str(seg.get(k, "")) for k in keys})
+
+        fleet = fleet_of(segment)
+        if any(rt == record_type and fleet_of(other) == fleet for other, rt in held):
+            return []
+        gone = self.segments.pop((fleet, record_type), None)
+        if gone is None:
+            return []
+        return [peer_key(record_type, fleet, c) for c in sorted(gone.clusters)] + [
+            segment_record_key(record_type, fleet)]
 
     def checkpoint(self) -> list[tuple[str, dict[str, Any]]]:
         """``(key, value)`` of the checkpoint records of this batch: every touched cluster's

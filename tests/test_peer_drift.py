@@ -402,3 +402,45 @@ def test_a_peer_key_no_record_has_stops_the_engine() -> None:
     cfg = cfg.model_copy(update={"peer": cfg.peer.model_copy(update={"key": "clustr"})})
     with pytest.raises(ValueError, match="drift.peer.key 'clustr' is not a field"):
         DriftEngine(cfg, Topics.from_config(KafkaConfig()))
+
+
+def test_retiring_the_last_stream_of_a_fleet_segment_retires_its_peer_state() -> None:
+    """Peer state stays within what the streams bound when idle streams are retired
+    (drift.retirement): a fleet segment and its checkpoint records go with the last stream
+    that feeds it, not before."""
+    cfg = config(["service", "model", "cluster"], True, checkpoints=True, max_streams=3,
+                 stream_idle_s=3600)
+    runner = Runner(cfg)
+    now = [T0_S * 10**9]
+    offsets = [0]
+    engine = DriftEngine(cfg, TOPICS, store=runner.store, results=runner.log,
+                         clock=lambda: now[0])
+
+    def send(service: str, clusters: tuple[str, ...], at_s: int) -> None:
+        now[0] = (T0_S + at_s) * 10**9
+        batch = []
+        for i in range(10):
+            for cluster in clusters:
+                record = LLMCall(service=service, model="m1", cluster=cluster, span_id="s",
+                                 trace_id=f"{service}-{cluster}-{at_s}-{i}", latency_ms=100.0 + i,
+                                 start_time_unix_nano=(T0_S + at_s + i) * 10**9)
+                batch.append(Message(TOPICS.llm, 0, offsets[0], f"{service}|m1".encode(),
+                                     encode(record), (T0_S + at_s + 900) * 1000))
+                offsets[0] += 1
+        runner.acknowledge(engine.process(batch) + engine.tick())
+
+    def peer_keys(fleet: str) -> set[str]:
+        return {k for k, v in runner.store.load().items() if v is not None and k in (
+            peer_key("llm", fleet, "eu-1"), peer_key("llm", fleet, "us-1"))}
+
+    send("shop", ("eu-1", "us-1"), 0)  # two streams feeding the fleet segment shop|m1
+    send("bank", ("eu-1",), 100)
+    assert ("shop|m1", "llm") in engine._peer.segments and len(peer_keys("shop|m1")) == 2
+    send("web", ("eu-1",), 5000)  # shop|m1|eu-1 retired: shop|m1|us-1 still feeds the fleet
+    assert ("shop|m1|eu-1", "llm") not in engine._streams
+    assert ("shop|m1", "llm") in engine._peer.segments and len(peer_keys("shop|m1")) == 2
+    send("web", ("us-1",), 5001)  # the fleet's last stream retired: its peer state goes
+    assert ("shop|m1|us-1", "llm") not in engine._streams
+    assert ("shop|m1", "llm") not in engine._peer.segments
+    send("web", ("us-1",), 5002)  # the next iteration: the deletions are confirmed
+    assert peer_keys("shop|m1") == set() and len(peer_keys("bank|m1")) == 1
