@@ -486,10 +486,15 @@ class DriftEngine:
         if self.store is not None:
             # Its older windows' chunk deletions go now, with the open window's: a restore
             # must never find an older window of a retired stream.
-            older = [p for p in self._pending if of_stream(
-                p.output, self.topics.drift_state, stream.record_type, stream.key)]
-            self._pending = [p for p in self._pending if all(p is not o for o in older)]
-            self._retired += [p.output for p in older] + tombstones(
+            older: list[Output] = []
+            kept: list[Pending] = []
+            for p in self._pending:
+                if of_stream(p.output, self.topics.drift_state, stream.record_type, stream.key):
+                    older.append(p.output)
+                else:
+                    kept.append(p)
+            self._pending = kept
+            self._retired += older + tombstones(
                 self.topics.drift_state, stream.record_type, stream.key, stream.window.index,
                 stream.chunks)
             # Its announced state goes too (the admin API's and the CLI's readers drop it).

@@ -132,7 +132,4 @@ def forget_stream(segment: str, record_type: str) -> None:
             for sample in metric.samples:
                 labels = sample.labels
                 if labels.get("segment") == segment and labels.get("record_type") == record_type:
-                    try:
-                        family.remove(*labels.values())  # a gauge's labels, in their order
-                    except KeyError:
-                        pass
+                    family.remove(*labels.values())  # a gauge's labels, in their order

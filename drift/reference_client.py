@@ -31,6 +31,7 @@ from typing import Any
 
 from observer.core import bus
 from observer.core.bus import make_producer, produce_all
+from observer.core.compacted import KafkaCompactedStore
 from observer.core.config import KafkaConfig
 from observer.core.records import (
     DriftResult,
@@ -105,25 +106,21 @@ def window_ranges(results: Iterable[Any], segment_key: str, record_type: str,
                          "is known (observer.drift)")
 
 
-def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0, *,
-               tombstones: bool = False) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of ``topic`` from its beginning to its current end: (key, value); with
-    ``tombstones``, the deletions too (value None)."""
+def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
+    """Every record of ``topic`` from its beginning to its current end: (key, value)."""
     try:
         records = bus.read_topic(kafka, topic, timeout_s)
     except TimeoutError:
         raise TimeoutError(f"reading {topic} took too long") from None
-    return [(r.key, r.value) for r in records if tombstones or r.value is not None]
+    return [(r.key, r.value) for r in records if r.value is not None]
 
 
 def read_states(kafka: KafkaConfig, topics: Topics) -> dict[str, ReferenceState]:
-    """The latest state of every stream on ``observer.references``, by ``record_type/segment``."""
+    """The latest state of every stream on ``observer.references``, by ``record_type/segment``;
+    a deleted one (a retired stream's tombstone, drift.retirement) is not there."""
     states: dict[str, ReferenceState] = {}
-    for key, value in read_topic(kafka, topics.references, tombstones=True):
-        if value is None:  # a retired stream (drift.retirement): its state is gone
-            if key is not None:
-                states.pop(key.decode(errors="replace"), None)
-            continue
+    store = KafkaCompactedStore(kafka, topics.references, 30.0, what="the reference states")
+    for value in store.load().values():
         try:
             record = decode(value)
         except RecordError:

@@ -428,7 +428,7 @@ class StateBudget:
         """True: hold this stream exactly; False: as sketches."""
         if self.mode != "auto":
             return self.mode == "exact"
-        need = features * 2 * records * EXACT_BYTES_PER_VALUE
+        need = _exact_bytes(features, records)
         if self.used_bytes + need > self.budget_bytes:
             return False
         self.used_bytes += need
@@ -437,4 +437,9 @@ class StateBudget:
     def release(self, features: int, records: int) -> None:
         """An exact stream is gone (drift.retirement): its share is free again."""
         if self.mode == "auto":
-            self.used_bytes = max(0.0, self.used_bytes - features * 2 * records * EXACT_BYTES_PER_VALUE)
+            self.used_bytes = max(0.0, self.used_bytes - _exact_bytes(features, records))
+
+
+def _exact_bytes(features: int, records: int) -> float:
+    """Raw values an exact stream may hold: features x 2 windows (reference and open)."""
+    return features * 2 * records * EXACT_BYTES_PER_VALUE

@@ -14,6 +14,7 @@ from typing import Callable
 from kafka import TopicPartition
 
 from observer.core.bus import make_consumer
+from observer.core.compacted import key_text
 from observer.core.config import KafkaConfig
 from observer.core.records import Record, RecordError, decode
 
@@ -66,7 +67,7 @@ class TopicView:
                         if r.value is None:
                             if r.key is not None:
                                 with self._lock:
-                                    self._latest.pop(r.key.decode(errors="replace"), None)
+                                    self._latest.pop(key_text(r.key), None)
                             continue
                         try:
                             record = decode(r.value)
