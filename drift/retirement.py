@@ -10,8 +10,9 @@ its share of ``drift.exact_budget_mb``, removes its Prometheus series and delete
 on ``observer.references`` (a tombstone: the admin API and ``observer drift reference`` stop
 listing it). With ``drift.peer``, its fleet segment and that segment's checkpoint records go
 too once no held stream feeds it (:meth:`observer.drift.peer.PeerDrift.stream_retired`), so
-peer state stays within what the streams bound. If its segment comes back, it is a new stream with a new reference, never
-scored against the old one. Its results on ``observer.drift`` stay.
+peer state stays within what the streams bound. If its segment comes back, it is a new
+stream with a new reference, never scored against the old one. Its results on
+``observer.drift`` stay.
 
 Idle time is read on the engine's clock: the time of the batch that last gave the stream a
 record. A stream restored after a restart counts as seen at its restore, so a restart
