@@ -9,7 +9,9 @@ the hashing embedder on). The peer is ``ExportTraceServiceRequest.ParseFromStrin
 request bodies, measured in the same run, interleaved, best of ``--rounds``; every rate is also
 printed as a ratio to it. The drift engine reads what the normaliser made of them (LLM, tool and
 embedding records), with checkpoints and detectors on as by default (its checkpoints go to an
-in-memory compacted store, as the runner would acknowledge them); its rate is in records/s.
+in-memory compacted store, as the runner would acknowledge them); its rate is in records/s,
+and is also given against its own plain-parse peer, ``pydantic_core.from_json`` of the same
+records (no validation, nothing scored), timed in the same rounds.
 ``--profile normalize`` (or ``paths``, ``drift``) prints the top lines of a cProfile of one
 pass instead.
 
@@ -25,6 +27,8 @@ import io
 import json
 import pstats
 import time
+
+import pydantic_core
 from collections.abc import Callable
 from typing import Any
 
@@ -123,7 +127,9 @@ def measure(spans: int, spans_per_request: int = 500, rounds: int = 3,
     inputs = {name: _inputs(name, msgs, cfg, topics, batch) for name in STAGES}
     best: dict[str, float] = {}
     for _ in range(rounds):
-        runs = {"parse_peer": lambda: [ExportTraceServiceRequest.FromString(b) for b in bodies]}
+        runs = {"parse_peer": lambda: [ExportTraceServiceRequest.FromString(b) for b in bodies],
+                "records_parse_peer": lambda: [pydantic_core.from_json(m.value)
+                                               for chunk in inputs["drift"] for m in chunk]}
         runs.update({name: _stage_pass(name, cfg, topics, inputs[name]) for name in STAGES})
         for name, run in runs.items():
             best[name] = min(best.get(name, float("inf")), _timed(run, CLOCKS[clock]))
@@ -135,8 +141,11 @@ def measure(spans: int, spans_per_request: int = 500, rounds: int = 3,
         out[name] = {"spans_per_s": round(rate), "ratio": round(rate / peer, 4)}
     drift_records = sum(map(len, inputs["drift"]))
     rate = drift_records / best["drift"]
+    records_peer = drift_records / best["records_parse_peer"]
     out["drift"] = {"records": drift_records, "records_per_s": round(rate),
-                    "ratio": round(rate / peer, 4)}
+                    "ratio": round(rate / peer, 4),
+                    "records_parse_peer_per_s": round(records_peer),
+                    "ratio_to_records_parse": round(rate / records_peer, 4)}
     return out
 
 

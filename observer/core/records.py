@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
 )
@@ -204,20 +205,19 @@ class EmbeddingRecord(Record):
         None, description="The start of the response text, only under content capture.",
     )
 
-    @field_validator("prompt_embedding", "response_embedding", mode="before")
+    @field_validator("prompt_embedding", "response_embedding", mode="wrap")
     @classmethod
-    def _from_base64(cls, v: Any) -> Any:
-        # On the topic a vector is base64 of float32 (observer.core.vectors); lists too.
-        return vectors.from_base64(v) if isinstance(v, str) else v
-
-    @field_validator("prompt_embedding", "response_embedding")
-    @classmethod
-    def _finite_vector(cls, v: list[float] | None) -> list[float] | None:
-        # One vectorised check (a float per dimension in Python cost more than the rest
-        # of the record's decode); isfinite of float64 is exact for every float given.
+    def _vector(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> list[float] | None:
+        # On the topic a vector is base64 of float32 (observer.core.vectors), decoded and
+        # checked there as one array; its list needs no second validation. A list sent as
+        # such is validated, then checked in one vectorised pass (a float per dimension in
+        # Python cost more than the rest of the record's decode).
+        if isinstance(v, str):
+            return vectors.from_base64(v)
+        v = handler(v)
         if v is not None and not vectors.finite(v):
             raise ValueError("embedding values must be finite")
-        return v
+        return v  # type: ignore[no-any-return]
 
     @field_serializer("prompt_embedding", "response_embedding", when_used="json")
     def _to_base64(self, v: Any) -> str | None:

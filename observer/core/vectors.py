@@ -41,14 +41,33 @@ def finite(vector: Sequence[float]) -> bool:
 
 
 def from_base64(text: str) -> list[float]:
-    """The floats of a :func:`to_base64` text; a clear ``ValueError`` for anything else."""
+    """The floats of a :func:`to_base64` text, every one finite; a clear ``ValueError`` for
+    anything else.
+
+    Checked as the float32 array it is, before it becomes a list: a record's decode does no
+    second pass over the values (a list back into numpy cost more than the base64 itself).
+
+    >>> from_base64(to_base64([float("inf")]))
+    Traceback (most recent call last):
+    ...
+    ValueError: embedding values must be finite
+    >>> from_base64("AAAAPw==\n")
+    Traceback (most recent call last):
+    ...
+    ValueError: an embedding string is not base64
+    """
     if len(text) > (MAX_DIMENSION * 4 + 2) // 3 * 4:
         raise ValueError(f"an embedding in base64 is longer than {MAX_DIMENSION} dimensions")
     try:
-        raw = base64.b64decode(text, validate=True)
+        # strict_mode: the alphabet only, padding only at the end (b64decode's validate=True
+        # checks the same with a regular expression, several times slower).
+        raw = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("an embedding string is not base64") from None
     if len(raw) % 4:
         raise ValueError(f"an embedding in base64 must hold whole float32 values "
                          f"(got {len(raw)} bytes)")
-    return np.frombuffer(raw, dtype=FLOAT32).astype(np.float64).tolist()  # type: ignore[no-any-return]
+    values = np.frombuffer(raw, dtype=FLOAT32)
+    if not np.isfinite(values).all():
+        raise ValueError("embedding values must be finite")
+    return values.astype(np.float64).tolist()  # type: ignore[no-any-return]
