@@ -121,7 +121,8 @@ class Restorer:
         cost = state_values([f.kind for f in features])
         if ref is not None and ("sketches" in ref or ref.get("external") is None):
             sketch = "sketches" in ref
-            self.budget.admit(cost, 0 if sketch else held_records(self.cfg))
+            if not sketch:
+                self.budget.hold(cost, held_records(self.cfg))
         else:
             sketch = not self.budget.admit(cost, held_records(self.cfg))
         reference: ClosedWindow | None = None

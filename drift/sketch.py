@@ -415,6 +415,16 @@ class StateBudget:
     [True, True, False, False]
     >>> b.release(features=2, records=200); b.admit(features=2, records=200)
     True
+
+    A restart restores exact streams exact, past the budget if it shrank: each is charged
+    (:meth:`hold`), so releasing one of them frees only its own share.
+
+    >>> b = StateBudget("auto", budget_bytes=(1 * 2 * 200) * EXACT_BYTES_PER_VALUE)
+    >>> b.hold(features=1, records=200); b.hold(features=1, records=200)
+    >>> b.release(features=1, records=200); b.admit(features=1, records=200)
+    False
+    >>> b.release(features=1, records=200); b.admit(features=1, records=200)
+    True
     """
 
     def __init__(self, mode: str, budget_bytes: float) -> None:
@@ -433,6 +443,12 @@ class StateBudget:
             return False
         self.used_bytes += need
         return True
+
+    def hold(self, features: int, records: int) -> None:
+        """Charge an exact stream restored as it was checkpointed, whatever is left: its
+        values exist already, and :meth:`release` will free its share when it goes."""
+        if self.mode == "auto":
+            self.used_bytes += _exact_bytes(features, records)
 
     def release(self, features: int, records: int) -> None:
         """An exact stream is gone (drift.retirement): its share is free again."""

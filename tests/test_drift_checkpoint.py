@@ -266,3 +266,50 @@ def test_an_idle_stream_makes_room_for_a_new_segment_and_is_not_restored() -> No
     at(4200, engine, calls("b", 1))  # a restart restores b and c, and a stays gone
     assert set(engine._streams) == {("b|m1", "llm"), ("c|m1", "llm")}
     assert [r.window_index for r in results_of(runner.produced) if r.segment_key == "b|m1"] == [1]
+
+
+def test_exact_streams_restored_past_a_smaller_budget_keep_it_charged() -> None:
+    """``drift.mode: auto``: a restart with a smaller ``drift.exact_budget_mb`` restores the
+    exact streams exact, and charges each. So when one of them retires, the budget is still
+    full with the other and the new segment is sketched; without the charge it would get an
+    exact share the memory bound no longer has."""
+    from observer.drift.engine import DriftEngine
+
+    features = {"llm": [FeatureSpec(name="output_tokens", kind="numeric")]}
+    one_stream_mb = 1 * 2 * 25 * 40 / 1e6  # 1 feature x 2 windows x 25 records x 40 bytes
+    runner = Runner(first_window_config(window_size=25, mode="auto", features=features,
+                                        exact_budget_mb=2 * one_stream_mb))
+    now = [T0_MS * 1_000_000]
+    sent: list[Message] = []
+
+    def calls(service: str) -> list[Message]:
+        batch = [Message(TOPICS.llm, 0, len(sent) + i, f"{service}|m1".encode(),
+                         encode(LLMCall(service=service, model="m1", trace_id=uuid.uuid4().hex,
+                                        span_id="s", output_tokens=100 + i)), now[0] // 1_000_000)
+                 for i in range(30)]
+        sent.extend(batch)
+        return batch
+
+    def at(seconds: int, engine: DriftEngine, batch: list[Message]) -> None:
+        now[0] = T0_MS * 1_000_000 + seconds * 10**9
+        outputs = engine.process(batch) + engine.tick()
+        runner.acknowledge(outputs)
+        runner.commit(batch)
+
+    def sketched(engine: DriftEngine) -> dict[str, bool]:
+        return {key: stream.sketch for (key, _), stream in engine._streams.items()}
+
+    first = DriftEngine(runner.cfg, TOPICS, store=runner.store, results=runner.log,
+                        clock=lambda: now[0])
+    at(0, first, calls("a"))
+    at(1, first, calls("b"))
+    assert sketched(first) == {"a|m1": False, "b|m1": False}
+
+    smaller = first_window_config(window_size=25, mode="auto", features=features,
+                                  exact_budget_mb=one_stream_mb, max_streams=2, stream_idle_s=3600)
+    engine = DriftEngine(smaller, TOPICS, store=runner.store, results=runner.log,
+                         clock=lambda: now[0])
+    at(2, engine, calls("b"))  # restores a and b, both exact as checkpointed
+    assert sketched(engine) == {"a|m1": False, "b|m1": False}
+    at(4000, engine, calls("c"))  # a is idle past the limit and makes room: b still holds it all
+    assert sketched(engine) == {"b|m1": False, "c|m1": True}
