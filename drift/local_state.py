@@ -20,7 +20,7 @@ emptied (those records are gone: the reference's *values* stay, it just cannot b
 again), and everything else (the reference, the open window's values and chunk numbering,
 detector state, the drift episode) is kept as it was.
 
-Results are kept (the last :data:`KEEP_RESULTS` per stream) so that the trigger stage sees the
+Results are kept (the last :data:`KEEP_RESULTS` per stream, until the stream retires) so that the trigger stage sees the
 ones it had not consumed at the crash; the ones it had are recognised as replays
 (:meth:`observer.triggers.policy.PolicyTracker.is_replay`: same window, same close time).
 """
@@ -119,6 +119,12 @@ class LocalDriftState:
                     ("DELETE FROM results WHERE segment_key = ? AND record_type = ? AND window <= ?",
                      (segment, record_type, window - KEEP_RESULTS)),
                 ]
+            elif o.topic == self.topics.references and o.value is None:
+                # A stream's state deleted: the engine retired it (drift.stream_idle_s). Its
+                # results go too, or segment churn would grow this file without bound.
+                record_type, _, segment = key_text(o.key).partition("/")
+                results.append(("DELETE FROM results WHERE segment_key = ? AND record_type = ?",
+                                 (segment, record_type)))
         if state or results:
             self._file.transaction(self._file.state_writes(state, self.incarnation) + results)
 

@@ -4,6 +4,7 @@ the settle watermark against the real broker."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -411,3 +412,25 @@ def test_the_spool_records_where_kafka_put_each_message(
         consumer.close()
     assert {(e.partition, e.offset): (e.key, e.value) for e in kept} == in_kafka
     assert all(e.headers == (("h", b"x"),) for e in kept)
+
+
+def test_a_retired_streams_results_leave_the_state_file(tmp_path: Path) -> None:
+    """The engine deletes a retired stream's state on ``observer.references``
+    (``drift.stream_idle_s``); the state file then drops its results, which a restart would
+    otherwise seed again for a stream that no longer exists, without bound under churn."""
+    from observer.core.bus import Output
+    from observer.core.records import DriftResult
+    from observer.core.records import encode as encode_record
+
+    def result(segment: str, window: int) -> Output:
+        return Output(TOPICS.drift, segment, encode_record(DriftResult(
+            segment={"service": segment}, segment_key=segment, record_type="llm",
+            window_index=window, n_reference=10, n_current=10, features=[], drift_share=0.0,
+            dataset_drift=False, closed_at_unix_nano=window)))
+
+    local = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i1")
+    local.apply([result("a", 1), result("a", 2), result("b", 1)])
+    local.apply([Output(TOPICS.references, "llm/a", None), result("b", 2)])
+    local.close()
+    seeded = LocalDriftState(tmp_path / "drift.sqlite", TOPICS, "i1").seed()
+    assert [(o.key, json.loads(o.value)["window_index"]) for o in seeded] == [("b", 1), ("b", 2)]
