@@ -51,7 +51,7 @@ def from_base64(text: str) -> list[float]:
     Traceback (most recent call last):
     ...
     ValueError: embedding values must be finite
-    >>> from_base64("AAAAPw==\n")
+    >>> from_base64("AAAA Pw==")
     Traceback (most recent call last):
     ...
     ValueError: an embedding string is not base64
