@@ -55,9 +55,10 @@ class ObserverConfig(BaseSettings):
     workers: int | None = Field(
         None, ge=1, le=16,
         description="Processes `observer up` shares the consuming stages between (`--workers`): "
-        "1 runs everything in one process; unset, one per core, at most 4. Each stage runs in "
-        "one of them, placed by its measured CPU share; the first process also runs the "
-        "receivers, the admin API and the trigger stage.",
+        "1 runs everything in one process; unset, 4 with two cores or more (the stages also "
+        "wait on Kafka, so more processes than cores go faster), 1 on one core. Each stage "
+        "runs in one of them, placed by its measured CPU share; the first process also runs "
+        "the receivers, the admin API and the trigger stage.",
     )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)

@@ -35,17 +35,24 @@ units of ``StageSpec.cpu_weight``: percent of ``observer up``'s Python time in o
 run (docs/benchmarks.md, "Several processes")."""
 
 MAX_AUTO_WORKERS = 4
-"""``workers`` left unset: one process per core, at most this many (with the stages' weights
-as measured, a fifth process would get less than a tenth of the work)."""
+"""``workers`` left unset, with two cores or more: this many processes (with the stages'
+weights as measured, a fifth process would get less than a tenth of the work).
+
+More processes than cores, because the stages also wait (for Kafka's acknowledgements and
+commits, and for fsyncs in embedded durable mode) and the stages of one process queue for its
+GIL. End to end on 2 cores, in the same runs (docs/benchmarks.md): 4,222-4,443 spans/s with 2
+processes, 5,177-5,418 with 3, 5,322-5,801 with 4; on one core, 1 and 2 processes measured
+the same (2,757 and 2,606), so one core keeps one process."""
 
 
 def default_workers() -> int:
-    """One process per core this process may run on, at most :data:`MAX_AUTO_WORKERS`."""
+    """:data:`MAX_AUTO_WORKERS` processes where this process may run on two cores or more,
+    else one."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_AUTO_WORKERS))
+    return 1 if cores < 2 else MAX_AUTO_WORKERS
 
 
 def plan(specs: Sequence[StageSpec], workers: int) -> list[list[str]]:
