@@ -27,10 +27,10 @@ import io
 import json
 import pstats
 import time
-
-import pydantic_core
 from collections.abc import Callable
 from typing import Any
+
+import pydantic_core
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 

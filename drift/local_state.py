@@ -20,8 +20,9 @@ emptied (those records are gone: the reference's *values* stay, it just cannot b
 again), and everything else (the reference, the open window's values and chunk numbering,
 detector state, the drift episode) is kept as it was.
 
-Results are kept (the last :data:`KEEP_RESULTS` per stream, until the stream retires) so that the trigger stage sees the
-ones it had not consumed at the crash; the ones it had are recognised as replays
+Results are kept (the last :data:`KEEP_RESULTS` per stream, until the stream retires) so that
+the trigger stage sees the ones it had not consumed at the crash; the ones it had are
+recognised as replays
 (:meth:`observer.triggers.policy.PolicyTracker.is_replay`: same window, same close time).
 """
 

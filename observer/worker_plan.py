@@ -40,9 +40,9 @@ weights as measured, a fifth process would get less than a tenth of the work).
 
 More processes than cores, because the stages also wait (for Kafka's acknowledgements and
 commits, and for fsyncs in embedded durable mode) and the stages of one process queue for its
-GIL. End to end on 2 cores, in the same runs (docs/benchmarks.md): 4,222-4,443 spans/s with 2
-processes, 5,177-5,418 with 3, 5,322-5,801 with 4; on one core, 1 and 2 processes measured
-the same (2,757 and 2,606), so one core keeps one process."""
+GIL. End to end on 2 cores (docs/benchmarks.md, "Now"): 3,938-4,443 spans/s with 2 processes,
+5,177-5,418 with 3, 4,985-5,801 with 4, each pair in the same run; on one core, 1 and 2
+processes measured the same (2,757 and 2,606), so one core keeps one process."""
 
 
 def default_workers() -> int:
