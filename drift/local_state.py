@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from observer.drift.engine import DriftEngine
-from observer.drift.references import without_ranges
+from observer.drift.references import parse_state_key, without_ranges
 from observer.core.broker import read_incarnation
 from observer.core.bus import Output, Processor
 from observer.core.compacted import key_text
@@ -123,7 +123,7 @@ class LocalDriftState:
             elif o.topic == self.topics.references and o.value is None:
                 # A stream's state deleted: the engine retired it (drift.stream_idle_s). Its
                 # results go too, or segment churn would grow this file without bound.
-                record_type, _, segment = key_text(o.key).partition("/")
+                record_type, segment = parse_state_key(key_text(o.key))
                 results.append(("DELETE FROM results WHERE segment_key = ? AND record_type = ?",
                                  (segment, record_type)))
         if state or results:

@@ -164,3 +164,13 @@ def state_key(record_type: str, segment_key: str) -> str:
     'llm/shop|m1'
     """
     return f"{record_type}/{segment_key}"
+
+
+def parse_state_key(key: str) -> tuple[str, str]:
+    """``(record_type, segment_key)`` of a :func:`state_key` (a segment key may hold "/").
+
+    >>> parse_state_key("llm/shop|m/1")
+    ('llm', 'shop|m/1')
+    """
+    record_type, _, segment = key.partition("/")
+    return record_type, segment

@@ -48,7 +48,8 @@ def tiers_of(items: list[pytest.Item]) -> dict[str, list[str]]:
     """Each test's tier markers, as the child prints them (under ``--dist loadgroup`` xdist
     names a grouped test ``<nodeid>@system``: the name without it)."""
     return {item.nodeid.removesuffix("@system"): sorted({m.name for m in item.iter_markers()
-                                 if m.name in ("unit", "broker", "system")}) for item in items}
+                                                        if m.name in ("unit", "broker", "system")})
+            for item in items}
 
 
 def collect_in_a_child() -> dict[str, list[str]]:
